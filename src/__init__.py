@@ -1,0 +1,1 @@
+"""llamarig: a compute bundle for a multi-GPU rig."""

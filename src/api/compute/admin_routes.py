@@ -1,0 +1,47 @@
+"""Operator routes: status, start, stop (drained), reset of an open circuit, reload, down."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import JSONResponse, Response
+
+from llamarig.backend.lifecycle.manager import UnknownModel
+from llamarig.shared.api_errors import error_response
+
+ACTIONS = ("start", "stop", "reset", "reload")
+
+
+def build_router(state) -> APIRouter:
+    router = APIRouter(prefix="/admin")
+
+    @router.get("/units")
+    async def units() -> JSONResponse:
+        return JSONResponse({"units": [a.snapshot() for a in state.manager.actors.values()],
+                             "boot_waves": state.manager.boot_waves, "booted": state.manager.booted.is_set()})
+
+    @router.get("/units/{name}")
+    async def unit(name: str) -> Response:
+        try:
+            actor = state.manager.actor(name)
+        except UnknownModel as e:
+            return error_response(404, e.code, e.reason, "name")
+        return JSONResponse({**actor.snapshot(), "history": [vars(t) for t in actor.history]})
+
+    @router.post("/units/{name}/{action}")
+    async def act(name: str, action: str, drain: bool = True) -> Response:
+        if action not in ACTIONS:
+            return error_response(404, "unknown_action", f"action must be one of {ACTIONS}", "action")
+        m = state.manager
+        try:
+            m.actor(name)
+        except UnknownModel as e:
+            return error_response(404, e.code, e.reason, "name")
+        how = {"start": lambda: m.start_unit(name), "stop": lambda: m.stop_unit(name, drain),
+               "reset": lambda: m.reset(name), "reload": lambda: m.reload(name)}[action]()
+        return JSONResponse({"name": name, "action": action, "accepted": True, "how": how}, status_code=202)
+
+    @router.post("/down")
+    async def down() -> JSONResponse:
+        await state.manager.stop_all(drain=True)
+        return JSONResponse({"units": [a.snapshot() for a in state.manager.actors.values()]})
+
+    return router

@@ -1,0 +1,91 @@
+"""The compute API: `create_app(rig)` builds everything it needs; no module globals."""
+from __future__ import annotations
+
+import hmac
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from llamarig.api.compute import admin_routes, openai_routes
+from llamarig.api.compute.metrics import Metrics
+from llamarig.api.compute.proxy import Proxy
+from llamarig.backend.lifecycle.manager import Manager
+from llamarig.backend.llama_http import ServerHttp
+from llamarig.backend.supervisor import SupervisorClient
+from llamarig.backend.supervisor_conf import socket_path
+from llamarig.shared.api_errors import error_response
+from llamarig.shared.rig import Rig
+
+OPEN_PATHS = ("/health", "/ready", "/metrics")
+
+
+def _pool(rig: Rig) -> httpx.AsyncClient:
+    # One pooled client for every server: keep-alive connections, no per-request set-up.
+    # No read timeout: a long generation is not an error; the health loop judges servers.
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=5.0))
+
+
+def _api_key(rig: Rig) -> str | None:
+    if not rig.api.api_key_file:
+        return None
+    return rig.resolve(rig.api.api_key_file).read_text().strip()
+
+
+def create_app(rig: Rig, manager_factory=None) -> FastAPI:
+    """manager_factory(rig, client, metrics) -> Manager; tests may pass their own."""
+    state = SimpleNamespace(rig=rig, manager=None, proxy=None, metrics=Metrics())
+    key = _api_key(rig)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        client = _pool(rig)
+        factory = manager_factory or (lambda r, c, m: Manager(r, SupervisorClient(socket_path(r)),
+                                                              ServerHttp(c), hooks=m))
+        state.manager = factory(rig, client, state.metrics)
+        state.metrics.attach(state.manager)
+        state.proxy = Proxy(client)
+        await state.manager.start()
+        yield
+        await state.manager.drain_requests()
+        await state.manager.close()
+        await client.aclose()
+
+    app = FastAPI(title="llamarig compute API", lifespan=lifespan)
+    app.state.llamarig = state
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next):
+        if key and not request.url.path.startswith(OPEN_PATHS):
+            sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(sent.encode(), key.encode()):
+                return error_response(401, "invalid_api_key", "send the key from api.api_key_file as "
+                                      "'Authorization: Bearer KEY'")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "alive"})
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        ok, rows = state.manager.ready_report()
+        inv = state.manager.inventory
+        body = {"ready": ok, "gpus": {"simulated": inv.simulated, "reason": inv.reason},
+                "booted": state.manager.booted.is_set(),
+                "components": {r["name"]: {k: r[k] for k in ("state", "reason", "required", "warm", "gpus")}
+                               for r in rows}}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(openai_routes.build_router(state))
+    app.include_router(admin_routes.build_router(state))
+    return app

@@ -1,0 +1,193 @@
+"""Prometheus metrics of the compute API, prefixed `llamarig_`, units in the names, no
+changing values in labels. Gauges of current state (unit states, GPUs, supervisord) are read
+at scrape time by a collector; counters and histograms are fed by events. Scrapes never touch
+a model, so they never count as activity."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from llamarig.backend.lifecycle.jobs import Events
+from llamarig.backend.lifecycle.states import State
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+LOAD_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+SUPERVISOR_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
+
+
+def restart_kind(reason: str) -> str:
+    """A bounded label for a restart reason."""
+    for pattern, kind in ((r"probe", "health_probe"), (r"exited", "process_exit"), (r"start failed", "start_failed")):
+        if re.search(pattern, reason):
+            return kind
+    return "other"
+
+
+class Metrics(Events):
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("llamarig_requests_total", "Requests by model, route and status code.",
+                                ["model", "route", "code"], registry=r)
+        self.duration = Histogram("llamarig_request_duration_seconds", "Request arrival to last byte.",
+                                  ["model", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llamarig_time_to_first_token_seconds", "Request arrival to first byte of "
+                              "the answer.", ["model", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.cold_starts = Counter("llamarig_cold_starts_total", "Requests that waited for a model to load.",
+                                   ["model"], registry=r)
+        self.cold_start = Histogram("llamarig_cold_start_seconds", "Arrival to first byte when the model was "
+                                    "cold.", ["model"], buckets=LOAD_BUCKETS, registry=r)
+        self.loads = Counter("llamarig_model_loads_total", "Loads that ended ready.", ["model"], registry=r)
+        self.load_duration = Histogram("llamarig_model_load_duration_seconds", "Start to ready.", ["model"],
+                                       buckets=LOAD_BUCKETS, registry=r)
+        self.restarts = Counter("llamarig_model_restarts_total", "Restarts scheduled after a failure.",
+                                ["model", "reason"], registry=r)
+        self.probe_failures = Counter("llamarig_health_probe_failures_total", "Failed health probes.",
+                                      ["model"], registry=r)
+        self.refusals = Counter("llamarig_model_file_refusals_total", "Model files refused by the verifier.",
+                                ["model", "code"], registry=r)
+        self.stop_unverified = Counter("llamarig_stop_unverified_total", "Stops after which a process, "
+                                       "the port or GPU memory was still held.", ["model"], registry=r)
+        self.transitions = Counter("llamarig_model_transitions_total", "State changes.",
+                                   ["model", "target"], registry=r)
+        self.verified: dict[str, int] = {}
+        self.vram: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
+        self.circuit: dict[str, int] = {}
+
+    def attach(self, manager) -> None:
+        """Read the manager's current state at scrape time."""
+        self.registry.register(_StateCollector(manager, self))
+
+    # ---- request events -----------------------------------------------------------------------
+    def request_done(self, model: str, route: str, code: int, seconds: float, first_byte: float | None,
+                     cold: bool) -> None:
+        self.requests.labels(model, route, str(code)).inc()
+        self.duration.labels(model, route).observe(seconds)
+        if first_byte is not None:
+            self.ttft.labels(model, route).observe(first_byte)
+            if cold:
+                self.cold_starts.labels(model).inc()
+                self.cold_start.labels(model).observe(first_byte)
+
+    # ---- lifecycle events ---------------------------------------------------------------------
+    def on_transition(self, unit, source, target, reason):
+        self.transitions.labels(unit.name, target.value).inc()
+
+    def on_ready(self, unit, load_seconds):
+        self.loads.labels(unit.name).inc()
+        if load_seconds is not None:
+            self.load_duration.labels(unit.name).observe(load_seconds)
+
+    def on_restart(self, unit, reason):
+        self.restarts.labels(unit.name, restart_kind(reason)).inc()
+
+    def on_circuit(self, unit, is_open):
+        self.circuit[unit.name] = int(is_open)
+
+    def on_probe(self, unit, ok):
+        if not ok:
+            self.probe_failures.labels(unit.name).inc()
+
+    def on_verdict(self, unit, verdict):
+        self.verified[unit.name] = int(verdict.ok)
+        if not verdict.ok:
+            self.refusals.labels(unit.name, verdict.code).inc()
+
+    def on_stop_verified(self, unit, ok, reason):
+        if not ok:
+            self.stop_unverified.labels(unit.name).inc()
+
+    def on_memory(self, unit, estimate, actual):
+        self.vram[unit.name] = (estimate, actual)
+
+
+class _StateCollector:
+    def __init__(self, manager, metrics: Metrics):
+        self.manager = manager
+        self.metrics = metrics
+
+    def collect(self):
+        yield from self._units()
+        yield from self._vram()
+        yield from self._gpus()
+        yield from self._supervisor()
+
+    def _units(self):
+        state = GaugeMetricFamily("llamarig_model_state", "1 for the state each model is in.",
+                                  labels=["model", "state"])
+        inflight = GaugeMetricFamily("llamarig_requests_inflight", "Requests being served.", labels=["model"])
+        waiting = GaugeMetricFamily("llamarig_requests_waiting", "Requests waiting for a load.", labels=["model"])
+        circuit = GaugeMetricFamily("llamarig_model_circuit_open", "1 while restarts are stopped.",
+                                    labels=["model"])
+        verified = GaugeMetricFamily("llamarig_model_file_verified", "1: last verification passed; 0: refused.",
+                                     labels=["model"])
+        required = GaugeMetricFamily("llamarig_model_required", "1 for models /ready waits for.", labels=["model"])
+        for name, actor in self.manager.actors.items():
+            for s in State:
+                state.add_metric([name, s.value], 1.0 if actor.state == s else 0.0)
+            inflight.add_metric([name], actor.inflight)
+            waiting.add_metric([name], len(actor.waiters))
+            circuit.add_metric([name], 1.0 if actor.policy.is_open else 0.0)
+            required.add_metric([name], 1.0 if actor.unit.required and actor.unit.warm else 0.0)
+            if name in self.metrics.verified:
+                verified.add_metric([name], self.metrics.verified[name])
+        yield from (state, inflight, waiting, circuit, verified, required)
+
+    def _vram(self):
+        est = GaugeMetricFamily("llamarig_vram_estimate_bytes", "Estimated memory per model and GPU.",
+                                labels=["model", "gpu"])
+        act = GaugeMetricFamily("llamarig_vram_actual_bytes", "Measured memory per model and GPU after its "
+                                "last load.", labels=["model", "gpu"])
+        for name, (estimate, actual) in self.metrics.vram.items():
+            for gpu, n in estimate.items():
+                est.add_metric([name, str(gpu)], n)
+            for gpu, n in actual.items():
+                act.add_metric([name, str(gpu)], n)
+        yield from (est, act)
+
+    def _gpus(self):
+        inv = self.manager.inventory
+        used = GaugeMetricFamily("llamarig_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu", "name"])
+        total = GaugeMetricFamily("llamarig_gpu_memory_total_bytes", "GPU memory in all.", labels=["gpu", "name"])
+        util = GaugeMetricFamily("llamarig_gpu_utilization_ratio", "GPU busy share, 0-1.", labels=["gpu"])
+        temp = GaugeMetricFamily("llamarig_gpu_temperature_celsius", "GPU temperature.", labels=["gpu"])
+        power = GaugeMetricFamily("llamarig_gpu_power_watts", "GPU power draw.", labels=["gpu"])
+        simulated = GaugeMetricFamily("llamarig_gpu_simulated", "1: the simulated inventory stands in (no "
+                                      "NVML device); memory is the resident memory of pinned processes.")
+        last = GaugeMetricFamily("llamarig_gpu_last_reading_timestamp_seconds", "Unix time of the last "
+                                 "successful GPU reading.")
+        simulated.add_metric([], 1.0 if inv.simulated else 0.0)
+        try:
+            readings = inv.read()
+        except Exception:  # a failed reading shows as a stale timestamp, which is alerted on
+            readings = []
+        else:
+            self.metrics.last_gpu_reading = time.time()
+        for g in readings:
+            labels = [str(g.index), g.name]
+            used.add_metric(labels, g.used_bytes)
+            total.add_metric(labels, g.total_bytes)
+            for family, value in ((util, g.utilization_pct), (temp, g.temperature_c), (power, g.power_w)):
+                if value is not None:
+                    family.add_metric([str(g.index)], value / 100 if family is util else value)
+        last.add_metric([], getattr(self.metrics, "last_gpu_reading", 0.0))
+        yield from (used, total, util, temp, power, simulated, last)
+
+    def _supervisor(self):
+        family = GaugeMetricFamily("llamarig_supervisor_process_state", "1 for the supervisord state of each "
+                                   "program, from the last health tick.", labels=["program", "state"])
+        for program, statename in self.manager.program_states.items():
+            for s in SUPERVISOR_STATES:
+                family.add_metric([program, s], 1.0 if statename == s else 0.0)
+        yield family
+
+
+def usage_tokens(body: bytes) -> int:
+    try:
+        return int(json.loads(body).get("usage", {}).get("completion_tokens", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0

@@ -1,0 +1,80 @@
+"""OpenAI-compatible routes: chat, completions, embeddings (routed by `model`), models and
+transcriptions (to Whisper). An unknown model is a 404; a model that is not ready is a 503
+with Retry-After; there is no fallback to another model."""
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from llamarig.backend.lifecycle.actor import NotAvailable
+from llamarig.backend.lifecycle.manager import UnknownModel
+from llamarig.backend.supervisor_conf import WHISPER_PROGRAM
+from llamarig.shared.api_errors import error_response
+
+ROUTED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+def _model_of(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+def build_router(state) -> APIRouter:
+    """`state` holds manager, proxy and metrics (see app.py)."""
+    router = APIRouter()
+
+    async def route(request: Request, name: str, path: str, body) -> Response:
+        arrived = time.perf_counter()
+        try:
+            lease = await state.manager.acquire(name)
+        except UnknownModel as e:
+            state.metrics.request_done(name, path, 404, time.perf_counter() - arrived, None, False)
+            return error_response(404, e.code, e.reason, "model")
+        except NotAvailable as e:
+            state.metrics.request_done(name, path, 503, time.perf_counter() - arrived, None, False)
+            return error_response(503, e.code, e.reason, retry_after=e.retry_after)
+        unit = state.manager.units[name]
+        cold = lease.cold
+
+        def done(status: int, first_byte: float | None) -> None:
+            ttfb = (time.perf_counter() - arrived) if first_byte is not None else None
+            state.metrics.request_done(name, path, status, time.perf_counter() - arrived, ttfb, cold)
+
+        return await state.proxy.forward(request, unit.port, path, body, lease, done)
+
+    async def routed(request: Request) -> Response:
+        body = await request.body()
+        name = _model_of(body)
+        if name is None:
+            return error_response(400, "model_missing", "the body must be JSON with a 'model' field naming "
+                                  "one of GET /v1/models", "model")
+        if name == WHISPER_PROGRAM or name not in state.manager.rig.models:
+            return error_response(404, "model_not_found", f"model {name!r} is not served here; known: "
+                                  f"{', '.join(sorted(state.manager.rig.models))}", "model")
+        return await route(request, name, request.url.path, body)
+
+    for path in ROUTED:
+        router.add_api_route(path, routed, methods=["POST"], include_in_schema=False)
+
+    @router.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        if WHISPER_PROGRAM not in state.manager.actors:
+            return error_response(404, "model_not_found", "this rig has no Whisper service", "model")
+        return await route(request, WHISPER_PROGRAM, "/v1/audio/transcriptions", request.stream())
+
+    @router.get("/v1/models")
+    async def models() -> JSONResponse:
+        rows = [a.snapshot() for n, a in state.manager.actors.items() if n != WHISPER_PROGRAM]
+        return JSONResponse({"object": "list", "data": [
+            {"id": r["name"], "object": "model", "owned_by": "llamarig", "state": r["state"],
+             "reason": r["reason"], "gpus": r["gpus"]} for r in rows]})
+
+    return router

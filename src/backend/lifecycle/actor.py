@@ -1,0 +1,409 @@
+"""One unit's life, owned by one asyncio task: the only writer of its state.
+
+Callers send commands and await replies; none reads the state and acts on it later. Slow
+work (verifying, starting, stopping) runs in jobs that report back as commands tagged with
+the attempt (`epoch`) they belong to, so a late report from an abandoned attempt is ignored.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+
+from llamarig.backend.lifecycle import jobs
+from llamarig.backend.lifecycle.commands import (Acquire, Exited, JobDone, Probe, Refuse, Release, Reset, Start,
+                                                 Stop)
+from llamarig.backend.lifecycle.policy import RestartPolicy
+from llamarig.backend.lifecycle.states import (LOADING, ON_TIMEOUT, PROCESS_EXPECTED, SERVING, State,
+                                               check_transition, timeout_for)
+from llamarig.backend.lifecycle.units import Unit
+from llamarig.shared.errors import LlamarigError
+
+log = logging.getLogger("llamarig.lifecycle")
+HISTORY = 50
+
+
+class NotAvailable(LlamarigError):
+    """The unit cannot take a request now; retry_after is a hint in seconds."""
+
+    def __init__(self, code: str, reason: str, retry_after: float):
+        super().__init__(code, reason)
+        self.retry_after = retry_after
+
+
+@dataclass
+class Lease:
+    """One request's hold on a unit. The proxy marks progress as bytes flow, so that a busy
+    server that answers probes slowly is not called dead."""
+    actor: "UnitActor"
+    last_progress: float = field(default_factory=time.monotonic)
+    released: bool = False
+    cold: bool = False  # the request waited for the unit to load
+
+    def progress(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.actor.send(Release(self))
+
+
+@dataclass(frozen=True)
+class Transition:
+    at: float
+    source: str
+    target: str
+    reason: str
+
+
+class UnitActor:
+    def __init__(self, unit: Unit, deps: jobs.Deps):
+        self.unit = unit
+        self.deps = deps
+        self.state = State.STOPPED
+        self.reason = "not started yet"
+        self.since = time.monotonic()
+        self.epoch = 0
+        self.leases: set[Lease] = set()
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.history: collections.deque[Transition] = collections.deque(maxlen=HISTORY)
+        self.policy = RestartPolicy(deps.rig.lifecycle)
+        self.failures = 0
+        self.operator_held = False
+        self.recovering = False
+        self.pending_start: Start | None = None
+        self.last_used = 0.0
+        self.load_seconds: float | None = None
+        self.refused = False
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._watchers: list[asyncio.Future] = []
+        self._job: asyncio.Task | None = None
+        self._kill: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ---- the caller's side ------------------------------------------------------------------
+    def send(self, command) -> None:
+        self._queue.put_nowait(command)
+
+    async def ask(self, command):
+        """Send a command that carries a reply future and await the reply."""
+        self.send(command)
+        return await command.reply
+
+    async def wait_until(self, states: frozenset[State], timeout: float) -> State:
+        """Wait until the unit is in one of `states` (for planners and tests, not for acting)."""
+        deadline = time.monotonic() + timeout
+        while self.state not in states:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            fut = asyncio.get_running_loop().create_future()
+            self._watchers.append(fut)
+            try:
+                await asyncio.wait_for(fut, left)
+            except TimeoutError:
+                break
+        return self.state
+
+    @property
+    def inflight(self) -> int:
+        return len(self.leases)
+
+    # ---- the writer ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        getter = None
+        while True:
+            getter = getter or asyncio.ensure_future(self._queue.get())
+            done, _ = await asyncio.wait({getter}, timeout=self._time_left())
+            if not done:
+                self._expire()
+                continue
+            command, getter = getter.result(), None
+            try:
+                self._handle(command)
+            except Exception:  # a bug in one handler must not kill the unit's only writer
+                log.exception("command failed", extra=self._fields(command=type(command).__name__))
+
+    def _handle(self, c) -> None:
+        handler = {Start: self._on_start, Stop: self._on_stop, Acquire: self._on_acquire,
+                   Release: self._on_release, Probe: self._on_probe, Exited: self._on_exited,
+                   JobDone: self._on_job_done, Reset: self._on_reset,
+                   Refuse: self._on_refuse}[type(c)]
+        handler(c)
+
+    def _time_left(self) -> float | None:
+        keep_alive = self.unit.keep_alive_s if self.state == State.READY else None
+        limit = timeout_for(self.state, self.deps.rig.timeouts, keep_alive)
+        if limit is None:
+            return None
+        return max(0.0, self.since + limit - time.monotonic())
+
+    def _expire(self) -> None:
+        target = ON_TIMEOUT[self.state]
+        reason = f"{self.state.value} timed out"
+        if self.state == State.READY:
+            reason = f"idle for {self.unit.keep_alive_s:g} s (keep_alive): unloading"
+        self._to(target, reason)
+
+    def _fields(self, **more) -> dict:
+        return {"model": self.unit.name, "gpus": self.unit.gpu_label, "state": self.state.value, **more}
+
+    def _to(self, target: State, reason: str) -> None:
+        source = self.state
+        check_transition(self.unit.name, source, target)
+        self.state, self.reason, self.since = target, reason, time.monotonic()
+        self.history.append(Transition(time.time(), source.value, target.value, reason))
+        log.info("state change", extra=self._fields(source=source.value, target=target.value, reason=reason))
+        self.deps.on_transition(self.unit, source, target, reason)
+        for fut in self._watchers:
+            if not fut.done():
+                fut.set_result(target)
+        self._watchers.clear()
+        self._enter(target)
+
+    def _enter(self, state: State) -> None:
+        if state == State.VERIFYING:
+            self._spawn(jobs.verify(self.deps, self.unit, self.epoch))
+        elif state == State.STARTING:
+            self._spawn(jobs.start(self.deps, self.unit, self.epoch, not self.recovering, self._kill))
+        elif state == State.READY:
+            self._on_ready()
+        elif state == State.DRAINING and not self.leases:
+            self._to(State.STOPPING, "drained: no request in flight")
+        elif state == State.STOPPING:
+            self._spawn(jobs.stop(self.deps, self.unit, self.epoch))
+        elif state == State.STOPPED:
+            self._on_stopped()
+        elif state == State.FAILED:
+            self._on_failed()
+
+    def _spawn(self, coro) -> None:
+        if self._job and not self._job.done():
+            self._job.cancel()
+        self._job = asyncio.ensure_future(coro)
+        self._job.add_done_callback(self._job_finished)
+
+    def _job_finished(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        if task.exception():
+            log.error("job crashed", exc_info=task.exception(), extra=self._fields())
+            self.send(JobDone("crash", self.epoch, False, f"internal error: {task.exception()}"))
+        elif task.result() is not None:
+            self.send(task.result())
+
+    # ---- commands -----------------------------------------------------------------------------
+    def _on_start(self, c: Start) -> None:
+        self.operator_held = False
+        if c.operator:
+            self.policy.clear()
+        if self.state in (State.STOPPED, State.FAILED):
+            self._cancel_timer()
+            self.epoch += 1
+            self.recovering = c.recovering
+            self.refused = False
+            self._to(State.VERIFYING, c.reason)
+        elif self.state in (State.DRAINING, State.STOPPING):
+            self.pending_start = c  # start again once the stop is done
+
+    def _on_stop(self, c: Stop) -> None:
+        self.pending_start = None
+        self.operator_held = c.operator
+        self._cancel_timer()
+        if self.state in SERVING:
+            self._to(State.DRAINING if c.drain else State.STOPPING, c.reason)
+        elif self.state in LOADING or self.state == State.FAILED:
+            self.epoch += 1
+            self._to(State.STOPPED if self.state == State.VERIFYING else State.STOPPING, c.reason)
+        elif self.state == State.DRAINING and not c.drain:
+            self._to(State.STOPPING, c.reason)
+        self._fail_waiters(c.reason, 5)
+
+    def _on_acquire(self, c: Acquire) -> None:
+        if self.state in SERVING:
+            c.reply.set_result(self._lease())
+        elif self._should_wait(c):
+            if self.state == State.STOPPED:
+                self.deps.request_load(self.unit)
+            self.waiters.append(c.reply)
+        else:
+            c.reply.set_exception(self._unavailable())
+
+    def _should_wait(self, c: Acquire) -> bool:
+        if not c.may_wait or len(self.waiters) >= self.deps.rig.lifecycle.queue_size:
+            return False
+        if self.state in LOADING:
+            return not self.recovering  # a cold load is worth waiting for; a crash recovery is not
+        return self.state == State.STOPPED and not self.operator_held and not self.refused
+
+    def _lease(self) -> Lease:
+        lease = Lease(self)
+        self.leases.add(lease)
+        if self.state == State.READY:
+            self._to(State.BUSY, "request in flight")
+        return lease
+
+    def _on_release(self, c: Release) -> None:
+        self.leases.discard(c.lease)
+        self.last_used = time.time()
+        if self.leases:
+            return
+        if self.state == State.BUSY:
+            self._to(State.READY, "no request in flight")
+        elif self.state == State.DRAINING:
+            self._to(State.STOPPING, "drained: last request finished")
+
+    def _on_probe(self, c: Probe) -> None:
+        if self.state not in SERVING or c.taken_at < self.since:
+            return
+        if c.ok:
+            self.failures = 0
+            return
+        if self._progressing():
+            log.info("probe failed while requests progress: not counted", extra=self._fields(detail=c.detail))
+            return
+        self.failures += 1
+        log.warning("probe failed", extra=self._fields(detail=c.detail, failures=self.failures))
+        if self.failures >= self.deps.rig.lifecycle.failure_threshold:
+            self._crash(f"{self.failures} consecutive failed probes, last: {c.detail}", hung=True)
+
+    def _progressing(self) -> bool:
+        window = self.deps.rig.lifecycle.probe_timeout_s * 2
+        return any(time.monotonic() - lease.last_progress < window for lease in self.leases)
+
+    def _on_exited(self, c: Exited) -> None:
+        if self.state in PROCESS_EXPECTED and self.state != State.STARTING and c.taken_at >= self.since:
+            self._crash(f"server process exited ({c.detail})", hung=False)
+
+    def _on_job_done(self, c: JobDone) -> None:
+        if c.epoch != self.epoch:
+            return
+        if c.kind == "verify":
+            self._verify_done(c)
+        elif c.kind == "start":
+            self._start_done(c)
+        elif c.kind == "stop":
+            self._to(State.STOPPED if c.ok else State.FAILED, c.reason)
+        elif self.state not in (State.STOPPED, State.FAILED):
+            self._to(State.FAILED, c.reason)
+
+    def _verify_done(self, c: JobDone) -> None:
+        if self.state != State.VERIFYING:
+            return
+        if c.ok:
+            self._to(State.STARTING, c.reason)
+        else:
+            self.refused = True
+            self._to(State.FAILED, f"refused: {c.reason}")
+
+    def _start_done(self, c: JobDone) -> None:
+        if self.state != State.STARTING:
+            return
+        if c.ok:
+            self.load_seconds = time.monotonic() - self.since
+            self._to(State.READY, c.reason)
+        elif c.refused:
+            self.refused = True
+            self._to(State.FAILED, f"refused: {c.reason}")
+        else:
+            self._crash(f"start failed: {c.reason}", hung=False)
+
+    def _on_refuse(self, c: Refuse) -> None:
+        if not c.permanent:
+            self._fail_waiters(c.reason, 10)
+        elif self.state in (State.STOPPED, State.FAILED):
+            self.refused = True
+            if self.state == State.STOPPED:
+                self._to(State.FAILED, c.reason)
+            else:
+                self.reason = c.reason
+                self._fail_waiters(c.reason, 30)
+
+    def _on_reset(self, c: Reset) -> None:
+        self.policy.clear()
+        self.refused = False
+        self.operator_held = False
+        if self.state == State.FAILED:
+            self.send(Start("operator reset", operator=True))
+
+    # ---- state entry --------------------------------------------------------------------------
+    def _on_ready(self) -> None:
+        self.failures = 0
+        self.recovering = False
+        self.deps.on_ready(self.unit, self.load_seconds)
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                lease = self._lease()
+                lease.cold = True
+                fut.set_result(lease)
+
+    def _on_stopped(self) -> None:
+        self._fail_waiters(self.reason, 5)
+        if self.pending_start:
+            start, self.pending_start = self.pending_start, None
+            self.send(start)
+
+    def _crash(self, reason: str, hung: bool) -> None:
+        self.epoch += 1
+        self._to(State.FAILED, reason)
+        # A hung or half-started server still holds its GPU: stop it now, not at the restart.
+        # Its own task: the next start waits for it rather than cancelling it.
+        self._kill = asyncio.ensure_future(jobs.kill(self.deps, self.unit, hung))
+
+    def _on_failed(self) -> None:
+        self._fail_waiters(self.reason, self._retry_after())
+        if self.refused or self.operator_held:
+            return
+        delay = self.policy.next_delay()
+        if delay is None:
+            self.reason = self.policy.open_reason(self.reason, self.unit.name)
+            log.error("circuit open", extra=self._fields(reason=self.reason))
+            self.deps.on_circuit(self.unit, True)
+            return
+        log.info("restart scheduled", extra=self._fields(delay_s=delay))
+        self.deps.on_restart(self.unit, self.reason)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(delay, self.send, Start(f"restart after {delay:g} s", recovering=True))
+
+    def _cancel_timer(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+
+    def _retry_after(self) -> float:
+        eta = self.policy.eta()
+        load = self.load_seconds or 5.0
+        return (eta + load) if eta is not None else 30.0
+
+    def _unavailable(self) -> NotAvailable:
+        s = self.state
+        if s == State.FAILED:
+            return NotAvailable("model_failed", f"model {self.unit.name!r} failed: {self.reason}",
+                                self._retry_after())
+        if s in LOADING:
+            return NotAvailable("model_loading", f"model {self.unit.name!r} is {s.value} "
+                                f"({self.reason})", self.load_seconds or 5.0)
+        if len(self.waiters) >= self.deps.rig.lifecycle.queue_size and s != State.STOPPED:
+            return NotAvailable("queue_full", f"model {self.unit.name!r}: the wait queue is full", 5.0)
+        return NotAvailable("model_unavailable", f"model {self.unit.name!r} is {s.value} ({self.reason})", 10.0)
+
+    def _fail_waiters(self, reason: str, retry_after: float) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(NotAvailable("model_unavailable", f"model {self.unit.name!r}: {reason}",
+                                               retry_after))
+
+    # ---- read-only views ----------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        return {"name": self.unit.name, "kind": self.unit.kind, "state": self.state.value,
+                "reason": self.reason, "since_s": round(time.monotonic() - self.since, 3),
+                "gpus": list(self.unit.gpus), "port": self.unit.port, "inflight": self.inflight,
+                "waiting": len(self.waiters), "required": self.unit.required, "warm": self.unit.warm,
+                "restarts_in_window": self.policy.count(), "circuit_open": self.policy.is_open,
+                "load_seconds": self.load_seconds, "last_used": self.last_used or None,
+                "history": [vars(t) for t in self.history][-10:]}

@@ -1,0 +1,69 @@
+"""Commands a unit's actor takes. Those with a `reply` future are awaited by the caller."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+
+def _future() -> asyncio.Future:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class Start:
+    reason: str
+    recovering: bool = False   # a restart after a failure: requests get 503 rather than wait
+    operator: bool = False     # asked for by a person: clears the restart history
+
+
+@dataclass
+class Stop:
+    reason: str
+    drain: bool = True         # let in-flight requests finish first
+    operator: bool = False     # held stopped: requests do not load it again
+
+
+@dataclass
+class Acquire:
+    may_wait: bool = True      # may wait in the bounded queue while the unit loads
+    reply: asyncio.Future = field(default_factory=_future)
+
+
+@dataclass
+class Release:
+    lease: object
+
+
+@dataclass
+class Probe:
+    ok: bool
+    detail: str
+    taken_at: float            # monotonic time the probe was sent
+
+
+@dataclass
+class Exited:
+    detail: str
+    taken_at: float            # monotonic time supervisord was asked
+
+
+@dataclass
+class JobDone:
+    kind: str                  # verify | start | stop | crash
+    epoch: int
+    ok: bool
+    reason: str
+    refused: bool = False      # the launch gate refused the model file
+
+
+@dataclass
+class Reset:
+    pass
+
+
+@dataclass
+class Refuse:
+    """The planner will not start this unit (it cannot fit); `permanent` marks it failed,
+    otherwise only the requests waiting for it are answered."""
+    reason: str
+    permanent: bool = True

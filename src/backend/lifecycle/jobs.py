@@ -1,0 +1,180 @@
+"""The slow work of a unit's life, run as tasks whose results go back to its actor.
+
+A job never changes state itself: it returns a JobDone (or nothing) and the actor decides.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import psutil
+
+from llamarig.backend.lifecycle.commands import JobDone
+from llamarig.backend.lifecycle.units import Unit
+from llamarig.backend.launch import EXIT_REFUSED, read_verdict, verdict_path
+from llamarig.backend.llama_http import ServerHttp
+from llamarig.backend.supervisor import RUNNING_STATES, SupervisorClient
+from llamarig.shared.errors import SupervisorError
+from llamarig.shared.rig import Rig
+from llamarig.shared.verify import Verdict
+
+POLL_S = 0.2          # readiness poll; llama-swap polls every 1 s, loopback is cheap
+GONE_TIMEOUT_S = 10   # how long a stopped server's processes and port get to disappear
+
+
+class Events:
+    """What the manager hears of units (metrics, planning). The default hears nothing."""
+
+    def on_transition(self, unit, source, target, reason): pass
+    def on_ready(self, unit, load_seconds): pass
+    def on_restart(self, unit, reason): pass
+    def on_circuit(self, unit, is_open): pass
+    def on_verdict(self, unit, verdict): pass
+    def on_stop_verified(self, unit, ok, reason): pass
+    def on_probe(self, unit, ok): pass
+    def on_memory(self, unit, estimate, actual): pass
+    def request_load(self, unit): pass
+    def gpu_pids(self, unit) -> set[int]: return set()
+
+
+@dataclass
+class Deps:
+    rig: Rig
+    supervisor: SupervisorClient
+    http: ServerHttp
+    verify: Callable[[str], Verdict]   # blocking; run in a thread
+    events: Events
+
+
+async def verify(deps: Deps, unit: Unit, epoch: int) -> JobDone:
+    verdict = await asyncio.to_thread(deps.verify, unit.name)
+    deps.events.on_verdict(unit, verdict)
+    return JobDone("verify", epoch, verdict.ok, verdict.reason if verdict.ok else f"{verdict.code}: {verdict.reason}")
+
+
+async def start(deps: Deps, unit: Unit, epoch: int, adopt: bool, after: asyncio.Task | None) -> JobDone:
+    if after:
+        await asyncio.wait({after})
+    info = await _settled_info(deps, unit)
+    if info["statename"] in RUNNING_STATES:
+        ok, _ = await deps.http.ready(unit.port, unit.ready_path, 2)
+        if ok and adopt:
+            return JobDone("start", epoch, True, f"adopted the running server (pid {info['pid']})")
+        await _stop_program(deps, unit, hung=True)
+    verdict_path(deps.rig, unit.name).unlink(missing_ok=True)
+    try:
+        await deps.supervisor.run("start", unit.program)
+    except SupervisorError as e:
+        return JobDone("start", epoch, False, e.reason)
+    return await _wait_ready(deps, unit, epoch)
+
+
+async def _settled_info(deps: Deps, unit: Unit) -> dict:
+    """Program info once it is not STOPPING (supervisord cannot start a stopping program)."""
+    deadline = time.monotonic() + deps.rig.timeouts.stop_s + GONE_TIMEOUT_S
+    info = await deps.supervisor.run("info", unit.program)
+    while info["statename"] == "STOPPING" and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_S)
+        info = await deps.supervisor.run("info", unit.program)
+    return info
+
+
+async def _wait_ready(deps: Deps, unit: Unit, epoch: int) -> JobDone:
+    deadline = time.monotonic() + deps.rig.timeouts.start_s
+    timeout = deps.rig.lifecycle.probe_timeout_s
+    while time.monotonic() < deadline:
+        ok, detail = await deps.http.ready(unit.port, unit.ready_path, timeout)
+        if ok:
+            return JobDone("start", epoch, True, "server answers " + unit.ready_path)
+        info = await deps.supervisor.run("info", unit.program)
+        if info["statename"] not in RUNNING_STATES:
+            return _exit_result(deps, unit, epoch, info)
+        await asyncio.sleep(POLL_S)
+    return JobDone("start", epoch, False, f"not ready within {deps.rig.timeouts.start_s:g} s (start_s)")
+
+
+def _exit_result(deps: Deps, unit: Unit, epoch: int, info: dict) -> JobDone:
+    if info["exitstatus"] == EXIT_REFUSED:
+        verdict = read_verdict(deps.rig, unit.name) or {}
+        reason = f"{verdict.get('code', 'refused')}: {verdict.get('reason', 'see the program log')}"
+        return JobDone("start", epoch, False, reason, refused=True)
+    return JobDone("start", epoch, False, f"program {info['statename']} ({info['description']}), exit status "
+                   f"{info['exitstatus']}; see run/logs/{unit.program}.log")
+
+
+async def stop(deps: Deps, unit: Unit, epoch: int) -> JobDone:
+    ok, reason = await _stop_program(deps, unit, hung=False)
+    return JobDone("stop", epoch, ok, reason)
+
+
+async def kill(deps: Deps, unit: Unit, hung: bool) -> None:
+    """Stop a failed unit's program so that it frees its GPU while the restart waits."""
+    await _stop_program(deps, unit, hung)
+
+
+async def _stop_program(deps: Deps, unit: Unit, hung: bool) -> tuple[bool, str]:
+    pids = await asyncio.to_thread(_process_tree, deps, unit)
+    if hung:
+        # A stopped (SIGSTOP) process keeps SIGTERM pending; continue it so it can exit cleanly.
+        for pid in pids:
+            _signal_quietly(pid)
+    try:
+        await deps.supervisor.run("stop", unit.program)
+    except SupervisorError as e:
+        if e.code != "supervisor_not_running":
+            return False, f"stop failed: {e.reason}"
+    ok, reason = await _verify_gone(deps, unit, pids)
+    deps.events.on_stop_verified(unit, ok, reason)
+    return ok, reason
+
+
+def _process_tree(deps: Deps, unit: Unit) -> set[int]:
+    try:
+        pid = deps.supervisor.info(unit.program)["pid"]
+        if not pid:
+            return set()
+        proc = psutil.Process(pid)
+        return {pid} | {c.pid for c in proc.children(recursive=True)}
+    except (SupervisorError, psutil.Error):
+        return set()
+
+
+def _signal_quietly(pid: int) -> None:
+    try:
+        psutil.Process(pid).resume()
+    except psutil.Error:
+        pass
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+        except psutil.Error:
+            pass
+    return alive
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def _verify_gone(deps: Deps, unit: Unit, pids: set[int]) -> tuple[bool, str]:
+    """After a stop: no process of the program left, its port free, its GPU memory released."""
+    deadline = time.monotonic() + GONE_TIMEOUT_S
+    while True:
+        alive, bound = _alive(pids), port_in_use(unit.port)
+        on_gpu = deps.events.gpu_pids(unit) & pids
+        if not (alive or bound or on_gpu):
+            return True, "stopped: no process left, port free"
+        if time.monotonic() >= deadline:
+            return False, (f"stop not verified after {GONE_TIMEOUT_S} s: pids alive {sorted(alive)}, "
+                           f"port {unit.port} {'in use' if bound else 'free'}, pids on GPU {sorted(on_gpu)}")
+        await asyncio.sleep(POLL_S)

@@ -1,0 +1,363 @@
+"""The lifecycle manager: every unit's actor, wave loading at boot, the health loop and
+on-demand loads with LRU eviction.
+
+It lives in the compute API process, where the drain can see in-flight requests. Decisions
+that span units (which wave, which unit to evict) are taken by one planner task at a time;
+each unit's own state changes only inside its actor.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import psutil
+
+from llamarig.backend.launch import checks_for, verify_unit
+from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
+from llamarig.backend.lifecycle.commands import Acquire, Exited, Probe, Refuse, Reset, Start, Stop
+from llamarig.backend.lifecycle.jobs import Deps, Events
+from llamarig.backend.lifecycle.states import LOADING, SERVING, State
+from llamarig.backend.lifecycle.units import Unit, units_from_rig
+from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, shortfall
+from llamarig.backend.llama_http import ServerHttp
+from llamarig.backend.supervisor import RUNNING_STATES, SupervisorClient
+from llamarig.shared.errors import LlamarigError, SupervisorError
+from llamarig.shared.gguf_header import GgufError, read_header
+from llamarig.shared.gpus import GpuInventory, open_inventory
+from llamarig.shared.rig import Rig
+from llamarig.shared.vram import Estimate, estimate, estimate_folder
+
+log = logging.getLogger("llamarig.manager")
+SETTLED = frozenset({State.READY, State.BUSY, State.FAILED, State.STOPPED})
+MIB = 1024 * 1024
+
+
+class UnknownModel(LlamarigError):
+    pass
+
+
+class Manager(Events):
+    def __init__(self, rig: Rig, supervisor: SupervisorClient, http: ServerHttp,
+                 inventory: GpuInventory | None = None, hooks: Events | None = None):
+        self.rig = rig
+        self.supervisor = supervisor
+        self.http = http
+        self.hooks = hooks or Events()
+        self.units = {u.name: u for u in units_from_rig(rig)}
+        checks = checks_for(rig, settle=False)
+        deps = Deps(rig, supervisor, http, lambda name: verify_unit(rig, name, checks), self)
+        self.actors = {name: UnitActor(unit, deps) for name, unit in self.units.items()}
+        self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used)
+        self.pids: dict[str, int] = {}
+        self.program_states: dict[str, str] = {}
+        self.estimates: dict[str, Estimate] = {}
+        self.actuals: dict[str, dict[int, int]] = {}
+        self.boot_waves: list[dict] = []
+        self.booted = asyncio.Event()
+        self._loads: asyncio.Queue[Unit] = asyncio.Queue()
+        self._probing: set[str] = set()
+        self._deep_due: dict[str, float] = {}
+        self._tasks: list[asyncio.Task] = []
+        self.closing = False
+
+    # ---- running ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(a.run(), name=f"actor-{n}") for n, a in self.actors.items()]
+        self._tasks += [loop.create_task(self._health_loop(), name="health"),
+                        loop.create_task(self._planner(), name="planner"),
+                        loop.create_task(self.boot(), name="boot")]
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- estimates and readings ---------------------------------------------------------------
+    def estimate(self, unit: Unit) -> Estimate | None:
+        if unit.name in self.estimates:
+            return self.estimates[unit.name]
+        try:
+            if unit.kind == "whisper":
+                size = (self.rig.resolve(self.rig.whisper.model_dir) / "model.bin").stat().st_size
+                est = estimate_folder(size, unit.gpus[0], self.inventory.simulated)
+            else:
+                m = self.rig.models[unit.name]
+                est = estimate(read_header(self.rig.resolve(m.path)), unit.gpus, unit.split, m.context_size,
+                               m.gpu_layers, self.inventory.simulated)
+        except (OSError, GgufError):
+            return None  # the verifier gives the reason when the unit starts
+        self.estimates[unit.name] = est
+        return est
+
+    def free_bytes(self) -> dict[int, int]:
+        return {g.index: g.free_bytes for g in self.inventory.read()}
+
+    def _tree_rss(self, pid: int) -> int:
+        try:
+            proc = psutil.Process(pid)
+            return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+        except psutil.Error:
+            return 0
+
+    def _simulated_used(self, gpu: int) -> int:
+        """Simulated 'used memory' of a GPU: resident memory of the processes pinned to it,
+        split by each unit's share of that GPU."""
+        used = 0
+        for unit in self.units.values():
+            pid = self.pids.get(unit.program)
+            if pid and gpu in unit.gpus:
+                used += int(self._tree_rss(pid) * unit.split[unit.gpus.index(gpu)])
+        return used
+
+    def actual(self, unit: Unit) -> dict[int, int]:
+        pid = self.pids.get(unit.program)
+        if not pid:
+            return {}
+        if self.inventory.simulated:
+            rss = self._tree_rss(pid)
+            return {g: int(rss * s) for g, s in zip(unit.gpus, unit.split)}
+        return {g: self.inventory.process_bytes(g, self._tree_pids(pid)) for g in unit.gpus}
+
+    def _tree_pids(self, pid: int) -> set[int]:
+        try:
+            proc = psutil.Process(pid)
+            return {pid} | {c.pid for c in proc.children(recursive=True)}
+        except psutil.Error:
+            return set()
+
+    async def settle(self) -> dict[int, int]:
+        """Free memory once two readings 0.25 s apart agree within 1 % (freed VRAM takes time
+        to show), or after vram_settle_s."""
+        deadline = time.monotonic() + self.rig.lifecycle.vram_settle_s
+        await self._refresh_pids()
+        last = self.free_bytes()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            await self._refresh_pids()
+            now = self.free_bytes()
+            if all(abs(now[g] - last[g]) <= 0.01 * max(last[g], MIB) for g in now):
+                return now
+            last = now
+        return last
+
+    async def _refresh_pids(self) -> dict[str, dict]:
+        infos = await self.supervisor.run("all_info")
+        self.pids = {name: i["pid"] for name, i in infos.items() if i["pid"]}
+        self.program_states = {name: i["statename"] for name, i in infos.items()}
+        return infos
+
+    # ---- boot in waves ------------------------------------------------------------------------
+    async def boot(self) -> None:
+        pending = []
+        for unit in self.units.values():
+            if not unit.warm:
+                continue
+            est = self.estimate(unit)
+            need = est.per_gpu if est else {}
+            pending.append(Candidate(unit.name, unit.priority, need))
+        try:
+            while pending:
+                pending = await self._boot_wave(pending)
+        except SupervisorError as e:
+            log.error("boot stopped: supervisord unreachable", extra={"reason": e.reason})
+        finally:
+            self.booted.set()
+
+    async def _boot_wave(self, pending: list[Candidate]) -> list[Candidate]:
+        free = await self.settle()
+        wave = next_wave(pending, free, self.rig.lifecycle.vram_margin_mib * MIB)
+        record = {"wave": len(self.boot_waves) + 1, "start": wave.start, "refused": wave.refused,
+                  "started_at": time.time(), "done_at": None}
+        self.boot_waves.append(record)
+        log.info("wave planned", extra={k: v for k, v in record.items() if k != "done_at"})
+        for name, reason in wave.refused.items():
+            self.actors[name].send(Refuse(reason))
+        for name in wave.start:
+            self.actors[name].send(Start(f"boot wave {record['wave']}"))
+        limit = self.rig.timeouts.model_wait_s + self.rig.timeouts.start_s + 60
+        await asyncio.gather(*(self.actors[n].wait_until(SETTLED, limit) for n in wave.start))
+        record["done_at"] = time.time()
+        done = set(wave.start) | set(wave.refused)
+        return [c for c in pending if c.name not in done]
+
+    # ---- on-demand loads ----------------------------------------------------------------------
+    def request_load(self, unit: Unit) -> None:
+        self._loads.put_nowait(unit)
+
+    async def _planner(self) -> None:
+        while True:
+            unit = await self._loads.get()
+            try:
+                await self._load(unit)
+            except Exception:  # one bad load must not stop later ones
+                log.exception("on-demand load failed", extra={"model": unit.name})
+
+    async def _load(self, unit: Unit) -> None:
+        actor = self.actors[unit.name]
+        await self.booted.wait()
+        if actor.state != State.STOPPED or not actor.waiters:
+            return  # already loading, or nobody is waiting any more
+        est = self.estimate(unit)
+        need = est.per_gpu if est else {}
+        margin = self.rig.lifecycle.vram_margin_mib * MIB
+        free = await self.settle()
+        if shortfall(need, {g: f - margin for g, f in free.items()}):
+            if not await self._evict_for(unit, need, free, margin):
+                return
+        actor.send(Start("on-demand load"))
+        await actor.wait_until(SETTLED, self.rig.timeouts.model_wait_s + self.rig.timeouts.start_s + 60)
+
+    async def _evict_for(self, unit: Unit, need: dict[int, int], free: dict[int, int], margin: int) -> bool:
+        idle = [(n, a.last_used, self.actuals.get(n) or (self.estimate(a.unit) or Estimate({})).per_gpu)
+                for n, a in self.actors.items()
+                if n != unit.name and not a.unit.warm and a.state == State.READY and not a.inflight]
+        victims = lru_victims(need, free, margin, idle)
+        if victims is None:
+            reason = shortfall(need, {g: f - margin for g, f in free.items()})
+            self.actors[unit.name].send(Refuse(f"cannot load: {reason}; every other model there is busy, "
+                                               "loading or warm", permanent=False))
+            return False
+        for name in victims:
+            log.info("evicting idle model", extra={"model": name, "for": unit.name})
+            self.actors[name].send(Stop(f"evicted (least recently used) to load {unit.name}"))
+        await asyncio.gather(*(self.actors[n].wait_until(frozenset({State.STOPPED, State.FAILED}),
+                                                         self.rig.timeouts.drain_s + self.rig.timeouts.stop_s + 30)
+                               for n in victims))
+        await self.settle()
+        return True
+
+    # ---- health -------------------------------------------------------------------------------
+    async def _health_loop(self) -> None:
+        interval = self.rig.lifecycle.health_interval_s
+        while True:
+            try:
+                await self._health_tick()
+            except SupervisorError as e:
+                log.error("health tick: supervisord unreachable", extra={"reason": e.reason})
+            except Exception:
+                log.exception("health tick failed")
+            await asyncio.sleep(interval)
+
+    async def _health_tick(self) -> None:
+        taken = time.monotonic()
+        infos = await self._refresh_pids()
+        for name, actor in self.actors.items():
+            info = infos.get(actor.unit.program)
+            if info and info["statename"] not in RUNNING_STATES:
+                actor.send(Exited(f"supervisord says {info['statename']}, exit status {info['exitstatus']}", taken))
+            if actor.state in SERVING and name not in self._probing:
+                self._probing.add(name)
+                asyncio.ensure_future(self._probe(actor))
+
+    async def _probe(self, actor: UnitActor) -> None:
+        unit, cfg = actor.unit, self.rig.lifecycle
+        try:
+            taken = time.monotonic()
+            ok, detail = await self.http.ready(unit.port, unit.ready_path, cfg.probe_timeout_s)
+            if ok and unit.kind == "llama" and cfg.deep_probe_interval_s > 0:
+                if taken >= self._deep_due.get(unit.name, 0):
+                    self._deep_due[unit.name] = taken + cfg.deep_probe_interval_s
+                    ok, detail = await self.http.generates(unit.port, cfg.probe_timeout_s)
+            self.hooks.on_probe(unit, ok)
+            actor.send(Probe(ok, detail, taken))
+        finally:
+            self._probing.discard(unit.name)
+
+    # ---- what the actors report ---------------------------------------------------------------
+    def on_transition(self, unit, source, target, reason):
+        self.hooks.on_transition(unit, source, target, reason)
+
+    def on_ready(self, unit, load_seconds):
+        self.hooks.on_ready(unit, load_seconds)
+        asyncio.ensure_future(self._record_actual(unit))
+
+    async def _record_actual(self, unit: Unit) -> None:
+        await self.settle()
+        self.actuals[unit.name] = self.actual(unit)
+        est = self.estimate(unit)
+        log.info("memory after load", extra={"model": unit.name, "gpus": unit.gpu_label,
+                                             "estimate": est.per_gpu if est else None,
+                                             "actual": self.actuals[unit.name]})
+        self.hooks.on_memory(unit, est.per_gpu if est else {}, self.actuals[unit.name])
+
+    def on_restart(self, unit, reason):
+        self.hooks.on_restart(unit, reason)
+
+    def on_circuit(self, unit, is_open):
+        self.hooks.on_circuit(unit, is_open)
+
+    def on_verdict(self, unit, verdict):
+        self.hooks.on_verdict(unit, verdict)
+
+    def on_stop_verified(self, unit, ok, reason):
+        self.hooks.on_stop_verified(unit, ok, reason)
+
+    def gpu_pids(self, unit) -> set[int]:
+        if self.inventory.simulated:
+            return set()
+        return set().union(*(self.inventory.pids_on(g) for g in unit.gpus))
+
+    # ---- the API's side -----------------------------------------------------------------------
+    def actor(self, name: str) -> UnitActor:
+        if name not in self.actors:
+            raise UnknownModel("model_not_found", f"model {name!r} is not in this rig; known: "
+                               f"{', '.join(sorted(self.actors))}")
+        return self.actors[name]
+
+    async def acquire(self, name: str) -> Lease:
+        """A lease on a serving unit; waits (bounded) while a cold unit loads."""
+        actor = self.actor(name)
+        if self.closing:
+            raise NotAvailable("shutting_down", "the compute API is shutting down", 30)
+        command = Acquire(may_wait=True)
+        actor.send(command)
+        try:
+            return await asyncio.wait_for(asyncio.shield(command.reply), self.rig.lifecycle.queue_timeout_s)
+        except TimeoutError:
+            command.reply.cancel()
+            raise NotAvailable("load_timeout", f"model {name!r} did not become ready within "
+                               f"{self.rig.lifecycle.queue_timeout_s:g} s (queue_timeout_s)", 10) from None
+
+    def start_unit(self, name: str) -> None:
+        self.actor(name).send(Start("operator start", operator=True))
+
+    def stop_unit(self, name: str, drain: bool = True) -> None:
+        self.actor(name).send(Stop("operator stop", drain=drain, operator=True))
+
+    def reset(self, name: str) -> None:
+        self.actor(name).send(Reset())
+
+    def reload(self, name: str) -> str:
+        """Drain, stop, then start with the file and settings as they are now. A second server
+        beside the first (blue-green) needs a second port and program: not built yet, so
+        this always takes the drain-first path and says so."""
+        actor = self.actor(name)
+        self.estimates.pop(name, None)
+        actor.send(Stop("reload: drain first", operator=False))
+        actor.send(Start("reload", operator=True))
+        return "drain-first"
+
+    async def stop_all(self, drain: bool = True) -> None:
+        for name in self.actors:
+            self.stop_unit(name, drain)
+        limit = self.rig.timeouts.drain_s + self.rig.timeouts.stop_s + 30
+        await asyncio.gather(*(a.wait_until(frozenset({State.STOPPED, State.FAILED}), limit)
+                               for a in self.actors.values()))
+
+    async def drain_requests(self) -> None:
+        """Stop taking requests and wait for those in flight (the process is going away;
+        supervisord stops the servers after us)."""
+        self.closing = True
+        deadline = time.monotonic() + self.rig.timeouts.drain_s
+        while any(a.inflight for a in self.actors.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
+    def ready_report(self) -> tuple[bool, list[dict]]:
+        rows = [a.snapshot() for a in self.actors.values()]
+        ok = self.booted.is_set() and all(r["state"] in ("ready", "busy") for r in rows if r["required"] and r["warm"])
+        return ok, rows
+
+    def is_loading(self, name: str) -> bool:
+        return self.actor(name).state in LOADING

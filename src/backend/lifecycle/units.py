@@ -1,0 +1,49 @@
+"""What the lifecycle manager needs to know of each served unit, taken from the rig."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llamarig.backend.engines import engine_for
+from llamarig.backend.supervisor_conf import WHISPER_PROGRAM, model_program
+from llamarig.shared.rig import Rig
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str                       # model name, or "whisper"
+    kind: str                       # "llama" or "whisper"
+    program: str                    # supervisord program name
+    port: int
+    ready_path: str                 # GET answers 200 once loaded
+    metrics_path: str | None
+    gpus: tuple[int, ...]
+    split: tuple[float, ...]        # share of the unit on each of gpus, sums to 1
+    priority: int
+    required: bool
+    warm: bool                      # loaded at boot, never unloaded or evicted
+    keep_alive_s: float | None      # idle seconds before unload; None: never
+
+    @property
+    def gpu_label(self) -> str:
+        return ",".join(map(str, self.gpus))
+
+
+def _split(gpus: list[int], tensor_split: list[float] | None) -> tuple[float, ...]:
+    weights = tensor_split or [1.0] * len(gpus)
+    total = sum(weights)
+    return tuple(w / total for w in weights)
+
+
+def units_from_rig(rig: Rig) -> list[Unit]:
+    units = []
+    for name, m in rig.models.items():
+        engine = engine_for(m)
+        keep = None if m.warm or m.keep_alive_s < 0 else m.keep_alive_s
+        units.append(Unit(name, "llama", model_program(name), m.port, engine.ready_path, engine.metrics_path,
+                          tuple(m.gpus), _split(m.gpus, m.tensor_split), m.priority, m.required,
+                          m.warm, keep))
+    if rig.whisper:
+        w = rig.whisper
+        units.append(Unit(WHISPER_PROGRAM, "whisper", WHISPER_PROGRAM, w.port, "/health", None, (w.gpu,),
+                          (1.0,), 50, w.required, True, None))
+    return units

@@ -1,0 +1,62 @@
+"""The supervisord XML-RPC client, over its unix socket only.
+
+Calls block, so the async wrappers run them in a thread. A fresh proxy per call: supervisor's
+transport keeps one connection and is not safe to share between threads.
+"""
+from __future__ import annotations
+
+import asyncio
+import xmlrpc.client
+from pathlib import Path
+
+from supervisor.xmlrpc import Faults, SupervisorTransport
+
+from llamarig.shared.errors import SupervisorError
+
+_FAULT_NAMES = {v: k.lower() for k, v in vars(Faults).items() if isinstance(v, int)}
+RUNNING_STATES = {"STARTING", "RUNNING", "BACKOFF", "STOPPING"}
+
+
+class SupervisorClient:
+    def __init__(self, socket: Path):
+        self.socket = Path(socket)
+
+    def _proxy(self):
+        transport = SupervisorTransport(None, None, f"unix://{self.socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self._proxy().supervisor, method)(*args)
+        except xmlrpc.client.Fault as f:
+            name = _FAULT_NAMES.get(f.faultCode, str(f.faultCode))
+            raise SupervisorError(f"supervisor_{name}", f"{method}{args}: {f.faultString}") from None
+        except OSError as e:
+            raise SupervisorError("supervisor_unreachable",
+                                  f"cannot reach supervisord at {self.socket}: {e}") from None
+
+    def start(self, program: str) -> None:
+        self._call("startProcess", program, False)
+
+    def stop(self, program: str) -> None:
+        """Stop and wait until supervisord reports it stopped (SIGKILL after stopwaitsecs)."""
+        self._call("stopProcess", program, True)
+
+    def signal(self, program: str, signal: str) -> None:
+        self._call("signalProcess", program, signal)
+
+    def info(self, program: str) -> dict:
+        return self._call("getProcessInfo", program)
+
+    def all_info(self) -> dict[str, dict]:
+        return {p["name"]: p for p in self._call("getAllProcessInfo")}
+
+    def state(self) -> str:
+        return self._call("getState")["statename"]
+
+    def shutdown(self) -> None:
+        self._call("shutdown")
+
+    async def run(self, method: str, *args):
+        """Run one of the methods above in a thread."""
+        return await asyncio.to_thread(getattr(self, method), *args)

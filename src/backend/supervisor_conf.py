@@ -1,0 +1,93 @@
+"""Render supervisord.conf from the rig: one program per model, Whisper and the compute API.
+
+Paths inside the folder the file is written to become `%(here)s/...`, so the checked-in render
+of the default rig works from any checkout. Model programs do not autostart: the lifecycle
+manager in the compute API decides when each one starts.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from llamarig.shared.rig import Rig
+
+API_PROGRAM = "compute-api"
+WHISPER_PROGRAM = "whisper"
+HEADER = "; Rendered by `llamarig render` from {rig}. Edit the rig and render again; do not edit by hand.\n"
+
+
+def model_program(name: str) -> str:
+    return f"llama-{name}"
+
+
+def _here(path: Path, conf_dir: Path) -> str:
+    path = path.resolve()
+    try:
+        rel = str(path.relative_to(conf_dir.resolve()))
+    except ValueError:
+        return str(path)
+    return "%(here)s" if rel == "." else f"%(here)s/{rel}"
+
+
+def _section(title: str, items: dict[str, object]) -> str:
+    return f"[{title}]\n" + "".join(f"{k}={v}\n" for k, v in items.items()) + "\n"
+
+
+def _env(values: dict[str, str]) -> str:
+    return ",".join(f'{k}="{v}"' for k, v in values.items())
+
+
+def gate_startsecs(rig: Rig) -> int:
+    """A refused model must end FATAL, not EXITED: supervisord only says FATAL for an exit
+    within startsecs, so startsecs covers the launch gate's whole wait."""
+    return math.ceil(rig.timeouts.model_wait_s + rig.timeouts.settle_s) + 2
+
+
+def _program(rig: Rig, conf_dir: Path, name: str, command: str, extra: dict) -> str:
+    logs = rig.run_dir / "logs"
+    items = {
+        "command": command, "directory": _here(rig.root, conf_dir),
+        "stdout_logfile": _here(logs / f"{name}.log", conf_dir), "redirect_stderr": "true",
+        "stdout_logfile_maxbytes": "10MB", "stdout_logfile_backups": 3,
+        "stopasgroup": "true", "killasgroup": "true", "stopsignal": "TERM",
+    }
+    items.update(extra)
+    return _section(f"program:{name}", items)
+
+
+def _gated(rig: Rig, conf_dir: Path, rig_ref: str, unit: str, program: str, gpus: list[int], priority: int) -> str:
+    env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+           "LLAMARIG_PROGRAM": program, "PYTHONUNBUFFERED": "1"}
+    return _program(rig, conf_dir, program, f"llamarig launch --rig {rig_ref} {unit}", {
+        "autostart": "false", "autorestart": "false", "startretries": 0,
+        "startsecs": gate_startsecs(rig), "stopwaitsecs": math.ceil(rig.timeouts.stop_s),
+        "priority": priority, "environment": _env(env)})
+
+
+def render(rig: Rig, conf_dir: Path) -> str:
+    run, rig_ref = rig.run_dir, _here(Path(rig.source), conf_dir)
+    sock = _here(run / "supervisor.sock", conf_dir)
+    parts = [HEADER.format(rig=_here(Path(rig.source), conf_dir).replace("%(here)s/", "")),
+             _section("unix_http_server", {"file": sock, "chmod": "0700"}),
+             _section("supervisord", {
+                 "nodaemon": "true", "logfile": _here(run / "logs" / "supervisord.log", conf_dir),
+                 "pidfile": _here(run / "supervisord.pid", conf_dir),
+                 "childlogdir": _here(run / "logs", conf_dir), "logfile_maxbytes": "10MB",
+                 "logfile_backups": 3, "loglevel": "info"}),
+             _section("rpcinterface:supervisor",
+                      {"supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"}),
+             _section("supervisorctl", {"serverurl": "unix://" + sock})]
+    for name, model in sorted(rig.models.items(), key=lambda kv: (kv[1].priority, kv[0])):
+        parts.append(_gated(rig, conf_dir, rig_ref, name, model_program(name), model.gpus, 100 + model.priority))
+    if rig.whisper:
+        parts.append(_gated(rig, conf_dir, rig_ref, WHISPER_PROGRAM, WHISPER_PROGRAM, [rig.whisper.gpu], 50))
+    # Highest priority number: supervisord stops it first, so it drains before the servers go.
+    parts.append(_program(rig, conf_dir, API_PROGRAM, f"llamarig api --rig {rig_ref}", {
+        "autostart": "true", "autorestart": "true", "startsecs": 2, "priority": 999,
+        "stopwaitsecs": math.ceil(rig.timeouts.drain_s) + 10,
+        "environment": _env({"PYTHONUNBUFFERED": "1", "LLAMARIG_PROGRAM": API_PROGRAM})}))
+    return "".join(parts).rstrip("\n") + "\n"
+
+
+def socket_path(rig: Rig) -> Path:
+    return rig.run_dir / "supervisor.sock"

@@ -1,0 +1,168 @@
+"""The `llamarig` command. Thin: each subcommand calls a module that does the work."""
+from __future__ import annotations
+
+import argparse
+import json
+import zlib
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from llamarig.shared.errors import LlamarigError
+
+DEFAULT_RIG = "runtime/rig.yaml"
+
+
+def _rig(args):
+    from llamarig.shared.rig import load_rig
+
+    return load_rig(args.rig)
+
+
+def cmd_render(args) -> int:
+    from llamarig.backend.supervisor_conf import render
+
+    out = Path(args.out)
+    text = render(_rig(args), out.resolve().parent)
+    if args.check:
+        same = out.exists() and out.read_text() == text
+        print(f"{out}: {'matches the rig' if same else 'differs from the rig: run llamarig render'}")
+        return 0 if same else 1
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from llamarig.backend.launch import checks_for, verify_unit
+    from llamarig.backend.supervisor_conf import WHISPER_PROGRAM
+
+    rig = _rig(args)
+    units = list(rig.models) + ([WHISPER_PROGRAM] if rig.whisper else [])
+    checks = checks_for(rig, settle=not args.no_settle)
+    with ThreadPoolExecutor(max(1, len(units))) as pool:  # settle windows overlap
+        verdicts = dict(zip(units, pool.map(lambda u: verify_unit(rig, u, checks), units)))
+    if args.json:
+        print(json.dumps({u: v.as_dict() for u, v in verdicts.items()}, indent=2))
+    else:
+        table = Table(title=f"model files of {args.rig}")
+        for col in ("unit", "verdict", "code", "reason"):
+            table.add_column(col)
+        for u, v in verdicts.items():
+            table.add_row(u, "[green]ok[/]" if v.ok else "[red]refused[/]", v.code, v.reason)
+        Console().print(table)
+    return 0 if all(v.ok for v in verdicts.values()) else 1
+
+
+def cmd_launch(args) -> int:
+    from llamarig.backend.launch import launch
+    from llamarig.shared.logs import setup_logging
+
+    setup_logging()
+    return launch(_rig(args), args.unit)
+
+
+def cmd_api(args) -> int:
+    import uvicorn
+
+    from llamarig.api.compute.app import create_app
+    from llamarig.shared.logs import setup_logging
+
+    rig = _rig(args)
+    setup_logging()
+    uvicorn.run(create_app(rig), host=rig.api.host, port=rig.api.port, log_config=None, access_log=False,
+                loop="uvloop", http="httptools", timeout_graceful_shutdown=int(rig.timeouts.drain_s) or None)
+    return 0
+
+
+def cmd_models_make(args) -> int:
+    from llamarig.backend.models_make import GgufSize, make_gguf, make_whisper
+
+    rig = _rig(args)
+    size = GgufSize(layers=args.layers, width=args.width)
+    for name, m in rig.models.items():
+        path = rig.resolve(m.path)
+        if path.exists() and not args.force:
+            print(f"{name}: {path} exists (use --force to write it again)")
+            continue
+        make_gguf(path, size, seed=zlib.crc32(name.encode()))
+        print(f"{name}: wrote {path} ({path.stat().st_size} bytes)")
+    if rig.whisper:
+        folder = rig.resolve(rig.whisper.model_dir)
+        if (folder / "model.bin").exists() and not args.force:
+            print(f"whisper: {folder} exists")
+        else:
+            make_whisper(folder)
+            print(f"whisper: wrote {folder}")
+    return 0
+
+
+def _ops(name):
+    def run(args) -> int:
+        from llamarig import ops
+
+        rig = _rig(args)
+        if name == "status":
+            return ops.status(rig)
+        if name == "up":
+            return ops.up(rig, Path(args.conf), args.timeout)
+        if name == "down":
+            return ops.down(rig)
+        if name == "run":
+            ops.exec_supervisord(rig, Path(args.conf))
+        return ops.act(rig, args.name, name, drain=not getattr(args, "now", False))
+    return run
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llamarig", description="Run and operate a llamarig bundle.")
+    p.add_argument("--rig", default=DEFAULT_RIG, help=f"rig file (default {DEFAULT_RIG})")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("render", help="write supervisord.conf from the rig")
+    s.add_argument("--out", default="supervisord.conf")
+    s.add_argument("--check", action="store_true", help="exit 1 if the file differs from the rig")
+    s.set_defaults(fn=cmd_render)
+    s = sub.add_parser("verify", help="check every model file; exit 1 if one is refused")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--no-settle", action="store_true", help="skip the settle window")
+    s.set_defaults(fn=cmd_verify)
+    s = sub.add_parser("launch", help="(supervisord program) verify a unit's model, then exec its server")
+    s.add_argument("unit")
+    s.set_defaults(fn=cmd_launch)
+    sub.add_parser("api", help="(supervisord program) run the compute API").set_defaults(fn=cmd_api)
+    s = sub.add_parser("models", help="generated tiny models")
+    s.add_argument("action", choices=["make"])
+    s.add_argument("--layers", type=int, default=2)
+    s.add_argument("--width", type=int, default=64)
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(fn=cmd_models_make)
+    for name, text in (("run", "supervisord in the foreground"), ("up", "start in the background, show waves")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--conf", default="supervisord.conf")
+        s.add_argument("--timeout", type=float, default=600)
+        s.set_defaults(fn=_ops(name))
+    sub.add_parser("status", help="every unit's state").set_defaults(fn=_ops("status"))
+    sub.add_parser("down", help="drain and stop everything, then supervisord").set_defaults(fn=_ops("down"))
+    for name in ("start", "stop", "reset", "reload"):
+        s = sub.add_parser(name, help=f"{name} one unit")
+        s.add_argument("name")
+        if name == "stop":
+            s.add_argument("--now", action="store_true", help="do not wait for in-flight requests")
+        s.set_defaults(fn=_ops(name))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except LlamarigError as e:
+        print(f"llamarig: {e.code}: {e.reason}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

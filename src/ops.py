@@ -1,0 +1,139 @@
+"""Operator commands that talk to a running compute API: status, up, stop, start, reset, down."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from llamarig.backend.supervisor import SupervisorClient
+from llamarig.backend.supervisor_conf import socket_path
+from llamarig.shared.errors import LlamarigError, SupervisorError
+from llamarig.shared.rig import Rig
+
+console = Console()
+
+
+class Api:
+    def __init__(self, rig: Rig):
+        host = "127.0.0.1" if rig.api.host in ("0.0.0.0", "::") else rig.api.host
+        headers = {}
+        if rig.api.api_key_file:
+            headers["Authorization"] = "Bearer " + rig.resolve(rig.api.api_key_file).read_text().strip()
+        self.client = httpx.Client(base_url=f"http://{host}:{rig.api.port}", headers=headers, timeout=30)
+
+    def get(self, path: str) -> dict:
+        try:
+            r = self.client.get(path)
+        except httpx.HTTPError as e:
+            raise LlamarigError("api_unreachable", f"compute API at {self.client.base_url} did not answer "
+                                f"({type(e).__name__}); is the bundle up? `llamarig up`") from None
+        return r.json()
+
+    def post(self, path: str, timeout: float = 30) -> dict:
+        try:
+            r = self.client.post(path, timeout=timeout)
+        except httpx.HTTPError as e:
+            raise LlamarigError("api_unreachable", f"compute API at {self.client.base_url} did not answer "
+                                f"({type(e).__name__})") from None
+        body = r.json()
+        if r.status_code >= 400:
+            err = body.get("error", {})
+            raise LlamarigError(err.get("code", "api_error"), err.get("message", str(body)))
+        return body
+
+
+def status_table(units: list[dict]) -> Table:
+    table = Table(title="llamarig units")
+    for col in ("unit", "state", "gpus", "port", "in flight", "restarts", "load s", "reason"):
+        table.add_column(col)
+    for u in units:
+        colour = {"ready": "green", "busy": "cyan", "failed": "red"}.get(u["state"], "yellow")
+        table.add_row(u["name"], f"[{colour}]{u['state']}[/]", ",".join(map(str, u["gpus"])), str(u["port"]),
+                      str(u["inflight"]), str(u["restarts_in_window"]),
+                      f"{u['load_seconds']:.1f}" if u["load_seconds"] else "-", u["reason"][:70])
+    return table
+
+
+def status(rig: Rig) -> int:
+    units = Api(rig).get("/admin/units")["units"]
+    console.print(status_table(units))
+    return 0 if all(u["state"] in ("ready", "busy") for u in units if u["required"] and u["warm"]) else 1
+
+
+def _supervisord_running(rig: Rig) -> bool:
+    try:
+        return SupervisorClient(socket_path(rig)).state() == "RUNNING"
+    except SupervisorError:
+        return False
+
+
+def up(rig: Rig, conf: Path, timeout: float) -> int:
+    """Start supervisord in the background if it is not running, show each wave, end with
+    the status table."""
+    if not _supervisord_running(rig):
+        (rig.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        out = open(rig.run_dir / "logs" / "supervisord.out", "ab")
+        subprocess.Popen([shutil.which("supervisord") or "supervisord", "-c", str(conf)], stdout=out,
+                         stderr=out, start_new_session=True, cwd=conf.parent)
+        console.print(f"supervisord started with {conf}")
+    api, shown, deadline = Api(rig), set(), time.monotonic() + timeout
+    with console.status("waiting for the compute API and the waves…"):
+        while time.monotonic() < deadline:
+            try:
+                body = api.get("/admin/units")
+            except LlamarigError:
+                time.sleep(0.5)
+                continue
+            for w in body["boot_waves"]:
+                _print_wave(w, shown)
+            if body["booted"]:
+                break
+            time.sleep(0.5)
+    return status(rig)
+
+
+def _print_wave(w: dict, shown: set) -> None:
+    key = (w["wave"], w["done_at"] is not None)
+    if key in shown:
+        return
+    shown.add(key)
+    if w["done_at"] is None:
+        console.print(f"wave {w['wave']}: starting {', '.join(w['start']) or 'nothing'}")
+        for name, why in w["refused"].items():
+            console.print(f"  [red]{name} not started[/]: {why}")
+    else:
+        console.print(f"wave {w['wave']}: done in {w['done_at'] - w['started_at']:.1f} s")
+
+
+def act(rig: Rig, name: str, action: str, drain: bool = True) -> int:
+    body = Api(rig).post(f"/admin/units/{name}/{action}?drain={'true' if drain else 'false'}")
+    console.print(f"{action} {name}: accepted ({body.get('how') or 'queued'})")
+    return 0
+
+
+def down(rig: Rig) -> int:
+    """Drain and stop every unit (verified), then shut supervisord down."""
+    try:
+        body = Api(rig).post("/admin/down", timeout=rig.timeouts.drain_s + rig.timeouts.stop_s + 60)
+        console.print(status_table(body["units"]))
+    except LlamarigError as e:
+        console.print(f"[yellow]compute API: {e.reason}; stopping through supervisord only[/]")
+    try:
+        SupervisorClient(socket_path(rig)).shutdown()
+    except SupervisorError as e:
+        console.print(f"supervisord: {e.reason}")
+    return 0
+
+
+def exec_supervisord(rig: Rig, conf: Path) -> None:
+    """Foreground supervisord (PID 1 in the image): make its folders, then exec."""
+    (rig.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    os.execvp("supervisord", ["supervisord", "-c", str(conf)])
+    sys.exit(1)

@@ -1,0 +1,127 @@
+"""One GPU inventory interface: NVML where it finds devices, else the declared simulated one.
+
+The simulated inventory keeps the real rig's topology. Its "used memory" is not made up: the
+caller passes a function giving the bytes in use on a GPU (the lifecycle manager sums the
+resident memory of the processes pinned to it), so settle and estimate-vs-actual logic runs
+for real on the CPU.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from llamarig.shared.errors import LlamarigError
+from llamarig.shared.rig import GpusConfig, GpuSource
+
+log = logging.getLogger(__name__)
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    name: str
+    total_bytes: int
+    used_bytes: int
+    utilization_pct: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self.total_bytes - self.used_bytes)
+
+
+class GpuInventory(Protocol):
+    simulated: bool
+    reason: str
+
+    def read(self) -> list[GpuReading]: ...
+
+
+class NvmlInventory:
+    simulated = False
+
+    def __init__(self, nvml):
+        self.nvml = nvml
+        self.reason = f"NVML: {nvml.nvmlDeviceGetCount()} device(s)"
+
+    def read(self) -> list[GpuReading]:
+        n = self.nvml
+        return [self._reading(i, n.nvmlDeviceGetHandleByIndex(i)) for i in range(n.nvmlDeviceGetCount())]
+
+    def _reading(self, index: int, handle) -> GpuReading:
+        n = self.nvml
+        mem = n.nvmlDeviceGetMemoryInfo(handle)
+        name = n.nvmlDeviceGetName(handle)
+        return GpuReading(
+            index, name.decode() if isinstance(name, bytes) else name, mem.total, mem.used,
+            self._optional(lambda: n.nvmlDeviceGetUtilizationRates(handle).gpu),
+            self._optional(lambda: n.nvmlDeviceGetTemperature(handle, n.NVML_TEMPERATURE_GPU)),
+            self._optional(lambda: n.nvmlDeviceGetPowerUsage(handle) / 1000.0))
+
+    def _processes(self, index: int) -> dict[int, int]:
+        handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+        procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        return {p.pid: (p.usedGpuMemory or 0) for p in procs}
+
+    def pids_on(self, index: int) -> set[int]:
+        """Processes holding memory on a GPU (NVML sees host pids, so this is empty inside a
+        container without the host's pid namespace)."""
+        return set(self._processes(index))
+
+    def process_bytes(self, index: int, pids: set[int]) -> int:
+        return sum(b for pid, b in self._processes(index).items() if pid in pids)
+
+    def _optional(self, read):
+        # Some boards do not report power or utilisation; a missing value is not an error.
+        try:
+            return float(read())
+        except self.nvml.NVMLError:
+            return None
+
+
+class SimulatedInventory:
+    simulated = True
+
+    def __init__(self, config: GpusConfig, used_bytes: Callable[[int], int], reason: str):
+        self.gpus = config.simulated
+        self.used_bytes = used_bytes
+        self.reason = reason
+
+    def read(self) -> list[GpuReading]:
+        return [GpuReading(g.index, g.name, g.memory_mib * MIB, self.used_bytes(g.index)) for g in self.gpus]
+
+
+def _nvml_or_reason():
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        if pynvml.nvmlDeviceGetCount() > 0:
+            return pynvml, ""
+        return None, "NVML found no device"
+    except Exception as e:  # NVML raises a family of classes; any of them means "no NVML"
+        return None, f"NVML unavailable ({e})"
+
+
+def open_inventory(config: GpusConfig, used_bytes: Callable[[int], int] = lambda i: 0) -> GpuInventory:
+    """The inventory the rig asks for; simulated (with its reason logged) where NVML has none."""
+    if config.source != GpuSource.simulated:
+        nvml, why = _nvml_or_reason()
+        if nvml:
+            return NvmlInventory(nvml)
+        if config.source == GpuSource.nvml:
+            raise LlamarigError("nvml_unavailable", f"{why}; gpus.source is 'nvml' so nothing starts")
+    else:
+        why = "gpus.source is 'simulated'"
+    reason = f"{why}: simulated inventory of {len(config.simulated)} GPU(s), servers run on the CPU"
+    log.warning("gpu inventory simulated", extra={"reason": reason})
+    return SimulatedInventory(config, used_bytes, reason)
+
+
+def timed_read(inventory: GpuInventory) -> tuple[list[GpuReading], float]:
+    """A reading and the wall-clock time it was taken (for staleness metrics)."""
+    return inventory.read(), time.time()

@@ -1,0 +1,251 @@
+"""The rig: one pydantic tree loaded from one YAML file (`runtime/rig.yaml`).
+
+Every field says its unit and its edge values. Unknown keys are errors. `load_rig` returns a
+`Rig` or raises `RigError` with one line per bad field, each naming the field's path
+(`models.brain.port: ...`), so that nothing starts on a half-valid file.
+"""
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llamarig.shared.errors import RigError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuSource(str, Enum):
+    auto = "auto"
+    nvml = "nvml"
+    simulated = "simulated"
+
+
+class Engine(str, Enum):
+    llama_server = "llama-server"
+    llama_cpp_python = "llama-cpp-python"
+
+
+class WhisperDevice(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class SimulatedGpu(Strict):
+    index: int = Field(ge=0, le=63, description="GPU index as NVML and CUDA_VISIBLE_DEVICES number it.")
+    name: str = Field(min_length=1, description="Product name shown in status tables and metrics.")
+    memory_mib: int = Field(gt=0, description="Total memory in MiB (1 MiB = 1048576 bytes); > 0.")
+
+
+class GpusConfig(Strict):
+    source: GpuSource = Field(
+        GpuSource.auto,
+        description="auto: NVML when it finds a device, else the simulated inventory (servers then "
+        "run on the CPU with 0 GPU layers). nvml: NVML or nothing starts. simulated: always simulated.",
+    )
+    simulated: list[SimulatedGpu] = Field(
+        default_factory=list,
+        description="The declared inventory with the real rig's topology; used when NVML has no "
+        "device (or source is simulated). Indexes must be unique. Empty: no fallback.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_indexes(self) -> GpusConfig:
+        indexes = [g.index for g in self.simulated]
+        if len(indexes) != len(set(indexes)):
+            raise ValueError(f"simulated GPU indexes repeat: {indexes}")
+        return self
+
+
+class ModelConfig(Strict):
+    path: str = Field(description="GGUF file, relative to paths.root or absolute.")
+    engine: Engine = Field(Engine.llama_server, description="llama-server (native) or llama-cpp-python.")
+    gpus: list[int] = Field(min_length=1, description="GPU indexes it is pinned to (CUDA_VISIBLE_DEVICES); 1 or more.")
+    tensor_split: list[float] | None = Field(
+        None, description="Share of the model per GPU, same length as gpus, each >= 0, sum > 0. "
+        "Only for models on 2+ GPUs; null: llama.cpp's default split.")
+    context_size: int = Field(2048, ge=64, le=1048576, description="Context length in tokens (-c).")
+    gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU (-ngl); -1: all; 0: CPU only.")
+    port: Port = Field(description="Loopback TCP port of its server; unique in the rig.")
+    priority: int = Field(100, ge=0, le=1000, description="Load order: lower loads first (0 = first wave).")
+    required: bool = Field(True, description="true: /ready is 503 until this model is ready.")
+    keep_alive_s: float = Field(
+        -1, ge=-1, description="Seconds idle before it is unloaded. -1: never unload; 0: unload right after use.")
+    warm: bool = Field(True, description="true: loaded at start-up and never evicted for another model.")
+    parallel: int = Field(1, ge=1, le=256, description="Request slots of the server (-np); 1 or more.")
+    extra_args: list[str] = Field(default_factory=list, description="Extra server flags, passed as they are.")
+
+    @model_validator(mode="after")
+    def _split_matches_gpus(self) -> ModelConfig:
+        if len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"gpus repeat: {self.gpus}")
+        if self.tensor_split is None:
+            return self
+        if len(self.gpus) < 2:
+            raise ValueError("tensor_split is only for models on 2 or more GPUs")
+        if len(self.tensor_split) != len(self.gpus):
+            raise ValueError(f"tensor_split has {len(self.tensor_split)} entries for {len(self.gpus)} GPUs")
+        if any(s < 0 for s in self.tensor_split) or sum(self.tensor_split) <= 0:
+            raise ValueError("tensor_split entries must be >= 0 with a sum > 0")
+        return self
+
+
+class WhisperConfig(Strict):
+    model_dir: str = Field(description="CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json).")
+    gpu: int = Field(ge=0, description="GPU index it is pinned to.")
+    device: WhisperDevice = Field(WhisperDevice.auto, description="auto: CUDA when CTranslate2 sees one, else CPU.")
+    compute_type: str = Field("default", description="CTranslate2 compute type: default, int8, float16, ...")
+    port: Port = Field(description="Loopback TCP port of the transcription service.")
+    max_audio_mib: int = Field(100, ge=1, le=4096, description="Largest upload accepted, in MiB.")
+    required: bool = Field(True, description="true: /ready is 503 until Whisper is ready.")
+    max_new_tokens: int | None = Field(None, ge=1, le=448, description="Cap on tokens decoded per "
+                                       "30 s window; null: the model's own limit (448).")
+
+
+class ApiConfig(Strict):
+    host: str = Field("127.0.0.1", description="Address the compute API binds; 0.0.0.0 to expose it.")
+    port: Port = Field(8000, description="TCP port of the compute API.")
+    api_key_file: str | None = Field(
+        None, description="File holding the bearer key clients must send; null: no key (loopback use).")
+
+
+class TimeoutsConfig(Strict):
+    model_wait_s: float = Field(30, ge=0, le=86400, description="Seconds the launch gate waits for a model "
+                                "file to appear and settle before refusing; 0: check once.")
+    settle_s: float = Field(1.0, ge=0, le=600, description="Seconds a file's size and mtime must stay "
+                            "unchanged to count as settled; 0: no settle check.")
+    start_s: float = Field(120, gt=0, le=86400, description="Seconds from start to ready before a start fails.")
+    stop_s: float = Field(30, gt=0, le=3600, description="Seconds a server gets after SIGTERM before SIGKILL "
+                          "(supervisord stopwaitsecs); long enough to free a GPU.")
+    drain_s: float = Field(60, ge=0, le=3600, description="Seconds in-flight requests get to finish before a stop.")
+
+
+class LifecycleConfig(Strict):
+    health_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between liveness probes.")
+    probe_timeout_s: float = Field(5.0, gt=0, le=600, description="Seconds one probe may take; generous, a busy "
+                                   "server answers slowly.")
+    failure_threshold: int = Field(3, ge=1, le=100, description="Consecutive failed probes that mean dead.")
+    deep_probe_interval_s: float = Field(0, ge=0, le=86400, description="Seconds between one-token "
+                                         "completions that prove generation works; 0: off.")
+    backoff_initial_s: float = Field(1.0, ge=0, le=3600, description="Delay before the first restart.")
+    backoff_max_s: float = Field(60, ge=0, le=86400, description="Cap of the doubling restart delay.")
+    circuit_restarts: int = Field(5, ge=1, le=1000, description="Restarts within circuit_window_s that open the "
+                                  "circuit (the model stays failed until reset).")
+    circuit_window_s: float = Field(600, gt=0, le=86400, description="Window for circuit_restarts, seconds.")
+    vram_margin_mib: int = Field(256, ge=0, description="MiB kept free on every GPU when planning waves.")
+    vram_settle_s: float = Field(5, ge=0, le=600, description="Most seconds to wait for GPU memory readings "
+                                 "to settle between waves.")
+    queue_size: int = Field(64, ge=0, le=100000, description="Requests that may wait for a loading model; "
+                            "0: none wait, 503 at once.")
+    queue_timeout_s: float = Field(120, ge=0, le=86400, description="Seconds a waiting request waits.")
+
+
+class EnginesConfig(Strict):
+    llama_server: str = Field("llama-server", description="llama-server binary: a name looked up on PATH "
+                              "or a path (runtime/build-llama-server.sh builds it).")
+    python: str = Field("", description="Python that runs llama_cpp.server; empty: the one running llamarig.")
+    threads: int = Field(0, ge=0, le=1024, description="CPU threads per server (-t); 0: the engine's default.")
+
+
+class PathsConfig(Strict):
+    root: str = Field(".", description="Folder that relative paths start from, itself relative to the rig file's folder.")
+    run_dir: str = Field("run", description="Sockets, logs, verdicts and caches of a running bundle.")
+    manifest: str | None = Field(None, description="sha256sum-format file ('HEX  PATH' lines); a model listed "
+                                 "there must match its hash. null: no hash check.")
+
+
+class Rig(Strict):
+    gpus: GpusConfig = Field(default_factory=GpusConfig)
+    models: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ModelConfig] = Field(min_length=1)
+    whisper: WhisperConfig | None = None
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
+    engines: EnginesConfig = Field(default_factory=EnginesConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    source: str = Field("", exclude=True, description="Path of the file this rig was loaded from.")
+
+    @property
+    def root(self) -> Path:
+        return (Path(self.source).resolve().parent / self.paths.root).resolve()
+
+    def resolve(self, path: str) -> Path:
+        """Absolute path of a rig path (relative ones start at paths.root)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def run_dir(self) -> Path:
+        return self.resolve(self.paths.run_dir)
+
+    def model(self, name: str) -> ModelConfig:
+        return self.models[name]
+
+
+def _cross_check(rig: Rig) -> list[str]:
+    """Faults that span fields: ports, GPU references."""
+    problems = []
+    known_gpus = {g.index for g in rig.gpus.simulated}
+    ports: dict[int, str] = {rig.api.port: "api.port"}
+    for name, m in rig.models.items():
+        _claim_port(ports, m.port, f"models.{name}.port", problems)
+        missing = [g for g in m.gpus if known_gpus and g not in known_gpus]
+        if missing:
+            problems.append(f"models.{name}.gpus: GPU {missing} not in gpus.simulated {sorted(known_gpus)}")
+    if rig.whisper:
+        _claim_port(ports, rig.whisper.port, "whisper.port", problems)
+        if known_gpus and rig.whisper.gpu not in known_gpus:
+            problems.append(f"whisper.gpu: GPU {rig.whisper.gpu} not in gpus.simulated {sorted(known_gpus)}")
+    if rig.gpus.source != GpuSource.nvml and not known_gpus:
+        problems.append("gpus.simulated: empty, but source is not 'nvml' so it may be needed")
+    return problems
+
+
+def _claim_port(ports: dict[int, str], port: int, where: str, problems: list[str]) -> None:
+    if port in ports:
+        problems.append(f"{where}: port {port} already used by {ports[port]}")
+    ports[port] = where
+
+
+def _format_error(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top)"
+    msg = re.sub(r"^(Value error|Assertion failed), ", "", err["msg"])
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return f"{loc}: {msg}"
+
+
+def parse_rig(data: object, source: str) -> Rig:
+    """Validate already-parsed YAML; raise RigError naming every bad field."""
+    if not isinstance(data, dict):
+        raise RigError(source, ["(top): the rig file must be a mapping"])
+    try:
+        rig = Rig.model_validate({**data, "source": source})
+    except ValidationError as e:
+        raise RigError(source, [_format_error(err) for err in e.errors()]) from None
+    problems = _cross_check(rig)
+    if problems:
+        raise RigError(source, problems)
+    return rig
+
+
+def load_rig(path: str | Path) -> Rig:
+    """Load and validate a rig file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise RigError(str(path), [f"(file): cannot read: {e.strerror}"]) from None
+    except yaml.YAMLError as e:
+        raise RigError(str(path), [f"(yaml): {e}"]) from None
+    return parse_rig(data, str(path))
