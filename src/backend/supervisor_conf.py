@@ -58,7 +58,7 @@ def _program(rig: Rig, conf_dir: Path, name: str, command: str, extra: dict) -> 
 def _gated(rig: Rig, conf_dir: Path, rig_ref: str, unit: str, program: str, gpus: list[int], priority: int) -> str:
     env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
            "LLAMARIG_PROGRAM": program, "PYTHONUNBUFFERED": "1"}
-    return _program(rig, conf_dir, program, f"llamarig launch --rig {rig_ref} {unit}", {
+    return _program(rig, conf_dir, program, f"llamarig --rig {rig_ref} launch {unit}", {
         "autostart": "false", "autorestart": "false", "startretries": 0,
         "startsecs": gate_startsecs(rig), "stopwaitsecs": math.ceil(rig.timeouts.stop_s),
         "priority": priority, "environment": _env(env)})
@@ -82,7 +82,7 @@ def render(rig: Rig, conf_dir: Path) -> str:
     if rig.whisper:
         parts.append(_gated(rig, conf_dir, rig_ref, WHISPER_PROGRAM, WHISPER_PROGRAM, [rig.whisper.gpu], 50))
     # Highest priority number: supervisord stops it first, so it drains before the servers go.
-    parts.append(_program(rig, conf_dir, API_PROGRAM, f"llamarig api --rig {rig_ref}", {
+    parts.append(_program(rig, conf_dir, API_PROGRAM, f"llamarig --rig {rig_ref} api", {
         "autostart": "true", "autorestart": "true", "startsecs": 2, "priority": 999,
         "stopwaitsecs": math.ceil(rig.timeouts.drain_s) + 10,
         "environment": _env({"PYTHONUNBUFFERED": "1", "LLAMARIG_PROGRAM": API_PROGRAM})}))

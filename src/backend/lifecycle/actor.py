@@ -33,7 +33,7 @@ class NotAvailable(LlamarigError):
         self.retry_after = retry_after
 
 
-@dataclass
+@dataclass(eq=False)  # identity: each lease is one request
 class Lease:
     """One request's hold on a unit. The proxy marks progress as bytes flow, so that a busy
     server that answers probes slowly is not called dead."""
@@ -124,8 +124,11 @@ class UnitActor:
             command, getter = getter.result(), None
             try:
                 self._handle(command)
-            except Exception:  # a bug in one handler must not kill the unit's only writer
+            except Exception as e:  # a bug in one handler must not kill the unit's only writer
                 log.exception("command failed", extra=self._fields(command=type(command).__name__))
+                reply = getattr(command, "reply", None)
+                if reply is not None and not reply.done():
+                    reply.set_exception(LlamarigError("internal_error", f"{type(e).__name__}: {e}"))
 
     def _handle(self, c) -> None:
         handler = {Start: self._on_start, Stop: self._on_stop, Acquire: self._on_acquire,
@@ -157,7 +160,7 @@ class UnitActor:
         self.state, self.reason, self.since = target, reason, time.monotonic()
         self.history.append(Transition(time.time(), source.value, target.value, reason))
         log.info("state change", extra=self._fields(source=source.value, target=target.value, reason=reason))
-        self.deps.on_transition(self.unit, source, target, reason)
+        self.deps.events.on_transition(self.unit, source, target, reason)
         for fut in self._watchers:
             if not fut.done():
                 fut.set_result(target)
@@ -197,6 +200,12 @@ class UnitActor:
 
     # ---- commands -----------------------------------------------------------------------------
     def _on_start(self, c: Start) -> None:
+        began = self.state in (State.STOPPED, State.FAILED)
+        self._start(c)
+        if c.reply and not c.reply.done():
+            c.reply.set_result(began)
+
+    def _start(self, c: Start) -> None:
         self.operator_held = False
         if c.operator:
             self.policy.clear()
@@ -227,7 +236,7 @@ class UnitActor:
             c.reply.set_result(self._lease())
         elif self._should_wait(c):
             if self.state == State.STOPPED:
-                self.deps.request_load(self.unit)
+                self.deps.events.request_load(self.unit)
             self.waiters.append(c.reply)
         else:
             c.reply.set_exception(self._unavailable())
@@ -333,7 +342,7 @@ class UnitActor:
     def _on_ready(self) -> None:
         self.failures = 0
         self.recovering = False
-        self.deps.on_ready(self.unit, self.load_seconds)
+        self.deps.events.on_ready(self.unit, self.load_seconds)
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
@@ -362,10 +371,10 @@ class UnitActor:
         if delay is None:
             self.reason = self.policy.open_reason(self.reason, self.unit.name)
             log.error("circuit open", extra=self._fields(reason=self.reason))
-            self.deps.on_circuit(self.unit, True)
+            self.deps.events.on_circuit(self.unit, True)
             return
         log.info("restart scheduled", extra=self._fields(delay_s=delay))
-        self.deps.on_restart(self.unit, self.reason)
+        self.deps.events.on_restart(self.unit, self.reason)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(delay, self.send, Start(f"restart after {delay:g} s", recovering=True))
 
