@@ -80,8 +80,9 @@ def up(rig: Rig, conf: Path, timeout: float) -> int:
     if not _supervisord_running(rig):
         (rig.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         out = open(rig.run_dir / "logs" / "supervisord.out", "ab")
-        subprocess.Popen([shutil.which("supervisord") or "supervisord", "-c", str(conf)], stdout=out,
-                         stderr=out, start_new_session=True, cwd=conf.parent)
+        env = {**os.environ, "PATH": with_our_bin(os.environ.get("PATH", ""))}
+        subprocess.Popen([shutil.which("supervisord", path=env["PATH"]) or "supervisord", "-c", str(conf)],
+                         stdout=out, stderr=out, start_new_session=True, cwd=conf.parent, env=env)
         console.print(f"supervisord started with {conf}")
     api, shown, deadline = Api(rig), set(), time.monotonic() + timeout
     with console.status("waiting for the compute API and the waves…"):
@@ -132,8 +133,16 @@ def down(rig: Rig) -> int:
     return 0
 
 
+def with_our_bin(path: str) -> str:
+    """PATH with this environment's bin first: supervisord's programs call `llamarig` and
+    `llama-server`, which live there when llamarig is installed in a virtual environment."""
+    ours = str(Path(sys.executable).parent)
+    return path if path.split(os.pathsep)[0] == ours else ours + os.pathsep + path
+
+
 def exec_supervisord(rig: Rig, conf: Path) -> None:
     """Foreground supervisord (PID 1 in the image): make its folders, then exec."""
     (rig.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    os.environ["PATH"] = with_our_bin(os.environ.get("PATH", ""))
     os.execvp("supervisord", ["supervisord", "-c", str(conf)])
     sys.exit(1)

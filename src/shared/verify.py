@@ -58,6 +58,8 @@ def _stat_target(path: Path) -> os.stat_result:
         raise Refusal("missing", f"{path} does not exist") from None
     except NotADirectoryError:
         raise Refusal("missing", f"{path}: a parent is not a folder") from None
+    except PermissionError:
+        raise Refusal("unreadable", f"{path}: a parent folder is not searchable by uid {os.getuid()}") from None
     try:
         return path.stat()
     except FileNotFoundError:

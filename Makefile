@@ -1,0 +1,16 @@
+# Two commands for a fresh machine: `make run` (the bundle in the foreground on the default
+# rig, API on 127.0.0.1:8000) and `make test`. Both set everything up first.
+.PHONY: setup run test render
+
+setup:
+	runtime/setup.sh
+
+run: setup
+	.venv/bin/llamarig run
+
+test:
+	runtime/setup.sh --with-prometheus
+	.venv/bin/python -m pytest -q -ra
+
+render:
+	.venv/bin/llamarig render

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: Debian's Prometheus tools (tests only), a virtual environment with
+# llamarig and its engines, the native llama-server, and the generated tiny models.
+# Idempotent: a second run reuses pip's wheel cache and the cached llama-server binary.
+# Usage: runtime/setup.sh [--with-prometheus]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--with-prometheus" ]; then
+  if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null
+  fi
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# llama-cpp-python compiles llama.cpp (~12 min on 2 cores) the first time; pip keeps the wheel.
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+server=$(runtime/build-llama-server.sh | tail -n 1)
+ln -sf "$server" .venv/bin/llama-server
+.venv/bin/llamarig models make
+echo "set-up done: .venv/bin/llamarig, $(.venv/bin/llama-server --version 2>&1 | head -n 1)"

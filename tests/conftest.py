@@ -1,0 +1,51 @@
+"""Shared fixtures: generated models made once per session, and real bundles."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import Bundle, start_bundle
+from llamarig.backend.models_make import make_gguf, make_whisper
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return {"gguf": make_gguf(folder / "tiny.gguf"), "gguf_b": make_gguf(folder / "tiny-b.gguf", seed=1),
+            "whisper": make_whisper(folder / "whisper")}
+
+
+@pytest.fixture(scope="session")
+def wav(tmp_path_factory):
+    """Three seconds of a 440 Hz tone, 16 kHz mono PCM."""
+    import wave
+
+    path = tmp_path_factory.mktemp("audio") / "tone.wav"
+    t = np.arange(16000 * 3) / 16000
+    samples = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(samples.tobytes())
+    return path
+
+
+@pytest.fixture
+def bundle_factory(tmp_path):
+    """Start bundles from rig files; each is shut down (or killed) at the end."""
+    started: list[Bundle] = []
+
+    def start(rig_path) -> Bundle:
+        b = start_bundle(tmp_path, rig_path)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        if b.proc.poll() is None:
+            b.ctl("shutdown")
+            try:
+                b.proc.wait(timeout=30)
+            except Exception:
+                b.kill()

@@ -1,0 +1,153 @@
+"""Test helpers: free ports, polling with deadlines, and a real bundle under supervisord."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+from llamarig.backend.supervisor_conf import render
+from llamarig.ops import with_our_bin
+from llamarig.shared.rig import load_rig
+
+PATH = with_our_bin(os.environ.get("PATH", ""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.1):
+    """Poll `check()` until it returns a truthy value; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+
+
+def llama_server_bin() -> str:
+    found = shutil.which("llama-server", path=PATH)
+    if not found:
+        raise RuntimeError("llama-server is not on PATH: run runtime/setup.sh")
+    return found
+
+
+def write_rig(folder: Path, models: dict, whisper: dict | None = None, **sections) -> Path:
+    """A rig file for tests: simulated GPUs, free ports, short timeouts (overridable)."""
+    data = {
+        "gpus": {"source": "simulated", "simulated": [
+            {"index": i, "name": "Simulated GPU 6GB", "memory_mib": 6144} for i in range(5)]},
+        "models": models,
+        "api": {"host": "127.0.0.1", "port": free_port()},
+        "timeouts": {"model_wait_s": 2, "settle_s": 0.2, "start_s": 60, "stop_s": 5, "drain_s": 10},
+        "lifecycle": {"health_interval_s": 0.5, "probe_timeout_s": 2, "failure_threshold": 3,
+                      "backoff_initial_s": 0.5, "backoff_max_s": 2, "vram_settle_s": 1},
+        "engines": {"llama_server": llama_server_bin(), "threads": 1},
+    }
+    if whisper:
+        data["whisper"] = whisper
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    path = folder / "rig.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def model_entry(path: Path, gpus: list[int], engine: str = "llama-server", **more) -> dict:
+    return {"path": str(path), "engine": engine, "gpus": gpus, "context_size": 256, "port": free_port(), **more}
+
+
+@dataclass
+class Bundle:
+    folder: Path
+    rig_path: Path
+    conf: Path
+    proc: subprocess.Popen
+
+    @property
+    def rig(self):
+        return load_rig(self.rig_path)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.rig.api.port}"
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["supervisorctl", "-c", str(self.conf), *args], capture_output=True, text=True,
+                              env={**os.environ, "PATH": PATH}, timeout=60)
+
+    def pid(self, program: str) -> int:
+        return int(self.ctl("pid", program).stdout.strip() or 0)
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return httpx.get(self.api + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return httpx.post(self.api + path, timeout=kw.pop("timeout", 60), **kw)
+
+    def unit(self, name: str) -> dict:
+        return self.get(f"/admin/units/{name}").json()
+
+    def wait_state(self, name: str, states: set[str], timeout: float = 60) -> dict:
+        return wait_for(lambda: (u := self.unit(name))["state"] in states and u, timeout,
+                        f"{name} in {states}")
+
+    def wait_ready(self, timeout: float = 90) -> dict:
+        def ready():
+            try:
+                r = self.get("/ready", timeout=5)
+            except httpx.HTTPError:
+                return None
+            return r.status_code == 200 and r.json()
+        return wait_for(ready, timeout, "/ready = 200", interval=0.2)
+
+    def tree(self) -> set[int]:
+        try:
+            p = psutil.Process(self.proc.pid)
+            return {self.proc.pid} | {c.pid for c in p.children(recursive=True)}
+        except psutil.Error:
+            return set()
+
+    def shutdown(self) -> set[int]:
+        """supervisorctl shutdown; returns the pids of the bundle still alive after it."""
+        pids = self.tree()
+        self.ctl("shutdown")
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        return {p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+
+    def kill(self) -> None:
+        """Last-resort clean-up so one failed test does not leave servers for the next."""
+        for pid in self.tree():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+
+
+def start_bundle(folder: Path, rig_path: Path) -> Bundle:
+    rig = load_rig(rig_path)
+    conf = folder / "supervisord.conf"
+    conf.write_text(render(rig, folder))
+    (rig.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], cwd=folder,
+                            env={**os.environ, "PATH": PATH}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return Bundle(folder, rig_path, conf, proc)
