@@ -104,8 +104,19 @@ class Bundle:
         return self.get(f"/admin/units/{name}").json()
 
     def wait_state(self, name: str, states: set[str], timeout: float = 60) -> dict:
-        return wait_for(lambda: (u := self.unit(name))["state"] in states and u, timeout,
-                        f"{name} in {states}")
+        def in_state():
+            try:
+                u = self.unit(name)
+            except httpx.HTTPError:  # the API is not listening yet
+                return None
+            return u["state"] in states and u
+        return wait_for(in_state, timeout, f"{name} in {states}")
+
+    def up(self) -> bool:
+        try:
+            return self.get("/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def wait_ready(self, timeout: float = 90) -> dict:
         def ready():

@@ -26,6 +26,7 @@ from llamarig.shared.errors import LlamarigError, SupervisorError
 from llamarig.shared.gguf_header import GgufError, read_header
 from llamarig.shared.gpus import GpuInventory, open_inventory
 from llamarig.shared.rig import Rig
+from llamarig.shared.verify import wait_until_verified
 from llamarig.shared.vram import Estimate, estimate, estimate_folder
 
 log = logging.getLogger("llamarig.manager")
@@ -46,7 +47,9 @@ class Manager(Events):
         self.hooks = hooks or Events()
         self.units = {u.name: u for u in units_from_rig(rig)}
         checks = checks_for(rig, settle=False)
-        deps = Deps(rig, supervisor, http, lambda name: verify_unit(rig, name, checks), self)
+        # Like the launch gate, wait while a refusal is transient (a copy in progress).
+        deps = Deps(rig, supervisor, http, lambda name: wait_until_verified(
+            lambda: verify_unit(rig, name, checks), rig.timeouts.model_wait_s), self)
         self.actors = {name: UnitActor(unit, deps) for name, unit in self.units.items()}
         self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used)
         self.pids: dict[str, int] = {}
