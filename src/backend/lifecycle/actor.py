@@ -314,6 +314,7 @@ class UnitActor:
         if c.ok:
             self.load_seconds = time.monotonic() - self.since
             self._to(State.READY, c.reason)
+            self.deps.events.on_ready(self.unit, self.load_seconds)  # a load ended, not a request
         elif c.refused:
             self.refused = True
             self._to(State.FAILED, f"refused: {c.reason}")
@@ -342,7 +343,6 @@ class UnitActor:
     def _on_ready(self) -> None:
         self.failures = 0
         self.recovering = False
-        self.deps.events.on_ready(self.unit, self.load_seconds)
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
