@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import threading
 import time
 
 import httpx
@@ -143,7 +142,7 @@ def test_on_demand_load_idle_unload_and_lru_that_never_evicts_a_busy_model(tmp_p
 
     # b does not fit beside a: a is idle, so it is evicted (least recently used).
     assert complete(b, "b", timeout=90).status_code == 200
-    a = b.wait_state("a", {"stopped"}, 30)
+    b.wait_state("a", {"stopped"}, 30)
     assert any("evicted" in h["reason"] for h in b.get("/admin/units/a").json()["history"])
     assert b.unit("b")["state"] == "ready"
 
@@ -160,7 +159,7 @@ def test_on_demand_load_idle_unload_and_lru_that_never_evicts_a_busy_model(tmp_p
 
     # keep_alive: 1 s idle, then unloaded.
     assert complete(b, "idle", timeout=60).status_code == 200
-    unit = b.wait_state("idle", {"stopped"}, 30)
+    b.wait_state("idle", {"stopped"}, 30)
     assert any("keep_alive" in h["reason"] for h in b.get("/admin/units/idle").json()["history"])
 
 

@@ -8,7 +8,6 @@ for real on the CPU.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -121,7 +120,3 @@ def open_inventory(config: GpusConfig, used_bytes: Callable[[int], int] = lambda
     log.warning("gpu inventory simulated", extra={"reason": reason})
     return SimulatedInventory(config, used_bytes, reason)
 
-
-def timed_read(inventory: GpuInventory) -> tuple[list[GpuReading], float]:
-    """A reading and the wall-clock time it was taken (for staleness metrics)."""
-    return inventory.read(), time.time()

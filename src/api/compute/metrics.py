@@ -4,7 +4,6 @@ at scrape time by a collector; counters and histograms are fed by events. Scrape
 a model, so they never count as activity."""
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -185,9 +184,3 @@ class _StateCollector:
                 family.add_metric([program, s], 1.0 if statename == s else 0.0)
         yield family
 
-
-def usage_tokens(body: bytes) -> int:
-    try:
-        return int(json.loads(body).get("usage", {}).get("completion_tokens", 0))
-    except (ValueError, AttributeError, TypeError):
-        return 0

@@ -28,7 +28,7 @@ def _headers(headers: httpx.Headers | dict, drop_length: bool = True) -> dict[st
 
 
 class Proxy:
-    def __init__(self, client: httpx.AsyncClient, on_first_byte: Callable[[float], None] | None = None):
+    def __init__(self, client: httpx.AsyncClient):
         self.client = client
 
     async def forward(self, request: Request, port: int, path: str, body, lease: Lease,

@@ -131,15 +131,21 @@ async def _stop_program(deps: Deps, unit: Unit, hung: bool) -> tuple[bool, str]:
     return ok, reason
 
 
+def tree_pids(pid: int) -> set[int]:
+    """A process and all its descendants; empty if it is gone."""
+    try:
+        proc = psutil.Process(pid)
+        return {pid} | {c.pid for c in proc.children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
 def _process_tree(deps: Deps, unit: Unit) -> set[int]:
     try:
         pid = deps.supervisor.info(unit.program)["pid"]
-        if not pid:
-            return set()
-        proc = psutil.Process(pid)
-        return {pid} | {c.pid for c in proc.children(recursive=True)}
-    except (SupervisorError, psutil.Error):
+    except SupervisorError:
         return set()
+    return tree_pids(pid) if pid else set()
 
 
 def _signal_quietly(pid: int) -> None:

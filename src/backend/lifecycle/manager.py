@@ -16,8 +16,8 @@ import psutil
 from llamarig.backend.launch import checks_for, verify_unit
 from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
 from llamarig.backend.lifecycle.commands import Acquire, Exited, Probe, Refuse, Reset, Start, Stop
-from llamarig.backend.lifecycle.jobs import Deps, Events
-from llamarig.backend.lifecycle.states import LOADING, SERVING, State
+from llamarig.backend.lifecycle.jobs import Deps, Events, tree_pids
+from llamarig.backend.lifecycle.states import SERVING, State
 from llamarig.backend.lifecycle.units import Unit, units_from_rig
 from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, shortfall
 from llamarig.backend.llama_http import ServerHttp
@@ -98,11 +98,13 @@ class Manager(Events):
         return {g.index: g.free_bytes for g in self.inventory.read()}
 
     def _tree_rss(self, pid: int) -> int:
-        try:
-            proc = psutil.Process(pid)
-            return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
-        except psutil.Error:
-            return 0
+        total = 0
+        for p in tree_pids(pid):
+            try:
+                total += psutil.Process(p).memory_info().rss
+            except psutil.Error:
+                pass  # it ended between the listing and the reading
+        return total
 
     def _simulated_used(self, gpu: int) -> int:
         """Simulated 'used memory' of a GPU: resident memory of the processes pinned to it,
@@ -121,14 +123,7 @@ class Manager(Events):
         if self.inventory.simulated:
             rss = self._tree_rss(pid)
             return {g: int(rss * s) for g, s in zip(unit.gpus, unit.split)}
-        return {g: self.inventory.process_bytes(g, self._tree_pids(pid)) for g in unit.gpus}
-
-    def _tree_pids(self, pid: int) -> set[int]:
-        try:
-            proc = psutil.Process(pid)
-            return {pid} | {c.pid for c in proc.children(recursive=True)}
-        except psutil.Error:
-            return set()
+        return {g: self.inventory.process_bytes(g, tree_pids(pid)) for g in unit.gpus}
 
     async def settle(self) -> dict[int, int]:
         """Free memory once two readings 0.25 s apart agree within 1 % (freed VRAM takes time
@@ -362,6 +357,3 @@ class Manager(Events):
         rows = [a.snapshot() for a in self.actors.values()]
         ok = self.booted.is_set() and all(r["state"] in ("ready", "busy") for r in rows if r["required"] and r["warm"])
         return ok, rows
-
-    def is_loading(self, name: str) -> bool:
-        return self.actor(name).state in LOADING
