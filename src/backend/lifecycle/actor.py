@@ -202,7 +202,7 @@ class UnitActor:
     def _on_start(self, c: Start) -> None:
         began = self.state in (State.STOPPED, State.FAILED)
         self._start(c)
-        if c.reply and not c.reply.done():
+        if not c.reply.done():
             c.reply.set_result(began)
 
     def _start(self, c: Start) -> None:

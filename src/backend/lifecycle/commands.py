@@ -14,7 +14,7 @@ class Start:
     reason: str
     recovering: bool = False   # a restart after a failure: requests get 503 rather than wait
     operator: bool = False     # asked for by a person: clears the restart history
-    reply: asyncio.Future | None = None  # set to True once a start began, False if ignored
+    reply: asyncio.Future = field(default_factory=_future)  # True once a start began, False if ignored
 
 
 @dataclass

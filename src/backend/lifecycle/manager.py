@@ -172,9 +172,7 @@ class Manager(Events):
         log.info("wave planned", extra={k: v for k, v in record.items() if k != "done_at"})
         for name, reason in wave.refused.items():
             self.actors[name].send(Refuse(reason))
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(self.actors[n].ask(Start(f"boot wave {record['wave']}", reply=loop.create_future()))
-                               for n in wave.start))
+        await asyncio.gather(*(self.actors[n].ask(Start(f"boot wave {record['wave']}")) for n in wave.start))
         limit = self.rig.timeouts.model_wait_s + self.rig.timeouts.start_s + 60
         await asyncio.gather(*(self.actors[n].wait_until(SETTLED, limit) for n in wave.start))
         record["done_at"] = time.time()
@@ -205,7 +203,7 @@ class Manager(Events):
         if shortfall(need, {g: f - margin for g, f in free.items()}):
             if not await self._evict_for(unit, need, free, margin):
                 return
-        await actor.ask(Start("on-demand load", reply=asyncio.get_running_loop().create_future()))
+        await actor.ask(Start("on-demand load"))
         await actor.wait_until(SETTLED, self.rig.timeouts.model_wait_s + self.rig.timeouts.start_s + 60)
 
     async def _evict_for(self, unit: Unit, need: dict[int, int], free: dict[int, int], margin: int) -> bool:
