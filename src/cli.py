@@ -62,7 +62,7 @@ def cmd_launch(args) -> int:
     from llamarig.shared.logs import setup_logging
 
     setup_logging()
-    return launch(_rig(args), args.unit)
+    return launch(_rig(args), args.unit, args.slot)
 
 
 def cmd_api(args) -> int:
@@ -131,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("launch", help="(supervisord program) verify a unit's model, then exec its server")
     s.add_argument("unit")
+    s.add_argument("--slot", choices=["blue", "green"], default="blue",
+                   help="green: the second server of a blue-green reload, on swap_port")
     s.set_defaults(fn=cmd_launch)
     sub.add_parser("api", help="(supervisord program) run the compute API").set_defaults(fn=cmd_api)
     s = sub.add_parser("models", help="generated tiny models")

@@ -115,7 +115,11 @@ def _print_wave(w: dict, shown: set) -> None:
 
 def act(rig: Rig, name: str, action: str, drain: bool = True) -> int:
     body = Api(rig).post(f"/admin/units/{name}/{action}?drain={'true' if drain else 'false'}")
-    console.print(f"{action} {name}: accepted ({body.get('how') or 'queued'})")
+    if action == "reload":
+        console.print(f"reload {name}: {body['how']} ({body['why']}); {body['from']} -> {body['to']}")
+        console.print(f"follow it with: llamarig status, or curl the API's /admin/units/{name}")
+    else:
+        console.print(f"{action} {name}: accepted")
     return 0
 
 

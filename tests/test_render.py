@@ -31,3 +31,12 @@ def test_conf_shape():
     # The API stops first (highest priority) so it drains before the servers go.
     assert int(conf["program:compute-api"]["priority"]) > max(
         int(conf[s]["priority"]) for s in conf.sections() if s.startswith("program:llama-"))
+
+
+def test_a_swap_port_adds_the_green_program(tmp_path):
+    from llamarig.backend.supervisor_conf import render
+    from llamarig.shared.rig import load_rig
+
+    text = render(load_rig("runtime/rig.yaml"), tmp_path)
+    assert "[program:llama-brain_green]" in text
+    assert "launch brain --slot green" in text

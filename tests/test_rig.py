@@ -82,3 +82,9 @@ def test_cli_refuses_a_broken_rig_and_starts_nothing(tmp_path, capsys):
     assert main(["--rig", str(tmp_path / "rig.yaml"), "launch", "x"]) == 2
     err = capsys.readouterr().err
     assert "rig_invalid" in err and "models.x.gpus: Field required" in err and "models.x.port: Field required" in err
+
+
+def test_swap_port_is_claimed_like_any_port(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["models"]["brain"]["swap_port"] = 9001
+    assert problems(tmp_path, data) == ["models.brain.swap_port: port 9001 already used by models.brain.port"]

@@ -16,18 +16,18 @@ class EngineAdapter:
     ready_path: str            # GET answers 200 only once the model is loaded
     metrics_path: str | None   # Prometheus text of the engine, if it has one
 
-    def argv(self, rig: Rig, model: ModelConfig, on_gpu: bool) -> list[str]:
+    def argv(self, rig: Rig, model: ModelConfig, on_gpu: bool, port: int) -> list[str]:
         raise NotImplementedError
 
 
 class LlamaServer(EngineAdapter):
-    def argv(self, rig: Rig, model: ModelConfig, on_gpu: bool) -> list[str]:
+    def argv(self, rig: Rig, model: ModelConfig, on_gpu: bool, port: int) -> list[str]:
         binary = shutil.which(rig.engines.llama_server)
         if not binary:
             raise LlamarigError("engine_missing", f"llama-server not found as {rig.engines.llama_server!r}; "
                                 "build it with runtime/build-llama-server.sh")
         argv = [binary, "--model", str(rig.resolve(model.path)), "--host", "127.0.0.1",
-                "--port", str(model.port), "--ctx-size", str(model.context_size),
+                "--port", str(port), "--ctx-size", str(model.context_size),
                 "--n-gpu-layers", str(_gpu_layers(model, on_gpu)), "--parallel", str(model.parallel),
                 "--metrics", "--no-webui"]
         if rig.engines.threads:
@@ -38,10 +38,10 @@ class LlamaServer(EngineAdapter):
 
 
 class LlamaCppPython(EngineAdapter):
-    def argv(self, rig: Rig, model: ModelConfig, on_gpu: bool) -> list[str]:
+    def argv(self, rig: Rig, model: ModelConfig, on_gpu: bool, port: int) -> list[str]:
         python = rig.engines.python or sys.executable
         argv = [python, "-m", "llama_cpp.server", "--model", str(rig.resolve(model.path)),
-                "--host", "127.0.0.1", "--port", str(model.port), "--n_ctx", str(model.context_size),
+                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(model.context_size),
                 "--n_gpu_layers", str(_gpu_layers(model, on_gpu)),
                 # By default a new request cuts off a running stream; a proxy must not allow that.
                 "--interrupt_requests", "False"]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from llamarig.backend.engines import engine_for, whisper_argv
-from llamarig.backend.supervisor_conf import WHISPER_PROGRAM
+from llamarig.backend.supervisor_conf import BLUE, GREEN, WHISPER_PROGRAM
 from llamarig.shared.errors import LlamarigError
 from llamarig.shared.gpus import open_inventory
 from llamarig.shared.rig import Rig
@@ -36,8 +36,13 @@ def verify_unit(rig: Rig, unit: str, checks: Checks) -> Verdict:
     return verify_gguf(rig.resolve(rig.models[unit].path), checks)
 
 
-def verdict_path(rig: Rig, unit: str) -> Path:
-    return rig.run_dir / "verdicts" / f"{unit}.json"
+def verdict_key(unit: str, slot: str = BLUE) -> str:
+    """Each server slot has its own verdict file: a green start must not read blue's."""
+    return unit if slot == BLUE else f"{unit}_{slot}"
+
+
+def verdict_path(rig: Rig, key: str) -> Path:
+    return rig.run_dir / "verdicts" / f"{key}.json"
 
 
 def write_verdict(rig: Rig, unit: str, verdict: Verdict) -> None:
@@ -55,32 +60,35 @@ def read_verdict(rig: Rig, unit: str) -> dict | None:
         return None
 
 
-def server_argv(rig: Rig, unit: str) -> list[str]:
+def server_argv(rig: Rig, unit: str, slot: str = BLUE) -> list[str]:
     if unit == WHISPER_PROGRAM:
         return whisper_argv(Path(rig.source).resolve())
     on_gpu = not open_inventory(rig.gpus).simulated
     model = rig.models[unit]
-    return engine_for(model).argv(rig, model, on_gpu)
+    if slot == GREEN and model.swap_port is None:
+        raise LlamarigError("no_swap_port", f"models.{unit}.swap_port is not set: there is no green slot")
+    return engine_for(model).argv(rig, model, on_gpu, model.swap_port if slot == GREEN else model.port)
 
 
-def launch(rig: Rig, unit: str) -> int:
+def launch(rig: Rig, unit: str, slot: str = BLUE) -> int:
     """Verify (waiting for transient refusals), then exec the server. Returns only on refusal."""
     if unit != WHISPER_PROGRAM and unit not in rig.models:
         log.error("unknown unit", extra={"model": unit, "known": sorted(rig.models)})
         return EXIT_REFUSED
+    key = verdict_key(unit, slot)
     checks = checks_for(rig)
     verdict = wait_until_verified(lambda: verify_unit(rig, unit, checks), rig.timeouts.model_wait_s)
-    write_verdict(rig, unit, verdict)
+    write_verdict(rig, key, verdict)
     if not verdict.ok:
         log.error("model refused", extra={"model": unit, "code": verdict.code, "reason": verdict.reason})
         return EXIT_REFUSED
     try:
-        argv = server_argv(rig, unit)
+        argv = server_argv(rig, unit, slot)
     except LlamarigError as e:
-        write_verdict(rig, unit, Verdict(verdict.path, e.code, e.reason))
+        write_verdict(rig, key, Verdict(verdict.path, e.code, e.reason))
         log.error("engine refused", extra={"model": unit, "code": e.code, "reason": e.reason})
         return EXIT_REFUSED
-    log.info("model verified, starting server", extra={"model": unit, "argv": argv, "reason": verdict.reason})
+    log.info("model verified, starting server", extra={"model": unit, "slot": slot, "argv": argv, "reason": verdict.reason})
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvp(argv[0], argv)

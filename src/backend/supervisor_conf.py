@@ -16,8 +16,12 @@ WHISPER_PROGRAM = "whisper"
 HEADER = "; Rendered by `llamarig render` from {rig}. Edit the rig and render again; do not edit by hand.\n"
 
 
-def model_program(name: str) -> str:
-    return f"llama-{name}"
+BLUE, GREEN = "blue", "green"  # a model's two server slots; green exists only with swap_port
+
+
+def model_program(name: str, slot: str = BLUE) -> str:
+    # "_" cannot appear in a model name, so the green program never collides with a model's.
+    return f"llama-{name}" if slot == BLUE else f"llama-{name}_{slot}"
 
 
 def _here(path: Path, conf_dir: Path) -> str:
@@ -55,10 +59,12 @@ def _program(rig: Rig, conf_dir: Path, name: str, command: str, extra: dict) -> 
     return _section(f"program:{name}", items)
 
 
-def _gated(rig: Rig, conf_dir: Path, rig_ref: str, unit: str, program: str, gpus: list[int], priority: int) -> str:
+def _gated(rig: Rig, conf_dir: Path, rig_ref: str, unit: str, program: str, gpus: list[int], priority: int,
+           slot: str = BLUE) -> str:
+    launch = f"llamarig --rig {rig_ref} launch {unit}" + (f" --slot {slot}" if slot != BLUE else "")
     env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
            "LLAMARIG_PROGRAM": program, "PYTHONUNBUFFERED": "1"}
-    return _program(rig, conf_dir, program, f"llamarig --rig {rig_ref} launch {unit}", {
+    return _program(rig, conf_dir, program, launch, {
         "autostart": "false", "autorestart": "false", "startretries": 0,
         "startsecs": gate_startsecs(rig), "stopwaitsecs": math.ceil(rig.timeouts.stop_s),
         "priority": priority, "environment": _env(env)})
@@ -79,6 +85,9 @@ def render(rig: Rig, conf_dir: Path) -> str:
              _section("supervisorctl", {"serverurl": "unix://" + sock})]
     for name, model in sorted(rig.models.items(), key=lambda kv: (kv[1].priority, kv[0])):
         parts.append(_gated(rig, conf_dir, rig_ref, name, model_program(name), model.gpus, 100 + model.priority))
+        if model.swap_port is not None:
+            parts.append(_gated(rig, conf_dir, rig_ref, name, model_program(name, GREEN), model.gpus,
+                                100 + model.priority, GREEN))
     if rig.whisper:
         parts.append(_gated(rig, conf_dir, rig_ref, WHISPER_PROGRAM, WHISPER_PROGRAM, [rig.whisper.gpu], 50))
     # Highest priority number: supervisord stops it first, so it drains before the servers go.

@@ -77,6 +77,10 @@ class ModelConfig(Strict):
     context_size: int = Field(2048, ge=64, le=1048576, description="Context length in tokens (-c).")
     gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU (-ngl); -1: all; 0: CPU only.")
     port: Port = Field(description="Loopback TCP port of its server; unique in the rig.")
+    swap_port: Port | None = Field(
+        None, description="Loopback TCP port of a second server used for a blue-green reload: the new "
+        "server starts here beside the old one, routing switches when it is ready, then the old one "
+        "drains. null: a reload drains first, then starts. Unique in the rig.")
     priority: int = Field(100, ge=0, le=1000, description="Load order: lower loads first (0 = first wave).")
     required: bool = Field(True, description="true: /ready is 503 until this model is ready.")
     keep_alive_s: float = Field(
@@ -199,6 +203,8 @@ def _cross_check(rig: Rig) -> list[str]:
     ports: dict[int, str] = {rig.api.port: "api.port"}
     for name, m in rig.models.items():
         _claim_port(ports, m.port, f"models.{name}.port", problems)
+        if m.swap_port is not None:
+            _claim_port(ports, m.swap_port, f"models.{name}.swap_port", problems)
         missing = [g for g in m.gpus if known_gpus and g not in known_gpus]
         if missing:
             problems.append(f"models.{name}.gpus: GPU {missing} not in gpus.simulated {sorted(known_gpus)}")

@@ -6,6 +6,7 @@ from starlette.responses import JSONResponse, Response
 
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
+from llamarig.shared.errors import LlamarigError
 
 ACTIONS = ("start", "stop", "reset", "reload")
 
@@ -24,7 +25,8 @@ def build_router(state) -> APIRouter:
             actor = state.manager.actor(name)
         except UnknownModel as e:
             return error_response(404, e.code, e.reason, "name")
-        return JSONResponse({**actor.snapshot(), "history": [vars(t) for t in actor.history]})
+        return JSONResponse({**actor.snapshot(), "history": [vars(t) for t in actor.history],
+                             "reload": state.manager.swaps.get(name)})
 
     @router.post("/units/{name}/{action}")
     async def act(name: str, action: str, drain: bool = True) -> Response:
@@ -35,9 +37,15 @@ def build_router(state) -> APIRouter:
             m.actor(name)
         except UnknownModel as e:
             return error_response(404, e.code, e.reason, "name")
-        how = {"start": lambda: m.start_unit(name), "stop": lambda: m.stop_unit(name, drain),
-               "reset": lambda: m.reset(name), "reload": lambda: m.reload(name)}[action]()
-        return JSONResponse({"name": name, "action": action, "accepted": True, "how": how}, status_code=202)
+        if action == "reload":
+            try:
+                record = await m.reload(name)
+            except LlamarigError as e:
+                return error_response(409, e.code, e.reason, "name")
+            return JSONResponse({"name": name, "action": action, "accepted": True, **record}, status_code=202)
+        {"start": lambda: m.start_unit(name), "stop": lambda: m.stop_unit(name, drain),
+         "reset": lambda: m.reset(name)}[action]()
+        return JSONResponse({"name": name, "action": action, "accepted": True}, status_code=202)
 
     @router.post("/down")
     async def down() -> JSONResponse:

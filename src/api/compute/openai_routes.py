@@ -41,7 +41,7 @@ def build_router(state) -> APIRouter:
         except NotAvailable as e:
             state.metrics.request_done(name, path, 503, time.perf_counter() - arrived, None, False)
             return error_response(503, e.code, e.reason, retry_after=e.retry_after)
-        unit = state.manager.units[name]
+        unit = lease.actor.unit  # the slot serving now; a blue-green reload switches it
         cold = lease.cold
 
         def done(status: int, first_byte: float | None) -> None:

@@ -152,7 +152,8 @@ class UnitActor:
         self._to(target, reason)
 
     def _fields(self, **more) -> dict:
-        return {"model": self.unit.name, "gpus": self.unit.gpu_label, "state": self.state.value, **more}
+        return {"model": self.unit.name, "program": self.unit.program, "gpus": self.unit.gpu_label,
+                "state": self.state.value, **more}
 
     def _to(self, target: State, reason: str) -> None:
         source = self.state
@@ -409,7 +410,8 @@ class UnitActor:
 
     # ---- read-only views ----------------------------------------------------------------------
     def snapshot(self) -> dict:
-        return {"name": self.unit.name, "kind": self.unit.kind, "state": self.state.value,
+        return {"name": self.unit.name, "kind": self.unit.kind, "program": self.unit.program,
+                "slot": self.unit.slot, "state": self.state.value,
                 "reason": self.reason, "since_s": round(time.monotonic() - self.since, 3),
                 "gpus": list(self.unit.gpus), "port": self.unit.port, "inflight": self.inflight,
                 "waiting": len(self.waiters), "required": self.unit.required, "warm": self.unit.warm,

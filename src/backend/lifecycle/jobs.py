@@ -64,7 +64,7 @@ async def start(deps: Deps, unit: Unit, epoch: int, adopt: bool, after: asyncio.
         if ok and adopt:
             return JobDone("start", epoch, True, f"adopted the running server (pid {info['pid']})")
         await _stop_program(deps, unit, hung=True)
-    verdict_path(deps.rig, unit.name).unlink(missing_ok=True)
+    verdict_path(deps.rig, unit.verdict_key).unlink(missing_ok=True)
     try:
         await deps.supervisor.run("start", unit.program)
     except SupervisorError as e:
@@ -98,7 +98,7 @@ async def _wait_ready(deps: Deps, unit: Unit, epoch: int) -> JobDone:
 
 def _exit_result(deps: Deps, unit: Unit, epoch: int, info: dict) -> JobDone:
     if info["exitstatus"] == EXIT_REFUSED:
-        verdict = read_verdict(deps.rig, unit.name) or {}
+        verdict = read_verdict(deps.rig, unit.verdict_key) or {}
         reason = f"{verdict.get('code', 'refused')}: {verdict.get('reason', 'see the program log')}"
         return JobDone("start", epoch, False, reason, refused=True)
     return JobDone("start", epoch, False, f"program {info['statename']} ({info['description']}), exit status "

@@ -18,7 +18,8 @@ from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
 from llamarig.backend.lifecycle.commands import Acquire, Exited, Probe, Refuse, Reset, Start, Stop
 from llamarig.backend.lifecycle.jobs import Deps, Events, tree_pids
 from llamarig.backend.lifecycle.states import SERVING, State
-from llamarig.backend.lifecycle.units import Unit, units_from_rig
+from llamarig.backend.lifecycle.swap import reload_model
+from llamarig.backend.lifecycle.units import Unit, green_units, units_from_rig
 from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, shortfall
 from llamarig.backend.llama_http import ServerHttp
 from llamarig.backend.supervisor import RUNNING_STATES, SupervisorClient
@@ -50,7 +51,12 @@ class Manager(Events):
         # Like the launch gate, wait while a refusal is transient (a copy in progress).
         deps = Deps(rig, supervisor, http, lambda name: wait_until_verified(
             lambda: verify_unit(rig, name, checks), rig.timeouts.model_wait_s), self)
-        self.actors = {name: UnitActor(unit, deps) for name, unit in self.units.items()}
+        greens = green_units(rig)
+        # Each model has one actor per server slot; routing goes to the active slot's actor.
+        self.slots = {name: [UnitActor(unit, deps)] + ([UnitActor(greens[name], deps)] if name in greens else [])
+                      for name, unit in self.units.items()}
+        self.active = {name: 0 for name in self.slots}
+        self.swaps: dict[str, dict] = {}
         self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used)
         self.pids: dict[str, int] = {}
         self.program_states: dict[str, str] = {}
@@ -64,10 +70,18 @@ class Manager(Events):
         self._tasks: list[asyncio.Task] = []
         self.closing = False
 
+    @property
+    def actors(self) -> dict[str, UnitActor]:
+        """The actor of each model's active slot: the one requests are routed to."""
+        return {name: slots[self.active[name]] for name, slots in self.slots.items()}
+
+    def all_actors(self) -> list[UnitActor]:
+        return [a for slots in self.slots.values() for a in slots]
+
     # ---- running ------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(a.run(), name=f"actor-{n}") for n, a in self.actors.items()]
+        self._tasks = [loop.create_task(a.run(), name=f"actor-{a.unit.program}") for a in self.all_actors()]
         self._tasks += [loop.create_task(self._health_loop(), name="health"),
                         loop.create_task(self._planner(), name="planner"),
                         loop.create_task(self.boot(), name="boot")]
@@ -110,7 +124,7 @@ class Manager(Events):
         """Simulated 'used memory' of a GPU: resident memory of the processes pinned to it,
         split by each unit's share of that GPU."""
         used = 0
-        for unit in self.units.values():
+        for unit in (a.unit for a in self.all_actors()):
             pid = self.pids.get(unit.program)
             if pid and gpu in unit.gpus:
                 used += int(self._tree_rss(pid) * unit.split[unit.gpus.index(gpu)])
@@ -240,27 +254,28 @@ class Manager(Events):
     async def _health_tick(self) -> None:
         taken = time.monotonic()
         infos = await self._refresh_pids()
-        for name, actor in self.actors.items():
+        for actor in self.all_actors():
             info = infos.get(actor.unit.program)
             if info and info["statename"] not in RUNNING_STATES:
                 actor.send(Exited(f"supervisord says {info['statename']}, exit status {info['exitstatus']}", taken))
-            if actor.state in SERVING and name not in self._probing:
-                self._probing.add(name)
+            if actor.state in SERVING and actor.unit.program not in self._probing:
+                self._probing.add(actor.unit.program)
                 asyncio.ensure_future(self._probe(actor))
 
     async def _probe(self, actor: UnitActor) -> None:
         unit, cfg = actor.unit, self.rig.lifecycle
+        due_key = unit.program
         try:
             taken = time.monotonic()
             ok, detail = await self.http.ready(unit.port, unit.ready_path, cfg.probe_timeout_s)
             if ok and unit.kind == "llama" and cfg.deep_probe_interval_s > 0:
-                if taken >= self._deep_due.get(unit.name, 0):
-                    self._deep_due[unit.name] = taken + cfg.deep_probe_interval_s
+                if taken >= self._deep_due.get(due_key, 0):
+                    self._deep_due[due_key] = taken + cfg.deep_probe_interval_s
                     ok, detail = await self.http.generates(unit.port, cfg.probe_timeout_s)
             self.hooks.on_probe(unit, ok)
             actor.send(Probe(ok, detail, taken))
         finally:
-            self._probing.discard(unit.name)
+            self._probing.discard(unit.program)
 
     # ---- what the actors report ---------------------------------------------------------------
     def on_transition(self, unit, source, target, reason):
@@ -326,22 +341,15 @@ class Manager(Events):
     def reset(self, name: str) -> None:
         self.actor(name).send(Reset())
 
-    def reload(self, name: str) -> str:
-        """Drain, stop, then start with the file and settings as they are now. A second server
-        beside the first (blue-green) needs a second port and program: not built yet, so
-        this always takes the drain-first path and says so."""
-        actor = self.actor(name)
-        self.estimates.pop(name, None)
-        actor.send(Stop("reload: drain first", operator=False))
-        actor.send(Start("reload", operator=True))
-        return "drain-first"
+    async def reload(self, name: str) -> dict:
+        return await reload_model(self, name)
 
     async def stop_all(self, drain: bool = True) -> None:
-        for name in self.actors:
-            self.stop_unit(name, drain)
+        for actor in self.all_actors():
+            actor.send(Stop("operator stop", drain=drain, operator=True))
         limit = self.rig.timeouts.drain_s + self.rig.timeouts.stop_s + 30
         await asyncio.gather(*(a.wait_until(frozenset({State.STOPPED, State.FAILED}), limit)
-                               for a in self.actors.values()))
+                               for a in self.all_actors()))
 
     async def drain_requests(self) -> None:
         """Stop taking requests and wait for those in flight (the process is going away;

@@ -1,10 +1,11 @@
 """What the lifecycle manager needs to know of each served unit, taken from the rig."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llamarig.backend.engines import engine_for
-from llamarig.backend.supervisor_conf import WHISPER_PROGRAM, model_program
+from llamarig.backend.launch import verdict_key
+from llamarig.backend.supervisor_conf import BLUE, GREEN, WHISPER_PROGRAM, model_program
 from llamarig.shared.rig import Rig
 
 
@@ -22,10 +23,15 @@ class Unit:
     required: bool
     warm: bool                      # loaded at boot, never unloaded or evicted
     keep_alive_s: float | None      # idle seconds before unload; None: never
+    slot: str = BLUE                # blue: the usual server; green: the second one of a hot swap
 
     @property
     def gpu_label(self) -> str:
         return ",".join(map(str, self.gpus))
+
+    @property
+    def verdict_key(self) -> str:
+        return verdict_key(self.name, self.slot)
 
 
 def _split(gpus: list[int], tensor_split: list[float] | None) -> tuple[float, ...]:
@@ -47,3 +53,10 @@ def units_from_rig(rig: Rig) -> list[Unit]:
         units.append(Unit(WHISPER_PROGRAM, "whisper", WHISPER_PROGRAM, w.port, "/health", None, (w.gpu,),
                           (1.0,), 50, w.required, True, None))
     return units
+
+
+def green_units(rig: Rig) -> dict[str, Unit]:
+    """The second server slot of each model that has a swap_port, by model name."""
+    blue = {u.name: u for u in units_from_rig(rig) if u.kind == "llama"}
+    return {name: replace(blue[name], program=model_program(name, GREEN), port=m.swap_port, slot=GREEN)
+            for name, m in rig.models.items() if m.swap_port is not None}

@@ -1,0 +1,130 @@
+"""Reload: blue-green when the new server fits beside the old one, drain-first otherwise."""
+import threading
+
+import httpx
+import yaml
+
+from helpers import free_port, model_entry, wait_for, write_rig
+from llamarig.backend.lifecycle.jobs import port_in_use
+from llamarig.shared.gguf_header import read_header
+from llamarig.shared.vram import estimate
+
+MIB = 1024 * 1024
+
+
+def edit_model(rig_path, **changes):
+    data = yaml.safe_load(rig_path.read_text())
+    data["models"]["m"].update(changes)
+    rig_path.write_text(yaml.safe_dump(data))
+
+
+def reload_done(b, timeout=90) -> dict:
+    return wait_for(lambda: (r := b.unit("m")["reload"]) and r["state"] not in ("starting", "draining") and r,
+                    timeout, "the reload to end")
+
+
+def served_file(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["data"][0]["id"]
+
+
+def test_blue_green_reload_switches_without_failing_a_request(tmp_path, models, bundle_factory):
+    entry = model_entry(models["gguf"], [0], swap_port=free_port(), context_size=4096)
+    rig_path = write_rig(tmp_path, {"m": entry})
+    b = bundle_factory(rig_path)
+    b.wait_ready()
+    assert "tiny.gguf" in served_file(entry["port"])
+    edit_model(rig_path, path=str(models["gguf_b"]))
+
+    codes, stop = [], threading.Event()
+
+    def steady_client():
+        while not stop.is_set():
+            r = b.post("/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 1}, timeout=30)
+            codes.append(r.status_code)
+
+    client = threading.Thread(target=steady_client)
+    client.start()
+    body = {"model": "m", "prompt": "hi", "max_tokens": 2000, "stream": True, "ignore_eos": True}
+    events, done = 0, False
+    try:
+        with httpx.stream("POST", b.api + "/v1/completions", json=body, timeout=120) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            answer = b.post("/admin/units/m/reload")
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["how"] == "blue-green", answer.json()
+            for line in lines:
+                done = done or line == "data: [DONE]"
+                events += line.startswith("data: ")
+        record = reload_done(b)
+    finally:
+        stop.set()
+        client.join(60)
+    assert done and events > 100, "the stream on the old server was cut"
+    assert record["state"] == "done", record
+    assert record["from"] == "llama-m" and record["to"] == "llama-m_green"
+    assert codes and set(codes) == {200}, f"requests failed during the swap: {sorted(set(codes))}"
+    unit = b.unit("m")
+    assert unit["program"] == "llama-m_green" and unit["port"] == entry["swap_port"]
+    assert unit["state"] in ("ready", "busy")
+    assert "tiny-b.gguf" in served_file(entry["swap_port"])
+    assert not port_in_use(entry["port"]), "the old server still holds its port"
+    assert "STOPPED" in b.ctl("status", "llama-m").stdout
+    # Routing follows the switch: a request now lands on the green server.
+    ok = b.post("/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 1})
+    assert ok.status_code == 200
+
+    # A second reload goes back to the blue slot.
+    edit_model(rig_path, path=str(models["gguf"]))
+    assert b.post("/admin/units/m/reload").json()["to"] == "llama-m"
+    assert reload_done(b)["state"] == "done"
+    assert "tiny.gguf" in served_file(entry["port"]) and not port_in_use(entry["swap_port"])
+
+
+def test_a_bad_new_file_leaves_the_old_server_serving(tmp_path, models, bundle_factory):
+    entry = model_entry(models["gguf"], [0], swap_port=free_port())
+    rig_path = write_rig(tmp_path, {"m": entry})
+    b = bundle_factory(rig_path)
+    b.wait_ready()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOPE" + bytes(4096))
+    edit_model(rig_path, path=str(bad))
+    assert b.post("/admin/units/m/reload").json()["how"] == "blue-green"
+    record = reload_done(b)
+    assert record["state"] == "failed" and "bad_magic" in record["reason"], record
+    assert "llama-m keeps serving" in record["reason"]
+    unit = b.unit("m")
+    assert unit["program"] == "llama-m" and unit["state"] in ("ready", "busy")
+    assert b.post("/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 1}).status_code == 200
+    assert not port_in_use(entry["swap_port"])
+
+
+def test_reload_drains_first_when_two_servers_do_not_fit(tmp_path, models, bundle_factory):
+    need = estimate(read_header(models["gguf"]), (0,), (1.0,), 256, -1, True).total
+    entry = model_entry(models["gguf"], [0], swap_port=free_port())
+    rig_path = write_rig(tmp_path, {"m": entry}, lifecycle={"vram_margin_mib": 0})
+    data = yaml.safe_load(rig_path.read_text())
+    # Room for one server, not for a second beside a running one (this one holds about 18 MiB).
+    data["gpus"]["simulated"][0]["memory_mib"] = need // MIB + 10
+    rig_path.write_text(yaml.safe_dump(data))
+    b = bundle_factory(rig_path)
+    b.wait_ready()
+    answer = b.post("/admin/units/m/reload").json()
+    assert answer["how"] == "drain-first" and "no room for two servers" in answer["why"], answer
+    assert "on GPU 0" in answer["why"]
+    wait_for(lambda: any(h["target"] == "stopping" for h in b.unit("m")["history"]), 30, "the old server to stop")
+    unit = b.wait_state("m", {"ready"}, 60)
+    assert unit["program"] == "llama-m"
+
+
+def test_reload_without_swap_port_and_with_a_changed_port(tmp_path, models, bundle_factory):
+    rig_path = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])})
+    b = bundle_factory(rig_path)
+    b.wait_ready()
+    answer = b.post("/admin/units/m/reload").json()
+    assert answer["how"] == "drain-first" and answer["why"] == "models.m.swap_port is not set"
+    b.wait_state("m", {"ready"}, 60)
+    edit_model(rig_path, port=free_port())
+    refused = b.post("/admin/units/m/reload")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "rig_changed" and "port" in refused.json()["error"]["message"]
