@@ -51,11 +51,12 @@ class Api:
 
 def status_table(units: list[dict]) -> Table:
     table = Table(title="llamarig units")
-    for col in ("unit", "state", "gpus", "port", "in flight", "restarts", "load s", "reason"):
+    for col in ("unit", "state", "gpus", "program", "port", "in flight", "restarts", "load s", "reason"):
         table.add_column(col)
     for u in units:
         colour = {"ready": "green", "busy": "cyan", "failed": "red"}.get(u["state"], "yellow")
-        table.add_row(u["name"], f"[{colour}]{u['state']}[/]", ",".join(map(str, u["gpus"])), str(u["port"]),
+        table.add_row(u["name"], f"[{colour}]{u['state']}[/]", ",".join(map(str, u["gpus"])), u["program"],
+                      str(u["port"]),
                       str(u["inflight"]), str(u["restarts_in_window"]),
                       f"{u['load_seconds']:.1f}" if u["load_seconds"] else "-", u["reason"][:70])
     return table

@@ -47,6 +47,9 @@ class Metrics(Events):
                                 ["model", "reason"], registry=r)
         self.probe_failures = Counter("llamarig_health_probe_failures_total", "Failed health probes.",
                                       ["model"], registry=r)
+        self.probes = Counter("llamarig_health_probes_total", "Health probes by kind (liveness: the "
+                              "ready path; deep: a one-token completion) and result.", ["model", "kind", "result"],
+                              registry=r)
         self.refusals = Counter("llamarig_model_file_refusals_total", "Model files refused by the verifier.",
                                 ["model", "code"], registry=r)
         self.stop_unverified = Counter("llamarig_stop_unverified_total", "Stops after which a process, "
@@ -87,7 +90,8 @@ class Metrics(Events):
     def on_circuit(self, unit, is_open):
         self.circuit[unit.name] = int(is_open)
 
-    def on_probe(self, unit, ok):
+    def on_probe(self, unit, ok, kind):
+        self.probes.labels(unit.name, kind, "ok" if ok else "failed").inc()
         if not ok:
             self.probe_failures.labels(unit.name).inc()
 

@@ -34,7 +34,7 @@ class Events:
     def on_circuit(self, unit, is_open): pass
     def on_verdict(self, unit, verdict): pass
     def on_stop_verified(self, unit, ok, reason): pass
-    def on_probe(self, unit, ok): pass
+    def on_probe(self, unit, ok, kind): pass
     def on_memory(self, unit, estimate, actual): pass
     def request_load(self, unit): pass
     def gpu_pids(self, unit) -> set[int]: return set()

@@ -268,11 +268,14 @@ class Manager(Events):
         try:
             taken = time.monotonic()
             ok, detail = await self.http.ready(unit.port, unit.ready_path, cfg.probe_timeout_s)
-            if ok and unit.kind == "llama" and cfg.deep_probe_interval_s > 0:
-                if taken >= self._deep_due.get(due_key, 0):
-                    self._deep_due[due_key] = taken + cfg.deep_probe_interval_s
-                    ok, detail = await self.http.generates(unit.port, cfg.probe_timeout_s)
-            self.hooks.on_probe(unit, ok)
+            self.hooks.on_probe(unit, ok, "liveness")
+            # The deep probe would queue behind real requests; while some are in flight, their
+            # own progress is the proof that the server generates.
+            deep_due = taken >= self._deep_due.get(due_key, 0) and not actor.inflight
+            if ok and unit.kind == "llama" and cfg.deep_probe_interval_s > 0 and deep_due:
+                self._deep_due[due_key] = taken + cfg.deep_probe_interval_s
+                ok, detail = await self.http.generates(unit.port, cfg.probe_timeout_s)
+                self.hooks.on_probe(unit, ok, "deep")
             actor.send(Probe(ok, detail, taken))
         finally:
             self._probing.discard(unit.program)

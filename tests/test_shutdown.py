@@ -1,0 +1,82 @@
+"""Start-up and shutdown as an operator sees them: `llamarig up` wave by wave (with a model that
+cannot fit refused and the rest loaded), `llamarig status`, `llamarig down`, and SIGTERM to
+supervisord while a stream is in flight."""
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import psutil
+import yaml
+
+from helpers import PATH, model_entry, write_rig
+
+
+def llamarig(rig_path, *args, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llamarig.cli", "--rig", str(rig_path), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PATH": PATH, "COLUMNS": "200"})
+
+
+def supervisord_pid(rig_dir) -> int | None:
+    try:
+        return int((rig_dir / "run" / "supervisord.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_up_shows_waves_refuses_what_cannot_fit_and_down_stops_everything(tmp_path, models):
+    rig_path = write_rig(tmp_path, {
+        "brain": model_entry(models["gguf"], [0], priority=0),
+        "worker": model_entry(models["gguf_b"], [2], priority=10),
+        "big": model_entry(models["gguf"], [1], priority=10),
+    })
+    data = yaml.safe_load(rig_path.read_text())
+    data["gpus"]["simulated"][1]["memory_mib"] = 4  # far less than any model needs
+    rig_path.write_text(yaml.safe_dump(data))
+    conf = tmp_path / "supervisord.conf"
+    assert llamarig(rig_path, "render", "--out", str(conf)).returncode == 0
+    try:
+        up = llamarig(rig_path, "up", "--conf", str(conf), "--timeout", "120")
+        out = up.stdout
+        assert "wave 1: starting brain" in out, out
+        assert "wave 2: starting worker" in out and "big not started" in out, out
+        assert "needs" in out and "on GPU 1" in out and "free" in out, out
+        assert "wave 2: done in" in out, out
+        assert up.returncode == 1, "a required model failed: status must say so"  # big is required
+        status = llamarig(rig_path, "status")
+        rows = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if line.count("│") > 5}
+        assert "ready" in rows["brain"] and "ready" in rows["worker"] and "failed" in rows["big"], status.stdout
+        pid = supervisord_pid(tmp_path)
+        servers = {p.pid for p in psutil.Process(pid).children(recursive=True)}
+        down = llamarig(rig_path, "down")
+        assert down.returncode == 0, down.stderr
+        psutil.wait_procs([psutil.Process(pid)], timeout=60)
+        assert not psutil.pid_exists(pid)
+        assert not [p for p in servers if psutil.pid_exists(p)], "a server outlived `llamarig down`"
+    finally:
+        pid = supervisord_pid(tmp_path)
+        if pid and psutil.pid_exists(pid):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def test_sigterm_to_supervisord_lets_a_stream_finish_then_everything_exits(tmp_path, models, bundle_factory):
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0], context_size=4096)})
+    b = bundle_factory(rig)
+    b.wait_ready()
+    tree = b.tree()
+    assert len(tree) >= 3  # supervisord, compute API, server
+    body = {"model": "m", "prompt": "hi", "max_tokens": 1500, "stream": True, "ignore_eos": True}
+    events, done = 0, False
+    with httpx.stream("POST", b.api + "/v1/completions", json=body, timeout=120) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        b.proc.send_signal(signal.SIGTERM)
+        for line in lines:
+            done = done or line == "data: [DONE]"
+            events += line.startswith("data: ")
+    assert done and events > 100, "the stream was cut by the shutdown"
+    b.proc.wait(timeout=60)
+    left = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"processes outlived supervisord: {left}"
