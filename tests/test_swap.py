@@ -74,6 +74,15 @@ def test_blue_green_reload_switches_without_failing_a_request(tmp_path, models, 
     ok = b.post("/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 1})
     assert ok.status_code == 200
 
+    # A restart of the compute API adopts the green server instead of loading blue beside it.
+    green_pid = b.pid("llama-m_green")
+    assert "compute-api: started" in b.ctl("restart", "compute-api").stdout
+    b.wait_ready()
+    unit = b.unit("m")
+    assert unit["program"] == "llama-m_green" and b.pid("llama-m_green") == green_pid
+    assert any("adopted the running server" in h["reason"] for h in unit["history"])
+    assert "STOPPED" in b.ctl("status", "llama-m").stdout
+
     # A second reload goes back to the blue slot.
     edit_model(rig_path, path=str(models["gguf"]))
     assert b.post("/admin/units/m/reload").json()["to"] == "llama-m"

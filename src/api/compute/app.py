@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from llamarig.api.compute import admin_routes, openai_routes
 from llamarig.api.compute.metrics import Metrics
 from llamarig.api.compute.proxy import Proxy
-from llamarig.backend.lifecycle.manager import Manager
+from llamarig.backend.lifecycle.manager import Manager, UnknownModel
 from llamarig.backend.llama_http import ServerHttp
 from llamarig.backend.supervisor import SupervisorClient
 from llamarig.backend.supervisor_conf import socket_path
@@ -85,6 +85,25 @@ def create_app(rig: Rig, manager_factory=None) -> FastAPI:
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/metrics/engines/{name}")
+    async def engine_metrics(name: str) -> Response:
+        """The engine's own metrics (llama-server `llamacpp:*`), passed through unchanged from
+        the server now serving `name`. Read straight from the server: not a request, not activity."""
+        try:
+            actor = state.manager.actor(name)
+        except UnknownModel as e:
+            return error_response(404, e.code, e.reason, "name")
+        unit = actor.unit
+        if not unit.metrics_path:
+            return error_response(404, "no_engine_metrics", f"the engine of {name!r} exports no metrics "
+                                  "(llama-cpp-python has none); llamarig_* metrics still cover it")
+        try:
+            r = await state.proxy.client.get(f"http://127.0.0.1:{unit.port}{unit.metrics_path}", timeout=5)
+        except httpx.HTTPError as e:
+            return error_response(503, "engine_unreachable", f"{name!r} is {actor.state.value}; its server on "
+                                  f"port {unit.port} did not answer ({type(e).__name__})", retry_after=5)
+        return Response(r.content, status_code=r.status_code, media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(openai_routes.build_router(state))
     app.include_router(admin_routes.build_router(state))

@@ -36,6 +36,9 @@ class Metrics(Events):
                                   ["model", "route"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("llamarig_time_to_first_token_seconds", "Request arrival to first byte of "
                               "the answer.", ["model", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("llamarig_tokens_generated_total", "Tokens generated, counted from the "
+                              "answers as they pass (stream events, or usage.completion_tokens).", ["model"],
+                              registry=r)
         self.cold_starts = Counter("llamarig_cold_starts_total", "Requests that waited for a model to load.",
                                    ["model"], registry=r)
         self.cold_start = Histogram("llamarig_cold_start_seconds", "Arrival to first byte when the model was "
@@ -66,8 +69,10 @@ class Metrics(Events):
 
     # ---- request events -----------------------------------------------------------------------
     def request_done(self, model: str, route: str, code: int, seconds: float, first_byte: float | None,
-                     cold: bool) -> None:
+                     cold: bool, tokens: int = 0) -> None:
         self.requests.labels(model, route, str(code)).inc()
+        if tokens:
+            self.tokens.labels(model).inc(tokens)
         self.duration.labels(model, route).observe(seconds)
         if first_byte is not None:
             self.ttft.labels(model, route).observe(first_byte)

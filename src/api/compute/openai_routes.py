@@ -44,9 +44,9 @@ def build_router(state) -> APIRouter:
         unit = lease.actor.unit  # the slot serving now; a blue-green reload switches it
         cold = lease.cold
 
-        def done(status: int, first_byte: float | None) -> None:
+        def done(status: int, first_byte: float | None, tokens: int) -> None:
             ttfb = (time.perf_counter() - arrived) if first_byte is not None else None
-            state.metrics.request_done(name, path, status, time.perf_counter() - arrived, ttfb, cold)
+            state.metrics.request_done(name, path, status, time.perf_counter() - arrived, ttfb, cold, tokens)
 
         return await state.proxy.forward(request, unit.port, path, body, lease, done)
 

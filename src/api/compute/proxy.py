@@ -7,6 +7,7 @@ client goes away.
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import AsyncIterator, Callable
 
@@ -27,14 +28,46 @@ def _headers(headers: httpx.Headers | dict, drop_length: bool = True) -> dict[st
             (k.lower() == "content-length" and not drop_length)}
 
 
+USAGE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+TAIL = 4096  # bytes of a JSON answer kept to find its usage block, which comes last
+
+
+class TokenCount:
+    """Tokens generated, read from the answer as it passes, without parsing it: a stream has one
+    `data:` event per token (llama.cpp sends one token per event); a JSON answer ends with
+    `usage.completion_tokens`."""
+
+    def __init__(self, content_type: str):
+        self.stream = content_type.startswith("text/event-stream")
+        self.events = 0
+        self.tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        # The tail carries the end of the previous chunk, so a marker split across two
+        # chunks is still seen once (only markers ending in the new bytes are counted).
+        joined = self.tail + chunk
+        if self.stream:
+            self.events += joined.count(b"data: ") - self.tail.count(b"data: ")
+            self.tail = joined[-5:]
+        else:
+            self.tail = joined[-TAIL:]
+
+    @property
+    def tokens(self) -> int:
+        if self.stream:
+            return max(0, self.events - 1)  # the last event is [DONE]
+        found = USAGE.findall(self.tail)
+        return int(found[-1]) if found else 0
+
+
 class Proxy:
     def __init__(self, client: httpx.AsyncClient):
         self.client = client
 
     async def forward(self, request: Request, port: int, path: str, body, lease: Lease,
-                      on_done: Callable[[int, float | None], None]) -> Response:
+                      on_done: Callable[[int, float | None, int], None]) -> Response:
         """Send `body` (bytes or an async byte iterator) to the server on `port`.
-        on_done(status, first_byte_seconds) is called once when the answer has ended."""
+        on_done(status, first_byte_seconds, tokens) is called once when the answer has ended."""
         started = time.perf_counter()
         upstream = self.client.build_request(request.method, f"http://127.0.0.1:{port}{path}",
                                              headers=_headers(request.headers), content=body,
@@ -43,22 +76,24 @@ class Proxy:
             answer = await self.client.send(upstream, stream=True)
         except httpx.HTTPError as e:
             lease.release()
-            on_done(503, None)
+            on_done(503, None, 0)
             return error_response(503, "upstream_unreachable", f"the model server on port {port} did not "
                                   f"answer ({type(e).__name__}); it is being checked", retry_after=5)
         first: list[float] = []
+        count = TokenCount(answer.headers.get("content-type", ""))
 
         async def relay() -> AsyncIterator[bytes]:
             async for chunk in answer.aiter_raw():
                 if not first:
                     first.append(time.perf_counter() - started)
                 lease.progress()
+                count.feed(chunk)
                 yield chunk
 
         async def finish() -> None:
             await answer.aclose()
             lease.release()
-            on_done(answer.status_code, first[0] if first else None)
+            on_done(answer.status_code, first[0] if first else None, count.tokens)
 
         return StreamingResponse(relay(), status_code=answer.status_code,
                                  headers=_headers(answer.headers, drop_length=False),

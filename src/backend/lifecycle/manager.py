@@ -162,6 +162,10 @@ class Manager(Events):
 
     # ---- boot in waves ------------------------------------------------------------------------
     async def boot(self) -> None:
+        try:
+            await self._adopt_active_slots()
+        except SupervisorError as e:
+            log.error("boot: supervisord unreachable", extra={"reason": e.reason})
         pending = []
         for unit in self.units.values():
             if not unit.warm:
@@ -176,6 +180,20 @@ class Manager(Events):
             log.error("boot stopped: supervisord unreachable", extra={"reason": e.reason})
         finally:
             self.booted.set()
+
+    async def _adopt_active_slots(self) -> None:
+        """After a blue-green reload the green server serves; when the compute API restarts,
+        route to the slot that is running rather than load the model again beside it."""
+        infos = await self._refresh_pids()
+        for name, slots in self.slots.items():
+            running = [i for i, a in enumerate(slots)
+                       if infos.get(a.unit.program, {}).get("statename") in RUNNING_STATES]
+            if running and running[0] != self.active[name]:
+                self.active[name] = running[0]
+                log.info("adopting the running slot", extra={"model": name, "program": slots[running[0]].unit.program})
+            if len(running) > 1:
+                log.warning("both slots of a model are running; the second is not used",
+                            extra={"model": name, "program": slots[running[1]].unit.program})
 
     async def _boot_wave(self, pending: list[Candidate]) -> list[Candidate]:
         free = await self.settle()
