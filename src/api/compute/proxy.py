@@ -28,14 +28,16 @@ def _headers(headers: httpx.Headers | dict, drop_length: bool = True) -> dict[st
             (k.lower() == "content-length" and not drop_length)}
 
 
-USAGE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-TAIL = 4096  # bytes of a JSON answer kept to find its usage block, which comes last
+# The count the server reports at the end of an answer: usage.completion_tokens (JSON answers,
+# llama-server's last completion event), or timings.predicted_n (llama-server's last chat event).
+REPORTED = re.compile(rb'"(?:completion_tokens|predicted_n)"\s*:\s*(\d+)')
+TAIL = 4096  # bytes kept from the end of an answer, where that count is
 
 
 class TokenCount:
-    """Tokens generated, read from the answer as it passes, without parsing it: a stream has one
-    `data:` event per token (llama.cpp sends one token per event); a JSON answer ends with
-    `usage.completion_tokens`."""
+    """Tokens generated, read from the answer as it passes, without parsing it: the count the
+    server reports at the end, else (a stream without one) the number of `data:` events, since
+    llama.cpp sends about one token per event."""
 
     def __init__(self, content_type: str):
         self.stream = content_type.startswith("text/event-stream")
@@ -43,21 +45,18 @@ class TokenCount:
         self.tail = b""
 
     def feed(self, chunk: bytes) -> None:
-        # The tail carries the end of the previous chunk, so a marker split across two
-        # chunks is still seen once (only markers ending in the new bytes are counted).
+        # Markers split across two chunks are seen once: only those ending in the new bytes count.
         joined = self.tail + chunk
         if self.stream:
             self.events += joined.count(b"data: ") - self.tail.count(b"data: ")
-            self.tail = joined[-5:]
-        else:
-            self.tail = joined[-TAIL:]
+        self.tail = joined[-TAIL:]
 
     @property
     def tokens(self) -> int:
-        if self.stream:
-            return max(0, self.events - 1)  # the last event is [DONE]
-        found = USAGE.findall(self.tail)
-        return int(found[-1]) if found else 0
+        found = REPORTED.findall(self.tail)
+        if found:
+            return int(found[-1])
+        return max(0, self.events - 1) if self.stream else 0  # the last event is [DONE]
 
 
 class Proxy:

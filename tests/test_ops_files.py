@@ -1,0 +1,226 @@
+"""The operations files, checked without a running bundle: alert rules (promtool), their unit
+tests, Alertmanager (amtool), runbooks, the Grafana dashboard, the Dockerfile and compose file."""
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llamarig.cli import _parser
+from llamarig.shared.rig import load_rig
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "alerts" / "llamarig-rules.yml"
+RULE_TESTS = ROOT / "alerts" / "llamarig-rules.test.yml"
+URL_PREFIX = "https://github.com/llamarig/llamarig/blob/main/"
+SECTIONS = ("## Meaning", "## Impact", "## Diagnosis", "## Mitigation")
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def alerts() -> list[dict]:
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r]
+
+
+def minutes(duration: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([smh])", duration).groups()
+    return int(number) * {"s": 1 / 60, "m": 1, "h": 60}[unit]
+
+
+def test_promtool_checks_and_tests_the_rules():
+    check = run("promtool", "check", "rules", str(RULES))
+    assert check.returncode == 0 and f"SUCCESS: {len(alerts())} rules found" in check.stdout, check.stdout
+    tested = run("promtool", "test", "rules", str(RULE_TESTS))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_every_alert_has_severity_annotations_and_a_boundary_test():
+    cases: dict[str, list[tuple[int, list]]] = {}
+    for group in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for t in group["alert_rule_test"]:
+            cases.setdefault(t["alertname"], []).append((minutes(t["eval_time"]), t["exp_alerts"]))
+    expected = {"critical", "warning", "none"}
+    assert {"LlamarigModelDown", "LlamarigComputeApiDown", "Watchdog"} <= {a["alert"] for a in alerts()}
+    for rule in alerts():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in expected, name
+        assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), name
+        at = [t for t, exp in cases.get(name, []) if exp]
+        assert at, f"{name}: no test where it fires"
+        fired = [exp for _, exp in cases[name] if exp]
+        assert all(set(e["exp_annotations"]) == {"summary", "description", "runbook_url"} and
+                   e["exp_labels"]["severity"] == rule["labels"]["severity"] for exps in fired for e in exps), name
+        if "for" not in rule:
+            continue
+        before = {t for t, exp in cases[name] if not exp}
+        # Fires at some time T >= its `for`, and was tested silent one evaluation (1 m) before T.
+        assert any(t >= minutes(rule["for"]) and t - 1 in before for t in at), \
+            f"{name}: no silent case one evaluation before the firing case"
+
+
+def test_every_alert_has_its_runbook_and_the_url_resolves():
+    for rule in alerts():
+        url = rule["annotations"]["runbook_url"]
+        assert url.startswith(URL_PREFIX), url
+        path = ROOT / url.removeprefix(URL_PREFIX)
+        assert path == ROOT / "runbooks" / f"{rule['alert']}.md" and path.is_file(), url
+        text = path.read_text()
+        assert text.startswith(f"# {rule['alert']}\n")
+        assert all(s in text for s in SECTIONS), f"{path.name} lacks a section"
+
+
+def test_operational_runbooks_exist_with_their_sections():
+    for name in ("startup", "shutdown", "model-update", "gpu-out-of-memory", "model-will-not-load",
+                 "incident-response"):
+        text = (ROOT / "runbooks" / f"{name}.md").read_text()
+        assert all(s in text for s in SECTIONS), name
+    assert "blue-green" in (ROOT / "runbooks" / "model-update.md").read_text()
+
+
+def _code(text: str) -> str:
+    blocks = re.findall(r"```.*?\n(.*?)```", text, re.S)
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return "\n".join(blocks + spans)
+
+
+def test_every_llamarig_command_named_in_runbooks_and_alerts_exists():
+    parser = _parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    texts = [p.read_text() for p in (ROOT / "runbooks").glob("*.md")]
+    texts += [json.dumps([r["annotations"] for r in alerts()])]
+    named = 0
+    for text in texts:
+        for line in _code(text).splitlines():
+            for m in re.finditer(r"(?<![\w/.-])llamarig ([a-z][\w-]*)((?: [^\s#|;`]+)*)", line):
+                sub, rest = m.group(1), m.group(2).split()
+                assert sub in commands, f"`llamarig {sub}` is not a command ({line.strip()})"
+                flags = {o for a in commands[sub]._actions for o in a.option_strings}
+                assert all(f in flags for f in rest if f.startswith("--")), f"bad flag in {line.strip()}"
+                named += 1
+    assert named >= 30, named  # the runbooks do name commands; a broken regex would find none
+
+
+def test_alertmanager_config_checks_routes_and_inhibits_known_alerts():
+    config = ROOT / "alerts" / "alertmanager.yml"
+    assert run("amtool", "check-config", str(config)).returncode == 0
+    for labels, receiver in ((["severity=critical", "alertname=LlamarigModelDown"], "pager"),
+                             (["severity=warning", "alertname=LlamarigLatencyHigh"], "team"),
+                             (["severity=none", "alertname=Watchdog"], "deadman")):
+        routed = run("amtool", "config", "routes", "test", f"--config.file={config}", *labels)
+        assert routed.stdout.strip() == receiver, (labels, routed.stdout)
+    names = {a["alert"] for a in alerts()}
+    for rule in yaml.safe_load(config.read_text())["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            if matcher.startswith("alertname"):
+                pattern = matcher.split("=", 1)[1].strip('~"')
+                assert any(re.fullmatch(pattern, n) for n in names), matcher
+    down = next(r for r in yaml.safe_load(config.read_text())["inhibit_rules"]
+                if r["source_matchers"] == ['alertname="LlamarigModelDown"'])
+    assert "LlamarigLatencyHigh" in down["target_matchers"][0] and down["equal"] == ["model"]
+
+
+def test_prometheus_config_checks_and_scrapes_what_the_rig_serves():
+    config = ROOT / "alerts" / "prometheus.yml"
+    assert run("promtool", "check", "config", str(config)).returncode == 0
+    rig = load_rig(ROOT / "runtime" / "rig.yaml")
+    jobs = {j["job_name"]: j for j in yaml.safe_load(config.read_text())["scrape_configs"]}
+    assert jobs["llamarig"]["static_configs"][0]["targets"] == [f"llamarig:{rig.api.port}"]
+    engine_models = {c["labels"]["model"] for c in jobs["llamarig-engines"]["static_configs"]}
+    assert engine_models == {n for n, m in rig.models.items() if m.engine.value == "llama-server"}
+
+
+def dashboard() -> dict:
+    return json.loads((ROOT / "grafana" / "dashboards" / "llamarig.json").read_text())
+
+
+def dashboard_metrics() -> set[str]:
+    exprs = [t["expr"] for p in dashboard()["panels"] for t in p["targets"]]
+    return {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"llamarig_[a-z_]+", e)}
+
+
+def test_grafana_dashboard_structure():
+    d = dashboard()
+    assert d["uid"] and d["title"] and isinstance(d["schemaVersion"], int)
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in d["panels"]:
+        assert p["type"] in {"timeseries", "state-timeline", "stat", "table", "gauge"}
+        g = p["gridPos"]
+        assert all(isinstance(g[k], int) for k in "xywh") and g["x"] + g["w"] <= 24
+        assert p["targets"] and all(t["refId"] and t["expr"] for t in p["targets"])
+    titles = " ".join(p["title"].lower() for p in d["panels"])
+    for topic in ("requests", "p95 request", "first token", "tokens", "states", "restarts", "memory", "temperature"):
+        assert topic in titles, topic
+    assert {"llamarig_requests_total", "llamarig_tokens_generated_total", "llamarig_model_state",
+            "llamarig_gpu_temperature_celsius", "llamarig_vram_actual_bytes"} <= dashboard_metrics()
+
+
+# ---- the Docker image and compose file, read rather than built (no Docker engine here) ----------
+def dockerfile() -> str:
+    return (ROOT / "Dockerfile").read_text()
+
+
+def test_dockerfile_copies_and_runs_what_exists():
+    text = dockerfile()
+    for m in re.finditer(r"^COPY (?!--from)(.+)$", text, re.M):
+        *sources, _ = m.group(1).split()
+        for s in sources:
+            assert (ROOT / s).exists(), f"COPY {s}: not in the repository"
+    assert "runtime/build-llama-server.sh --cuda" in text and "--cuda" in (ROOT / "runtime/build-llama-server.sh").read_text()
+    assert re.search(r'^CMD \["llamarig", "run"\]$', text, re.M)
+    assert "run" in next(a for a in _parser()._actions if a.dest == "command").choices
+    assert "nodaemon=true" in (ROOT / "supervisord.conf").read_text()
+    assert re.search(r"^FROM nvidia/cuda:\S+-runtime-", text, re.M) and re.search(r"^USER (?!root)\w+", text, re.M)
+    # The sed that opens the API beyond loopback must match the rig's line.
+    pattern = re.search(r"sed -i 's/\^(.+?)\$/", text).group(1).replace("\\", "")
+    assert pattern in (ROOT / "runtime/rig.yaml").read_text().splitlines()
+
+
+def test_dockerfile_ports_health_and_volume_agree_with_the_rig():
+    text, rig = dockerfile(), load_rig(ROOT / "runtime" / "rig.yaml")
+    assert re.search(rf"^EXPOSE {rig.api.port}$", text, re.M)
+    assert f"http://127.0.0.1:{rig.api.port}/health" in re.search(r"^HEALTHCHECK .+$", text, re.M).group(0)
+    volume = re.search(r'^VOLUME \["(.+)"\]$', text, re.M).group(1)
+    workdir = re.findall(r"^WORKDIR (.+)$", text, re.M)[-1]
+    # In the image the repository root is WORKDIR; every model path must be under the volume.
+    for m in rig.models.values():
+        in_image = Path(workdir) / rig.resolve(m.path).relative_to(ROOT)
+        assert str(in_image).startswith(volume + "/"), m.path
+
+
+def _longest_stopwaitsecs() -> int:
+    return max(int(v) for v in re.findall(r"^stopwaitsecs=(\d+)$", (ROOT / "supervisord.conf").read_text(), re.M))
+
+
+def test_stop_grace_is_longer_than_the_longest_stopwaitsecs():
+    longest = _longest_stopwaitsecs()
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    grace = compose["services"]["llamarig"]["stop_grace_period"]
+    assert int(grace.rstrip("s")) > longest
+    documented = int(re.search(r"--stop-timeout (\d+)", dockerfile()).group(1))
+    assert documented > longest
+
+
+def test_compose_mounts_files_that_exist_and_ports_agree():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    rig = load_rig(ROOT / "runtime" / "rig.yaml")
+    assert compose["services"]["llamarig"]["ports"] == [f"{rig.api.port}:{rig.api.port}"]
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            host = volume.split(":")[0]
+            if host == "./models":
+                continue  # the user's models; generated ones appear there after `make models`
+            assert (ROOT / host).exists(), f"{name}: {host} does not exist"
+    prom = compose["services"]["prometheus"]["volumes"]
+    assert any(v.startswith("./alerts/llamarig-rules.yml:") for v in prom)
+
+
+@pytest.mark.parametrize("path", ["alerts/prometheus.yml", "alerts/alertmanager.yml",
+                                  "grafana/provisioning/datasources/prometheus.yml",
+                                  "grafana/provisioning/dashboards/llamarig.yml", "docker-compose.yml"])
+def test_yaml_files_parse(path):
+    assert isinstance(yaml.safe_load((ROOT / path).read_text()), dict)
