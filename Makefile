@@ -1,6 +1,6 @@
 # Two commands for a fresh machine: `make run` (the bundle in the foreground on the default
 # rig, API on 127.0.0.1:8000) and `make test`. Both set everything up first.
-.PHONY: setup run test render
+.PHONY: setup run test render bench
 
 setup:
 	runtime/setup.sh
@@ -14,3 +14,8 @@ test:
 
 render:
 	.venv/bin/llamarig render
+
+# Every benchmark (LiteLLM's column needs bench/setup-litellm.sh first); the table also goes to
+# bench/RESULTS.md.
+bench: setup
+	.venv/bin/python bench/run.py | tee bench/RESULTS.md

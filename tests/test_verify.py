@@ -136,3 +136,19 @@ def test_header_bounds_and_sizes(models):
     assert h.data_offset % 32 == 0
     assert h.data_offset + h.data_size == h.file_size
     assert {t.name for t in h.tensors} >= {"token_embd.weight", "blk.1.ffn_down.weight"}
+
+
+def test_a_file_unchanged_for_longer_than_settle_is_not_waited_for(tmp_path, models, monkeypatch):
+    import llamarig.shared.verify as verify
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(models["gguf"].read_bytes())
+    slept = []
+    monkeypatch.setattr(verify.time, "sleep", slept.append)
+    assert verify_gguf(path, Checks(settle_s=5)).ok
+    assert slept and 4 < slept[0] <= 5, "a fresh file must be watched for the rest of the window"
+    slept.clear()
+    now = verify.time.time()
+    monkeypatch.setattr(verify.time, "time", lambda: now + 60)  # a minute later, no write since
+    assert verify_gguf(path, Checks(settle_s=5)).ok
+    assert not slept, "an old file must not be waited for"

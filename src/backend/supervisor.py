@@ -14,7 +14,11 @@ from supervisor.xmlrpc import Faults, SupervisorTransport
 from llamarig.shared.errors import SupervisorError
 
 _FAULT_NAMES = {v: k.lower() for k, v in vars(Faults).items() if isinstance(v, int)}
+# supervisord must stop a program in these before it can start it again.
 RUNNING_STATES = {"STARTING", "RUNNING", "BACKOFF", "STOPPING"}
+# A process exists in these. BACKOFF is not one: the process exited while starting, and
+# supervisord only moves on to FATAL (startretries=0) at its next loop tick, up to 1 s later.
+ALIVE_STATES = {"STARTING", "RUNNING", "STOPPING"}
 
 
 class SupervisorClient:

@@ -92,9 +92,14 @@ def _check_regular(path: Path, st: os.stat_result) -> None:
 
 
 def _check_settled(path: Path, before: os.stat_result, settle_s: float) -> os.stat_result:
+    """Unchanged for settle_s seconds. Any write updates ctime, and ctime cannot be set back,
+    so a file whose ctime (and mtime) is already settle_s old needs no wait."""
     if settle_s <= 0:
         return before
-    time.sleep(settle_s)
+    age = time.time() - max(before.st_mtime, before.st_ctime)
+    if age >= settle_s:
+        return before
+    time.sleep(settle_s - max(age, 0.0))
     after = path.stat()
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise Refusal("growing", f"{path} changed within {settle_s:g} s "

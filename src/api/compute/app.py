@@ -1,19 +1,18 @@
 """The compute API: `create_app(rig)` builds everything it needs; no module globals."""
 from __future__ import annotations
 
-import hmac
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import httpx
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from llamarig.api.compute import admin_routes, openai_routes
 from llamarig.api.compute.metrics import Metrics
-from llamarig.api.compute.proxy import Proxy
+from llamarig.api.compute.fastpath import FastPath
+from llamarig.api.compute.proxy import Proxy, new_session
 from llamarig.backend.lifecycle.manager import Manager, UnknownModel
 from llamarig.backend.llama_http import ServerHttp
 from llamarig.backend.supervisor import SupervisorClient
@@ -21,12 +20,10 @@ from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.rig import Rig
 
-OPEN_PATHS = ("/health", "/ready", "/metrics")
 
 
 def _pool(rig: Rig) -> httpx.AsyncClient:
-    # One pooled client for every server: keep-alive connections, no per-request set-up.
-    # No read timeout: a long generation is not an error; the health loop judges servers.
+    # Probes and engine metrics (not the request path, which is the proxy's aiohttp session).
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
     return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=5.0))
 
@@ -37,7 +34,7 @@ def _api_key(rig: Rig) -> str | None:
     return rig.resolve(rig.api.api_key_file).read_text().strip()
 
 
-def create_app(rig: Rig, manager_factory=None) -> FastAPI:
+def create_app(rig: Rig, manager_factory=None) -> FastPath:
     """manager_factory(rig, client, metrics) -> Manager; tests may pass their own."""
     state = SimpleNamespace(rig=rig, manager=None, proxy=None, metrics=Metrics())
     key = _api_key(rig)
@@ -45,28 +42,22 @@ def create_app(rig: Rig, manager_factory=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         client = _pool(rig)
+        session = new_session()
         factory = manager_factory or (lambda r, c, m: Manager(r, SupervisorClient(socket_path(r)),
                                                               ServerHttp(c), hooks=m))
         state.manager = factory(rig, client, state.metrics)
+        state.http_client = client
         state.metrics.attach(state.manager)
-        state.proxy = Proxy(client)
+        state.proxy = Proxy(session)
         await state.manager.start()
         yield
         await state.manager.drain_requests()
         await state.manager.close()
         await client.aclose()
+        await session.close()
 
     app = FastAPI(title="llamarig compute API", lifespan=lifespan)
     app.state.llamarig = state
-
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if key and not request.url.path.startswith(OPEN_PATHS):
-            sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(sent.encode(), key.encode()):
-                return error_response(401, "invalid_api_key", "send the key from api.api_key_file as "
-                                      "'Authorization: Bearer KEY'")
-        return await call_next(request)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -99,7 +90,7 @@ def create_app(rig: Rig, manager_factory=None) -> FastAPI:
             return error_response(404, "no_engine_metrics", f"the engine of {name!r} exports no metrics "
                                   "(llama-cpp-python has none); llamarig_* metrics still cover it")
         try:
-            r = await state.proxy.client.get(f"http://127.0.0.1:{unit.port}{unit.metrics_path}", timeout=5)
+            r = await state.http_client.get(f"http://127.0.0.1:{unit.port}{unit.metrics_path}", timeout=5)
         except httpx.HTTPError as e:
             return error_response(503, "engine_unreachable", f"{name!r} is {actor.state.value}; its server on "
                                   f"port {unit.port} did not answer ({type(e).__name__})", retry_after=5)
@@ -107,4 +98,5 @@ def create_app(rig: Rig, manager_factory=None) -> FastAPI:
 
     app.include_router(openai_routes.build_router(state))
     app.include_router(admin_routes.build_router(state))
-    return app
+    # Outside FastAPI's own middleware stack: the hot path pays for none of it.
+    return FastPath(app, state, key)

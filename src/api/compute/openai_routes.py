@@ -27,48 +27,50 @@ def _model_of(body: bytes) -> str | None:
     return model if isinstance(model, str) and model else None
 
 
+async def route(state, request: Request, name: str, path: str, body) -> Response:
+    """Lease the model (waiting, bounded, while it loads) and pass the request through."""
+    arrived = time.perf_counter()
+    try:
+        lease = await state.manager.acquire(name)
+    except UnknownModel as e:
+        state.metrics.request_done(name, path, 404, time.perf_counter() - arrived, None, False)
+        return error_response(404, e.code, e.reason, "model")
+    except NotAvailable as e:
+        state.metrics.request_done(name, path, 503, time.perf_counter() - arrived, None, False)
+        return error_response(503, e.code, e.reason, retry_after=e.retry_after)
+    unit = lease.actor.unit  # the slot serving now; a blue-green reload switches it
+    cold = lease.cold
+
+    def done(status: int, first_byte: float | None, tokens: int) -> None:
+        ttfb = (time.perf_counter() - arrived) if first_byte is not None else None
+        state.metrics.request_done(name, path, status, time.perf_counter() - arrived, ttfb, cold, tokens)
+
+    return await state.proxy.forward(request, unit.port, path, body, lease, done)
+
+
+async def routed(state, request: Request) -> Response:
+    """POST to one of ROUTED: the model named in the JSON body gets it."""
+    body = await request.body()
+    name = _model_of(body)
+    if name is None:
+        return error_response(400, "model_missing", "the body must be JSON with a 'model' field naming "
+                              "one of GET /v1/models", "model")
+    if name == WHISPER_PROGRAM or name not in state.manager.rig.models:
+        return error_response(404, "model_not_found", f"model {name!r} is not served here; known: "
+                              f"{', '.join(sorted(state.manager.rig.models))}", "model")
+    return await route(state, request, name, request.url.path, body)
+
+
 def build_router(state) -> APIRouter:
-    """`state` holds manager, proxy and metrics (see app.py)."""
+    """`state` holds manager, proxy and metrics (see app.py). The ROUTED paths are served by
+    the fast path in app.py, before FastAPI."""
     router = APIRouter()
-
-    async def route(request: Request, name: str, path: str, body) -> Response:
-        arrived = time.perf_counter()
-        try:
-            lease = await state.manager.acquire(name)
-        except UnknownModel as e:
-            state.metrics.request_done(name, path, 404, time.perf_counter() - arrived, None, False)
-            return error_response(404, e.code, e.reason, "model")
-        except NotAvailable as e:
-            state.metrics.request_done(name, path, 503, time.perf_counter() - arrived, None, False)
-            return error_response(503, e.code, e.reason, retry_after=e.retry_after)
-        unit = lease.actor.unit  # the slot serving now; a blue-green reload switches it
-        cold = lease.cold
-
-        def done(status: int, first_byte: float | None, tokens: int) -> None:
-            ttfb = (time.perf_counter() - arrived) if first_byte is not None else None
-            state.metrics.request_done(name, path, status, time.perf_counter() - arrived, ttfb, cold, tokens)
-
-        return await state.proxy.forward(request, unit.port, path, body, lease, done)
-
-    async def routed(request: Request) -> Response:
-        body = await request.body()
-        name = _model_of(body)
-        if name is None:
-            return error_response(400, "model_missing", "the body must be JSON with a 'model' field naming "
-                                  "one of GET /v1/models", "model")
-        if name == WHISPER_PROGRAM or name not in state.manager.rig.models:
-            return error_response(404, "model_not_found", f"model {name!r} is not served here; known: "
-                                  f"{', '.join(sorted(state.manager.rig.models))}", "model")
-        return await route(request, name, request.url.path, body)
-
-    for path in ROUTED:
-        router.add_api_route(path, routed, methods=["POST"], include_in_schema=False)
 
     @router.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:
         if WHISPER_PROGRAM not in state.manager.actors:
             return error_response(404, "model_not_found", "this rig has no Whisper service", "model")
-        return await route(request, WHISPER_PROGRAM, "/v1/audio/transcriptions", request.stream())
+        return await route(state, request, WHISPER_PROGRAM, "/v1/audio/transcriptions", request.stream())
 
     @router.get("/v1/models")
     async def models() -> JSONResponse:

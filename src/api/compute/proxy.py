@@ -3,7 +3,8 @@
 The request body is forwarded as the bytes received (never re-serialised) and the answer is
 streamed chunk by chunk (never buffered), so SSE streams reach the client token by token.
 Every chunk marks progress on the lease; the lease is released when the answer ends or the
-client goes away.
+client goes away. aiohttp's client (C parser, pooled keep-alive connections) carries it: on
+the hot path it costs a fraction of httpx's per-request time (see bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import re
 import time
 from typing import AsyncIterator, Callable
 
-import httpx
+import aiohttp
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -23,9 +24,17 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
               "proxy-authorization", "proxy-authenticate", "host", "content-length", "authorization"}
 
 
-def _headers(headers: httpx.Headers | dict, drop_length: bool = True) -> dict[str, str]:
+def _headers(headers, drop_length: bool = True) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP or
             (k.lower() == "content-length" and not drop_length)}
+
+
+def new_session() -> aiohttp.ClientSession:
+    # No total or read timeout: a long generation is not an error; the health loop judges servers.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
 
 
 # The count the server reports at the end of an answer: usage.completion_tokens (JSON answers,
@@ -60,29 +69,32 @@ class TokenCount:
 
 
 class Proxy:
-    def __init__(self, client: httpx.AsyncClient):
-        self.client = client
+    def __init__(self, session: aiohttp.ClientSession):
+        self.session = session
 
     async def forward(self, request: Request, port: int, path: str, body, lease: Lease,
                       on_done: Callable[[int, float | None, int], None]) -> Response:
         """Send `body` (bytes or an async byte iterator) to the server on `port`.
         on_done(status, first_byte_seconds, tokens) is called once when the answer has ended."""
         started = time.perf_counter()
-        upstream = self.client.build_request(request.method, f"http://127.0.0.1:{port}{path}",
-                                             headers=_headers(request.headers), content=body,
-                                             params=request.query_params)
+        url = f"http://127.0.0.1:{port}{path}"
+        if request.url.query:
+            url += "?" + request.url.query
         try:
-            answer = await self.client.send(upstream, stream=True)
-        except httpx.HTTPError as e:
+            answer = await self.session.request(request.method, url, data=body, headers=_headers(request.headers))
+        except (aiohttp.ClientError, OSError) as e:
+            lease.unreachable()
             lease.release()
             on_done(503, None, 0)
             return error_response(503, "upstream_unreachable", f"the model server on port {port} did not "
                                   f"answer ({type(e).__name__}); it is being checked", retry_after=5)
-        first: list[float] = []
         count = TokenCount(answer.headers.get("content-type", ""))
+        if not count.stream:
+            return await self._whole(answer, started, count, lease, on_done)
+        first: list[float] = []
 
         async def relay() -> AsyncIterator[bytes]:
-            async for chunk in answer.aiter_raw():
+            async for chunk in answer.content.iter_any():
                 if not first:
                     first.append(time.perf_counter() - started)
                 lease.progress()
@@ -90,10 +102,30 @@ class Proxy:
                 yield chunk
 
         async def finish() -> None:
-            await answer.aclose()
+            answer.release()
             lease.release()
-            on_done(answer.status_code, first[0] if first else None, count.tokens)
+            on_done(answer.status, first[0] if first else None, count.tokens)
 
-        return StreamingResponse(relay(), status_code=answer.status_code,
+        return StreamingResponse(relay(), status_code=answer.status,
                                  headers=_headers(answer.headers, drop_length=False),
                                  background=BackgroundTask(finish))
+
+    @staticmethod
+    async def _whole(answer, started: float, count: TokenCount, lease: Lease, on_done) -> Response:
+        """A JSON answer is complete when the server sends it: pass it on in one piece, which
+        spares the per-request task group a streamed response needs to watch for a disconnect."""
+        try:
+            body = await answer.read()
+        except (aiohttp.ClientError, OSError) as e:
+            lease.unreachable()
+            body = None
+            reason = type(e).__name__
+        finally:
+            answer.release()
+            lease.release()
+        if body is None:
+            on_done(502, None, 0)
+            return error_response(502, "upstream_broken", f"the model server broke off its answer ({reason})")
+        count.feed(body)
+        on_done(answer.status, time.perf_counter() - started, count.tokens)
+        return Response(body, status_code=answer.status, headers=_headers(answer.headers))

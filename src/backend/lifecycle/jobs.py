@@ -16,7 +16,7 @@ from llamarig.backend.lifecycle.commands import JobDone
 from llamarig.backend.lifecycle.units import Unit
 from llamarig.backend.launch import EXIT_REFUSED, read_verdict, verdict_path
 from llamarig.backend.llama_http import ServerHttp
-from llamarig.backend.supervisor import RUNNING_STATES, SupervisorClient
+from llamarig.backend.supervisor import ALIVE_STATES, RUNNING_STATES, SupervisorClient
 from llamarig.shared.errors import SupervisorError
 from llamarig.shared.rig import Rig
 from llamarig.shared.verify import Verdict
@@ -37,6 +37,7 @@ class Events:
     def on_probe(self, unit, ok, kind): pass
     def on_memory(self, unit, estimate, actual): pass
     def request_load(self, unit): pass
+    def suspect(self, unit): pass
     def gpu_pids(self, unit) -> set[int]: return set()
 
 
@@ -90,7 +91,7 @@ async def _wait_ready(deps: Deps, unit: Unit, epoch: int) -> JobDone:
         if ok:
             return JobDone("start", epoch, True, "server answers " + unit.ready_path)
         info = await deps.supervisor.run("info", unit.program)
-        if info["statename"] not in RUNNING_STATES:
+        if info["statename"] not in ALIVE_STATES:
             return _exit_result(deps, unit, epoch, info)
         await asyncio.sleep(POLL_S)
     return JobDone("start", epoch, False, f"not ready within {deps.rig.timeouts.start_s:g} s (start_s)")

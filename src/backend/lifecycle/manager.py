@@ -8,6 +8,7 @@ each unit's own state changes only inside its actor.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 
@@ -22,7 +23,7 @@ from llamarig.backend.lifecycle.swap import reload_model
 from llamarig.backend.lifecycle.units import Unit, green_units, units_from_rig
 from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, shortfall
 from llamarig.backend.llama_http import ServerHttp
-from llamarig.backend.supervisor import RUNNING_STATES, SupervisorClient
+from llamarig.backend.supervisor import ALIVE_STATES, SupervisorClient
 from llamarig.shared.errors import LlamarigError, SupervisorError
 from llamarig.shared.gguf_header import GgufError, read_header
 from llamarig.shared.gpus import GpuInventory, open_inventory
@@ -37,6 +38,10 @@ MIB = 1024 * 1024
 
 class UnknownModel(LlamarigError):
     pass
+
+
+def _exited(info: dict, taken: float) -> Exited:
+    return Exited(f"supervisord says {info['statename']}, exit status {info['exitstatus']}", taken)
 
 
 class Manager(Events):
@@ -65,7 +70,8 @@ class Manager(Events):
         self.boot_waves: list[dict] = []
         self.booted = asyncio.Event()
         self._loads: asyncio.Queue[Unit] = asyncio.Queue()
-        self._probing: set[str] = set()
+        self._probing: collections.Counter[str] = collections.Counter()  # probes in flight per program
+        self._suspected: set[str] = set()
         self._deep_due: dict[str, float] = {}
         self._tasks: list[asyncio.Task] = []
         self.closing = False
@@ -187,7 +193,7 @@ class Manager(Events):
         infos = await self._refresh_pids()
         for name, slots in self.slots.items():
             running = [i for i, a in enumerate(slots)
-                       if infos.get(a.unit.program, {}).get("statename") in RUNNING_STATES]
+                       if infos.get(a.unit.program, {}).get("statename") in ALIVE_STATES]
             if running and running[0] != self.active[name]:
                 self.active[name] = running[0]
                 log.info("adopting the running slot", extra={"model": name, "program": slots[running[0]].unit.program})
@@ -274,11 +280,32 @@ class Manager(Events):
         infos = await self._refresh_pids()
         for actor in self.all_actors():
             info = infos.get(actor.unit.program)
-            if info and info["statename"] not in RUNNING_STATES:
-                actor.send(Exited(f"supervisord says {info['statename']}, exit status {info['exitstatus']}", taken))
-            if actor.state in SERVING and actor.unit.program not in self._probing:
-                self._probing.add(actor.unit.program)
+            if info and info["statename"] not in ALIVE_STATES:
+                actor.send(_exited(info, taken))
+            # A hung server holds each probe for probe_timeout_s; probes overlap (up to the
+            # threshold) so that it is caught after about threshold x interval + one timeout.
+            program = actor.unit.program
+            if actor.state in SERVING and self._probing[program] < self.rig.lifecycle.failure_threshold:
+                self._probing[program] += 1
                 asyncio.ensure_future(self._probe(actor))
+
+    def suspect(self, unit: Unit) -> None:
+        actor = next(a for a in self.slots[unit.name] if a.unit.program == unit.program)
+        if unit.program not in self._suspected:
+            self._suspected.add(unit.program)
+            asyncio.ensure_future(self._check_now(actor))
+
+    async def _check_now(self, actor: UnitActor) -> None:
+        """Out-of-turn check of one unit: has its process exited? (Else the next probes judge.)"""
+        try:
+            taken = time.monotonic()
+            info = await self.supervisor.run("info", actor.unit.program)
+            if info["statename"] not in ALIVE_STATES:
+                actor.send(_exited(info, taken))
+        except SupervisorError as e:
+            log.error("check: supervisord unreachable", extra={"reason": e.reason})
+        finally:
+            self._suspected.discard(actor.unit.program)
 
     async def _probe(self, actor: UnitActor) -> None:
         unit, cfg = actor.unit, self.rig.lifecycle
@@ -296,7 +323,7 @@ class Manager(Events):
                 self.hooks.on_probe(unit, ok, "deep")
             actor.send(Probe(ok, detail, taken))
         finally:
-            self._probing.discard(unit.program)
+            self._probing[unit.program] -= 1
 
     # ---- what the actors report ---------------------------------------------------------------
     def on_transition(self, unit, source, target, reason):

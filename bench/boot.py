@@ -1,0 +1,89 @@
+"""Boot: a rig shaped like the default one (brain split over GPUs 0 and 3, three workers, one on
+llama-cpp-python) from supervisord's start to /ready = 200, against each model's load time alone
+(the same server command, started by hand, until it answers its ready path). All models have
+one priority, so they fit in one wave; run with the rig's default settle_s (1 s) and with 0."""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from common import PATH, model_entry, start_bundle, stop, wait_for, write_rig
+from models import model
+from llamarig.backend.engines import engine_for
+from llamarig.backend.launch import server_argv
+from llamarig.backend.models_make import GgufSize
+from llamarig.shared.rig import load_rig
+
+SHAPE = {"brain": ([0, 3], "llama-server"), "worker-1": ([1], "llama-server"),
+         "worker-2": ([2], "llama-server"), "worker-3": ([4], "llama-cpp-python")}
+
+
+def rig_file(folder: Path, size: GgufSize, settle_s: float) -> Path:
+    models = {}
+    for i, (name, (gpus, engine)) in enumerate(SHAPE.items()):
+        extra = {"tensor_split": [1, 1]} if len(gpus) == 2 else {}
+        models[name] = model_entry(model(f"boot-{i}-{size.layers}x{size.width}", size, seed=i), gpus, engine,
+                                   context_size=512, priority=0, **extra)
+    path = write_rig(folder, models, timeouts={"settle_s": settle_s, "model_wait_s": 30})
+    return path
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def load_alone(rig_path: Path, name: str) -> float:
+    rig = load_rig(rig_path)
+    m = rig.models[name]
+    started = time.perf_counter()
+    proc = subprocess.Popen(server_argv(rig, name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PATH": PATH})
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{m.port}{engine_for(m).ready_path}"), 300, name, 0.01)
+        return time.perf_counter() - started
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def boot_once(folder: Path, rig_path: Path) -> dict:
+    started = time.perf_counter()
+    b = start_bundle(folder, rig_path)
+    try:
+        wait_for(lambda: _answers(b.api + "/ready"), 300, "/ready = 200", 0.01)
+        total = time.perf_counter() - started
+        waves = b.get("/admin/units").json()["boot_waves"]
+        return {"seconds": round(total, 3), "waves": len(waves)}
+    finally:
+        stop(b)
+
+
+def run(smoke: bool) -> dict:
+    size = GgufSize() if smoke else GgufSize(layers=8, width=1024)
+    reps = 1 if smoke else 3
+    out = {"model": f"{size.layers} layers x {size.width} wide, F32", "variants": {}}
+    for settle in (1.0, 0.0):
+        folder = Path(tempfile.mkdtemp(prefix="llamarig-bench-boot-"))
+        rig_path = rig_file(folder, size, settle)
+        alone = {n: [] for n in SHAPE}
+        boots = []
+        for _ in range(reps):  # interleaved: loads alone, then a boot, each repetition
+            for name in SHAPE:
+                alone[name].append(load_alone(rig_path, name))
+            boots.append(boot_once(folder, rig_path))
+        loads = {n: round(statistics.median(v), 3) for n, v in alone.items()}
+        boot = round(statistics.median(b["seconds"] for b in boots), 3)
+        out["variants"][f"settle_s={settle:g}"] = {
+            "load_alone_s": loads, "boot_to_ready_s": boot, "waves": boots[0]["waves"],
+            "slowest_load_s": max(loads.values()), "over_slowest_s": round(boot - max(loads.values()), 3)}
+    out["target"] = "boot_to_ready_s <= slowest_load_s + 1 s (one wave)"
+    return out

@@ -1,0 +1,47 @@
+"""Generated models for the benchmarks, cached in bench/.models (git-ignored)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from common import ROOT
+from llamarig.backend.models_make import GgufSize, _llama_tensors, _llama_vocab, _write_llama_metadata, make_gguf
+
+CACHE = ROOT / "bench" / ".models"
+
+
+def model(name: str, size: GgufSize, seed: int = 0) -> Path:
+    path = CACHE / f"{name}.gguf"
+    if not path.exists():
+        make_gguf(path, size, seed)
+    return path
+
+
+def sparse_gguf(path: Path, layers: int, width: int) -> Path:
+    """A valid llama GGUF header whose tensor data is a hole: gigabytes on paper, nothing on disk.
+    The verifier reads it like any other file (the hole reads as zeros)."""
+    import gguf
+    import numpy as np
+
+    size = GgufSize(layers=layers, width=width, heads=16, kv_heads=8)
+    tokens, scores, types = _llama_vocab()
+    w = gguf.GGUFWriter(str(path), "llama")
+    _write_llama_metadata(w, size)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    total = 0
+    for name, shape in _llama_tensors(size, len(tokens)):
+        nbytes = int(np.prod(shape)) * 4
+        w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes)
+        total += -(-nbytes // 32) * 32  # each tensor padded to the default alignment
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with open(path, "r+b") as f:
+        f.seek(0, os.SEEK_END)
+        start = -(-f.tell() // 32) * 32
+        f.truncate(start + total)
+    return path

@@ -1,0 +1,151 @@
+"""Proxy overhead: the same requests, interleaved, sent straight to a llama-server, through the
+compute API, and through LiteLLM's proxy pointed at the same server (when installed with
+bench/setup-litellm.sh). One client process drives all three, so its own cost is the same for each."""
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from common import ROOT, free_port, model_entry, start_bundle, stop, summary_ms, wait_for, write_rig
+from models import model
+from llamarig.backend.models_make import GgufSize
+
+LITELLM = ROOT / "bench" / ".venv-litellm" / "bin" / "litellm"
+LITELLM_KEY = "sk-llamarig-bench"
+ONE_TOKEN = {"model": "m", "prompt": "hi", "max_tokens": 1, "temperature": 0}
+STREAM = {"model": "m", "prompt": "hi", "max_tokens": 16, "temperature": 0, "stream": True, "ignore_eos": True}
+
+
+async def _first_event(client: httpx.AsyncClient, url: str) -> float:
+    started = time.perf_counter()
+    async with client.stream("POST", url, json=STREAM) as r:
+        first = None
+        async for chunk in r.aiter_bytes():
+            if first is None and b"data: " in chunk:
+                first = time.perf_counter() - started
+        assert r.status_code == 200 and first is not None, r.status_code
+    return first
+
+
+async def _one(client: httpx.AsyncClient, url: str) -> float:
+    started = time.perf_counter()
+    r = await client.post(url, json=ONE_TOKEN)
+    assert r.status_code == 200, r.text[:200]
+    return time.perf_counter() - started
+
+
+async def latencies(urls: dict[str, str], rounds: int, fn) -> dict[str, list[float]]:
+    """Each round sends one request to each target, the order rotating per round."""
+    names = list(urls)
+    out = {n: [] for n in names}
+    clients = {n: httpx.AsyncClient(timeout=60, headers=headers_for(n)) for n in names}
+    try:
+        for n in names:  # open each connection before measuring
+            await fn(clients[n], urls[n])
+        for i in range(rounds):
+            for n in names[i % len(names):] + names[:i % len(names)]:
+                out[n].append(await fn(clients[n], urls[n]))
+    finally:
+        for c in clients.values():
+            await c.aclose()
+    return out
+
+
+def headers_for(target: str) -> dict:
+    return {"Authorization": f"Bearer {LITELLM_KEY}"} if target == "litellm" else {}
+
+
+async def _rate(target: str, url: str, concurrency: int, seconds: float) -> float:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers_for(target)) as client:
+        deadline = time.perf_counter() + seconds
+        done = 0
+
+        async def worker():
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await _first_event(client, url)
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+
+async def throughput(urls: dict[str, str], concurrency: int, seconds: float, reps: int) -> dict[str, float]:
+    names, rates = list(urls), {n: [] for n in urls}
+    for i in range(reps):
+        for n in names[i % len(names):] + names[:i % len(names)]:
+            rates[n].append(await _rate(n, urls[n], concurrency, seconds))
+    return {n: round(statistics.median(r), 2) for n, r in rates.items()}
+
+
+def start_litellm(folder: Path, server_port: int) -> tuple[subprocess.Popen | None, str | None]:
+    if not LITELLM.exists():
+        return None, None
+    port = free_port()
+    config = folder / "litellm.yaml"
+    # LiteLLM refuses to start without a master key; clients then send it (its auth check is
+    # part of what it costs, as the compute API's would be with api.api_key_file set).
+    config.write_text(yaml.safe_dump({"model_list": [{"model_name": "m", "litellm_params": {
+        "model": "openai/m", "api_base": f"http://127.0.0.1:{server_port}/v1", "api_key": "none"}}],
+        "general_settings": {"master_key": LITELLM_KEY}}))
+    proc = subprocess.Popen([str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                             "--num_workers", "1"], stdout=open(folder / "litellm.log", "w"),
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"LiteLLM exited ({proc.returncode}); see {folder / 'litellm.log'}")
+        try:
+            return httpx.get(url + "/health/liveliness", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+    wait_for(ready, 120, "LiteLLM proxy ready", 0.5)
+    return proc, url
+
+
+def overhead(stats: dict, base: str = "direct") -> dict:
+    out = {}
+    for name, s in stats.items():
+        if name != base:
+            out[name] = {k: round(s[k] - stats[base][k], 3) for k in ("p50_ms", "p90_ms", "p99_ms")}
+    return out
+
+
+def run(smoke: bool) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="llamarig-bench-proxy-"))
+    path = model("tiny", GgufSize())
+    entry = model_entry(path, [0], parallel=64, context_size=64 * 64)
+    b = start_bundle(folder, write_rig(folder, {"m": entry}))
+    litellm = None
+    try:
+        b.wait_ready(120)
+        urls = {"direct": f"http://127.0.0.1:{entry['port']}/v1/completions",
+                "compute_api": f"{b.api}/v1/completions"}
+        litellm, base = start_litellm(folder, entry["port"])
+        if base:
+            urls["litellm"] = base + "/v1/completions"
+        rounds, seconds, reps = (20, 0.5, 1) if smoke else (600, 5.0, 3)
+        one = {n: summary_ms(v) for n, v in asyncio.run(latencies(urls, rounds, _one)).items()}
+        ttft = {n: summary_ms(v) for n, v in asyncio.run(latencies(urls, rounds, _first_event)).items()}
+        rates = {c: asyncio.run(throughput(urls, c, seconds, reps)) for c in (1, 16, 64)}
+        return {"targets": list(urls), "litellm": "measured" if base else "skipped: run bench/setup-litellm.sh",
+                "one_token": one, "one_token_overhead_ms": overhead(one),
+                "ttft_stream": ttft, "ttft_overhead_ms": overhead(ttft),
+                "streams_per_s": {str(c): r for c, r in rates.items()},
+                "compute_api_share_of_direct_at_64": round(rates[64]["compute_api"] / rates[64]["direct"], 3),
+                "targets_goal": "compute API: < 0.5 ms added at p50, < 2 ms at p99, >= 95 % of direct at 64"}
+    finally:
+        if litellm:
+            litellm.terminate()
+            litellm.wait(30)
+        stop(b)

@@ -1,0 +1,71 @@
+"""The markdown table of a results file (bench/run.py prints it; RESULTS.md holds the latest)."""
+from __future__ import annotations
+
+
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _proxy(r: dict) -> list[str]:
+    lines = [_row("target", "1-token p50 ms", "p90 ms", "p99 ms", "stream TTFT p50 ms", "p99 ms",
+                  "streams/s @1", "@16", "@64"), _row(*["---"] * 9)]
+    for t in r["targets"]:
+        one, ttft = r["one_token"][t], r["ttft_stream"][t]
+        rates = [r["streams_per_s"][c][t] for c in ("1", "16", "64")]
+        lines.append(_row(t, one["p50_ms"], one["p90_ms"], one["p99_ms"], ttft["p50_ms"], ttft["p99_ms"], *rates))
+    lines.append("")
+    for t, o in r["one_token_overhead_ms"].items():
+        lines.append(f"- {t} over direct, 1-token: +{o['p50_ms']} ms p50, +{o['p99_ms']} ms p99; "
+                     f"TTFT +{r['ttft_overhead_ms'][t]['p50_ms']} ms p50")
+    lines.append(f"- compute API at 64 concurrent streams: {r['compute_api_share_of_direct_at_64']:.1%} of direct")
+    lines.append(f"- LiteLLM: {r['litellm']}")
+    return lines
+
+
+def _boot(r: dict) -> list[str]:
+    lines = [_row("variant", "boot to /ready s", "slowest load alone s", "over slowest s", "waves", "loads alone s"),
+             _row(*["---"] * 6)]
+    for name, v in r["variants"].items():
+        loads = ", ".join(f"{k} {s}" for k, s in v["load_alone_s"].items())
+        lines.append(_row(name, v["boot_to_ready_s"], v["slowest_load_s"], v["over_slowest_s"], v["waves"], loads))
+    return lines + ["", f"- model: {r['model']}; target: {r['target']}"]
+
+
+def _crash(r: dict) -> list[str]:
+    return [_row("case", "measured s", "bound s"), _row("---", "---", "---"),
+            _row("kill -9 to first 200 (median)", r["kill9_median_s"], f"{r['target_s']} (interval + load + 1)"),
+            _row("SIGSTOP to failed", ", ".join(map(str, r["sigstop_to_failed_s"])), r["sigstop_expected_s"]),
+            "", f"- load alone {r['load_alone_s']} s; health interval {r['health_interval_s']} s; "
+            f"first restart delay {r['backoff_initial_s']} s; runs: {r['kill9_to_first_200_s']}"]
+
+
+def _verify(r: dict) -> list[str]:
+    lines = [_row("file GiB", "case", "seconds", "bytes read"), _row("---", "---", "---", "---")]
+    for s in r["sizes"]:
+        for case in ("first_no_sha256", "first_sha256", "unchanged_sha256"):
+            lines.append(_row(s["file_gib"], case, s[case]["seconds"], f"{s[case]['bytes_read']:,}"))
+    key = "unchanged_reads_within_1_kib_across_sizes"
+    return lines + ["", f"- unchanged reads the same bytes for both sizes: {r[key]}"]
+
+
+def _churn(r: dict) -> list[str]:
+    return [_row("cycles", "API RSS MiB before/after", "growth KiB/cycle", "API fds", "processes"),
+            _row(*["---"] * 5),
+            _row(r["cycles"], " / ".join(map(str, r["api_rss_mib"])), r["api_rss_growth_kib_per_cycle"],
+                 " / ".join(map(str, r["api_open_fds"])), " / ".join(map(str, r["bundle_processes"])))]
+
+
+SECTIONS = {"proxy": ("Proxy overhead", _proxy), "boot": ("Boot", _boot), "crash": ("Crash to ready", _crash),
+            "verify": ("Verification cost", _verify), "churn": ("Churn", _churn)}
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    out = [f"Date: {results['date']}  ", f"Command: `{results['command']}`  ",
+           f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, GPU: {m['gpu']}"]
+    if results["smoke"]:
+        out.append("\n**Smoke run: the numbers mean nothing.**")
+    for name, r in results["results"].items():
+        title, fn = SECTIONS[name]
+        out += ["", f"## {title} ({r['wall_s']} s)", ""] + fn(r)
+    return "\n".join(out) + "\n"

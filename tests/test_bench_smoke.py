@@ -1,0 +1,23 @@
+"""The benchmarks still run (short --smoke runs); no time is asserted."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results["results"]) == {"proxy", "boot", "crash", "verify", "churn"}
+    assert results["smoke"] and results["machine"]["cpus"] >= 1
+    proxy = results["results"]["proxy"]
+    assert {"direct", "compute_api"} <= set(proxy["one_token"]) and set(proxy["streams_per_s"]) == {"1", "16", "64"}
+    assert results["results"]["verify"]["unchanged_reads_within_1_kib_across_sizes"] is True
+    assert all(v["waves"] == 1 for v in results["results"]["boot"]["variants"].values())
+    for title in ("## Proxy overhead", "## Boot", "## Crash to ready", "## Verification cost", "## Churn"):
+        assert title in done.stdout
