@@ -15,7 +15,7 @@ test:
 render:
 	.venv/bin/llamarig render
 
-# Every benchmark (LiteLLM's column needs bench/setup-litellm.sh first); the table also goes to
-# bench/RESULTS.md.
+# Every benchmark (LiteLLM's column needs bench/setup-litellm.sh first): JSON in
+# bench/results.json, the table on stdout (bench/RESULTS.md holds the latest, with its reading).
 bench: setup
-	.venv/bin/python bench/run.py | tee bench/RESULTS.md
+	.venv/bin/python bench/run.py

@@ -21,10 +21,7 @@ def run(smoke: bool) -> dict:
         api = psutil.Process(b.pid("compute-api"))
 
         def cycle():
-            assert b.post("/admin/units/m/stop").status_code == 202
-            b.wait_state("m", {"stopped"}, 60)
-            assert b.post("/admin/units/m/start").status_code == 202
-            b.wait_state("m", {"ready"}, 60)
+            b.stop_start("m")
 
         for _ in range(3):  # warm pools and caches before the baseline
             cycle()

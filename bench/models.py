@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from common import ROOT
-from llamarig.backend.models_make import GgufSize, _llama_tensors, _llama_vocab, _write_llama_metadata, make_gguf
+from llamarig.backend.models_make import GgufSize, _llama_tensors, make_gguf, write_llama_header_kv
 
 CACHE = ROOT / "bench" / ".models"
 
@@ -24,15 +24,10 @@ def sparse_gguf(path: Path, layers: int, width: int) -> Path:
     import numpy as np
 
     size = GgufSize(layers=layers, width=width, heads=16, kv_heads=8)
-    tokens, scores, types = _llama_vocab()
     w = gguf.GGUFWriter(str(path), "llama")
-    _write_llama_metadata(w, size)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
+    vocab = write_llama_header_kv(w, size)
     total = 0
-    for name, shape in _llama_tensors(size, len(tokens)):
+    for name, shape in _llama_tensors(size, vocab):
         nbytes = int(np.prod(shape)) * 4
         w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes)
         total += -(-nbytes // 32) * 32  # each tensor padded to the default alignment

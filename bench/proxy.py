@@ -19,6 +19,8 @@ from llamarig.backend.models_make import GgufSize
 
 LITELLM = ROOT / "bench" / ".venv-litellm" / "bin" / "litellm"
 LITELLM_KEY = "sk-llamarig-bench"
+ERRORS: dict[str, int] = {}       # failed streams per target in the throughput runs (not counted)
+LAST_ERROR: dict[str, str] = {}
 ONE_TOKEN = {"model": "m", "prompt": "hi", "max_tokens": 1, "temperature": 0}
 STREAM = {"model": "m", "prompt": "hi", "max_tokens": 16, "temperature": 0, "stream": True, "ignore_eos": True}
 
@@ -45,7 +47,8 @@ async def latencies(urls: dict[str, str], rounds: int, fn) -> dict[str, list[flo
     """Each round sends one request to each target, the order rotating per round."""
     names = list(urls)
     out = {n: [] for n in names}
-    clients = {n: httpx.AsyncClient(timeout=60, headers=headers_for(n)) for n in names}
+    limits = httpx.Limits(keepalive_expiry=4)  # under the servers' own 5 s keep-alive
+    clients = {n: httpx.AsyncClient(timeout=60, headers=headers_for(n), limits=limits) for n in names}
     try:
         for n in names:  # open each connection before measuring
             await fn(clients[n], urls[n])
@@ -63,7 +66,7 @@ def headers_for(target: str) -> dict:
 
 
 async def _rate(target: str, url: str, concurrency: int, seconds: float) -> float:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=4)
     async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers_for(target)) as client:
         deadline = time.perf_counter() + seconds
         done = 0
@@ -71,7 +74,12 @@ async def _rate(target: str, url: str, concurrency: int, seconds: float) -> floa
         async def worker():
             nonlocal done
             while time.perf_counter() < deadline:
-                await _first_event(client, url)
+                try:
+                    await _first_event(client, url)
+                except (httpx.HTTPError, AssertionError) as e:
+                    ERRORS[target] = ERRORS.get(target, 0) + 1
+                    LAST_ERROR[target] = f"{type(e).__name__}: {e}"[:200]
+                    continue
                 done += 1
 
         started = time.perf_counter()
@@ -142,6 +150,7 @@ def run(smoke: bool) -> dict:
                 "one_token": one, "one_token_overhead_ms": overhead(one),
                 "ttft_stream": ttft, "ttft_overhead_ms": overhead(ttft),
                 "streams_per_s": {str(c): r for c, r in rates.items()},
+                "throughput_errors": dict(ERRORS), "throughput_last_error": dict(LAST_ERROR),
                 "compute_api_share_of_direct_at_64": round(rates[64]["compute_api"] / rates[64]["direct"], 3),
                 "targets_goal": "compute API: < 0.5 ms added at p50, < 2 ms at p99, >= 95 % of direct at 64"}
     finally:

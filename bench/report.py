@@ -19,6 +19,9 @@ def _proxy(r: dict) -> list[str]:
                      f"TTFT +{r['ttft_overhead_ms'][t]['p50_ms']} ms p50")
     lines.append(f"- compute API at 64 concurrent streams: {r['compute_api_share_of_direct_at_64']:.1%} of direct")
     lines.append(f"- LiteLLM: {r['litellm']}")
+    if r.get("throughput_errors"):
+        lines.append(f"- failed streams in the throughput runs (not counted): {r['throughput_errors']}; "
+                     f"last: {r['throughput_last_error']}")
     return lines
 
 

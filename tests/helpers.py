@@ -112,6 +112,13 @@ class Bundle:
             return u["state"] in states and u
         return wait_for(in_state, timeout, f"{name} in {states}")
 
+    def stop_start(self, name: str) -> None:
+        """One unload/load cycle through the admin API, waiting for each end state."""
+        assert self.post(f"/admin/units/{name}/stop").status_code == 202
+        self.wait_state(name, {"stopped"}, 60)
+        assert self.post(f"/admin/units/{name}/start").status_code == 202
+        self.wait_state(name, {"ready"}, 60)
+
     def up(self) -> bool:
         try:
             return self.get("/health", timeout=2).status_code == 200

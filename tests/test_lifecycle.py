@@ -180,10 +180,7 @@ def test_100_start_stop_cycles_leave_no_leak(tmp_path, models, bundle_factory):
     api = psutil.Process(b.pid("compute-api"))
 
     def cycle():
-        assert b.post("/admin/units/m/stop").status_code == 202
-        b.wait_state("m", {"stopped"}, 30)
-        assert b.post("/admin/units/m/start").status_code == 202
-        b.wait_state("m", {"ready"}, 30)
+        b.stop_start("m")
 
     for _ in range(5):  # warm up caches and pools before the baseline
         cycle()

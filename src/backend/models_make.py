@@ -45,17 +45,9 @@ def make_gguf(path: str | Path, size: GgufSize = GgufSize(), seed: int = 0) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     rng = np.random.default_rng(seed)
-    tokens, scores, types = _llama_vocab()
     w = gguf.GGUFWriter(str(tmp), "llama")
-    _write_llama_metadata(w, size)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    for name, shape in _llama_tensors(size, len(tokens)):
+    vocab = write_llama_header_kv(w, size)
+    for name, shape in _llama_tensors(size, vocab):
         data = np.ones(shape, np.float32) if name.endswith("norm.weight") else rng.normal(0, 0.02, shape)
         w.add_tensor(name, data.astype(np.float32))
     w.write_header_to_file()
@@ -64,6 +56,20 @@ def make_gguf(path: str | Path, size: GgufSize = GgufSize(), seed: int = 0) -> P
     w.close()
     os.replace(tmp, path)
     return path
+
+
+def write_llama_header_kv(w, size: GgufSize) -> int:
+    """The llama architecture and byte-level tokenizer keys; returns the vocabulary size."""
+    tokens, scores, types = _llama_vocab()
+    _write_llama_metadata(w, size)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    return len(tokens)
 
 
 def _write_llama_metadata(w, size: GgufSize) -> None:

@@ -31,7 +31,9 @@ def _headers(headers, drop_length: bool = True) -> dict[str, str]:
 
 def new_session() -> aiohttp.ClientSession:
     # No total or read timeout: a long generation is not an error; the health loop judges servers.
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+    # Idle connections are dropped before llama-server's own 5 s keep-alive ends, so a request
+    # never goes out on a connection the server is closing.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
     return aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
                                  skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
@@ -81,7 +83,7 @@ class Proxy:
         if request.url.query:
             url += "?" + request.url.query
         try:
-            answer = await self.session.request(request.method, url, data=body, headers=_headers(request.headers))
+            answer = await self._send(request, url, body)
         except (aiohttp.ClientError, OSError) as e:
             lease.unreachable()
             lease.release()
@@ -109,6 +111,17 @@ class Proxy:
         return StreamingResponse(relay(), status_code=answer.status,
                                  headers=_headers(answer.headers, drop_length=False),
                                  background=BackgroundTask(finish))
+
+    async def _send(self, request: Request, url: str, body):
+        headers = _headers(request.headers)
+        try:
+            return await self.session.request(request.method, url, data=body, headers=headers)
+        except aiohttp.ServerDisconnectedError:
+            # llama-server closes a keep-alive connection after a number of requests; a request
+            # sent on it just then gets no answer and was not read. Once more on a new connection.
+            if not isinstance(body, bytes):
+                raise  # a streamed upload cannot be sent twice
+            return await self.session.request(request.method, url, data=body, headers=headers)
 
     @staticmethod
     async def _whole(answer, started: float, count: TokenCount, lease: Lease, on_done) -> Response:
