@@ -18,7 +18,7 @@ from llamarig.backend.launch import checks_for, verify_unit
 from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
 from llamarig.backend.lifecycle.commands import Acquire, Exited, Probe, Refuse, Reset, Start, Stop
 from llamarig.backend.lifecycle.jobs import Deps, Events, tree_pids
-from llamarig.backend.lifecycle.states import SERVING, State
+from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
 from llamarig.backend.lifecycle.swap import reload_model
 from llamarig.backend.lifecycle.units import Unit, green_units, units_from_rig
 from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, shortfall
@@ -32,7 +32,6 @@ from llamarig.shared.verify import wait_until_verified
 from llamarig.shared.vram import Estimate, estimate, estimate_folder
 
 log = logging.getLogger("llamarig.manager")
-SETTLED = frozenset({State.READY, State.BUSY, State.FAILED, State.STOPPED})
 MIB = 1024 * 1024
 
 
@@ -257,7 +256,7 @@ class Manager(Events):
         for name in victims:
             log.info("evicting idle model", extra={"model": name, "for": unit.name})
             self.actors[name].send(Stop(f"evicted (least recently used) to load {unit.name}"))
-        await asyncio.gather(*(self.actors[n].wait_until(frozenset({State.STOPPED, State.FAILED}),
+        await asyncio.gather(*(self.actors[n].wait_until(ENDED,
                                                          self.rig.timeouts.drain_s + self.rig.timeouts.stop_s + 30)
                                for n in victims))
         await self.settle()
@@ -396,7 +395,7 @@ class Manager(Events):
         for actor in self.all_actors():
             actor.send(Stop("operator stop", drain=drain, operator=True))
         limit = self.rig.timeouts.drain_s + self.rig.timeouts.stop_s + 30
-        await asyncio.gather(*(a.wait_until(frozenset({State.STOPPED, State.FAILED}), limit)
+        await asyncio.gather(*(a.wait_until(ENDED, limit)
                                for a in self.all_actors()))
 
     async def drain_requests(self) -> None:

@@ -31,6 +31,8 @@ class State(str, Enum):
 
 SERVING = frozenset({State.READY, State.BUSY})
 LOADING = frozenset({State.VERIFYING, State.STARTING})
+SETTLED = frozenset({State.READY, State.BUSY, State.FAILED, State.STOPPED})  # a start has ended, well or not
+ENDED = frozenset({State.STOPPED, State.FAILED})  # no server of the unit is running or wanted
 # Resting states have no deadline of their own (READY may have keep_alive, see timeout_for).
 RESTING = frozenset({State.STOPPED, State.READY, State.BUSY, State.FAILED})
 PROCESS_EXPECTED = frozenset({State.STARTING, State.READY, State.BUSY, State.DRAINING})

@@ -17,7 +17,7 @@ import logging
 import time
 
 from llamarig.backend.lifecycle.commands import Start, Stop
-from llamarig.backend.lifecycle.states import SERVING, State
+from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
 from llamarig.backend.lifecycle.waves import shortfall
 from llamarig.shared.errors import LlamarigError, RigError
 from llamarig.shared.rig import load_rig
@@ -28,8 +28,6 @@ IN_PROGRESS = ("starting", "draining")
 # A reload re-reads the rig file; these settings shape the supervisord programs or the routing
 # table, so a change to them needs `llamarig render` and a restart instead.
 FIXED = ("port", "swap_port", "gpus", "engine", "tensor_split")
-SETTLED = frozenset({State.READY, State.BUSY, State.FAILED, State.STOPPED})
-ENDED = frozenset({State.STOPPED, State.FAILED})
 
 
 async def reload_model(m, name: str) -> dict:
