@@ -1,5 +1,5 @@
 """Wave planning and LRU eviction: pure functions, many cases."""
-from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, plan_all
+from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, plan_all, shortfall
 
 GIB = 1024 ** 3
 SEED_FREE = {g: 6 * GIB for g in range(5)}   # the seed rig: 5 x 6 GiB
@@ -70,3 +70,9 @@ def test_lru_gives_up_when_even_evicting_everything_is_not_enough():
 
 def test_lru_with_room_already_evicts_nothing():
     assert lru_victims({0: GIB}, {0: 5 * GIB}, MARGIN, [("a", 1.0, {0: 3 * GIB})]) == []
+
+
+def test_shortfall_keeps_the_margin_free():
+    need, free = {0: 5 * GIB}, {0: 6 * GIB}
+    assert shortfall(need, free) is None
+    assert shortfall(need, free, margin=2 * GIB) == "needs 5.0 GiB on GPU 0, 4.0 GiB free"

@@ -131,14 +131,12 @@ class Proxy:
             body = await answer.read()
         except (aiohttp.ClientError, OSError) as e:
             lease.unreachable()
-            body = None
-            reason = type(e).__name__
+            on_done(502, None, 0)
+            return error_response(502, "upstream_broken", f"the model server broke off its answer "
+                                  f"({type(e).__name__})")
         finally:
             answer.release()
             lease.release()
-        if body is None:
-            on_done(502, None, 0)
-            return error_response(502, "upstream_broken", f"the model server broke off its answer ({reason})")
         count.feed(body)
         on_done(answer.status, time.perf_counter() - started, count.tokens)
         return Response(body, status_code=answer.status, headers=_headers(answer.headers))

@@ -237,7 +237,7 @@ class Manager(Events):
         need = est.per_gpu if est else {}
         margin = self.rig.lifecycle.vram_margin_mib * MIB
         free = await self.settle()
-        if shortfall(need, {g: f - margin for g, f in free.items()}):
+        if shortfall(need, free, margin):
             if not await self._evict_for(unit, need, free, margin):
                 return
         await actor.ask(Start("on-demand load"))
@@ -249,7 +249,7 @@ class Manager(Events):
                 if n != unit.name and not a.unit.warm and a.state == State.READY and not a.inflight]
         victims = lru_victims(need, free, margin, idle)
         if victims is None:
-            reason = shortfall(need, {g: f - margin for g, f in free.items()})
+            reason = shortfall(need, free, margin)
             self.actors[unit.name].send(Refuse(f"cannot load: {reason}; every other model there is busy, "
                                                "loading or warm", permanent=False))
             return False

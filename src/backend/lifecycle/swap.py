@@ -87,9 +87,7 @@ async def _blue_green_blocker(m, name: str, current) -> str | None:
     est = m.estimate(current.unit)
     if est is None:
         return None  # the file cannot be read: the new server's verifier refuses it, the old one serves
-    margin = m.rig.lifecycle.vram_margin_mib * MIB
-    free = await m.settle()
-    short = shortfall(est.per_gpu, {g: f - margin for g, f in free.items()})
+    short = shortfall(est.per_gpu, await m.settle(), m.rig.lifecycle.vram_margin_mib * MIB)
     return f"no room for two servers: {short}" if short else None
 
 

@@ -28,8 +28,9 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
-def shortfall(need: dict[int, int], free: dict[int, int]) -> str | None:
-    """Reason a unit does not fit, or None if it does."""
+def shortfall(need: dict[int, int], free: dict[int, int], margin: int = 0) -> str | None:
+    """Reason a unit does not fit in `free` less `margin` on every GPU, or None if it does."""
+    free = {g: f - margin for g, f in free.items()}
     for gpu, bytes_needed in sorted(need.items()):
         if gpu not in free:
             return f"GPU {gpu} is not in the inventory"
