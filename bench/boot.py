@@ -1,23 +1,26 @@
 """Boot: a rig shaped like the default one (brain split over GPUs 0 and 3, three workers, one on
 llama-cpp-python) from supervisord's start to /ready = 200, against each model's load time alone
 (the same server command, started by hand, until it answers its ready path). All models have
-one priority, so they fit in one wave; run with the rig's default settle_s (1 s) and with 0."""
+one priority, so they fit in one wave; run with the rig's default settle_s (1 s) and with 0.
+The boot is `llamarig up`, as an operator types it, timed until /ready answers 200."""
 from __future__ import annotations
 
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from common import PATH, model_entry, start_bundle, stop, wait_for, write_rig
+from common import PATH, model_entry, wait_for, write_rig
 from models import model
 from llamarig.backend.engines import engine_for
 from llamarig.backend.launch import server_argv
 from llamarig.backend.models_make import GgufSize
+from llamarig.backend.supervisor_conf import render
 from llamarig.shared.rig import load_rig
 
 SHAPE = {"brain": ([0, 3], "llama-server"), "worker-1": ([1], "llama-server"),
@@ -56,15 +59,25 @@ def load_alone(rig_path: Path, name: str) -> float:
 
 
 def boot_once(folder: Path, rig_path: Path) -> dict:
+    """`llamarig up` (what an operator types) until /ready = 200, then `llamarig down`."""
+    rig = load_rig(rig_path)
+    conf = folder / "supervisord.conf"
+    conf.write_text(render(rig, folder))
+    cli = [sys.executable, "-m", "llamarig.cli", "--rig", str(rig_path)]
+    env = {**os.environ, "PATH": PATH}
     started = time.perf_counter()
-    b = start_bundle(folder, rig_path)
+    up = subprocess.Popen([*cli, "up", "--conf", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env=env)
+    api = f"http://127.0.0.1:{rig.api.port}"
     try:
-        wait_for(lambda: _answers(b.api + "/ready"), 300, "/ready = 200", 0.01)
+        wait_for(lambda: _answers(api + "/ready"), 300, "/ready = 200", 0.01)
         total = time.perf_counter() - started
-        waves = b.get("/admin/units").json()["boot_waves"]
+        waves = httpx.get(api + "/admin/units", timeout=10).json()["boot_waves"]
         return {"seconds": round(total, 3), "waves": len(waves)}
     finally:
-        stop(b)
+        up.wait(60)
+        subprocess.run([*cli, "down"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, timeout=120)
+        wait_for(lambda: not (rig.run_dir / "supervisord.pid").exists(), 60, "supervisord gone")
 
 
 def run(smoke: bool) -> dict:

@@ -1,6 +1,7 @@
 """What the benchmarks share: statistics, generated models, real bundles (the test harness's)."""
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -9,10 +10,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the bundle harness the tests use: one way to start a rig
 
-from helpers import PATH, Bundle, free_port, model_entry, start_bundle, wait_for, write_rig  # noqa: E402
+import helpers  # noqa: E402
+from helpers import PATH, Bundle, free_port, model_entry, start_bundle, wait_for  # noqa: E402
 
 __all__ = ["PATH", "Bundle", "free_port", "model_entry", "start_bundle", "wait_for", "write_rig", "pct", "ms", "stop",
            "ROOT", "timed_until"]
+
+
+# LLAMARIG_BENCH_GPU=nvml: the rigs use NVML and the real GPU 0 (where one is lent), so the
+# servers load onto it; unset, they use the simulated inventory and run on the CPU.
+ON_GPU = os.environ.get("LLAMARIG_BENCH_GPU") == "nvml"
+
+
+def write_rig(folder: Path, models: dict, **sections) -> Path:
+    """The test harness's rig; on a GPU every model goes to GPU 0 (one GPU is what is lent)
+    with the engine's default threads."""
+    if ON_GPU:
+        models = {n: {**{k: v for k, v in m.items() if k != "tensor_split"}, "gpus": [0]}
+                  for n, m in models.items()}
+        sections = {**sections, "gpus": {"source": "nvml"}, "engines": {"threads": 0}}
+    return helpers.write_rig(folder, models, **sections)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -58,8 +58,16 @@ def _churn(r: dict) -> list[str]:
                  " / ".join(map(str, r["api_open_fds"])), " / ".join(map(str, r["bundle_processes"])))]
 
 
+def _gpu(r: dict) -> list[str]:
+    if "skipped" in r:
+        return [f"Skipped: {r['skipped']}"]
+    return [_row("measure", "value"), _row("---", "---")] + [
+        _row(k.replace("_", " "), v) for k, v in r.items() if k != "wall_s"]
+
+
 SECTIONS = {"proxy": ("Proxy overhead", _proxy), "boot": ("Boot", _boot), "crash": ("Crash to ready", _crash),
-            "verify": ("Verification cost", _verify), "churn": ("Churn", _churn)}
+            "verify": ("Verification cost", _verify), "churn": ("Churn", _churn),
+            "gpu": ("CUDA paths on a real GPU", _gpu)}
 
 
 def markdown(results: dict) -> str:

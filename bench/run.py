@@ -1,6 +1,7 @@
 """Run the benchmarks: `python bench/run.py [NAME ...] [--smoke] [--out FILE]`.
 
-NAME is one or more of proxy, boot, crash, verify, churn (default: all). Writes the results as
+NAME is one or more of proxy, boot, crash, verify, churn, gpu (default: all; gpu skips itself
+where NVML finds no device). Writes the results as
 JSON (default bench/results.json) and prints a markdown table. --smoke runs each briefly, to
 keep them working (CI); its numbers mean nothing. No benchmark asserts a time.
 """
@@ -20,12 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import boot  # noqa: E402
 import churn  # noqa: E402
 import crash  # noqa: E402
+import gpu  # noqa: E402
 import proxy  # noqa: E402
 import verify_cost  # noqa: E402
+from common import ON_GPU  # noqa: E402
 from report import markdown  # noqa: E402
 
 BENCHMARKS = {"proxy": proxy.run, "boot": boot.run, "crash": crash.run, "verify": verify_cost.run,
-              "churn": churn.run}
+              "churn": churn.run, "gpu": gpu.run}
 
 
 def machine() -> dict:
@@ -33,7 +36,14 @@ def machine() -> dict:
 
     return {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "gpu": "none (simulated inventory; servers on the CPU)"}
+            "gpu": _gpu_name()}
+
+
+def _gpu_name() -> str:
+    if not ON_GPU:
+        return "none used (simulated inventory; servers on the CPU)"
+    reading = gpu.open_inventory(gpu.GpusConfig(source="nvml", simulated=[])).read()[0]
+    return f"{reading.name}, {reading.total_bytes // 2**20} MiB (NVML; servers on GPU 0)"
 
 
 def main(argv: list[str] | None = None) -> int:

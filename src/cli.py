@@ -102,13 +102,18 @@ def cmd_models_make(args) -> int:
 
 def _ops(name):
     def run(args) -> int:
+        rig = _rig(args)
+        if name == "up":  # supervisord first: the operator commands' imports take a while
+            from llamarig.backend.supervisor import start_daemon
+            from llamarig.backend.supervisor_conf import socket_path
+
+            started = start_daemon(Path(args.conf).resolve(), socket_path(rig), rig.run_dir / "logs")
         from llamarig import ops
 
-        rig = _rig(args)
         if name == "status":
             return ops.status(rig)
         if name == "up":
-            return ops.up(rig, Path(args.conf), args.timeout)
+            return ops.up(rig, started, args.timeout)
         if name == "down":
             return ops.down(rig)
         if name == "run":

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +10,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from llamarig.backend.supervisor import SupervisorClient
+from llamarig.backend.supervisor import SupervisorClient, wait_running, with_our_bin
 from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.errors import LlamarigError, SupervisorError
 from llamarig.shared.rig import Rig
@@ -68,49 +66,37 @@ def status(rig: Rig) -> int:
     return 0 if all(u["state"] in ("ready", "busy") for u in units if u["required"] and u["warm"]) else 1
 
 
-def _supervisord_running(rig: Rig) -> bool:
-    try:
-        return SupervisorClient(socket_path(rig)).state() == "RUNNING"
-    except SupervisorError:
-        return False
-
-
-def up(rig: Rig, conf: Path, timeout: float) -> int:
-    """Start supervisord in the background if it is not running, show each wave, end with
-    the status table."""
-    if not _supervisord_running(rig):
-        (rig.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        out = open(rig.run_dir / "logs" / "supervisord.out", "ab")
-        env = {**os.environ, "PATH": with_our_bin(os.environ.get("PATH", ""))}
-        subprocess.Popen([shutil.which("supervisord", path=env["PATH"]) or "supervisord", "-c", str(conf)],
-                         stdout=out, stderr=out, start_new_session=True, cwd=conf.parent, env=env)
-        console.print(f"supervisord started with {conf}")
+def up(rig: Rig, started: bool, timeout: float) -> int:
+    """Show each wave of a boot (supervisord was started by the caller, if `started`), end
+    with the status table."""
+    if started:
+        console.print("supervisord started")
     api, shown, deadline = Api(rig), set(), time.monotonic() + timeout
     with console.status("waiting for the compute API and the waves…"):
         while time.monotonic() < deadline:
             try:
                 body = api.get("/admin/units")
             except LlamarigError:
-                time.sleep(0.5)
+                time.sleep(0.2)
                 continue
             for w in body["boot_waves"]:
                 _print_wave(w, shown)
             if body["booted"]:
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
     return status(rig)
 
 
 def _print_wave(w: dict, shown: set) -> None:
-    key = (w["wave"], w["done_at"] is not None)
-    if key in shown:
-        return
-    shown.add(key)
-    if w["done_at"] is None:
+    """A wave's start (with what it refused) and its end, each once; a wave that began and ended
+    between two polls still shows both."""
+    if (w["wave"], False) not in shown:
+        shown.add((w["wave"], False))
         console.print(f"wave {w['wave']}: starting {', '.join(w['start']) or 'nothing'}")
         for name, why in w["refused"].items():
             console.print(f"  [red]{name} not started[/]: {why}")
-    else:
+    if w["done_at"] is not None and (w["wave"], True) not in shown:
+        shown.add((w["wave"], True))
         console.print(f"wave {w['wave']}: done in {w['done_at'] - w['started_at']:.1f} s")
 
 
@@ -138,16 +124,15 @@ def down(rig: Rig) -> int:
     return 0
 
 
-def with_our_bin(path: str) -> str:
-    """PATH with this environment's bin first: supervisord's programs call `llamarig` and
-    `llama-server`, which live there when llamarig is installed in a virtual environment."""
-    ours = str(Path(sys.executable).parent)
-    return path if path.split(os.pathsep)[0] == ours else ours + os.pathsep + path
-
-
 def exec_supervisord(rig: Rig, conf: Path) -> None:
-    """Foreground supervisord (PID 1 in the image): make its folders, then exec."""
+    """Foreground supervisord (PID 1 in the image): make its folders, then exec. A forked
+    child nudges it (see supervisor.wait_running) and exits; supervisord reaps it."""
     (rig.run_dir / "logs").mkdir(parents=True, exist_ok=True)
     os.environ["PATH"] = with_our_bin(os.environ.get("PATH", ""))
+    if os.fork() == 0:
+        try:
+            wait_running(socket_path(rig))
+        finally:
+            os._exit(0)
     os.execvp("supervisord", ["supervisord", "-c", str(conf)])
     sys.exit(1)

@@ -16,7 +16,8 @@ import psutil
 import yaml
 
 from llamarig.backend.supervisor_conf import render
-from llamarig.ops import with_our_bin
+from llamarig.backend.supervisor import wait_running, with_our_bin
+from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.rig import load_rig
 
 PATH = with_our_bin(os.environ.get("PATH", ""))
@@ -168,4 +169,5 @@ def start_bundle(folder: Path, rig_path: Path) -> Bundle:
     (rig.run_dir / "logs").mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], cwd=folder,
                             env={**os.environ, "PATH": PATH}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_running(socket_path(rig))
     return Bundle(folder, rig_path, conf, proc)

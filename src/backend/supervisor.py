@@ -6,6 +6,11 @@ transport keeps one connection and is not safe to share between threads.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
 import xmlrpc.client
 from pathlib import Path
 
@@ -64,3 +69,44 @@ class SupervisorClient:
     async def run(self, method: str, *args):
         """Run one of the methods above in a thread."""
         return await asyncio.to_thread(getattr(self, method), *args)
+
+
+# ---- the daemon itself ------------------------------------------------------------------------
+def with_our_bin(path: str) -> str:
+    """PATH with this environment's bin first: supervisord's programs call `llamarig` and
+    `llama-server`, which live there when llamarig is installed in a virtual environment."""
+    ours = str(Path(sys.executable).parent)
+    return path if path.split(os.pathsep)[0] == ours else ours + os.pathsep + path
+
+
+def wait_running(socket: Path, timeout: float = 10.0) -> bool:
+    """Ask supervisord for its state as soon as its socket exists; True once it says RUNNING.
+    It also saves a second at every start: supervisord spawns its autostart programs (the
+    compute API) only after its first poll, which otherwise waits a whole second for an
+    event, and a request is such an event."""
+    client, deadline = SupervisorClient(socket), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.state() == "RUNNING":
+                return True
+        except SupervisorError:
+            pass  # not listening yet
+        time.sleep(0.01)
+    return False
+
+
+def start_daemon(conf: Path, socket: Path, log_dir: Path) -> bool:
+    """supervisord in the background (its own session), unless one answers on the socket
+    already; True when this call started it."""
+    try:
+        if SupervisorClient(socket).state() == "RUNNING":
+            return False
+    except SupervisorError:
+        pass
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out = open(log_dir / "supervisord.out", "ab")
+    env = {**os.environ, "PATH": with_our_bin(os.environ.get("PATH", ""))}
+    subprocess.Popen([shutil.which("supervisord", path=env["PATH"]) or "supervisord", "-c", str(conf)],
+                     stdout=out, stderr=out, start_new_session=True, cwd=conf.parent, env=env)
+    wait_running(socket)
+    return True

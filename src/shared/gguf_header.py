@@ -7,14 +7,29 @@ come from the `gguf` package's quantisation table.
 """
 from __future__ import annotations
 
+import importlib.util
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from llamarig.shared.errors import LlamarigError
+
+
+def _gguf_constants():
+    """The `gguf` package's constants module on its own. Importing the package imports numpy
+    and its readers and writers (0.1 s of CPU), which every launch gate and the compute API
+    would pay at boot for one table; the module itself imports only enum and typing."""
+    package = importlib.util.find_spec("gguf")  # finds it without importing it
+    spec = importlib.util.spec_from_file_location(
+        "llamarig._gguf_constants", Path(package.submodule_search_locations[0]) / "constants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_CONSTANTS = _gguf_constants()
+GGML_QUANT_SIZES, GGMLQuantizationType = _CONSTANTS.GGML_QUANT_SIZES, _CONSTANTS.GGMLQuantizationType
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

@@ -186,6 +186,12 @@ class Manager(Events):
         finally:
             self.booted.set()
 
+    def _units_alive(self) -> bool:
+        """Whether a server of ours is running or stopping, as last read. Before the first wave
+        with none, no memory of ours is being freed, so one reading needs no settling (memory
+        still held by an exited process only makes the plan more cautious)."""
+        return any(self.program_states.get(a.unit.program) in ALIVE_STATES for a in self.all_actors())
+
     async def _adopt_active_slots(self) -> None:
         """After a blue-green reload the green server serves; when the compute API restarts,
         route to the slot that is running rather than load the model again beside it."""
@@ -201,7 +207,7 @@ class Manager(Events):
                             extra={"model": name, "program": slots[running[1]].unit.program})
 
     async def _boot_wave(self, pending: list[Candidate]) -> list[Candidate]:
-        free = await self.settle()
+        free = await self.settle() if self.boot_waves or self._units_alive() else self.free_bytes()
         wave = next_wave(pending, free, self.rig.lifecycle.vram_margin_mib * MIB)
         record = {"wave": len(self.boot_waves) + 1, "start": wave.start, "refused": wave.refused,
                   "started_at": time.time(), "done_at": None}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The run on a lent GPU machine (the workplace's `device` tool: one H100, 16 cores, Python 3.12,
+# CUDA, no network). It builds the CUDA llama-server with the project's own build script, then
+# runs the benchmarks with LLAMARIG_BENCH_GPU=nvml, so the rigs use NVML and the servers GPU 0.
+#
+# It needs, in the repository root (both git-ignored; bench/README.md says how they are made):
+#   .whl/                    Python 3.12 wheels of what the machine's image lacks
+#   .gpu/llama-src.tar.xz    the llama.cpp sources vendored in the pinned llama-cpp-python sdist
+#   or .gpu/llama-server.xz  a CUDA llama-server built by an earlier run (then no build)
+# Usage: bench/gpu-run.sh [build] [NAME ...]   (NAME: benchmarks for bench/run.py)
+# Writes into $OUT: build.log, llama-server.xz (after a build), NAME.json, results.md, bench.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/llamarig-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH
+py=$(command -v python3)
+started=$(date +%s)
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv | tee "$OUT/bench.log"
+
+# The machine is thrown away afterwards, so the image's Python environment takes llamarig as is.
+$py -m pip install -q --no-index --no-deps --no-compile .whl/*.whl >>"$OUT/bench.log" 2>&1 || exit 1
+$py -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$OUT/bench.log" 2>&1 || exit 1
+bin=$(dirname "$py")
+
+if [ "${1:-}" = build ]; then
+  shift
+  mkdir -p /tmp/src && tar -xJf .gpu/llama-src.tar.xz -C /tmp/src
+  export LLAMARIG_LLAMA_CPP_SRC=/tmp/src/llama.cpp LLAMARIG_CACHE=/tmp/cache
+  # One architecture (sm_90: H100/H200) and no FlashAttention kernels keep nvcc under minutes.
+  export LLAMARIG_CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_FA=OFF -G Ninja"
+  server=$( { time runtime/build-llama-server.sh --cuda; } 2>"$OUT/build.log" | tail -n 1) || {
+    tail -n 40 "$OUT/build.log"; exit 1; }
+  tail -n 4 "$OUT/build.log"
+  xz -T0 -1 -c "$server" >"$OUT/llama-server.xz"
+else
+  server=/tmp/llama-server
+  xz -d -c .gpu/llama-server.xz >"$server" && chmod +x "$server"
+fi
+ln -sf "$server" "$bin/llama-server"
+"$bin/llama-server" --version 2>&1 | tail -n 3 | tee -a "$OUT/bench.log"
+echo "set-up took $(( $(date +%s) - started )) s" | tee -a "$OUT/bench.log"
+
+export LLAMARIG_BENCH_GPU=nvml
+for name in "$@"; do
+  echo "== $name at $(( $(date +%s) - started )) s" | tee -a "$OUT/bench.log"
+  timeout 300 $py bench/run.py "$name" --out "$OUT/$name.json" >>"$OUT/results.md" 2>>"$OUT/bench.log"
+  echo "exit $?" >>"$OUT/bench.log"
+done
+cat "$OUT/results.md" 2>/dev/null
