@@ -60,6 +60,7 @@ class Metrics(Events):
         self.transitions = Counter("llamarig_model_transitions_total", "State changes.",
                                    ["model", "target"], registry=r)
         self.verified: dict[str, int] = {}
+        self._request_series: dict[tuple, tuple] = {}
         self.vram: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
         self.circuit: dict[str, int] = {}
 
@@ -70,15 +71,28 @@ class Metrics(Events):
     # ---- request events -----------------------------------------------------------------------
     def request_done(self, model: str, route: str, code: int, seconds: float, first_byte: float | None,
                      cold: bool, tokens: int = 0) -> None:
-        self.requests.labels(model, route, str(code)).inc()
+        requests, duration, ttft, generated = self._children(model, route, code)
+        requests.inc()
         if tokens:
-            self.tokens.labels(model).inc(tokens)
-        self.duration.labels(model, route).observe(seconds)
+            generated.inc(tokens)
+        duration.observe(seconds)
         if first_byte is not None:
-            self.ttft.labels(model, route).observe(first_byte)
+            ttft.observe(first_byte)
             if cold:
                 self.cold_starts.labels(model).inc()
                 self.cold_start.labels(model).observe(first_byte)
+
+    def _children(self, model: str, route: str, code: int) -> tuple:
+        """The labelled series of one (model, route, code): looked up once, not per request
+        (labels() validates and locks each time). The keys are bounded: models and routes come
+        from the rig and the router, codes from a small set."""
+        key = (model, route, code)
+        found = self._request_series.get(key)
+        if found is None:
+            found = self._request_series[key] = (
+                self.requests.labels(model, route, str(code)), self.duration.labels(model, route),
+                self.ttft.labels(model, route), self.tokens.labels(model))
+        return found
 
     # ---- lifecycle events ---------------------------------------------------------------------
     def on_transition(self, unit, source, target, reason):

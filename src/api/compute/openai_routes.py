@@ -18,16 +18,19 @@ from llamarig.shared.api_errors import error_response
 ROUTED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
-def _model_of(body: bytes) -> str | None:
+def _model_and_stream(body: bytes) -> tuple[str | None, bool]:
+    """The body's `model` (None when missing or not JSON) and whether it asks for a stream."""
     try:
         data = json.loads(body)
     except ValueError:
-        return None
-    model = data.get("model") if isinstance(data, dict) else None
-    return model if isinstance(model, str) and model else None
+        return None, False
+    if not isinstance(data, dict):
+        return None, False
+    model = data.get("model")
+    return (model if isinstance(model, str) and model else None), data.get("stream") is True
 
 
-async def route(state, request: Request, name: str, path: str, body) -> Response:
+async def route(state, request: Request, name: str, path: str, body, stream: bool = False) -> Response:
     """Lease the model (waiting, bounded, while it loads) and pass the request through."""
     arrived = time.perf_counter()
     try:
@@ -45,20 +48,20 @@ async def route(state, request: Request, name: str, path: str, body) -> Response
         ttfb = (time.perf_counter() - arrived) if first_byte is not None else None
         state.metrics.request_done(name, path, status, time.perf_counter() - arrived, ttfb, cold, tokens)
 
-    return await state.proxy.forward(request, unit.port, path, body, lease, done)
+    return await state.proxy.forward(request, unit.port, path, body, lease, done, stream)
 
 
 async def routed(state, request: Request) -> Response:
     """POST to one of ROUTED: the model named in the JSON body gets it."""
     body = await request.body()
-    name = _model_of(body)
+    name, stream = _model_and_stream(body)
     if name is None:
         return error_response(400, "model_missing", "the body must be JSON with a 'model' field naming "
                               "one of GET /v1/models", "model")
     if name == WHISPER_PROGRAM or name not in state.manager.rig.models:
         return error_response(404, "model_not_found", f"model {name!r} is not served here; known: "
                               f"{', '.join(sorted(state.manager.rig.models))}", "model")
-    return await route(state, request, name, request.url.path, body)
+    return await route(state, request, name, request.scope["path"], body, stream)
 
 
 def build_router(state) -> APIRouter:

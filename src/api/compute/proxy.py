@@ -8,14 +8,14 @@ the hot path it costs a fraction of httpx's per-request time (see bench/RESULTS.
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 import aiohttp
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from llamarig.backend.lifecycle.actor import Lease
 from llamarig.shared.api_errors import error_response
@@ -75,50 +75,41 @@ class Proxy:
         self.session = session
 
     async def forward(self, request: Request, port: int, path: str, body, lease: Lease,
-                      on_done: Callable[[int, float | None, int], None]) -> Response:
-        """Send `body` (bytes or an async byte iterator) to the server on `port`.
-        on_done(status, first_byte_seconds, tokens) is called once when the answer has ended."""
+                      on_done: Callable[[int, float | None, int], None], stream: bool = False) -> Response:
+        """Send `body` (bytes or an async byte iterator) to the server on `port`; `stream`: the
+        request asks for a stream. on_done(status, first_byte_seconds, tokens) is called once
+        when the answer has ended."""
         started = time.perf_counter()
         url = f"http://127.0.0.1:{port}{path}"
-        if request.url.query:
-            url += "?" + request.url.query
+        query = request.scope["query_string"]
+        if query:
+            url += "?" + query.decode("latin-1")
         try:
-            answer = await self._send(request, url, body)
+            answer = await self._send(request, url, body, stream)
         except (aiohttp.ClientError, OSError) as e:
             lease.unreachable()
             lease.release()
             on_done(503, None, 0)
             return error_response(503, "upstream_unreachable", f"the model server on port {port} did not "
-                                  f"answer ({type(e).__name__}); it is being checked", retry_after=5)
+                                  f"answer ({type(e).__name__}: {e}); it is being checked", retry_after=5)
         count = TokenCount(answer.headers.get("content-type", ""))
         if not count.stream:
             return await self._whole(answer, started, count, lease, on_done)
-        first: list[float] = []
+        return Relay(answer, count, lease, lambda first: on_done(answer.status, first, count.tokens), started)
 
-        async def relay() -> AsyncIterator[bytes]:
-            async for chunk in answer.content.iter_any():
-                if not first:
-                    first.append(time.perf_counter() - started)
-                lease.progress()
-                count.feed(chunk)
-                yield chunk
-
-        async def finish() -> None:
-            answer.release()
-            lease.release()
-            on_done(answer.status, first[0] if first else None, count.tokens)
-
-        return StreamingResponse(relay(), status_code=answer.status,
-                                 headers=_headers(answer.headers, drop_length=False),
-                                 background=BackgroundTask(finish))
-
-    async def _send(self, request: Request, url: str, body):
+    async def _send(self, request: Request, url: str, body, stream: bool):
         headers = _headers(request.headers)
+        if stream:
+            # llama-server closes the connection after a streamed answer although its headers
+            # offer keep-alive; asked to close, aiohttp does not put it back in the pool, where
+            # the next request would find it dead.
+            headers["Connection"] = "close"
         try:
             return await self.session.request(request.method, url, data=body, headers=headers)
-        except aiohttp.ServerDisconnectedError:
-            # llama-server closes a keep-alive connection after a number of requests; a request
-            # sent on it just then gets no answer and was not read. Once more on a new connection.
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            # llama-server closes a keep-alive connection after 100 requests or 5 s idle; a request
+            # sent on it just then gets no answer, or cannot be written, and was not read. Once
+            # more on a new connection (a refused connection fails again at once).
             if not isinstance(body, bytes):
                 raise  # a streamed upload cannot be sent twice
             return await self.session.request(request.method, url, data=body, headers=headers)
@@ -140,3 +131,46 @@ class Proxy:
         count.feed(body)
         on_done(answer.status, time.perf_counter() - started, count.tokens)
         return Response(body, status_code=answer.status, headers=_headers(answer.headers))
+
+
+class Relay:
+    """An SSE answer passed to the client chunk by chunk, as an ASGI response.
+
+    Leaner than Starlette's StreamingResponse, which wraps every stream in a task group (the
+    largest per-stream cost under load, measured). A plain task watches for the client going
+    away, since uvicorn drops writes to a gone client silently: it closes the server's answer,
+    which ends the relay and tells the server to stop generating.
+    """
+
+    def __init__(self, answer: aiohttp.ClientResponse, count: TokenCount, lease: Lease,
+                 done: Callable[[float | None], None], started: float):
+        self.answer, self.count, self.lease, self.done, self.started = answer, count, lease, done, started
+
+    async def __call__(self, scope, receive, send) -> None:
+        watcher = asyncio.ensure_future(self._watch(receive))
+        first = None
+        try:
+            await send({"type": "http.response.start", "status": self.answer.status,
+                        "headers": [(k.lower().encode(), v.encode()) for k, v in
+                                    _headers(self.answer.headers).items()]})
+            async for chunk in self.answer.content.iter_any():
+                if first is None:
+                    first = time.perf_counter() - self.started
+                self.lease.progress()
+                self.count.feed(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not watcher.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (aiohttp.ClientError, OSError):
+            if not watcher.done():
+                self.lease.unreachable()  # the server broke off; the client sees a cut stream
+        finally:
+            watcher.cancel()
+            self.answer.close()
+            self.lease.release()
+            self.done(first)
+
+    async def _watch(self, receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.answer.close()
