@@ -6,9 +6,10 @@
 # It needs, in the repository root (both git-ignored; bench/README.md says how they are made):
 #   .whl/                    Python 3.12 wheels of what the machine's image lacks
 #   .gpu/llama-src.tar.xz    the llama.cpp sources vendored in the pinned llama-cpp-python sdist
-#   or .gpu/llama-server.xz  a CUDA llama-server built by an earlier run (then no build)
+#   or .gpu/llama-server.xz.part-*  a CUDA llama-server from an earlier run (then no build)
 # Usage: bench/gpu-run.sh [build] [NAME ...]   (NAME: benchmarks for bench/run.py)
-# Writes into $OUT: build.log, llama-server.xz (after a build), NAME.json, results.md, bench.log.
+# Writes into $OUT: bench.log, results.md, NAME.json, and after a build llama-server.xz.part-*
+# (the tool brings back files of up to 16 MiB).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/llamarig-gpu-out}
@@ -29,13 +30,13 @@ if [ "${1:-}" = build ]; then
   export LLAMARIG_LLAMA_CPP_SRC=/tmp/src/llama.cpp LLAMARIG_CACHE=/tmp/cache
   # One architecture (sm_90: H100/H200) and no FlashAttention kernels keep nvcc under minutes.
   export LLAMARIG_CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_FA=OFF -G Ninja"
-  server=$( { time runtime/build-llama-server.sh --cuda; } 2>"$OUT/build.log" | tail -n 1) || {
-    tail -n 40 "$OUT/build.log"; exit 1; }
-  tail -n 4 "$OUT/build.log"
-  xz -T0 -1 -c "$server" >"$OUT/llama-server.xz"
+  server=$( { time runtime/build-llama-server.sh --cuda; } 2>/tmp/build.log | tail -n 1) || {
+    tail -n 40 /tmp/build.log; exit 1; }
+  tail -n 4 /tmp/build.log | tee -a "$OUT/bench.log"
+  xz -T0 -6 -c "$server" | split -b 15M - "$OUT/llama-server.xz.part-"
 else
   server=/tmp/llama-server
-  xz -d -c .gpu/llama-server.xz >"$server" && chmod +x "$server"
+  cat .gpu/llama-server.xz.part-* | xz -d >"$server" && chmod +x "$server"
 fi
 ln -sf "$server" "$bin/llama-server"
 "$bin/llama-server" --version 2>&1 | tail -n 3 | tee -a "$OUT/bench.log"

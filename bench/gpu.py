@@ -61,7 +61,8 @@ def run(smoke: bool) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="llamarig-bench-gpu-"))
     size = GgufSize() if smoke else SIZE
     path = model(f"gpu-{size.layers}x{size.width}", size)
-    entry = model_entry(path, [0], context_size=4096, parallel=4)
+    # -lv 4: llama-server then logs its buffer sizes (model, KV cache, compute).
+    entry = model_entry(path, [0], context_size=4096, parallel=4, extra_args=["-lv", "4"])
     b = start_bundle(folder, write_rig(folder, {"m": entry}, timeouts={"start_s": 300}))
     out = {"gpu": base.name, "gpu_total_mib": base.total_bytes // MIB, "used_before_mib": base.used_bytes // MIB,
            "model_file_mib": path.stat().st_size // MIB}
@@ -94,8 +95,16 @@ def run(smoke: bool) -> dict:
     finally:
         stop(b)
     out["used_after_shutdown_mib"] = inv.read()[0].used_bytes // MIB
+    out["server_buffers"] = _buffers(folder / "run" / "logs" / "llama-m.log")
     out["env_cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     return out
+
+
+def _buffers(log: Path) -> list[str]:
+    """llama-server's own account of what it allocated (model, KV cache, compute buffers), to
+    set the estimate's fixed per-process part against."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return sorted({line.split(":", 1)[-1].strip() for line in lines if "buffer size" in line})
 
 
 def _ready(b) -> bool:
