@@ -74,7 +74,8 @@ def cmd_api(args) -> int:
     rig = _rig(args)
     setup_logging()
     uvicorn.run(create_app(rig), host=rig.api.host, port=rig.api.port, log_config=None, access_log=False,
-                loop="uvloop", http="httptools", proxy_headers=False, timeout_graceful_shutdown=int(rig.timeouts.drain_s) or None)
+                loop="uvloop", http="httptools", proxy_headers=False, server_header=False,
+                timeout_graceful_shutdown=int(rig.timeouts.drain_s) or None)
     return 0
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from llamarig.shared.gguf_header import GgufHeader
 
 MIB = 1024 * 1024
-CUDA_CONTEXT_BYTES = 300 * MIB      # CUDA context and cuBLAS workspace per process per GPU
+# CUDA context and cuBLAS workspace per process per GPU. Measured on an H100 (CUDA 13, driver
+# 580): NVML's count for a llama-server process less the buffers it reports = 588 MiB.
+CUDA_CONTEXT_BYTES = 600 * MIB
 CPU_PROCESS_BYTES = 20 * MIB        # a server process's own resident memory, simulated GPUs
 KV_BYTES = 2                        # f16 cache, llama.cpp's default
 UBATCH = 512                        # llama.cpp's default physical batch
