@@ -26,12 +26,13 @@ def _proxy(r: dict) -> list[str]:
 
 
 def _boot(r: dict) -> list[str]:
-    lines = [_row("variant", "boot to /ready s", "slowest load alone s", "over slowest s", "waves", "loads alone s"),
-             _row(*["---"] * 6)]
+    lines = [_row("variant", "boot to /ready s", "slowest load alone s", "over slowest s", "all by hand s",
+                  "over all by hand s", "waves", "loads alone s"), _row(*["---"] * 8)]
     for name, v in r["variants"].items():
         loads = ", ".join(f"{k} {s}" for k, s in v["load_alone_s"].items())
-        lines.append(_row(name, v["boot_to_ready_s"], v["slowest_load_s"], v["over_slowest_s"], v["waves"], loads))
-    return lines + ["", f"- model: {r['model']}; target: {r['target']}"]
+        lines.append(_row(name, v["boot_to_ready_s"], v["slowest_load_s"], v["over_slowest_s"],
+                          v.get("loads_together_s", "-"), v.get("over_together_s", "-"), v["waves"], loads))
+    return lines + ["", f"- model: {r['model']}; target: {r['target']}", f"- {r.get('together', '')}"]
 
 
 def _crash(r: dict) -> list[str]:
