@@ -1,4 +1,5 @@
-"""The CUDA paths on a real GPU, where NVML finds one (elsewhere: skipped, with NVML's reason).
+"""The CUDA paths on a real GPU, with LLAMARIG_BENCH_GPU=nvml (else skipped; and where NVML
+finds no device, skipped with NVML's reason).
 
 One model large enough to matter (about 2.4 GB of F32 weights) on GPU 0 through a real bundle
 with `gpus.source: nvml`: boot to ready, the VRAM estimate against NVML's count for the
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from common import model_entry, start_bundle, stop, timed_until, wait_for, write_rig
+from common import ON_GPU, model_entry, start_bundle, stop, timed_until, wait_for, write_rig
 from crash import kill_to_first_200
 from models import model
 from llamarig.backend.models_make import GgufSize
@@ -54,6 +55,8 @@ def _released(inv, pid: int, used_before: int) -> bool:
 
 
 def run(smoke: bool) -> dict:
+    if not ON_GPU:
+        return {"skipped": "runs with LLAMARIG_BENCH_GPU=nvml, on a machine with a GPU"}
     inv = _inventory()
     if isinstance(inv, LlamarigError):
         return {"skipped": inv.reason}
