@@ -66,16 +66,12 @@ def cmd_launch(args) -> int:
 
 
 def cmd_api(args) -> int:
-    import uvicorn
-
-    from llamarig.api.compute.app import create_app
+    from llamarig.api.compute.serve import serve
     from llamarig.shared.logs import setup_logging
 
     rig = _rig(args)
     setup_logging()
-    uvicorn.run(create_app(rig), host=rig.api.host, port=rig.api.port, log_config=None, access_log=False,
-                loop="uvloop", http="httptools", proxy_headers=False, server_header=False,
-                timeout_graceful_shutdown=int(rig.timeouts.drain_s) or None)
+    serve(rig)
     return 0
 
 

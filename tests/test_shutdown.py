@@ -55,10 +55,11 @@ def test_up_shows_waves_refuses_what_cannot_fit_and_down_stops_everything(tmp_pa
         psutil.wait_procs([psutil.Process(pid)], timeout=60)
         assert not psutil.pid_exists(pid)
         assert not [p for p in servers if psutil.pid_exists(p)], "a server outlived `llamarig down`"
-    finally:
+    finally:  # after a failure: every program has its own process group, so kill each process
         pid = supervisord_pid(tmp_path)
         if pid and psutil.pid_exists(pid):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            for p in [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]:
+                p.kill()
 
 
 def test_sigterm_to_supervisord_lets_a_stream_finish_then_everything_exits(tmp_path, models, bundle_factory):

@@ -13,19 +13,10 @@ from llamarig.api.compute import admin_routes, openai_routes
 from llamarig.api.compute.metrics import Metrics
 from llamarig.api.compute.fastpath import FastPath
 from llamarig.api.compute.proxy import Proxy, new_session
-from llamarig.backend.lifecycle.manager import Manager, UnknownModel
-from llamarig.backend.llama_http import ServerHttp
-from llamarig.backend.supervisor import SupervisorClient
-from llamarig.backend.supervisor_conf import socket_path
+from llamarig.api.compute.serve import Started, default_manager, probe_client
+from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.rig import Rig
-
-
-
-def _pool(rig: Rig) -> httpx.AsyncClient:
-    # Probes and engine metrics (not the request path, which is the proxy's aiohttp session).
-    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=5.0))
 
 
 def _api_key(rig: Rig) -> str | None:
@@ -34,22 +25,24 @@ def _api_key(rig: Rig) -> str | None:
     return rig.resolve(rig.api.api_key_file).read_text().strip()
 
 
-def create_app(rig: Rig, manager_factory=None) -> FastPath:
-    """manager_factory(rig, client, metrics) -> Manager; tests may pass their own."""
-    state = SimpleNamespace(rig=rig, manager=None, proxy=None, metrics=Metrics())
+def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -> FastPath:
+    """manager_factory(rig, client, metrics) -> Manager; tests may pass their own. With
+    `started`, the app serves that running manager instead of making and starting one."""
+    state = SimpleNamespace(rig=rig, manager=None, proxy=None, metrics=started.metrics if started else Metrics())
     key = _api_key(rig)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        client = _pool(rig)
         session = new_session()
-        factory = manager_factory or (lambda r, c, m: Manager(r, SupervisorClient(socket_path(r)),
-                                                              ServerHttp(c), hooks=m))
-        state.manager = factory(rig, client, state.metrics)
+        if started:
+            client, state.manager = started.client, started.manager
+        else:
+            client = probe_client()
+            state.manager = (manager_factory or default_manager)(rig, client, state.metrics)
+            await state.manager.start()
         state.http_client = client
         state.metrics.attach(state.manager)
         state.proxy = Proxy(session)
-        await state.manager.start()
         yield
         await state.manager.drain_requests()
         await state.manager.close()

@@ -1,0 +1,60 @@
+"""Run the compute API. The lifecycle manager starts booting first; the web stack (FastAPI,
+uvicorn, aiohttp: about half a second of imports, measured) loads in a thread meanwhile, so
+the first wave's servers are already loading when the API begins to listen. This module
+imports nothing of the web stack itself."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+from dataclasses import dataclass
+
+import anyio  # noqa: F401  (see _serve)
+import httpx
+import uvloop
+
+from llamarig.api.compute.metrics import Metrics
+from llamarig.backend.lifecycle.manager import Manager
+from llamarig.backend.llama_http import ServerHttp
+from llamarig.backend.supervisor import SupervisorClient
+from llamarig.backend.supervisor_conf import socket_path
+from llamarig.shared.rig import Rig
+
+
+def probe_client() -> httpx.AsyncClient:
+    # Probes and engine metrics (not the request path, which is the proxy's aiohttp session).
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=5.0))
+
+
+def default_manager(rig: Rig, client: httpx.AsyncClient, metrics: Metrics) -> Manager:
+    return Manager(rig, SupervisorClient(socket_path(rig)), ServerHttp(client), hooks=metrics)
+
+
+@dataclass
+class Started:
+    """A manager already started (booting) before the app was built, with its probe client
+    and metrics; the app serves it and closes it at shutdown."""
+    manager: Manager
+    client: httpx.AsyncClient
+    metrics: Metrics
+
+
+def serve(rig: Rig) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(rig))
+
+
+async def _serve(rig: Rig) -> None:
+    metrics, client = Metrics(), probe_client()
+    manager = default_manager(rig, client, metrics)
+    await manager.start()
+    # Imports in a thread: the loop keeps running the boot (its waits are RPCs and HTTP polls).
+    # anyio, which httpx loads at its first request and the web stack at import, is imported
+    # above, so the two threads never wait on each other's import of it.
+    app_module = await asyncio.to_thread(importlib.import_module, "llamarig.api.compute.app")
+    uvicorn = await asyncio.to_thread(importlib.import_module, "uvicorn")
+    app = app_module.create_app(rig, started=Started(manager, client, metrics))
+    config = uvicorn.Config(app, host=rig.api.host, port=rig.api.port, log_config=None, access_log=False,
+                            loop="none", http="httptools", proxy_headers=False, server_header=False,
+                            timeout_graceful_shutdown=int(rig.timeouts.drain_s) or None)
+    await uvicorn.Server(config).serve()
