@@ -8,7 +8,6 @@ import asyncio
 import importlib
 from dataclasses import dataclass
 
-import anyio  # noqa: F401  (see _serve)
 import httpx
 import uvloop
 
@@ -45,12 +44,13 @@ def serve(rig: Rig) -> None:
 
 
 async def _serve(rig: Rig) -> None:
+    # anyio, which httpx loads at its first request and the web stack at import, is loaded
+    # now, so the boot and the import thread below never wait on each other's import of it.
+    importlib.import_module("anyio")
     metrics, client = Metrics(), probe_client()
     manager = default_manager(rig, client, metrics)
     await manager.start()
     # Imports in a thread: the loop keeps running the boot (its waits are RPCs and HTTP polls).
-    # anyio, which httpx loads at its first request and the web stack at import, is imported
-    # above, so the two threads never wait on each other's import of it.
     app_module = await asyncio.to_thread(importlib.import_module, "llamarig.api.compute.app")
     uvicorn = await asyncio.to_thread(importlib.import_module, "uvicorn")
     app = app_module.create_app(rig, started=Started(manager, client, metrics))
