@@ -24,9 +24,8 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
               "proxy-authorization", "proxy-authenticate", "host", "content-length", "authorization"}
 
 
-def _headers(headers, drop_length: bool = True) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP or
-            (k.lower() == "content-length" and not drop_length)}
+def _headers(headers) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
 def new_session() -> aiohttp.ClientSession:

@@ -99,8 +99,8 @@ class UnitActor:
     # ---- the caller's side ------------------------------------------------------------------
     def send(self, command) -> None:
         self._inbox.append(command)
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        if self._wakeup is not None:
+            _wake(self._wakeup)
 
     async def ask(self, command):
         """Send a command that carries a reply future and await the reply."""
