@@ -126,7 +126,8 @@ def down(rig: Rig) -> int:
 
 def exec_supervisord(rig: Rig, conf: Path) -> None:
     """Foreground supervisord (PID 1 in the image): make its folders, then exec. A forked
-    child nudges it (see supervisor.wait_running) and exits; supervisord reaps it."""
+    child nudges it (see supervisor.wait_running) and exits; supervisord reaps it, which its
+    log shows once at start as "reaped unknown pid ... (exit status 0)"."""
     (rig.run_dir / "logs").mkdir(parents=True, exist_ok=True)
     os.environ["PATH"] = with_our_bin(os.environ.get("PATH", ""))
     if os.fork() == 0:
