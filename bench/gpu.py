@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from common import ON_GPU, model_entry, start_bundle, stop, timed_until, wait_for, write_rig
+from boot import _answers
 from crash import kill_to_first_200
 from models import model
 from llamarig.backend.models_make import GgufSize
@@ -70,7 +71,7 @@ def run(smoke: bool) -> dict:
     out = {"gpu": base.name, "gpu_total_mib": base.total_bytes // MIB, "used_before_mib": base.used_bytes // MIB,
            "model_file_mib": path.stat().st_size // MIB}
     try:
-        out["boot_to_ready_s"] = round(timed_until(lambda: _ready(b), 300, 0.01), 3)
+        out["boot_to_ready_s"] = round(timed_until(lambda: _answers(b.api + "/ready"), 300, 0.01), 3)
         out["load_seconds"] = b.unit("m")["load_seconds"]
         # The actual is recorded once the memory reading settles after the load.
         wait_for(lambda: _metric(b.get("/metrics").text, "llamarig_vram_actual_bytes", "m") is not None, 60,
@@ -108,13 +109,6 @@ def _buffers(log: Path) -> list[str]:
     set the estimate's fixed per-process part against."""
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
     return sorted({line.split(":", 1)[-1].strip() for line in lines if "buffer size" in line})
-
-
-def _ready(b) -> bool:
-    try:
-        return b.get("/ready", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _mib(value: float | None) -> int | None:

@@ -79,18 +79,23 @@ def with_our_bin(path: str) -> str:
     return path if path.split(os.pathsep)[0] == ours else ours + os.pathsep + path
 
 
+def is_running(socket: Path) -> bool:
+    """Whether a supervisord answers on the socket and says RUNNING."""
+    try:
+        return SupervisorClient(socket).state() == "RUNNING"
+    except SupervisorError:
+        return False  # not listening (yet)
+
+
 def wait_running(socket: Path, timeout: float = 10.0) -> bool:
     """Ask supervisord for its state as soon as its socket exists; True once it says RUNNING.
     It also saves a second at every start: supervisord spawns its autostart programs (the
     compute API) only after its first poll, which otherwise waits a whole second for an
     event, and a request is such an event."""
-    client, deadline = SupervisorClient(socket), time.monotonic() + timeout
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if client.state() == "RUNNING":
-                return True
-        except SupervisorError:
-            pass  # not listening yet
+        if is_running(socket):
+            return True
         time.sleep(0.01)
     return False
 
@@ -98,15 +103,12 @@ def wait_running(socket: Path, timeout: float = 10.0) -> bool:
 def start_daemon(conf: Path, socket: Path, log_dir: Path) -> bool:
     """supervisord in the background (its own session), unless one answers on the socket
     already; True when this call started it."""
-    try:
-        if SupervisorClient(socket).state() == "RUNNING":
-            return False
-    except SupervisorError:
-        pass
+    if is_running(socket):
+        return False
     log_dir.mkdir(parents=True, exist_ok=True)
-    out = open(log_dir / "supervisord.out", "ab")
     env = {**os.environ, "PATH": with_our_bin(os.environ.get("PATH", ""))}
-    subprocess.Popen([shutil.which("supervisord", path=env["PATH"]) or "supervisord", "-c", str(conf)],
-                     stdout=out, stderr=out, start_new_session=True, cwd=conf.parent, env=env)
+    with open(log_dir / "supervisord.out", "ab") as out:  # supervisord keeps its own copy
+        subprocess.Popen([shutil.which("supervisord", path=env["PATH"]) or "supervisord", "-c", str(conf)],
+                         stdout=out, stderr=out, start_new_session=True, cwd=conf.parent, env=env)
     wait_running(socket)
     return True
