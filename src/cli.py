@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import zlib
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from llamarig.shared.errors import LlamarigError
@@ -37,6 +35,8 @@ def cmd_verify(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from concurrent.futures import ThreadPoolExecutor
+
     from llamarig.backend.launch import checks_for, verify_unit
     from llamarig.backend.supervisor_conf import WHISPER_PROGRAM
 
@@ -58,10 +58,16 @@ def cmd_verify(args) -> int:
 
 
 def cmd_launch(args) -> int:
-    from llamarig.backend.launch import launch
+    # The plan spares the gate the rig's imports (pydantic, YAML) and NVML; see backend/gate.py.
+    from llamarig.backend import gate
     from llamarig.shared.logs import setup_logging
 
     setup_logging()
+    plan = gate.read_plan(args.plan, args.rig) if args.plan else None
+    if plan and (plan.unit, plan.slot) == (args.unit, args.slot):
+        return gate.run(plan)
+    from llamarig.backend.launch import launch
+
     return launch(_rig(args), args.unit, args.slot)
 
 
@@ -76,6 +82,8 @@ def cmd_api(args) -> int:
 
 
 def cmd_models_make(args) -> int:
+    import zlib
+
     from llamarig.backend.models_make import GgufSize, make_gguf, make_whisper
 
     rig = _rig(args)
@@ -135,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("unit")
     s.add_argument("--slot", choices=["blue", "green"], default="blue",
                    help="green: the second server of a blue-green reload, on swap_port")
+    s.add_argument("--plan", help="launch plan written by the lifecycle manager; used only if it was made "
+                   "from the rig file as it is now, else the rig is read")
     s.set_defaults(fn=cmd_launch)
     sub.add_parser("api", help="(supervisord program) run the compute API").set_defaults(fn=cmd_api)
     s = sub.add_parser("models", help="generated tiny models")

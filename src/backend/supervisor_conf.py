@@ -24,6 +24,11 @@ def model_program(name: str, slot: str = BLUE) -> str:
     return f"llama-{name}" if slot == BLUE else f"llama-{name}_{slot}"
 
 
+def verdict_key(unit: str, slot: str = BLUE) -> str:
+    """Name of a slot's verdict and plan files: a green start must not read blue's."""
+    return unit if slot == BLUE else f"{unit}_{slot}"
+
+
 def _here(path: Path, conf_dir: Path) -> str:
     path = path.resolve()
     try:
@@ -61,7 +66,8 @@ def _program(rig: Rig, conf_dir: Path, name: str, command: str, extra: dict) -> 
 
 def _gated(rig: Rig, conf_dir: Path, rig_ref: str, unit: str, program: str, gpus: list[int], priority: int,
            slot: str = BLUE) -> str:
-    launch = f"llamarig --rig {rig_ref} launch {unit}" + (f" --slot {slot}" if slot != BLUE else "")
+    plan = _here(rig.run_dir / "plans" / f"{verdict_key(unit, slot)}.json", conf_dir)
+    launch = f"llamarig --rig {rig_ref} launch {unit}" + (f" --slot {slot}" if slot != BLUE else "") + f" --plan {plan}"
     env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
            "LLAMARIG_PROGRAM": program, "PYTHONUNBUFFERED": "1"}
     return _program(rig, conf_dir, program, launch, {

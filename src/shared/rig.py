@@ -6,6 +6,7 @@ Every field says its unit and its edge values. Unknown keys are errors. `load_ri
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from enum import Enum
 from pathlib import Path
@@ -178,6 +179,8 @@ class Rig(Strict):
     engines: EnginesConfig = Field(default_factory=EnginesConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     source: str = Field("", exclude=True, description="Path of the file this rig was loaded from.")
+    source_sha256: str = Field("", exclude=True, description="sha256 of that file's bytes as loaded; empty "
+                               "for a rig not loaded from a file. Launch plans carry it (backend/gate.py).")
 
     @property
     def root(self) -> Path:
@@ -231,12 +234,12 @@ def _format_error(err: dict) -> str:
     return f"{loc}: {msg}"
 
 
-def parse_rig(data: object, source: str) -> Rig:
+def parse_rig(data: object, source: str, source_sha256: str = "") -> Rig:
     """Validate already-parsed YAML; raise RigError naming every bad field."""
     if not isinstance(data, dict):
         raise RigError(source, ["(top): the rig file must be a mapping"])
     try:
-        rig = Rig.model_validate({**data, "source": source})
+        rig = Rig.model_validate({**data, "source": source, "source_sha256": source_sha256})
     except ValidationError as e:
         raise RigError(source, [_format_error(err) for err in e.errors()]) from None
     problems = _cross_check(rig)
@@ -249,9 +252,10 @@ def load_rig(path: str | Path) -> Rig:
     """Load and validate a rig file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+        data = yaml.safe_load(raw.decode())
     except OSError as e:
         raise RigError(str(path), [f"(file): cannot read: {e.strerror}"]) from None
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise RigError(str(path), [f"(yaml): {e}"]) from None
-    return parse_rig(data, str(path))
+    return parse_rig(data, str(path), hashlib.sha256(raw).hexdigest())

@@ -14,7 +14,7 @@ import psutil
 
 from llamarig.backend.lifecycle.commands import JobDone
 from llamarig.backend.lifecycle.units import Unit
-from llamarig.backend.launch import EXIT_REFUSED, read_verdict, verdict_path
+from llamarig.backend.gate import EXIT_REFUSED, LaunchPlan, read_verdict, verdict_path, write_plan
 from llamarig.backend.llama_http import ServerHttp
 from llamarig.backend.supervisor import ALIVE_STATES, RUNNING_STATES, SupervisorClient
 from llamarig.shared.errors import SupervisorError
@@ -49,6 +49,7 @@ class Deps:
     supervisor: SupervisorClient
     http: ServerHttp
     verify: Callable[[str], Verdict]   # blocking; run in a thread
+    plan: Callable[[Unit], LaunchPlan] # what the unit's launch gate is to do (gate.py)
     events: Events
 
 
@@ -67,7 +68,11 @@ async def start(deps: Deps, unit: Unit, epoch: int, adopt: bool, after: asyncio.
         if ok and adopt:
             return JobDone("start", epoch, True, f"adopted the running server (pid {info['pid']})")
         await _stop_program(deps, unit, hung=True)
-    verdict_path(deps.rig, unit.verdict_key).unlink(missing_ok=True)
+    verdict_path(deps.rig.run_dir, unit.verdict_key).unlink(missing_ok=True)
+    try:
+        write_plan(deps.plan(unit))
+    except OSError as e:
+        return JobDone("start", epoch, False, f"cannot write the launch plan: {e}")
     try:
         await deps.supervisor.run("start", unit.program)
     except SupervisorError as e:
@@ -104,7 +109,7 @@ async def _wait_ready(deps: Deps, unit: Unit, epoch: int) -> JobDone:
 
 def _exit_result(deps: Deps, unit: Unit, epoch: int, info: dict) -> JobDone:
     if info["exitstatus"] == EXIT_REFUSED:
-        verdict = read_verdict(deps.rig, unit.verdict_key) or {}
+        verdict = read_verdict(deps.rig.run_dir, unit.verdict_key) or {}
         reason = f"{verdict.get('code', 'refused')}: {verdict.get('reason', 'see the program log')}"
         return JobDone("start", epoch, False, reason, refused=True)
     return JobDone("start", epoch, False, f"program {info['statename']} ({info['description']}), exit status "

@@ -14,7 +14,7 @@ import time
 
 import psutil
 
-from llamarig.backend.launch import checks_for, verify_unit
+from llamarig.backend.launch import checks_for, plan_for, verify_unit
 from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
 from llamarig.backend.lifecycle.commands import Acquire, Exited, Probe, Refuse, Reset, Start, Stop
 from llamarig.backend.lifecycle.jobs import Deps, Events, tree_pids
@@ -54,7 +54,8 @@ class Manager(Events):
         checks = checks_for(rig, settle=False)
         # Like the launch gate, wait while a refusal is transient (a copy in progress).
         deps = Deps(rig, supervisor, http, lambda name: wait_until_verified(
-            lambda: verify_unit(rig, name, checks), rig.timeouts.model_wait_s), self)
+            lambda: verify_unit(rig, name, checks), rig.timeouts.model_wait_s),
+            lambda unit: plan_for(rig, unit.name, unit.slot, on_gpu=not self.inventory.simulated), self)
         greens = green_units(rig)
         # Each model has one actor per server slot; routing goes to the active slot's actor.
         self.slots = {name: [UnitActor(unit, deps)] + ([UnitActor(greens[name], deps)] if name in greens else [])

@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from llamarig.backend.engines import engine_for
-from llamarig.backend.launch import verdict_key
-from llamarig.backend.supervisor_conf import BLUE, GREEN, WHISPER_PROGRAM, model_program
+from llamarig.backend.supervisor_conf import BLUE, GREEN, WHISPER_PROGRAM, model_program, verdict_key
 from llamarig.shared.rig import Rig
 
 
