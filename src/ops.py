@@ -1,12 +1,14 @@
 """Operator commands that talk to a running compute API: status, up, stop, start, reset, down."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -19,29 +21,36 @@ console = Console()
 
 
 class Api:
+    """The compute API's admin routes, over the standard library's HTTP client: `llamarig up`
+    runs beside the boot it shows, and importing httpx there took 0.1 s of CPU from it on 2
+    cores (measured)."""
+
     def __init__(self, rig: Rig):
         host = "127.0.0.1" if rig.api.host in ("0.0.0.0", "::") else rig.api.host
-        headers = {}
+        self.base_url = f"http://{host}:{rig.api.port}"
+        self.headers = {}
         if rig.api.api_key_file:
-            headers["Authorization"] = "Bearer " + rig.resolve(rig.api.api_key_file).read_text().strip()
-        self.client = httpx.Client(base_url=f"http://{host}:{rig.api.port}", headers=headers, timeout=30)
+            self.headers["Authorization"] = "Bearer " + rig.resolve(rig.api.api_key_file).read_text().strip()
+
+    def _call(self, method: str, path: str, timeout: float) -> tuple[int, dict]:
+        request = urllib.request.Request(self.base_url + path, method=method, headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:  # an answer, with an error body
+            with e:
+                return e.code, json.load(e)
+        except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
+            hint = "; is the bundle up? `llamarig up`" if method == "GET" else ""
+            raise LlamarigError("api_unreachable", f"compute API at {self.base_url} did not answer "
+                                f"({type(e).__name__}){hint}") from None
 
     def get(self, path: str) -> dict:
-        try:
-            r = self.client.get(path)
-        except httpx.HTTPError as e:
-            raise LlamarigError("api_unreachable", f"compute API at {self.client.base_url} did not answer "
-                                f"({type(e).__name__}); is the bundle up? `llamarig up`") from None
-        return r.json()
+        return self._call("GET", path, 30)[1]
 
     def post(self, path: str, timeout: float = 30) -> dict:
-        try:
-            r = self.client.post(path, timeout=timeout)
-        except httpx.HTTPError as e:
-            raise LlamarigError("api_unreachable", f"compute API at {self.client.base_url} did not answer "
-                                f"({type(e).__name__})") from None
-        body = r.json()
-        if r.status_code >= 400:
+        status, body = self._call("POST", path, timeout)
+        if status >= 400:
             err = body.get("error", {})
             raise LlamarigError(err.get("code", "api_error"), err.get("message", str(body)))
         return body

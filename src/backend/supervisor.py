@@ -5,7 +5,6 @@ transport keeps one connection and is not safe to share between threads.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -68,6 +67,8 @@ class SupervisorClient:
 
     async def run(self, method: str, *args):
         """Run one of the methods above in a thread."""
+        import asyncio  # here: `llamarig up` imports this module before it starts supervisord
+
         return await asyncio.to_thread(getattr(self, method), *args)
 
 

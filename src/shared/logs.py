@@ -28,7 +28,4 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every request at INFO: the health probes would fill the log (the probe
-    # results are in llamarig_health_probes_total and in the unit's state changes).
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.Formatter.converter = time.gmtime

@@ -4,7 +4,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
-import httpx
+import aiohttp
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
@@ -13,7 +13,7 @@ from llamarig.api.compute import admin_routes, openai_routes
 from llamarig.api.compute.metrics import Metrics
 from llamarig.api.compute.fastpath import FastPath
 from llamarig.api.compute.proxy import Proxy, new_session
-from llamarig.api.compute.serve import Started, default_manager, probe_client
+from llamarig.api.compute.serve import Started, default_manager
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.rig import Rig
@@ -26,7 +26,7 @@ def _api_key(rig: Rig) -> str | None:
 
 
 def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -> FastPath:
-    """manager_factory(rig, client, metrics) -> Manager; tests may pass their own. With
+    """manager_factory(rig, metrics) -> Manager; tests may pass their own. With
     `started`, the app serves that running manager instead of making and starting one."""
     state = SimpleNamespace(rig=rig, manager=None, proxy=None, metrics=started.metrics if started else Metrics())
     key = _api_key(rig)
@@ -35,18 +35,15 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
     async def lifespan(app: FastAPI):
         session = new_session()
         if started:
-            client, state.manager = started.client, started.manager
+            state.manager = started.manager
         else:
-            client = probe_client()
-            state.manager = (manager_factory or default_manager)(rig, client, state.metrics)
+            state.manager = (manager_factory or default_manager)(rig, state.metrics)
             await state.manager.start()
-        state.http_client = client
         state.metrics.attach(state.manager)
         state.proxy = Proxy(session)
         yield
         await state.manager.drain_requests()
         await state.manager.close()
-        await client.aclose()
         await session.close()
 
     app = FastAPI(title="llamarig compute API", lifespan=lifespan)
@@ -82,12 +79,14 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
         if not unit.metrics_path:
             return error_response(404, "no_engine_metrics", f"the engine of {name!r} exports no metrics "
                                   "(llama-cpp-python has none); llamarig_* metrics still cover it")
+        url = f"http://127.0.0.1:{unit.port}{unit.metrics_path}"
         try:
-            r = await state.http_client.get(f"http://127.0.0.1:{unit.port}{unit.metrics_path}", timeout=5)
-        except httpx.HTTPError as e:
+            async with state.proxy.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                body = await r.read()
+        except (aiohttp.ClientError, OSError) as e:  # TimeoutError is an OSError
             return error_response(503, "engine_unreachable", f"{name!r} is {actor.state.value}; its server on "
                                   f"port {unit.port} did not answer ({type(e).__name__})", retry_after=5)
-        return Response(r.content, status_code=r.status_code, media_type=CONTENT_TYPE_LATEST)
+        return Response(body, status_code=r.status, media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(openai_routes.build_router(state))
     app.include_router(admin_routes.build_router(state))

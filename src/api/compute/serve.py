@@ -8,7 +8,6 @@ import asyncio
 import importlib
 from dataclasses import dataclass
 
-import httpx
 import uvloop
 
 from llamarig.api.compute.metrics import Metrics
@@ -19,22 +18,15 @@ from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.rig import Rig
 
 
-def probe_client() -> httpx.AsyncClient:
-    # Probes and engine metrics (not the request path, which is the proxy's aiohttp session).
-    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=5.0))
-
-
-def default_manager(rig: Rig, client: httpx.AsyncClient, metrics: Metrics) -> Manager:
-    return Manager(rig, SupervisorClient(socket_path(rig)), ServerHttp(client), hooks=metrics)
+def default_manager(rig: Rig, metrics: Metrics) -> Manager:
+    return Manager(rig, SupervisorClient(socket_path(rig)), ServerHttp(), hooks=metrics)
 
 
 @dataclass
 class Started:
-    """A manager already started (booting) before the app was built, with its probe client
-    and metrics; the app serves it and closes it at shutdown."""
+    """A manager already started (booting) before the app was built, with its metrics; the app
+    serves it and closes it at shutdown."""
     manager: Manager
-    client: httpx.AsyncClient
     metrics: Metrics
 
 
@@ -44,16 +36,13 @@ def serve(rig: Rig) -> None:
 
 
 async def _serve(rig: Rig) -> None:
-    # anyio, which httpx loads at its first request and the web stack at import, is loaded
-    # now, so the boot and the import thread below never wait on each other's import of it.
-    importlib.import_module("anyio")
-    metrics, client = Metrics(), probe_client()
-    manager = default_manager(rig, client, metrics)
+    metrics = Metrics()
+    manager = default_manager(rig, metrics)
     await manager.start()
     # Imports in a thread: the loop keeps running the boot (its waits are RPCs and HTTP polls).
     app_module = await asyncio.to_thread(importlib.import_module, "llamarig.api.compute.app")
     uvicorn = await asyncio.to_thread(importlib.import_module, "uvicorn")
-    app = app_module.create_app(rig, started=Started(manager, client, metrics))
+    app = app_module.create_app(rig, started=Started(manager, metrics))
     config = uvicorn.Config(app, host=rig.api.host, port=rig.api.port, log_config=None, access_log=False,
                             loop="none", http="httptools", proxy_headers=False, server_header=False,
                             timeout_graceful_shutdown=int(rig.timeouts.drain_s) or None)
