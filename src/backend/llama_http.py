@@ -6,7 +6,7 @@ activity (idle timers and request metrics ignore them).
 A probe only needs the answer's status line, so each is one request on its own loopback
 connection over asyncio's streams, without an HTTP client library: importing httpx took 0.12 s
 of the compute API's start before its first wave could be planned (measured on the 2-core VM;
-bench/RESULTS.md). The request path uses aiohttp (api/compute/proxy.py).
+bench/RESULTS.md). The request path has its own pooled client (api/compute/upstream.py).
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """The compute API: `create_app(rig)` builds everything it needs; no module globals."""
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
-import aiohttp
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
@@ -12,7 +12,8 @@ from starlette.responses import JSONResponse, Response
 from llamarig.api.compute import admin_routes, openai_routes
 from llamarig.api.compute.metrics import Metrics
 from llamarig.api.compute.fastpath import FastPath
-from llamarig.api.compute.proxy import Proxy, new_session
+from llamarig.api.compute.proxy import Proxy
+from llamarig.api.compute.upstream import Upstream
 from llamarig.api.compute.serve import Started, default_manager
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
@@ -33,18 +34,18 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        session = new_session()
+        upstream = Upstream()
         if started:
             state.manager = started.manager
         else:
             state.manager = (manager_factory or default_manager)(rig, state.metrics)
             await state.manager.start()
         state.metrics.attach(state.manager)
-        state.proxy = Proxy(session)
+        state.proxy = Proxy(upstream)
         yield
         await state.manager.drain_requests()
         await state.manager.close()
-        await session.close()
+        upstream.close()
 
     app = FastAPI(title="llamarig compute API", lifespan=lifespan)
     app.state.llamarig = state
@@ -79,14 +80,17 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
         if not unit.metrics_path:
             return error_response(404, "no_engine_metrics", f"the engine of {name!r} exports no metrics "
                                   "(llama-cpp-python has none); llamarig_* metrics still cover it")
-        url = f"http://127.0.0.1:{unit.port}{unit.metrics_path}"
         try:
-            async with state.proxy.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
-                body = await r.read()
-        except (aiohttp.ClientError, OSError) as e:  # TimeoutError is an OSError
+            async with asyncio.timeout(5):
+                answer = await state.proxy.upstream.request("GET", unit.port, unit.metrics_path, [], b"")
+                try:
+                    body = await answer.read()
+                finally:
+                    answer.close()
+        except OSError as e:  # refused, closed, or timed out (TimeoutError is an OSError)
             return error_response(503, "engine_unreachable", f"{name!r} is {actor.state.value}; its server on "
                                   f"port {unit.port} did not answer ({type(e).__name__})", retry_after=5)
-        return Response(body, status_code=r.status, media_type=CONTENT_TYPE_LATEST)
+        return Response(body, status_code=answer.status, media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(openai_routes.build_router(state))
     app.include_router(admin_routes.build_router(state))

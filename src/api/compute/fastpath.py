@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hmac
 
-from starlette.requests import Request
-
 from llamarig.api.compute import openai_routes
 from llamarig.shared.api_errors import error_response
 
@@ -27,7 +25,7 @@ class FastPath:
             response = error_response(401, "invalid_api_key", "send the key from api.api_key_file as "
                                       "'Authorization: Bearer KEY'")
         elif scope["method"] == "POST" and path in openai_routes.ROUTED:
-            response = await openai_routes.routed(self.state, Request(scope, receive))
+            response = await openai_routes.routed(self.state, scope, receive)
         else:
             return await self.app(scope, receive, send)
         await response(scope, receive, send)

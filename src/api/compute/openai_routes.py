@@ -30,8 +30,9 @@ def _model_and_stream(body: bytes) -> tuple[str | None, bool]:
     return (model if isinstance(model, str) and model else None), data.get("stream") is True
 
 
-async def route(state, request: Request, name: str, path: str, body, stream: bool = False) -> Response:
-    """Lease the model (waiting, bounded, while it loads) and pass the request through."""
+async def route(state, scope: dict, name: str, path: str, body, stream: bool = False) -> Response:
+    """Lease the model (waiting, bounded, while it loads) and pass the request (its ASGI scope
+    and body) through."""
     arrived = time.perf_counter()
     try:
         lease = await state.manager.acquire(name)
@@ -48,12 +49,24 @@ async def route(state, request: Request, name: str, path: str, body, stream: boo
         ttfb = (time.perf_counter() - arrived) if first_byte is not None else None
         state.metrics.request_done(name, path, status, time.perf_counter() - arrived, ttfb, cold, tokens)
 
-    return await state.proxy.forward(request, unit.port, path, body, lease, done, stream)
+    return await state.proxy.forward(scope, unit.port, path, body, lease, done, stream)
 
 
-async def routed(state, request: Request) -> Response:
+async def _body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def routed(state, scope: dict, receive) -> Response:
     """POST to one of ROUTED: the model named in the JSON body gets it."""
-    body = await request.body()
+    body = await _body(receive)
     name, stream = _model_and_stream(body)
     if name is None:
         return error_response(400, "model_missing", "the body must be JSON with a 'model' field naming "
@@ -61,7 +74,7 @@ async def routed(state, request: Request) -> Response:
     if name == WHISPER_PROGRAM or name not in state.manager.rig.models:
         return error_response(404, "model_not_found", f"model {name!r} is not served here; known: "
                               f"{', '.join(sorted(state.manager.rig.models))}", "model")
-    return await route(state, request, name, request.scope["path"], body, stream)
+    return await route(state, scope, name, scope["path"], body, stream)
 
 
 def build_router(state) -> APIRouter:
@@ -73,7 +86,7 @@ def build_router(state) -> APIRouter:
     async def transcriptions(request: Request) -> Response:
         if WHISPER_PROGRAM not in state.manager.actors:
             return error_response(404, "model_not_found", "this rig has no Whisper service", "model")
-        return await route(state, request, WHISPER_PROGRAM, "/v1/audio/transcriptions", request.stream())
+        return await route(state, request.scope, WHISPER_PROGRAM, "/v1/audio/transcriptions", request.stream())
 
     @router.get("/v1/models")
     async def models() -> JSONResponse:

@@ -1,0 +1,203 @@
+"""The compute API's client to the model servers (api/compute/upstream.py), against real
+loopback servers that answer in the ways llama-server, llama-cpp-python and Whisper do, and in
+the ways a dying server does."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from helpers import free_port
+from llamarig.api.compute.upstream import HIGH_WATER, Upstream, UpstreamError
+
+JSON_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class Server:
+    """Reads requests; `answer(request_head, body, reader, writer)` writes each answer."""
+
+    def __init__(self, answer):
+        self.answer, self.connections, self.requests = answer, 0, []
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+    async def _handle(self, reader, writer):
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                body = await _read_body(reader, head)
+                self.requests.append((head, body))
+                if await self.answer(head, body, reader, writer) == "close":
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+async def _read_body(reader, head: bytes) -> bytes:
+    lines = head.lower().split(b"\r\n")
+    if b"transfer-encoding: chunked" in lines:
+        body = b""
+        while (size := int((await reader.readline()).strip(), 16)) > 0:
+            body += await reader.readexactly(size)
+            await reader.readline()
+        await reader.readline()
+        return body
+    length = next((int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:")), 0)
+    return await reader.readexactly(length)
+
+
+async def _json(head, body, reader, writer):
+    writer.write(JSON_ANSWER)
+    await writer.drain()
+
+
+async def test_keep_alive_connections_are_reused_and_bodies_pass_unchanged():
+    upstream = Upstream()
+    async with Server(_json) as server:
+        for _ in range(3):
+            answer = await upstream.request("POST", server.port, "/v1/completions?x=1",
+                                            [(b"content-type", b"application/json")], b'{"model": "m"}')
+            assert (answer.status, await answer.read(), answer.header(b"content-type")) == (
+                200, b"{}", "application/json")
+        assert server.connections == 1
+        head, body = server.requests[0]
+        assert head.startswith(b"POST /v1/completions?x=1 HTTP/1.1\r\nHost: 127.0.0.1:")
+        assert b"content-length: 14\r\n" in head and body == b'{"model": "m"}'
+    upstream.close()
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error():
+    async def once_then_close(head, body, reader, writer):
+        writer.write(JSON_ANSWER)  # offers keep-alive, then closes, as llama-server does after 100
+        await writer.drain()
+        return "close"
+
+    upstream = Upstream()
+    async with Server(once_then_close) as server:
+        for _ in range(3):
+            answer = await upstream.request("POST", server.port, "/", [], b"{}")
+            assert await answer.read() == b"{}"
+        assert server.connections == 3
+    upstream.close()
+
+
+async def test_connection_close_answers_are_not_pooled_and_close_requests_say_so():
+    async def closing(head, body, reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+
+    upstream = Upstream()
+    async with Server(closing) as server:
+        await (await upstream.request("GET", server.port, "/a", [], b"")).read()
+        await (await upstream.request("GET", server.port, "/b", [], b"", close=True)).read()
+        assert server.connections == 2
+        assert b"connection: close\r\n" in server.requests[1][0]
+    upstream.close()
+
+
+async def test_a_chunked_stream_arrives_chunk_by_chunk():
+    release = asyncio.Event()
+
+    async def sse(head, body, reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"b\r\ndata: one\n\n\r\n")
+        await writer.drain()
+        await release.wait()  # the second event is sent only once the first was received
+        writer.write(b"b\r\ndata: two\n\n\r\n0\r\n\r\n")
+        await writer.drain()
+
+    upstream = Upstream()
+    async with Server(sse) as server:
+        answer = await upstream.request("POST", server.port, "/", [], b"{}")
+        got = []
+        async for chunk in answer.chunks():
+            got.append(chunk)
+            release.set()
+        assert got == [b"data: one\n\n", b"data: two\n\n"]
+    upstream.close()
+
+
+async def test_a_server_that_dies_mid_answer_or_before_it_is_an_oserror():
+    async def half(head, body, reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial")
+        await writer.drain()
+        return "close"
+
+    async def silent_close(head, body, reader, writer):
+        return "close"
+
+    upstream = Upstream()
+    async with Server(half) as server:
+        answer = await upstream.request("POST", server.port, "/", [], b"{}")
+        with pytest.raises(UpstreamError, match="mid-answer"):
+            await answer.read()
+    async with Server(silent_close) as server:
+        with pytest.raises(UpstreamError, match="before answering"):
+            await upstream.request("POST", server.port, "/", [], b"{}")
+    with pytest.raises(ConnectionRefusedError):
+        await upstream.request("POST", free_port(), "/", [], b"{}")
+    upstream.close()
+
+
+async def test_a_streamed_upload_is_sent_chunked():
+    async def parts():
+        for part in (b"--boundary\r\n", b"", b"audio bytes" * 1000, b"\r\n--boundary--\r\n"):
+            yield part
+
+    upstream = Upstream()
+    async with Server(_json) as server:
+        answer = await upstream.request("POST", server.port, "/v1/audio/transcriptions",
+                                        [(b"content-type", b"multipart/form-data; boundary=boundary")], parts())
+        assert await answer.read() == b"{}"
+        head, body = server.requests[0]
+        assert b"transfer-encoding: chunked\r\n" in head
+        assert body == b"--boundary\r\n" + b"audio bytes" * 1000 + b"\r\n--boundary--\r\n"
+    upstream.close()
+
+
+async def test_a_slow_reader_holds_the_server_back_instead_of_buffering_everything():
+    size, chunk = 16 * HIGH_WATER, 64 * 1024
+
+    async def big(head, body, reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // chunk):
+            writer.write(b"x" * chunk)
+            await writer.drain()
+
+    upstream = Upstream()
+    async with Server(big) as server:
+        answer = await upstream.request("GET", server.port, "/", [], b"")
+        received, most_held = 0, 0
+        async for part in answer.chunks():
+            received += len(part)
+            most_held = max(most_held, answer.buffered)
+            await asyncio.sleep(0.001)  # a client slower than loopback
+        assert received == size
+        # Reading stops above HIGH_WATER; what was already in flight still lands.
+        assert most_held < 3 * HIGH_WATER
+    upstream.close()
+
+
+async def test_a_caller_that_goes_away_closes_the_connection():
+    hung_up = asyncio.Event()
+
+    async def generate_until_hung_up(head, body, reader, writer):
+        await reader.read()  # a long generation: it ends when the client hangs up
+        hung_up.set()
+        return "close"
+
+    upstream = Upstream()
+    async with Server(generate_until_hung_up) as server:
+        task = asyncio.ensure_future(upstream.request("POST", server.port, "/", [], b"{}"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.wait_for(hung_up.wait(), 5)
+    upstream.close()
