@@ -61,6 +61,7 @@ class Metrics(Events):
                                    ["model", "target"], registry=r)
         self.verified: dict[str, int] = {}
         self._request_series: dict[tuple, tuple] = {}
+        self._transition_series: dict[tuple, object] = {}
         self.vram: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
         self.circuit: dict[str, int] = {}
 
@@ -96,7 +97,12 @@ class Metrics(Events):
 
     # ---- lifecycle events ---------------------------------------------------------------------
     def on_transition(self, unit, source, target, reason):
-        self.transitions.labels(unit.name, target.value).inc()
+        # Twice per request (ready <-> busy): the series is looked up once, like _children's.
+        key = (unit.name, target)
+        series = self._transition_series.get(key)
+        if series is None:
+            series = self._transition_series[key] = self.transitions.labels(unit.name, target.value)
+        series.inc()
 
     def on_ready(self, unit, load_seconds):
         self.loads.labels(unit.name).inc()

@@ -379,6 +379,8 @@ class Manager(Events):
             raise NotAvailable("shutting_down", "the compute API is shutting down", 30)
         command = Acquire(may_wait=True)
         actor.send(command)
+        if command.reply.done():  # handled at once (the usual case for a serving unit)
+            return command.reply.result()
         # A timer on the reply rather than wait_for(shield(...)): cheaper per request, and a
         # caller that goes away cancels the reply, which the actor then skips (no lost lease).
         limit = self.rig.lifecycle.queue_timeout_s
