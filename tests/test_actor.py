@@ -1,0 +1,76 @@
+"""The unit actor's hand-off: a command sent while its writer is parked with nothing queued is
+handled at once by the sender; otherwise it waits in order; either way the state's deadline
+follows the state. An actor on its own, with no supervisord (nothing here starts a server)."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from helpers import model_entry, write_rig
+from llamarig.backend.lifecycle.actor import UnitActor
+from llamarig.backend.lifecycle.commands import Acquire
+from llamarig.backend.lifecycle.jobs import Deps, Events
+from llamarig.backend.lifecycle.states import State
+from llamarig.backend.lifecycle.units import units_from_rig
+from llamarig.backend.llama_http import ServerHttp
+from llamarig.shared.errors import SupervisorError
+from llamarig.shared.rig import load_rig
+
+
+class NoSupervisor:
+    """Stops find no process; the actor's stop job then checks that the port is free."""
+
+    def info(self, program):
+        raise SupervisorError("supervisor_not_running", "no supervisord in this test")
+
+    async def run(self, method, *args):
+        raise SupervisorError("supervisor_not_running", "no supervisord in this test")
+
+
+async def _ready_actor(tmp_path, models, keep_alive_s: float) -> tuple[UnitActor, asyncio.Task]:
+    rig = load_rig(write_rig(tmp_path, {"m": model_entry(models["gguf"], [0], warm=False,
+                                                          keep_alive_s=keep_alive_s)}))
+    deps = Deps(rig, NoSupervisor(), ServerHttp(), lambda name: None, lambda unit: None, Events())
+    actor = UnitActor(units_from_rig(rig)[0], deps)
+    actor.state = State.READY  # as if loaded: this test is about commands, not loading
+    task = asyncio.ensure_future(actor.run())
+    await asyncio.sleep(0)  # the writer parks
+    return actor, task
+
+
+async def test_an_acquire_sent_to_a_parked_writer_is_answered_before_send_returns(tmp_path, models):
+    actor, task = await _ready_actor(tmp_path, models, 300)
+    command = Acquire()
+    actor.send(command)
+    assert command.reply.done() and actor.state == State.BUSY
+    command.reply.result().release()
+    assert actor.state == State.READY and actor.inflight == 0
+    task.cancel()
+
+
+async def test_a_command_sent_while_the_writer_has_work_waits_its_turn(tmp_path, models):
+    actor, task = await _ready_actor(tmp_path, models, 300)
+    actor._wakeup.set_result(None)  # as a deadline does: the writer has work before this command
+    command = Acquire()
+    actor.send(command)
+    assert not command.reply.done() and actor.state == State.READY
+    lease = await asyncio.wait_for(command.reply, 5)
+    assert actor.state == State.BUSY
+    lease.release()
+    task.cancel()
+
+
+async def test_the_keep_alive_deadline_follows_states_changed_by_senders(tmp_path, models):
+    actor, task = await _ready_actor(tmp_path, models, 0.3)
+    command = Acquire()
+    actor.send(command)
+    await asyncio.sleep(0.6)  # longer than keep_alive: busy has no deadline
+    assert actor.state == State.BUSY
+    released = time.time()  # the clock of the history's entries
+    command.reply.result().release()  # ready again: the 0.3 s deadline is armed from now
+    await actor.wait_until(frozenset({State.DRAINING, State.STOPPING, State.STOPPED}), 5)
+    unloaded = next(t for t in actor.history if t.target == State.DRAINING.value)
+    assert unloaded.reason == "idle for 0.3 s (keep_alive): unloading"
+    assert 0.25 <= unloaded.at - released < 2
+    assert (await actor.wait_until(frozenset({State.STOPPED}), 15)) == State.STOPPED
+    task.cancel()
