@@ -31,6 +31,14 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_rig_doc(args) -> int:
+    from llamarig.shared.rig import field_docs
+
+    for path, default, description in field_docs():
+        print(f"{path}  (default: {default})\n    {description}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -135,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="supervisord.conf")
     s.add_argument("--check", action="store_true", help="exit 1 if the file differs from the rig")
     s.set_defaults(fn=cmd_render)
+    sub.add_parser("rig-doc", help="every rig field: its path, default, unit and edge values").set_defaults(
+        fn=cmd_rig_doc)
     s = sub.add_parser("verify", help="check every model file; exit 1 if one is refused")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-settle", action="store_true", help="skip the settle window")

@@ -88,3 +88,17 @@ def test_swap_port_is_claimed_like_any_port(tmp_path):
     data = yaml.safe_load(yaml.safe_dump(GOOD))
     data["models"]["brain"]["swap_port"] = 9001
     assert problems(tmp_path, data) == ["models.brain.swap_port: port 9001 already used by models.brain.port"]
+
+
+def test_every_rig_field_is_documented_and_rig_doc_prints_it(capsys):
+    from llamarig.cli import main
+    from llamarig.shared.rig import field_docs
+
+    rows = field_docs()
+    assert {"models.<name>.port", "gpus.simulated[].memory_mib", "whisper.model_dir", "lifecycle.queue_size"} <= {
+        path for path, _, _ in rows}
+    assert [path for path, _, description in rows if not description] == []
+    assert not any(path.startswith("source") for path, _, _ in rows)  # set by the loader
+    assert main(["rig-doc"]) == 0
+    out = capsys.readouterr().out
+    assert "models.<name>.keep_alive_s  (default: -1)\n    Seconds idle before it is unloaded." in out

@@ -170,14 +170,18 @@ class PathsConfig(Strict):
 
 
 class Rig(Strict):
-    gpus: GpusConfig = Field(default_factory=GpusConfig)
-    models: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ModelConfig] = Field(min_length=1)
-    whisper: WhisperConfig | None = None
-    api: ApiConfig = Field(default_factory=ApiConfig)
-    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
-    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
-    engines: EnginesConfig = Field(default_factory=EnginesConfig)
-    paths: PathsConfig = Field(default_factory=PathsConfig)
+    gpus: GpusConfig = Field(default_factory=GpusConfig, description="Where the GPU inventory comes from.")
+    models: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ModelConfig] = Field(
+        min_length=1, description="The llama.cpp models by name (1 to 40 of a-z, 0-9, '-'; starts with a "
+        "letter or digit); at least one. The name is what clients send as `model`.")
+    whisper: WhisperConfig | None = Field(None, description="The transcription service; null: none.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="The compute API.")
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig, description="Time limits of verifying, "
+                                     "starting, stopping and draining.")
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig, description="Health checks, restarts, "
+                                       "VRAM planning and the queue of requests for a loading model.")
+    engines: EnginesConfig = Field(default_factory=EnginesConfig, description="How the servers are run.")
+    paths: PathsConfig = Field(default_factory=PathsConfig, description="Where files are.")
     source: str = Field("", exclude=True, description="Path of the file this rig was loaded from.")
     source_sha256: str = Field("", exclude=True, description="sha256 of that file's bytes as loaded; empty "
                                "for a rig not loaded from a file. Launch plans carry it (backend/gate.py).")
@@ -259,3 +263,37 @@ def load_rig(path: str | Path) -> Rig:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise RigError(str(path), [f"(yaml): {e}"]) from None
     return parse_rig(data, str(path), hashlib.sha256(raw).hexdigest())
+
+
+def field_docs(model: type[BaseModel] = Rig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(path, default, description) of every field a rig file may set, depth first; a field
+    holding a mapping or list of models is shown with `<name>` or `[]` in its path."""
+    rows = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue  # set by the loader, not by the file
+        path = f"{prefix}{name}"
+        default = "required" if field.is_required() else (
+            "(empty)" if field.default_factory else repr(getattr(field.default, "value", field.default)))
+        rows.append((path, default, field.description or ""))
+        inner = _inner_model(field.annotation)
+        if inner is not None:
+            rows += field_docs(inner[0], f"{path}{inner[1]}.")
+    return rows
+
+
+def _inner_model(annotation) -> tuple[type[BaseModel], str] | None:
+    """The model a field holds, alone, in a list ([]) or as mapping values (.<name>)."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    if origin is dict and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
+        return args[-1], ".<name>"
+    if origin is list and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0], "[]"
+    if len(args) == 1:  # Optional[Model]
+        return _inner_model(args[0])
+    return None
