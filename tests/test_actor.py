@@ -4,6 +4,7 @@ follows the state. An actor on its own, with no supervisord (nothing here starts
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
 from helpers import model_entry, write_rig
@@ -45,6 +46,11 @@ async def test_an_acquire_sent_to_a_parked_writer_is_answered_before_send_return
     assert command.reply.done() and actor.state == State.BUSY
     command.reply.result().release()
     assert actor.state == State.READY and actor.inflight == 0
+    for _ in range(60):  # more requests than the history holds
+        command = Acquire()
+        actor.send(command)
+        command.reply.result().release()
+    assert actor.history == collections.deque()  # requests are not life events
     task.cancel()
 
 

@@ -58,7 +58,7 @@ class Answer:
                 raise self.error
             if self.ended:
                 return
-            self.waiter = asyncio.get_running_loop().create_future()
+            self.waiter = self.conn.loop.create_future()
             await self.waiter
 
     def close(self) -> None:
@@ -87,6 +87,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: Upstream, port: int):
         self.pool, self.port = pool, port
+        # Kept: asyncio.get_running_loop() makes a getpid() syscall each time on Python 3.11.
+        self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -114,7 +116,7 @@ class _Connection(asyncio.Protocol):
                                  f"{'before answering' if self.head and not self.head.done() else 'mid-answer'}"))
 
     def pause_writing(self) -> None:
-        self.writable = asyncio.get_running_loop().create_future()
+        self.writable = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self.writable and not self.writable.done():
@@ -146,7 +148,7 @@ class _Connection(asyncio.Protocol):
 
     # ---- used by the pool and the answer
     async def send(self, head: bytes, body) -> Answer:
-        self.head = asyncio.get_running_loop().create_future()
+        self.head = self.loop.create_future()
         self.transport.write(head + body if isinstance(body, bytes) else head)
         try:
             if not isinstance(body, bytes):

@@ -213,10 +213,14 @@ class UnitActor:
         source = self.state
         check_transition(self.unit.name, source, target)
         self.state, self.reason, self.since = target, reason, time.monotonic()
-        self.history.append(Transition(time.time(), source.value, target.value, reason))
-        # READY <-> BUSY happens twice per request: at DEBUG, or the log is mostly those lines
-        # and costs the API a fifth of its CPU (measured); the history and metrics keep them.
-        level = logging.DEBUG if {source, target} == {State.READY, State.BUSY} else logging.INFO
+        # READY <-> BUSY happens at every request's start and end: at DEBUG, or the log is
+        # mostly those lines and costs the API a fifth of its CPU (measured); and not in the
+        # history, which under traffic would hold nothing else (a restart five minutes ago must
+        # still be there for whoever is on call). The transitions counter keeps them.
+        flip = {source, target} == {State.READY, State.BUSY}
+        if not flip:
+            self.history.append(Transition(time.time(), source.value, target.value, reason))
+        level = logging.DEBUG if flip else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "state change", extra=self._fields(source=source.value, target=target.value,
                                                               reason=reason))

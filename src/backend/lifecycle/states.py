@@ -9,9 +9,10 @@ Standard library only. The seed's words map onto these states:
 FAILED is where a unit waits for a restart (with backoff) or, once its circuit is open or its
 file was refused, for an operator.
 
-Every transition goes into the unit's history and the transitions counter; each is logged at
-INFO except READY <-> BUSY, which happens at every request's start and end and is logged at
-DEBUG (at INFO it was most of the log and a fifth of the compute API's CPU).
+Every transition goes into the transitions counter and is logged; into the unit's history and
+at INFO, except READY <-> BUSY, which happens at every request's start and end: that one is
+logged at DEBUG (at INFO it was most of the log and a fifth of the compute API's CPU) and left
+out of the history (under traffic it would push out everything else).
 """
 from __future__ import annotations
 
