@@ -45,5 +45,8 @@ async def _serve(rig: Rig) -> None:
     app = app_module.create_app(rig, started=Started(manager, metrics))
     config = uvicorn.Config(app, host=rig.api.host, port=rig.api.port, log_config=None, access_log=False,
                             loop="none", http="httptools", proxy_headers=False, server_header=False,
+                            # No websocket routes: "auto" imported a websockets implementation,
+                            # 0.15 s at start on the 2-core VM (measured).
+                            ws="none", interface="asgi3",
                             timeout_graceful_shutdown=int(rig.timeouts.drain_s) or None)
     await uvicorn.Server(config).serve()
