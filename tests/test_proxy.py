@@ -65,3 +65,27 @@ def test_back_to_back_streams_and_json_answers_never_fail(tmp_path, models, bund
             else:
                 r = client.post("/v1/completions", json=whole)
                 assert r.status_code == 200, r.text
+
+
+def test_a_client_that_sends_expect_100_continue_gets_one_whole_answer(tmp_path, models, bundle_factory):
+    """curl sends `Expect: 100-continue` with bodies over 1 KiB. uvicorn answers it for the
+    client; passed on, llama-server would answer it too, with an interim 100 before the answer."""
+    b = bundle_factory(write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}))
+    b.wait_ready()
+    body = b'{"model": "m", "prompt": "hi", "max_tokens": 1, "user": "%s"}' % (b"u" * 2000)  # over 1 KiB
+    host, port = b.api.removeprefix("http://").split(":")
+    for _ in range(3):  # the same pooled connection upstream each time
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Expect: 100-continue\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += s.recv(65536)
+            assert received.startswith(b"HTTP/1.1 100 Continue\r\n"), received  # from uvicorn
+            s.sendall(body)
+            while chunk := s.recv(65536):
+                received += chunk
+        final = received.split(b"\r\n\r\n", 1)[1]
+        assert final.startswith(b"HTTP/1.1 200 OK\r\n"), final
+        assert b'"completion_tokens":1' in final.replace(b" ", b""), final[-300:]
+        assert final.count(b"HTTP/1.1") == 1, final

@@ -201,3 +201,31 @@ async def test_a_caller_that_goes_away_closes_the_connection():
         task.cancel()
         await asyncio.wait_for(hung_up.wait(), 5)
     upstream.close()
+
+
+async def test_an_interim_100_continue_is_not_taken_for_the_answer():
+    async def continue_first(head, body, reader, writer):
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + JSON_ANSWER)
+        await writer.drain()
+
+    upstream = Upstream()
+    async with Server(continue_first) as server:
+        for _ in range(2):  # and the connection is still in step for the next request
+            answer = await upstream.request("POST", server.port, "/", [], b"{}")
+            assert (answer.status, await answer.read()) == (200, b"{}")
+        assert server.connections == 1
+    upstream.close()
+
+
+async def test_a_body_without_a_length_ends_when_the_server_closes():
+    async def until_close(head, body, reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
+        await writer.drain()
+        return "close"
+
+    upstream = Upstream()
+    async with Server(until_close) as server:
+        answer = await upstream.request("GET", server.port, "/metrics", [], b"")
+        assert await answer.read() == b"all of it"
+        assert not upstream.idle[server.port]  # a closed connection is not pooled
+    upstream.close()

@@ -19,8 +19,11 @@ from llamarig.api.compute.upstream import Answer, Upstream
 from llamarig.backend.lifecycle.actor import Lease
 from llamarig.shared.api_errors import error_response
 
+# Not passed on. `expect`: uvicorn already answered the client's 100-continue and the body is
+# here; passed on, the server would send an interim 100 of its own.
 HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
-              b"proxy-authorization", b"proxy-authenticate", b"host", b"content-length", b"authorization"}
+              b"proxy-authorization", b"proxy-authenticate", b"host", b"content-length", b"authorization",
+              b"expect"}
 
 
 def _passed(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

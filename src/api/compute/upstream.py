@@ -38,6 +38,12 @@ class Answer:
         self.error: Exception | None = None
         self.waiter: asyncio.Future | None = None
 
+    def ends_at_close(self) -> bool:
+        """An answer with neither a Content-Length nor chunks: its body runs until the server
+        closes the connection (HTTP/1.1, section 6.3 of RFC 9112)."""
+        names = {k for k, _ in self.headers}
+        return b"content-length" not in names and self.header(b"transfer-encoding").lower() != "chunked"
+
     def header(self, name: bytes) -> str:
         for key, value in self.headers:
             if key == name:
@@ -112,6 +118,9 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.answer is not None and exc is None and self.answer.ends_at_close():
+            self.on_message_complete()  # a body without a length ends when the connection does
         self._lost(UpstreamError(f"the server on port {self.port} closed the connection "
                                  f"{'before answering' if self.head and not self.head.done() else 'mid-answer'}"))
 
@@ -131,7 +140,10 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.answer = Answer(self, self.parser.get_status_code(), self.headers)
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            return  # interim (100 Continue, 103 Early Hints): the answer follows
+        self.answer = Answer(self, status, self.headers)
         if self.head and not self.head.done():
             self.head.set_result(self.answer)
 
@@ -139,9 +151,11 @@ class _Connection(asyncio.Protocol):
         self.answer.feed(body)
 
     def on_message_complete(self) -> None:
+        if self.answer is None:
+            return  # the end of an interim answer
         answer, self.answer = self.answer, None
         answer.end()
-        if self.keep and self.parser.should_keep_alive():
+        if self.keep and not self.closed and self.parser.should_keep_alive():
             self.pool.put_back(self)
         else:
             self.abort()
