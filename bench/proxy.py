@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -135,6 +136,29 @@ def start_litellm(folder: Path, server_port: int) -> tuple[subprocess.Popen | No
     return proc, url
 
 
+def start_bare(folder: Path, server_port: int) -> dict[str, tuple[subprocess.Popen, str]]:
+    """The bare proxies of bare_proxy.py, one per client, each answering on its own port."""
+    started = {}
+    for client in ("upstream", "aiohttp"):
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_proxy.py"), str(server_port), str(port),
+                                 client], stdout=open(folder / f"bare-{client}.log", "w"), stderr=subprocess.STDOUT)
+        started[f"bare_uvicorn_{client}"] = (proc, f"http://127.0.0.1:{port}/v1/completions")
+
+    def answering():
+        for name, (proc, url) in started.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited ({proc.returncode}); see {folder}")
+            try:
+                if httpx.post(url, json=ONE_TOKEN, timeout=5).status_code != 200:
+                    return False
+            except httpx.HTTPError:
+                return False
+        return True
+    wait_for(answering, 60, "the bare proxies answering", 0.2)
+    return started
+
+
 def overhead(stats: dict, base: str = "direct") -> dict:
     out = {}
     for name, s in stats.items():
@@ -148,7 +172,7 @@ def run(smoke: bool) -> dict:
     path = model("tiny", GgufSize())
     entry = model_entry(path, [0], parallel=64, context_size=64 * 64)
     b = start_bundle(folder, write_rig(folder, {"m": entry}))
-    litellm = None
+    litellm, bare = None, {}
     try:
         b.wait_ready(120)
         urls = {"direct": f"http://127.0.0.1:{entry['port']}/v1/completions",
@@ -157,18 +181,26 @@ def run(smoke: bool) -> dict:
         if base:
             urls["litellm"] = base + "/v1/completions"
         rounds, seconds, reps = (20, 0.5, 1) if smoke else (600, 5.0, 3)
-        one = {n: summary_ms(v) for n, v in asyncio.run(latencies(urls, rounds, _one)).items()}
+        bare = start_bare(folder, entry["port"])
+        one_all = asyncio.run(latencies({**urls, **{n: u for n, (_, u) in bare.items()}}, rounds, _one))
+        one = {n: summary_ms(one_all[n]) for n in urls}
+        reference = {n: summary_ms(one_all[n]) for n in bare}
         ttft = {n: summary_ms(v) for n, v in asyncio.run(latencies(urls, rounds, _first_event)).items()}
         rates = {c: asyncio.run(throughput(urls, c, seconds, reps)) for c in (1, 16, 64)}
         return {"targets": list(urls), "litellm": "measured" if base else "skipped: run bench/setup-litellm.sh",
                 "one_token": one, "one_token_overhead_ms": overhead(one),
+                "bare_one_token": reference,
+                "bare_over_direct_ms": {n: round(r["p50_ms"] - one["direct"]["p50_ms"], 3) for n, r in reference.items()},
+                "compute_api_over_bare_ms": {n: round(one["compute_api"]["p50_ms"] - r["p50_ms"], 3)
+                                             for n, r in reference.items()},
                 "ttft_stream": ttft, "ttft_overhead_ms": overhead(ttft),
                 "streams_per_s": {str(c): r for c, r in rates.items()},
                 "throughput_errors": dict(ERRORS), "throughput_last_error": dict(LAST_ERROR),
                 "compute_api_share_of_direct_at_64": round(rates[64]["compute_api"] / rates[64]["direct"], 3),
                 "targets_goal": "compute API: < 0.5 ms added at p50, < 2 ms at p99, >= 95 % of direct at 64"}
     finally:
-        if litellm:
-            litellm.terminate()
-            litellm.wait(30)
+        for proc in [litellm] + [p for p, _ in bare.values()]:
+            if proc:
+                proc.terminate()
+                proc.wait(30)
         stop(b)

@@ -17,6 +17,9 @@ def _proxy(r: dict) -> list[str]:
     for t, o in r["one_token_overhead_ms"].items():
         lines.append(f"- {t} over direct, 1-token: +{o['p50_ms']} ms p50, +{o['p99_ms']} ms p99; "
                      f"TTFT +{r['ttft_overhead_ms'][t]['p50_ms']} ms p50")
+    for name, over in r.get("bare_over_direct_ms", {}).items():
+        lines.append(f"- {name} (bench/bare_proxy.py: the same uvicorn, one client, no llamarig logic) over "
+                     f"direct: +{over} ms p50; the compute API over it: +{r['compute_api_over_bare_ms'][name]} ms p50")
     lines.append(f"- compute API at 64 concurrent streams: {r['compute_api_share_of_direct_at_64']:.1%} of direct")
     lines.append(f"- LiteLLM: {r['litellm']}")
     if r.get("throughput_errors"):
