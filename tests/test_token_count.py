@@ -29,3 +29,12 @@ def test_a_stream_without_a_count_counts_its_events():
 
 def test_an_error_answer_counts_nothing():
     assert feed(TokenCount("application/json"), b'{"error":{"message":"no"}}', 4) == 0
+
+
+def test_a_long_answer_keeps_only_its_tail_and_still_finds_the_count():
+    count = TokenCount("text/event-stream")
+    for _ in range(5000):
+        count.feed(b'data: {"choices":[{"text":"x"}]}\n\n')
+    count.feed(b'data: {"timings":{"predicted_n":5000}}\n\ndata: [DONE]\n\n')
+    assert count.tokens == 5000 and count.events == 5002
+    assert count.held < 2 * 4096  # not the whole answer

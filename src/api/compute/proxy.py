@@ -9,6 +9,7 @@ httptools' C parser).
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import time
 from typing import Callable
@@ -42,21 +43,30 @@ class TokenCount:
     server reports at the end, else (a stream without one) the number of `data:` events, since
     llama.cpp sends about one token per event."""
 
+    MARK = b"data: "
+
     def __init__(self, content_type: str):
         self.stream = content_type.startswith("text/event-stream")
         self.events = 0
-        self.tail = b""
+        self.recent: collections.deque[bytes] = collections.deque()  # the last chunks, TAIL bytes or more
+        self.held = 0
+        self.edge = b""  # the last len(MARK) - 1 bytes: a marker may start there and end in the next chunk
 
     def feed(self, chunk: bytes) -> None:
-        # Markers split across two chunks are seen once: only those ending in the new bytes count.
-        joined = self.tail + chunk
+        # Constant work per chunk (a stream is many small ones): the new bytes and the edge
+        # before them are searched, and the tail is joined only when the count is read.
         if self.stream:
-            self.events += joined.count(b"data: ") - self.tail.count(b"data: ")
-        self.tail = joined[-TAIL:]
+            joined = self.edge + chunk
+            self.events += joined.count(self.MARK)
+            self.edge = joined[1 - len(self.MARK):]
+        self.recent.append(chunk)
+        self.held += len(chunk)
+        while self.held - len(self.recent[0]) >= TAIL:
+            self.held -= len(self.recent.popleft())
 
     @property
     def tokens(self) -> int:
-        found = REPORTED.findall(self.tail)
+        found = REPORTED.findall(b"".join(self.recent)[-TAIL:])
         if found:
             return int(found[-1])
         return max(0, self.events - 1) if self.stream else 0  # the last event is [DONE]
