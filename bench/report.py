@@ -77,7 +77,8 @@ SECTIONS = {"proxy": ("Proxy overhead", _proxy), "boot": ("Boot", _boot), "crash
 def markdown(results: dict) -> str:
     m = results["machine"]
     out = [f"Date: {results['date']}  ", f"Command: `{results['command']}`  ",
-           f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, GPU: {m['gpu']}"]
+           f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, GPU: {m['gpu']}, "
+           f"Python speed: a fixed loop in {m.get('python_loop_ms', '?')} ms (bench/run.py python_loop_ms)"]
     if results["smoke"]:
         out.append("\n**Smoke run: the numbers mean nothing.**")
     for name, r in results["results"].items():

@@ -36,7 +36,16 @@ def machine() -> dict:
 
     return {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "gpu": _gpu_name()}
+            "gpu": _gpu_name(), "python_loop_ms": python_loop_ms()}
+
+
+def python_loop_ms() -> float:
+    """A fixed pure-Python loop, best of 5: how fast this machine runs Python right now. A shared
+    VM's speed drifts (the same boot measured 1.7 s and 2.4 s within one hour here); runs are
+    comparable where this is."""
+    import timeit
+
+    return round(min(timeit.repeat("sum(range(3_000_000))", number=1, repeat=5)) * 1000, 1)
 
 
 def _gpu_name() -> str:
