@@ -80,3 +80,13 @@ async def test_the_keep_alive_deadline_follows_states_changed_by_senders(tmp_pat
     assert 0.25 <= unloaded.at - released < 2
     assert (await actor.wait_until(frozenset({State.STOPPED}), 15)) == State.STOPPED
     task.cancel()
+
+
+def test_no_command_handler_awaits():
+    """The hand-off runs a handler in the sender's stead, whole: that holds only while no
+    handler awaits (slow work belongs in jobs)."""
+    import inspect
+
+    handlers = [f for name, f in vars(UnitActor).items() if name.startswith("_on_")]
+    assert len(handlers) >= 9
+    assert [f.__name__ for f in handlers if inspect.iscoroutinefunction(f)] == []

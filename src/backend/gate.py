@@ -44,8 +44,14 @@ class LaunchPlan:
     rig_sha256: str             # sha256 of the rig file's bytes this plan was made from
 
     def checks(self) -> Checks:
-        manifest = read_manifest(Path(self.manifest)) if self.manifest else None
-        return Checks(self.settle_s, manifest, HashCache(Path(self.run_dir) / "cache" / "sha256"))
+        return make_checks(self.settle_s, self.manifest, self.run_dir)
+
+
+def make_checks(settle_s: float, manifest: str | Path | None, run_dir: str | Path) -> Checks:
+    """What a verification checks beyond the file: its settle window, the manifest's sha256 (the
+    hashes cached under run_dir)."""
+    return Checks(settle_s, read_manifest(Path(manifest)) if manifest else None,
+                  HashCache(Path(run_dir) / "cache" / "sha256"))
 
 
 def file_sha256(path: str | Path) -> str:

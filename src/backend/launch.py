@@ -6,19 +6,22 @@ import logging
 from pathlib import Path
 
 from llamarig.backend.engines import engine_for, whisper_argv
-from llamarig.backend.gate import EXIT_REFUSED, LaunchPlan, run
+from llamarig.backend.gate import EXIT_REFUSED, LaunchPlan, make_checks, run
 from llamarig.backend.supervisor_conf import BLUE, GREEN, WHISPER_PROGRAM, verdict_key
 from llamarig.shared.errors import LlamarigError
 from llamarig.shared.gpus import open_inventory
 from llamarig.shared.rig import Rig
-from llamarig.shared.verify import Checks, HashCache, Verdict, read_manifest, verify_gguf, verify_whisper
+from llamarig.shared.verify import Checks, Verdict, verify_gguf, verify_whisper
 
 log = logging.getLogger(__name__)
 
 
 def checks_for(rig: Rig, settle: bool = True) -> Checks:
-    manifest = read_manifest(rig.resolve(rig.paths.manifest)) if rig.paths.manifest else None
-    return Checks(rig.timeouts.settle_s if settle else 0, manifest, HashCache(rig.run_dir / "cache" / "sha256"))
+    return make_checks(rig.timeouts.settle_s if settle else 0, _manifest(rig), rig.run_dir)
+
+
+def _manifest(rig: Rig) -> str | None:
+    return str(rig.resolve(rig.paths.manifest)) if rig.paths.manifest else None
 
 
 def verify_unit(rig: Rig, unit: str, checks: Checks) -> Verdict:
@@ -48,9 +51,8 @@ def plan_for(rig: Rig, unit: str, slot: str = BLUE, on_gpu: bool | None = None) 
     except LlamarigError as e:
         argv, refusal = [], [e.code, e.reason]
     target = rig.resolve(rig.whisper.model_dir if whisper else rig.models[unit].path)
-    manifest = str(rig.resolve(rig.paths.manifest)) if rig.paths.manifest else None
     return LaunchPlan(unit, slot, verdict_key(unit, slot), whisper, str(target), argv, refusal,
-                      rig.timeouts.settle_s, rig.timeouts.model_wait_s, manifest, str(rig.run_dir),
+                      rig.timeouts.settle_s, rig.timeouts.model_wait_s, _manifest(rig), str(rig.run_dir),
                       rig.source_sha256)
 
 
