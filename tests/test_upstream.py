@@ -54,6 +54,15 @@ async def _read_body(reader, head: bytes) -> bytes:
     return await reader.readexactly(length)
 
 
+async def _posts(upstream: Upstream, port: int, n: int) -> list[tuple[int, bytes]]:
+    """n requests one after the other: each answer's status and body."""
+    got = []
+    for _ in range(n):
+        answer = await upstream.request("POST", port, "/", [], b"{}")
+        got.append((answer.status, await answer.read()))
+    return got
+
+
 async def _json(head, body, reader, writer):
     writer.write(JSON_ANSWER)
     await writer.drain()
@@ -82,9 +91,7 @@ async def test_a_pooled_connection_the_server_closed_is_replaced_without_an_erro
 
     upstream = Upstream()
     async with Server(once_then_close) as server:
-        for _ in range(3):
-            answer = await upstream.request("POST", server.port, "/", [], b"{}")
-            assert await answer.read() == b"{}"
+        assert await _posts(upstream, server.port, 3) == [(200, b"{}")] * 3
         assert server.connections == 3
     upstream.close()
 
@@ -210,9 +217,8 @@ async def test_an_interim_100_continue_is_not_taken_for_the_answer():
 
     upstream = Upstream()
     async with Server(continue_first) as server:
-        for _ in range(2):  # and the connection is still in step for the next request
-            answer = await upstream.request("POST", server.port, "/", [], b"{}")
-            assert (answer.status, await answer.read()) == (200, b"{}")
+        # twice: the connection is still in step for the next request
+        assert await _posts(upstream, server.port, 2) == [(200, b"{}")] * 2
         assert server.connections == 1
     upstream.close()
 

@@ -2,11 +2,10 @@
 connections, an answer's head as soon as it arrives, its body whole or chunk by chunk.
 
 httptools (the C parser under uvicorn) parses the answers; the rest is a small asyncio
-Protocol. It replaced aiohttp on the request path. On the 2-core VM, a bare uvicorn proxy
-added 0.64 to 0.71 ms at p50 over a direct request with aiohttp as its client, and 0.44 to
-0.48 ms with this one (measured side by side; bench/RESULTS.md). It speaks only what the
-servers behind llamarig need: answers with a Content-Length or chunked, no HEAD requests, no
-upgrades, no TLS.
+Protocol. It replaced aiohttp on the request path: a bare uvicorn proxy adds 0.1 to 0.2 ms
+less at p50 with this client than with aiohttp (bench/bare_proxy.py, measured side by side in
+each run of bench/RESULTS.md). It speaks only what the servers behind llamarig need: no HEAD
+requests, no upgrades, no TLS; interim 1xx answers are skipped.
 """
 from __future__ import annotations
 
