@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from llamarig.backend.gate import plan_path
 from llamarig.shared.rig import Rig
 
 API_PROGRAM = "compute-api"
@@ -66,7 +67,7 @@ def _program(rig: Rig, conf_dir: Path, name: str, command: str, extra: dict) -> 
 
 def _gated(rig: Rig, conf_dir: Path, rig_ref: str, unit: str, program: str, gpus: list[int], priority: int,
            slot: str = BLUE) -> str:
-    plan = _here(rig.run_dir / "plans" / f"{verdict_key(unit, slot)}.json", conf_dir)
+    plan = _here(plan_path(rig.run_dir, verdict_key(unit, slot)), conf_dir)
     launch = f"llamarig --rig {rig_ref} launch {unit}" + (f" --slot {slot}" if slot != BLUE else "") + f" --plan {plan}"
     env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
            "LLAMARIG_PROGRAM": program, "PYTHONUNBUFFERED": "1"}
