@@ -1,8 +1,9 @@
 """Boot: a rig shaped like the default one (brain split over GPUs 0 and 3, three workers, one on
 llama-cpp-python) from supervisord's start to /ready = 200, against each model's load time alone
 (the same server command, started by hand, until it answers its ready path). All models have
-one priority, so they fit in one wave; run with the rig's default settle_s (1 s) and with 0.
-The boot is `llamarig up`, as an operator types it, timed until /ready answers 200."""
+one priority, so they fit in one wave; run with the rig's default settle_s (1 s) and with 0, the
+slowest model alone, and (on the CPU) larger models read whole at load, so that loads take
+seconds. The boot is `llamarig up`, as an operator types it, timed until /ready answers 200."""
 from __future__ import annotations
 
 import os
@@ -28,7 +29,13 @@ SHAPE = {"brain": ([0, 3], "llama-server"), "worker-1": ([1], "llama-server"),
          "worker-2": ([2], "llama-server"), "worker-3": ([4], "llama-cpp-python")}
 
 
-def rig_file(folder: Path, size: GgufSize, settle_s: float, names: tuple[str, ...] = tuple(SHAPE)) -> Path:
+# The servers' flags to read the whole file into memory at load instead of mapping it: on the CPU
+# a mapped file "loads" in a fraction of a second and is read later, by the first requests.
+NO_MMAP = {"llama-server": ["--load-mode", "none"], "llama-cpp-python": ["--use_mmap", "false"]}
+
+
+def rig_file(folder: Path, size: GgufSize, settle_s: float, names: tuple[str, ...] = tuple(SHAPE),
+             no_mmap: bool = False) -> Path:
     models = {}
     for i, (name, (gpus, engine)) in enumerate(SHAPE.items()):
         if name not in names:
@@ -36,6 +43,8 @@ def rig_file(folder: Path, size: GgufSize, settle_s: float, names: tuple[str, ..
         if ON_GPU:
             engine = "llama-server"  # no CUDA build of llama-cpp-python on the lent machine
         extra = {"tensor_split": [1, 1]} if len(gpus) == 2 else {}
+        if no_mmap:
+            extra["extra_args"] = NO_MMAP[engine]
         models[name] = model_entry(model(f"boot-{i}-{size.layers}x{size.width}", size, seed=i), gpus, engine,
                                    context_size=512, priority=0, **extra)
     path = write_rig(folder, models, timeouts={"settle_s": settle_s, "model_wait_s": 30})
@@ -107,9 +116,9 @@ def boot_once(folder: Path, rig_path: Path) -> dict:
         wait_for(lambda: not (rig.run_dir / "supervisord.pid").exists(), 60, "supervisord gone")
 
 
-def variant(size: GgufSize, settle: float, names: tuple[str, ...], reps: int) -> dict:
+def variant(size: GgufSize, settle: float, names: tuple[str, ...], reps: int, no_mmap: bool = False) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="llamarig-bench-boot-"))
-    rig_path = rig_file(folder, size, settle, names)
+    rig_path = rig_file(folder, size, settle, names, no_mmap)
     alone = {n: [] for n in names}
     together, boots = [], []
     for _ in range(reps):  # interleaved: loads alone, all at once by hand, a boot; each repetition
@@ -120,7 +129,8 @@ def variant(size: GgufSize, settle: float, names: tuple[str, ...], reps: int) ->
     loads = {n: round(statistics.median(v), 3) for n, v in alone.items()}
     boot = round(statistics.median(b["seconds"] for b in boots), 3)
     both = round(statistics.median(together), 3)
-    return {"load_alone_s": loads, "loads_together_s": both, "boot_to_ready_s": boot, "waves": boots[0]["waves"],
+    return {"model": f"{size.layers} layers x {size.width} wide, F32" + (", read whole (no mmap)" if no_mmap else ""),
+            "load_alone_s": loads, "loads_together_s": both, "boot_to_ready_s": boot, "waves": boots[0]["waves"],
             "slowest_load_s": max(loads.values()), "over_slowest_s": round(boot - max(loads.values()), 3),
             "over_together_s": round(boot - both, 3)}
 
@@ -129,12 +139,18 @@ def run(smoke: bool) -> dict:
     # On a GPU a model of 0.4 GB loads in half a second; 2.3 GB takes about as long as 0.4 GB on the CPU.
     size = GgufSize() if smoke else GPU_SIZE if ON_GPU else GgufSize(layers=8, width=1024)
     reps = 1 if smoke else 3
-    out = {"model": f"{size.layers} layers x {size.width} wide, F32", "variants": {}}
+    out = {"variants": {}}
     for settle in (1.0, 0.0):
         out["variants"][f"settle_s={settle:g}"] = variant(size, settle, tuple(SHAPE), reps)
     # The slowest model alone: llamarig's own chain (CLI, supervisord, API, gate) without four
     # loads sharing the machine.
     out["variants"]["worker-3 alone, settle_s=1"] = variant(size, 1.0, ("worker-3",), reps)
+    if not ON_GPU:
+        # Loads of seconds on the CPU: larger files, read whole at load (1.2 GB each; a mapped file
+        # is read later, by the first requests). The smoke run passes the same flags on a tiny model.
+        big = GgufSize() if smoke else GgufSize(layers=8, width=2048, heads=16, kv_heads=8)
+        out["variants"]["loads of seconds, settle_s=1"] = variant(big, 1.0, tuple(SHAPE), reps, no_mmap=True)
+        out["variants"]["loads of seconds, worker-3 alone"] = variant(big, 1.0, ("worker-3",), reps, no_mmap=True)
     out["target"] = "boot_to_ready_s <= slowest_load_s + 1 s (one wave)"
     out["together"] = ("loads_together_s: every server command started at once by hand; the loads contend "
                        "for the CPU (or, on one GPU, for its bus), which the target's 'slowest single "

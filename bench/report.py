@@ -6,22 +6,32 @@ def _row(*cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _one_token_rows(name: str, stats: dict, over: dict, cpu: dict) -> list[str]:
+    rows = []
+    for t, one in stats.items():
+        added = f"+{over[t]['p50_ms']}" if t in over else "-"
+        rows.append(_row(name, t, one["p50_ms"], one["p90_ms"], one["p99_ms"], added, cpu.get(t, "-")))
+    return rows
+
+
 def _proxy(r: dict) -> list[str]:
-    lines = [_row("target", "1-token p50 ms", "p90 ms", "p99 ms", "stream TTFT p50 ms", "p99 ms",
-                  "streams/s @1", "@16", "@64"), _row(*["---"] * 9)]
+    lines = ["1-token completions, each pass interleaved (bare_uvicorn_*: bench/bare_proxy.py, the compute "
+             "API's uvicorn settings and one upstream client, no llamarig logic):", "",
+             _row("pass", "target", "p50 ms", "p90 ms", "p99 ms", "p50 added ms", "CPU µs per request"),
+             _row(*["---"] * 7)]
+    lines += _one_token_rows("1: near", r["one_token"], r["one_token_overhead_ms"], r["cpu_us_per_request"])
+    lines += _one_token_rows("2: with LiteLLM", r["one_token_with_litellm"], r["with_litellm_overhead_ms"],
+                             r["cpu_us_per_request_with_litellm"])
+    lines += ["", _row("target", "stream TTFT p50 ms", "p99 ms", "TTFT added p50 ms", "streams/s @1", "@16", "@64"),
+              _row(*["---"] * 7)]
     for t in r["targets"]:
-        one, ttft = r["one_token"][t], r["ttft_stream"][t]
-        rates = [r["streams_per_s"][c][t] for c in ("1", "16", "64")]
-        lines.append(_row(t, one["p50_ms"], one["p90_ms"], one["p99_ms"], ttft["p50_ms"], ttft["p99_ms"], *rates))
-    lines.append("")
-    for t, o in r["one_token_overhead_ms"].items():
-        lines.append(f"- {t} over direct, 1-token: +{o['p50_ms']} ms p50, +{o['p99_ms']} ms p99; "
-                     f"TTFT +{r['ttft_overhead_ms'][t]['p50_ms']} ms p50")
-    for name, over in r.get("bare_over_direct_ms", {}).items():
-        lines.append(f"- {name} (bench/bare_proxy.py: the same uvicorn, one client, no llamarig logic) over "
-                     f"direct: +{over} ms p50; the compute API over it: +{r['compute_api_over_bare_ms'][name]} ms p50")
-    lines.append(f"- compute API at 64 concurrent streams: {r['compute_api_share_of_direct_at_64']:.1%} of direct")
-    lines.append(f"- LiteLLM: {r['litellm']}")
+        ttft = r["ttft_stream"][t]
+        added = f"+{r['ttft_overhead_ms'][t]['p50_ms']}" if t in r["ttft_overhead_ms"] else "-"
+        lines.append(_row(t, ttft["p50_ms"], ttft["p99_ms"], added, *(r["streams_per_s"][c][t] for c in ("1", "16", "64"))))
+    over = r["one_token_overhead_ms"]["compute_api"]
+    lines += ["", f"- compute API over direct, 1-token (pass 1): +{over['p50_ms']} ms p50, +{over['p99_ms']} ms p99",
+              f"- compute API at 64 concurrent streams: {r['compute_api_share_of_direct_at_64']:.1%} of direct",
+              f"- LiteLLM: {r['litellm']}", f"- targets: {r['targets_goal']}"]
     if r.get("throughput_errors"):
         lines.append(f"- failed streams in the throughput runs (not counted): {r['throughput_errors']}; "
                      f"last: {r['throughput_last_error']}")
@@ -29,13 +39,13 @@ def _proxy(r: dict) -> list[str]:
 
 
 def _boot(r: dict) -> list[str]:
-    lines = [_row("variant", "boot to /ready s", "slowest load alone s", "over slowest s", "all by hand s",
-                  "over all by hand s", "waves", "loads alone s"), _row(*["---"] * 8)]
+    lines = [_row("variant", "model", "boot to /ready s", "slowest load alone s", "over slowest s", "all by hand s",
+                  "over all by hand s", "waves", "loads alone s"), _row(*["---"] * 9)]
     for name, v in r["variants"].items():
         loads = ", ".join(f"{k} {s}" for k, s in v["load_alone_s"].items())
-        lines.append(_row(name, v["boot_to_ready_s"], v["slowest_load_s"], v["over_slowest_s"],
+        lines.append(_row(name, v.get("model", r.get("model", "-")), v["boot_to_ready_s"], v["slowest_load_s"], v["over_slowest_s"],
                           v.get("loads_together_s", "-"), v.get("over_together_s", "-"), v["waves"], loads))
-    return lines + ["", f"- model: {r['model']}; target: {r['target']}", f"- {r.get('together', '')}"]
+    return lines + ["", f"- target: {r['target']}", f"- {r.get('together', '')}"]
 
 
 def _crash(r: dict) -> list[str]:

@@ -17,8 +17,9 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     assert results["smoke"] and results["machine"]["cpus"] >= 1
     proxy = results["results"]["proxy"]
     assert {"direct", "compute_api"} <= set(proxy["one_token"]) and set(proxy["streams_per_s"]) == {"1", "16", "64"}
-    assert set(proxy["bare_one_token"]) == {"bare_uvicorn_upstream", "bare_uvicorn_aiohttp"}
-    assert "bare_uvicorn_upstream (bench/bare_proxy.py" in done.stdout
+    assert {"bare_uvicorn_upstream", "bare_uvicorn_aiohttp"} <= set(proxy["one_token"])
+    assert set(proxy["cpu_us_per_request"]) == {"compute_api", "bare_uvicorn_upstream", "bare_uvicorn_aiohttp"}
+    assert "| 1: near | bare_uvicorn_upstream |" in done.stdout
     assert results["results"]["verify"]["unchanged_reads_within_1_kib_across_sizes"] is True
     assert all(v["waves"] == 1 and v["loads_together_s"] > 0 for v in results["results"]["boot"]["variants"].values())
     assert "skipped" in results["results"]["gpu"]  # no NVML device here (CI)
