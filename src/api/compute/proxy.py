@@ -143,7 +143,7 @@ class Relay(Response):
 
     async def __call__(self, scope, receive, send) -> None:
         watcher = asyncio.ensure_future(self._watch(receive))
-        first = None
+        first, last = None, False
         try:
             await send({"type": "http.response.start", "status": self.answer.status,
                         "headers": _passed(self.answer.headers)})
@@ -152,8 +152,11 @@ class Relay(Response):
                     first = time.perf_counter() - self.started
                 self.lease.progress()
                 self.count.feed(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not watcher.done():
+                # The server's last event and its end usually arrive together: sent as the last
+                # body, the end goes out in the same write (one write fewer per stream).
+                last = self.answer.drained()
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if not last and not watcher.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             if not watcher.done():
