@@ -224,13 +224,17 @@ def run(smoke: bool) -> dict:
         if base:
             lat3, cpu3 = cpu_per_request_us({"compute_api": api_pid, "litellm": litellm.pid}, urls, rounds)
             three = {n: summary_ms(v) for n, v in lat3.items()}
-        ttft = {n: summary_ms(v) for n, v in asyncio.run(latencies(urls, rounds, _first_event)).items()}
+        # Time to first token in the same two passes (the bare proxies do not stream).
+        pair = {n: urls[n] for n in ("direct", "compute_api")}
+        ttft = {n: summary_ms(v) for n, v in asyncio.run(latencies(pair, rounds, _first_event)).items()}
+        ttft3 = {n: summary_ms(v) for n, v in asyncio.run(latencies(urls, rounds, _first_event)).items()} if base else {}
         rates = {c: asyncio.run(throughput(urls, c, seconds, reps)) for c in (1, 16, 64)}
         return {"targets": list(urls), "litellm": "measured" if base else "skipped: run bench/setup-litellm.sh",
                 "one_token": one, "one_token_overhead_ms": overhead(one), "cpu_us_per_request": cpu,
                 "one_token_with_litellm": three, "with_litellm_overhead_ms": overhead(three) if three else {},
                 "cpu_us_per_request_with_litellm": cpu3,
                 "ttft_stream": ttft, "ttft_overhead_ms": overhead(ttft),
+                "ttft_stream_with_litellm": ttft3, "ttft_with_litellm_overhead_ms": overhead(ttft3) if ttft3 else {},
                 "streams_per_s": {str(c): r for c, r in rates.items()},
                 "throughput_errors": dict(ERRORS), "throughput_last_error": dict(LAST_ERROR),
                 "compute_api_share_of_direct_at_64": round(rates[64]["compute_api"] / rates[64]["direct"], 3),
