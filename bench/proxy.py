@@ -32,11 +32,15 @@ ONE_TOKEN = {"model": "m", "prompt": "hi", "max_tokens": 1, "temperature": 0}
 STREAM = {"model": "m", "prompt": "hi", "max_tokens": 16, "temperature": 0, "stream": True, "ignore_eos": True}
 
 
-def _session(target: str, streams: bool) -> aiohttp.ClientSession:
+def _session(target: str, streams: bool, fresh: bool = False) -> aiohttp.ClientSession:
+    # The client keeps a connection wherever the server lets it, as an OpenAI client's pool does.
     # llama-server closes its connection after every streamed answer although its headers offer
-    # keep-alive, so stream clients take a new connection per stream, for every target alike;
-    # one-token requests reuse pooled connections (dropped before the servers' 5 s idle limit).
-    connector = (aiohttp.TCPConnector(limit=0, force_close=True) if streams else
+    # keep-alive (checked with a raw socket), so streams sent to it directly take a new
+    # connection each (a pooled one would meet the close); the proxies keep theirs. One-token
+    # requests reuse pooled connections everywhere (dropped before llama-server's 5 s idle limit).
+    # `fresh`: a new connection per stream for every target, the way every stream to
+    # llama-server must go (the comparison of earlier runs).
+    connector = (aiohttp.TCPConnector(limit=0, force_close=True) if streams and (fresh or target == "direct") else
                  aiohttp.TCPConnector(limit=0, keepalive_timeout=4))
     return aiohttp.ClientSession(connector=connector, headers=headers_for(target),
                                  timeout=aiohttp.ClientTimeout(total=120))
@@ -88,8 +92,8 @@ def headers_for(target: str) -> dict:
     return {"Authorization": f"Bearer {LITELLM_KEY}"} if target == "litellm" else {}
 
 
-async def _rate(target: str, url: str, concurrency: int, seconds: float) -> float:
-    async with _session(target, streams=True) as client:
+async def _rate(target: str, url: str, concurrency: int, seconds: float, fresh: bool) -> float:
+    async with _session(target, streams=True, fresh=fresh) as client:
         deadline = time.perf_counter() + seconds
         done = 0
 
@@ -109,11 +113,12 @@ async def _rate(target: str, url: str, concurrency: int, seconds: float) -> floa
         return done / (time.perf_counter() - started)
 
 
-async def throughput(urls: dict[str, str], concurrency: int, seconds: float, reps: int) -> dict[str, float]:
+async def throughput(urls: dict[str, str], concurrency: int, seconds: float, reps: int,
+                     fresh: bool = False) -> dict[str, float]:
     names, rates = list(urls), {n: [] for n in urls}
     for i in range(reps):
         for n in names[i % len(names):] + names[:i % len(names)]:
-            rates[n].append(await _rate(n, urls[n], concurrency, seconds))
+            rates[n].append(await _rate(n, urls[n], concurrency, seconds, fresh))
     return {n: round(statistics.median(r), 2) for n, r in rates.items()}
 
 
@@ -229,6 +234,7 @@ def run(smoke: bool) -> dict:
         ttft = {n: summary_ms(v) for n, v in asyncio.run(latencies(pair, rounds, _first_event)).items()}
         ttft3 = {n: summary_ms(v) for n, v in asyncio.run(latencies(urls, rounds, _first_event)).items()} if base else {}
         rates = {c: asyncio.run(throughput(urls, c, seconds, reps)) for c in (1, 16, 64)}
+        fresh64 = asyncio.run(throughput(urls, 64, seconds, reps, fresh=True))
         return {"targets": list(urls), "litellm": "measured" if base else "skipped: run bench/setup-litellm.sh",
                 "one_token": one, "one_token_overhead_ms": overhead(one), "cpu_us_per_request": cpu,
                 "one_token_with_litellm": three, "with_litellm_overhead_ms": overhead(three) if three else {},
@@ -238,6 +244,8 @@ def run(smoke: bool) -> dict:
                 "streams_per_s": {str(c): r for c, r in rates.items()},
                 "throughput_errors": dict(ERRORS), "throughput_last_error": dict(LAST_ERROR),
                 "compute_api_share_of_direct_at_64": round(rates[64]["compute_api"] / rates[64]["direct"], 3),
+                "streams_per_s_64_new_connection_each": fresh64,
+                "share_at_64_new_connection_each": round(fresh64["compute_api"] / fresh64["direct"], 3),
                 "targets_goal": "compute API: < 0.5 ms added at p50, < 2 ms at p99, >= 95 % of direct at 64"}
     finally:
         for proc in [litellm] + [p for p, _ in bare.values()]:

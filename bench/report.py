@@ -35,7 +35,10 @@ def _proxy(r: dict) -> list[str]:
         lines.append(_row(t, *(r["streams_per_s"][c][t] for c in ("1", "16", "64"))))
     over = r["one_token_overhead_ms"]["compute_api"]
     lines += ["", f"- compute API over direct, 1-token (pass 1): +{over['p50_ms']} ms p50, +{over['p99_ms']} ms p99",
-              f"- compute API at 64 concurrent streams: {r['compute_api_share_of_direct_at_64']:.1%} of direct",
+              f"- compute API at 64 concurrent streams: {r['compute_api_share_of_direct_at_64']:.1%} of direct "
+              f"(clients keep their connection where the server allows: not llama-server's after a stream); "
+              f"with a new connection per stream for every target: "
+              f"{r.get('share_at_64_new_connection_each', 0):.1%} ({r.get('streams_per_s_64_new_connection_each')})",
               f"- LiteLLM: {r['litellm']}", f"- targets: {r['targets_goal']}"]
     if r.get("throughput_errors"):
         lines.append(f"- failed streams in the throughput runs (not counted): {r['throughput_errors']}; "
