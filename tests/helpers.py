@@ -27,10 +27,20 @@ PATH = with_our_bin(os.environ.get("PATH", ""))
 HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and not handed out before in this process: the kernel may give
+    a just-closed ephemeral port again, and one rig then named the same port twice (seen in CI:
+    whisper.port and a model's port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.1):
