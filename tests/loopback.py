@@ -33,6 +33,17 @@ class Server:
         writer.close()
 
 
+def writes(data: bytes, close: bool = False):
+    """An answer function that writes `data` as it is to each request, then closes the
+    connection if `close`."""
+    async def answer(head, body, reader, writer):
+        if data:
+            writer.write(data)
+            await writer.drain()
+        return "close" if close else None
+    return answer
+
+
 async def _read_body(reader, head: bytes) -> bytes:
     lines = head.lower().split(b"\r\n")
     if b"transfer-encoding: chunked" in lines:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from helpers import free_port
-from loopback import Server
+from loopback import Server, writes
 from llamarig.api.compute.upstream import HIGH_WATER, Upstream, UpstreamError
 
 JSON_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -23,9 +23,7 @@ async def _posts(upstream: Upstream, port: int, n: int) -> list[tuple[int, bytes
     return got
 
 
-async def _json(head, body, reader, writer):
-    writer.write(JSON_ANSWER)
-    await writer.drain()
+_json = writes(JSON_ANSWER)
 
 
 async def test_keep_alive_connections_are_reused_and_bodies_pass_unchanged():
@@ -44,10 +42,7 @@ async def test_keep_alive_connections_are_reused_and_bodies_pass_unchanged():
 
 
 async def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error():
-    async def once_then_close(head, body, reader, writer):
-        writer.write(JSON_ANSWER)  # offers keep-alive, then closes, as llama-server does after 100
-        await writer.drain()
-        return "close"
+    once_then_close = writes(JSON_ANSWER, close=True)  # offers keep-alive, then closes, as llama-server does after 100
 
     upstream = Upstream()
     async with Server(once_then_close) as server:
@@ -57,9 +52,7 @@ async def test_a_pooled_connection_the_server_closed_is_replaced_without_an_erro
 
 
 async def test_connection_close_answers_are_not_pooled_and_close_requests_say_so():
-    async def closing(head, body, reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
+    closing = writes(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
 
     upstream = Upstream()
     async with Server(closing) as server:
@@ -93,13 +86,8 @@ async def test_a_chunked_stream_arrives_chunk_by_chunk():
 
 
 async def test_a_server_that_dies_mid_answer_or_before_it_is_an_oserror():
-    async def half(head, body, reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial")
-        await writer.drain()
-        return "close"
-
-    async def silent_close(head, body, reader, writer):
-        return "close"
+    half = writes(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial", close=True)
+    silent_close = writes(b"", close=True)
 
     upstream = Upstream()
     async with Server(half) as server:
@@ -171,9 +159,7 @@ async def test_a_caller_that_goes_away_closes_the_connection():
 
 
 async def test_an_interim_100_continue_is_not_taken_for_the_answer():
-    async def continue_first(head, body, reader, writer):
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + JSON_ANSWER)
-        await writer.drain()
+    continue_first = writes(b"HTTP/1.1 100 Continue\r\n\r\n" + JSON_ANSWER)
 
     upstream = Upstream()
     async with Server(continue_first) as server:
@@ -184,10 +170,7 @@ async def test_an_interim_100_continue_is_not_taken_for_the_answer():
 
 
 async def test_a_body_without_a_length_ends_when_the_server_closes():
-    async def until_close(head, body, reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
-        await writer.drain()
-        return "close"
+    until_close = writes(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it", close=True)
 
     upstream = Upstream()
     async with Server(until_close) as server:
