@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from common import ON_GPU, PATH, model_entry, wait_for, write_rig
-from models import model
+from models import model, sparse_model
 from llamarig.backend.engines import engine_for
 from llamarig.backend.launch import server_argv
 from llamarig.backend.models_make import GgufSize
@@ -35,7 +35,7 @@ NO_MMAP = {"llama-server": ["--load-mode", "none"], "llama-cpp-python": ["--use_
 
 
 def rig_file(folder: Path, size: GgufSize, settle_s: float, names: tuple[str, ...] = tuple(SHAPE),
-             no_mmap: bool = False) -> Path:
+             no_mmap: bool = False, sparse: bool = False) -> Path:
     models = {}
     for i, (name, (gpus, engine)) in enumerate(SHAPE.items()):
         if name not in names:
@@ -45,7 +45,8 @@ def rig_file(folder: Path, size: GgufSize, settle_s: float, names: tuple[str, ..
         extra = {"tensor_split": [1, 1]} if len(gpus) == 2 else {}
         if no_mmap:
             extra["extra_args"] = NO_MMAP[engine]
-        models[name] = model_entry(model(f"boot-{i}-{size.layers}x{size.width}", size, seed=i), gpus, engine,
+        made = sparse_model if sparse else model
+        models[name] = model_entry(made(f"boot-{i}-{size.layers}x{size.width}", size, seed=i), gpus, engine,
                                    context_size=512, priority=0, **extra)
     path = write_rig(folder, models, timeouts={"settle_s": settle_s, "model_wait_s": 30})
     return path
@@ -116,9 +117,10 @@ def boot_once(folder: Path, rig_path: Path) -> dict:
         wait_for(lambda: not (rig.run_dir / "supervisord.pid").exists(), 60, "supervisord gone")
 
 
-def variant(size: GgufSize, settle: float, names: tuple[str, ...], reps: int, no_mmap: bool = False) -> dict:
+def variant(size: GgufSize, settle: float, names: tuple[str, ...], reps: int, no_mmap: bool = False,
+            sparse: bool = False) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="llamarig-bench-boot-"))
-    rig_path = rig_file(folder, size, settle, names, no_mmap)
+    rig_path = rig_file(folder, size, settle, names, no_mmap, sparse)
     alone = {n: [] for n in names}
     together, boots = [], []
     for _ in range(reps):  # interleaved: loads alone, all at once by hand, a boot; each repetition
@@ -129,7 +131,8 @@ def variant(size: GgufSize, settle: float, names: tuple[str, ...], reps: int, no
     loads = {n: round(statistics.median(v), 3) for n, v in alone.items()}
     boot = round(statistics.median(b["seconds"] for b in boots), 3)
     both = round(statistics.median(together), 3)
-    return {"model": f"{size.layers} layers x {size.width} wide, F32" + (", read whole (no mmap)" if no_mmap else ""),
+    kind = ", read whole (no mmap)" if no_mmap else ", zero weights (sparse file)" if sparse else ""
+    return {"model": f"{size.layers} layers x {size.width} wide, F32{kind}",
             "load_alone_s": loads, "loads_together_s": both, "boot_to_ready_s": boot, "waves": boots[0]["waves"],
             "slowest_load_s": max(loads.values()), "over_slowest_s": round(boot - max(loads.values()), 3),
             "over_together_s": round(boot - both, 3)}
@@ -145,6 +148,12 @@ def run(smoke: bool) -> dict:
     # The slowest model alone: llamarig's own chain (CLI, supervisord, API, gate) without four
     # loads sharing the machine.
     out["variants"]["worker-3 alone, settle_s=1"] = variant(size, 1.0, ("worker-3",), reps)
+    if ON_GPU and not smoke:
+        # Loads of seconds on the GPU: 7.3 GB files. Their weights are a hole (zeros), so no
+        # minutes go to writing random data; the load still reads 7.3 GB and copies it to the GPU.
+        big = GgufSize(layers=12, width=4096, heads=16, kv_heads=8)
+        out["variants"]["loads of seconds, settle_s=1"] = variant(big, 1.0, tuple(SHAPE), reps, sparse=True)
+        out["variants"]["loads of seconds, worker-3 alone"] = variant(big, 1.0, ("worker-3",), reps, sparse=True)
     if not ON_GPU:
         # Loads of seconds on the CPU: larger files, read whole at load (1.2 GB each; a mapped file
         # is read later, by the first requests). The smoke run passes the same flags on a tiny model.

@@ -4,10 +4,11 @@
 # runs the benchmarks with LLAMARIG_BENCH_GPU=nvml, so the rigs use NVML and the servers GPU 0.
 #
 # It needs, in the repository root (both git-ignored; bench/README.md says how they are made):
-#   .whl/                    Python 3.12 wheels of what the machine's image lacks
+#   .whl/                    Python 3.12 wheels of llamarig's dependencies and the benchmarks' clients
 #   .gpu/llama-src.tar.xz    the llama.cpp sources vendored in the pinned llama-cpp-python sdist
 #   or .gpu/llama-server.xz.part-*  a CUDA llama-server from an earlier run (then no build)
-# Usage: bench/gpu-run.sh [build] [NAME ...]   (NAME: benchmarks for bench/run.py)
+# Usage: bench/gpu-run.sh [build] [NAME ...]   (NAME: benchmarks for bench/run.py; each may run
+# BENCH_TIMEOUT_S seconds, default 300)
 # Writes into $OUT: bench.log, results.md, NAME.json, and after a build llama-server.xz.part-*
 # (the tool brings back files of up to 16 MiB).
 set -uo pipefail
@@ -15,14 +16,27 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/llamarig-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH
-py=$(command -v python3)
 started=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv | tee "$OUT/bench.log"
 
-# The machine is thrown away afterwards, so the image's Python environment takes llamarig as is.
-$py -m pip install -q --no-index --no-deps --no-compile .whl/*.whl >>"$OUT/bench.log" 2>&1 || exit 1
-$py -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$OUT/bench.log" 2>&1 || exit 1
-bin=$(dirname "$py")
+# A clean virtual environment, as the image's /opt/venv: the machine's own python3 is a PyTorch
+# venv whose many packages and .pth files cost every Python start (the CLI, the API, each launch
+# gate) hundreds of milliseconds that the image does not pay. llamarig is installed, not
+# editable, as in the image.
+image_py=$(command -v python3)
+venv=/tmp/rigenv
+py=$venv/bin/python
+if "$image_py" -m venv "$venv" >>"$OUT/bench.log" 2>&1; then pip=("$py" -m pip)
+else rm -rf "$venv"; "$image_py" -m venv --without-pip "$venv" || exit 1; pip=("$image_py" -m pip --python "$py"); fi
+"${pip[@]}" install -q --no-index --no-deps .whl/*.whl >>"$OUT/bench.log" 2>&1 || exit 1
+"${pip[@]}" install -q --no-index --no-deps --no-build-isolation . >>"$OUT/bench.log" 2>&1 || exit 1
+for which in "$image_py" "$py"; do  # what one Python start costs in each: best of 5
+  "$py" -c 'import subprocess, sys, time
+def once():
+    t = time.perf_counter(); subprocess.run([sys.argv[1], "-c", "pass"], check=True); return time.perf_counter() - t
+print(sys.argv[1], "starts in", round(min(once() for _ in range(5)) * 1000, 1), "ms")' "$which" | tee -a "$OUT/bench.log"
+done
+bin=$venv/bin
 
 if [ "${1:-}" = build ]; then
   shift
@@ -45,7 +59,7 @@ echo "set-up took $(( $(date +%s) - started )) s" | tee -a "$OUT/bench.log"
 export LLAMARIG_BENCH_GPU=nvml
 for name in "$@"; do
   echo "== $name at $(( $(date +%s) - started )) s" | tee -a "$OUT/bench.log"
-  timeout 300 $py bench/run.py "$name" --out "$OUT/$name.json" >>"$OUT/results.md" 2>>"$OUT/bench.log"
+  timeout "${BENCH_TIMEOUT_S:-300}" $py bench/run.py "$name" --out "$OUT/$name.json" >>"$OUT/results.md" 2>>"$OUT/bench.log"
   echo "exit $?" >>"$OUT/bench.log"
 done
 cat "$OUT/results.md" 2>/dev/null

@@ -17,6 +17,15 @@ def model(name: str, size: GgufSize, seed: int = 0) -> Path:
     return path
 
 
+def sparse_model(name: str, size: GgufSize, seed: int = 0) -> Path:
+    """A cached sparse model of this shape (zero weights; `seed` only keeps model()'s call)."""
+    path = CACHE / f"{name}-sparse.gguf"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        sparse_gguf(path, size.layers, size.width)
+    return path
+
+
 def sparse_gguf(path: Path, layers: int, width: int) -> Path:
     """A valid llama GGUF header whose tensor data is a hole: gigabytes on paper, nothing on disk.
     The verifier reads it like any other file (the hole reads as zeros)."""

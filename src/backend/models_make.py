@@ -48,8 +48,11 @@ def make_gguf(path: str | Path, size: GgufSize = GgufSize(), seed: int = 0) -> P
     w = gguf.GGUFWriter(str(tmp), "llama")
     vocab = write_llama_header_kv(w, size)
     for name, shape in _llama_tensors(size, vocab):
-        data = np.ones(shape, np.float32) if name.endswith("norm.weight") else rng.normal(0, 0.02, shape)
-        w.add_tensor(name, data.astype(np.float32))
+        # float32 straight from the generator: four times faster than normal()'s float64 (a 2.3 GB model
+        # took half a minute)
+        data = np.ones(shape, np.float32) if name.endswith("norm.weight") else \
+            rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+        w.add_tensor(name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
