@@ -29,10 +29,12 @@ def _proxy(r: dict) -> list[str]:
     lines += _pass_rows("1: near", r["ttft_stream"], r["ttft_overhead_ms"])
     lines += _pass_rows("2: with LiteLLM", r.get("ttft_stream_with_litellm", {}),
                         r.get("ttft_with_litellm_overhead_ms", {}))
-    lines += ["", "Streams per second (16 tokens each), by concurrent clients:", "",
-              _row("target", "@1", "@16", "@64"), _row(*["---"] * 4)]
+    lines += ["", "Streams per second (16 tokens each), by concurrent clients: the median of the reps, and the "
+              "median over reps of the rate over direct's in the same rep:", "",
+              _row("target", "@1", "@16", "@64", "of direct @1", "@16", "@64"), _row(*["---"] * 7)]
     for t in r["targets"]:
-        lines.append(_row(t, *(r["streams_per_s"][c][t] for c in ("1", "16", "64"))))
+        shares = [f"{r['share_of_direct'][c][t]:.1%}" if t != "direct" else "-" for c in ("1", "16", "64")]
+        lines.append(_row(t, *(r["streams_per_s"][c][t] for c in ("1", "16", "64")), *shares))
     over = r["one_token_overhead_ms"]["compute_api"]
     lines += ["", f"- compute API over direct, 1-token (pass 1): +{over['p50_ms']} ms p50, +{over['p99_ms']} ms p99",
               f"- compute API at 64 concurrent streams: {r['compute_api_share_of_direct_at_64']:.1%} of direct "

@@ -80,10 +80,13 @@ def cmd_launch(args) -> int:
 
 
 def cmd_api(args) -> int:
+    from llamarig.shared.gpus import start_nvml_early
+
+    rig = _rig(args)
+    start_nvml_early(rig.gpus)  # meanwhile, the lifecycle manager's modules import
     from llamarig.api.compute.serve import serve
     from llamarig.shared.logs import setup_logging
 
-    rig = _rig(args)
     setup_logging()
     serve(rig)
     return 0

@@ -20,6 +20,9 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     assert {"bare_uvicorn_upstream", "bare_uvicorn_aiohttp"} <= set(proxy["one_token"])
     assert set(proxy["cpu_us_per_request"]) == {"compute_api", "bare_uvicorn_upstream", "bare_uvicorn_aiohttp"}
     assert "| 1: near | bare_uvicorn_upstream |" in done.stdout
+    # the share of direct pairs each rep's blocks: one rate per rep, a share per proxy
+    assert all(len(v) == 1 for v in proxy["streams_per_s_each_rep"]["64"].values())
+    assert set(proxy["share_of_direct"]["64"]) == set(proxy["targets"]) - {"direct"}
     assert results["results"]["verify"]["unchanged_reads_within_1_kib_across_sizes"] is True
     assert all(v["waves"] == 1 and v["loads_together_s"] > 0 for v in results["results"]["boot"]["variants"].values())
     assert "skipped" in results["results"]["gpu"]  # no NVML device here (CI)

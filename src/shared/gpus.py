@@ -8,6 +8,7 @@ for real on the CPU.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -92,6 +93,25 @@ class SimulatedInventory:
 
     def read(self) -> list[GpuReading]:
         return [GpuReading(g.index, g.name, g.memory_mib * MIB, self.used_bytes(g.index)) for g in self.gpus]
+
+
+def start_nvml_early(config: GpusConfig) -> None:
+    """Start NVML and take a first reading in a thread while the caller imports the rest: the two
+    took 38 ms on the lent H100 host (bench/RESULTS.md), and ctypes lets other Python run during
+    its calls. open_inventory then finds NVML started; where it fails, open_inventory fails the
+    same way and says why, so this thread drops the error."""
+    if config.source == GpuSource.simulated:
+        return
+
+    def start():
+        nvml, _ = _nvml_or_reason()
+        if nvml:
+            try:
+                NvmlInventory(nvml).read()
+            except nvml.NVMLError:
+                pass  # read again, and reported, by the inventory's owner
+
+    threading.Thread(target=start, name="nvml-start", daemon=True).start()
 
 
 def _nvml_or_reason():

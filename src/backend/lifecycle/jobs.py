@@ -22,8 +22,9 @@ from llamarig.shared.rig import Rig
 from llamarig.shared.verify import Verdict
 
 POLL_S = 0.2          # supervisord state polls (each an XML-RPC call to a single-threaded daemon)
-READY_POLL_S = 0.05   # readiness poll: a GET on loopback, cheap; every 50 ms off the load's end
-                      # shows in boot and restart times (llama-swap polls every 1 s)
+READY_POLL_S = 0.02   # readiness poll: a GET on loopback (refused, or 503, while the server
+                      # loads), cheap; every 10 ms off the load's end shows in boot and restart
+                      # times (llama-swap polls every 1 s)
 GONE_TIMEOUT_S = 10   # how long a stopped server's processes and port get to disappear
 
 
