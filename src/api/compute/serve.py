@@ -1,25 +1,30 @@
 """Run the compute API. The lifecycle manager starts booting first; the web stack (FastAPI
-and uvicorn: about 0.4 s of imports on the 2-core VM, measured) loads in a thread meanwhile, so
-the first wave's servers are already loading when the API begins to listen. This module
-imports nothing of the web stack itself."""
+and uvicorn: about 0.4 s of imports on the 2-core VM, measured) and the metrics
+(prometheus_client) load in a thread meanwhile, so the first wave's servers are already loading
+when the API begins to listen. This module imports neither itself; the events of the boot so
+far are held for the metrics (jobs.HeldEvents)."""
 from __future__ import annotations
 
 import asyncio
 import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import uvloop
 
-from llamarig.api.compute.metrics import Metrics
+from llamarig.backend.lifecycle.jobs import Events, HeldEvents
 from llamarig.backend.lifecycle.manager import Manager
 from llamarig.backend.llama_http import ServerHttp
 from llamarig.backend.supervisor import SupervisorClient
 from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.rig import Rig
 
+if TYPE_CHECKING:
+    from llamarig.api.compute.metrics import Metrics
 
-def default_manager(rig: Rig, metrics: Metrics) -> Manager:
-    return Manager(rig, SupervisorClient(socket_path(rig)), ServerHttp(), hooks=metrics)
+
+def default_manager(rig: Rig, hooks: Events) -> Manager:
+    return Manager(rig, SupervisorClient(socket_path(rig)), ServerHttp(), hooks=hooks)
 
 
 @dataclass
@@ -36,10 +41,12 @@ def serve(rig: Rig) -> None:
 
 
 async def _serve(rig: Rig) -> None:
-    metrics = Metrics()
-    manager = default_manager(rig, metrics)
+    manager = default_manager(rig, HeldEvents())
     await manager.start()
     # Imports in a thread: the loop keeps running the boot (its waits are RPCs and HTTP polls).
+    metrics_module = await asyncio.to_thread(importlib.import_module, "llamarig.api.compute.metrics")
+    metrics = metrics_module.Metrics()
+    manager.listen(metrics)
     app_module = await asyncio.to_thread(importlib.import_module, "llamarig.api.compute.app")
     uvicorn = await asyncio.to_thread(importlib.import_module, "uvicorn")
     app = app_module.create_app(rig, started=Started(manager, metrics))

@@ -17,7 +17,7 @@ import psutil
 from llamarig.backend.launch import checks_for, plan_for, verify_unit
 from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
 from llamarig.backend.lifecycle.commands import Acquire, Exited, Probe, Refuse, Reset, Start, Stop
-from llamarig.backend.lifecycle.jobs import Deps, Events, tree_pids
+from llamarig.backend.lifecycle.jobs import Deps, Events, HeldEvents, tree_pids
 from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
 from llamarig.backend.lifecycle.swap import reload_model
 from llamarig.backend.lifecycle.units import Unit, green_units, units_from_rig
@@ -83,6 +83,12 @@ class Manager(Events):
 
     def all_actors(self) -> list[UnitActor]:
         return [a for slots in self.slots.values() for a in slots]
+
+    def listen(self, hooks: Events) -> None:
+        """Send unit events to `hooks` from now on, after what was held for them."""
+        if isinstance(self.hooks, HeldEvents):
+            self.hooks.hand_to(hooks)
+        self.hooks = hooks
 
     # ---- running ------------------------------------------------------------------------------
     async def start(self) -> None:
