@@ -47,7 +47,8 @@ class Events:
 class HeldEvents(Events):
     """The unit events heard before their listener exists, kept in order for it: the compute
     API starts booting before its metrics (prometheus_client, 30 to 50 ms of imports) load in a
-    thread, and the boot's first transitions must still be counted."""
+    thread, and the boot's first transitions must still be counted. Every `on_*` of Events is
+    held (set below, from Events itself, so one added there is held too)."""
 
     def __init__(self):
         self.held: list[tuple[str, tuple]] = []
@@ -57,14 +58,15 @@ class HeldEvents(Events):
             getattr(listener, name)(*args)
         self.held.clear()
 
-    def on_transition(self, *args): self.held.append(("on_transition", args))
-    def on_ready(self, *args): self.held.append(("on_ready", args))
-    def on_restart(self, *args): self.held.append(("on_restart", args))
-    def on_circuit(self, *args): self.held.append(("on_circuit", args))
-    def on_verdict(self, *args): self.held.append(("on_verdict", args))
-    def on_stop_verified(self, *args): self.held.append(("on_stop_verified", args))
-    def on_probe(self, *args): self.held.append(("on_probe", args))
-    def on_memory(self, *args): self.held.append(("on_memory", args))
+
+def _holding(name: str):
+    def hold(self, *args):
+        self.held.append((name, args))
+    return hold
+
+
+for _name in [n for n in vars(Events) if n.startswith("on_")]:
+    setattr(HeldEvents, _name, _holding(_name))
 
 
 @dataclass
