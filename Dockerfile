@@ -3,7 +3,12 @@
 # is checked by reading, not by a build; see the notes of issue 4.
 #
 #   docker build -t llamarig .
-#   docker run --gpus all --stop-timeout 120 -p 8000:8000 -v /srv/models:/app/models llamarig
+#   docker run --gpus all --stop-timeout 120 -p 8000:8000 -v /srv/models:/app/models:ro \
+#     -e LLAMARIG_CLIENT_KEYS=... -e LLAMARIG_OPERATOR_KEY=... llamarig
+#
+# The image listens on 0.0.0.0, so it refuses to start without a client key (exit 2, one line
+# saying how to give one): -e LLAMARIG_CLIENT_KEYS=k1,k2, or a mounted file of keys named by
+# -e LLAMARIG_CLIENT_KEYS_FILE=/run/secrets/llamarig-client-keys (likewise LLAMARIG_OPERATOR_KEY).
 #
 # --stop-timeout must exceed the longest stopwaitsecs in supervisord.conf (compute-api:
 # drain_s + 10 = 70 s), or Docker kills the bundle before the drain ends.
@@ -35,5 +40,5 @@ USER llamarig
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD curl -fs http://127.0.0.1:8000/health || exit 1
 STOPSIGNAL SIGTERM
-# exec: supervisord replaces llamarig and runs as PID 1 (nodaemon=true in the render).
-CMD ["llamarig", "run"]
+# Checks the rig and the keys, then exec: supervisord replaces it and runs as PID 1 (nodaemon=true).
+ENTRYPOINT ["runtime/entrypoint.sh"]

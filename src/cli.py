@@ -79,10 +79,18 @@ def cmd_launch(args) -> int:
     return launch(_rig(args), args.unit, args.slot)
 
 
+def _refuse_open_api(rig) -> None:
+    """Nothing starts where the API would listen beyond loopback without a key (RigError)."""
+    from llamarig.shared.keys import load_keys
+
+    load_keys(rig)
+
+
 def cmd_api(args) -> int:
     from llamarig.shared.gpus import start_nvml_early
 
     rig = _rig(args)
+    _refuse_open_api(rig)
     start_nvml_early(rig.gpus)  # meanwhile, the lifecycle manager's modules import
     from llamarig.api.compute.serve import serve
     from llamarig.shared.logs import setup_logging
@@ -119,6 +127,8 @@ def cmd_models_make(args) -> int:
 def _ops(name):
     def run(args) -> int:
         rig = _rig(args)
+        if name in ("run", "up"):
+            _refuse_open_api(rig)
         if name == "up":  # supervisord first: the operator commands' imports take a while
             from llamarig.backend.supervisor import start_daemon
             from llamarig.backend.supervisor_conf import socket_path

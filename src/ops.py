@@ -15,6 +15,7 @@ from rich.table import Table
 from llamarig.backend.supervisor import SupervisorClient, wait_running, with_our_bin
 from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.errors import LlamarigError, SupervisorError
+from llamarig.shared.keys import load_keys
 from llamarig.shared.rig import Rig
 
 console = Console()
@@ -29,8 +30,9 @@ class Api:
         host = "127.0.0.1" if rig.api.host in ("0.0.0.0", "::") else rig.api.host
         self.base_url = f"http://{host}:{rig.api.port}"
         self.headers = {}
-        if rig.api.api_key_file:
-            self.headers["Authorization"] = "Bearer " + rig.resolve(rig.api.api_key_file).read_text().strip()
+        operator = load_keys(rig).operator  # never printed: an error names the field, not the key
+        if operator:
+            self.headers["Authorization"] = "Bearer " + operator.decode()
 
     def _call(self, method: str, path: str, timeout: float) -> tuple[int, dict]:
         request = urllib.request.Request(self.base_url + path, method=method, headers=self.headers)

@@ -1,6 +1,7 @@
 """Test helpers: free ports, polling with deadlines, and a real bundle under supervisord."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -93,6 +94,7 @@ class Bundle:
     rig_path: Path
     conf: Path
     proc: subprocess.Popen
+    key: str | None = None  # sent as the bearer key by get and post (the operator key, where the rig has keys)
 
     @property
     def rig(self):
@@ -109,11 +111,15 @@ class Bundle:
     def pid(self, program: str) -> int:
         return int(self.ctl("pid", program).stdout.strip() or 0)
 
+    def _headers(self, kw: dict) -> dict:
+        auth = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        return {**auth, **kw.pop("headers", {})}
+
     def get(self, path: str, **kw) -> httpx.Response:
-        return HTTP.get(self.api + path, timeout=kw.pop("timeout", 30), **kw)
+        return HTTP.get(self.api + path, timeout=kw.pop("timeout", 30), headers=self._headers(kw), **kw)
 
     def post(self, path: str, **kw) -> httpx.Response:
-        return HTTP.post(self.api + path, timeout=kw.pop("timeout", 60), **kw)
+        return HTTP.post(self.api + path, timeout=kw.pop("timeout", 60), headers=self._headers(kw), **kw)
 
     def unit(self, name: str) -> dict:
         return self.get(f"/admin/units/{name}").json()
@@ -176,12 +182,26 @@ class Bundle:
         self.proc.wait(timeout=10)
 
 
-def start_bundle(folder: Path, rig_path: Path) -> Bundle:
+def start_bundle(folder: Path, rig_path: Path, env: dict[str, str] | None = None, key: str | None = None) -> Bundle:
+    """supervisord on the rig; `env` is added to its environment (and so its programs')."""
     rig = load_rig(rig_path)
     conf = folder / "supervisord.conf"
     conf.write_text(render(rig, folder))
     (rig.run_dir / "logs").mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], cwd=folder,
-                            env={**os.environ, "PATH": PATH}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env={**os.environ, "PATH": PATH, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     wait_running(socket_path(rig))
-    return Bundle(folder, rig_path, conf, proc)
+    return Bundle(folder, rig_path, conf, proc, key)
+
+
+@contextlib.contextmanager
+def running_bundle(folder: Path, rig_path: Path, env: dict[str, str] | None = None, key: str | None = None):
+    """A bundle for a whole test module, ready when it is handed out; shut down (or killed) after."""
+    b = start_bundle(folder, rig_path, env, key)
+    try:
+        b.wait_ready()
+        yield b
+    finally:
+        if b.shutdown():
+            b.kill()

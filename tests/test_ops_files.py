@@ -171,7 +171,9 @@ def test_dockerfile_copies_and_runs_what_exists():
         for s in sources:
             assert (ROOT / s).exists(), f"COPY {s}: not in the repository"
     assert "runtime/build-llama-server.sh --cuda" in text and "--cuda" in (ROOT / "runtime/build-llama-server.sh").read_text()
-    assert re.search(r'^CMD \["llamarig", "run"\]$', text, re.M)
+    assert re.search(r'^ENTRYPOINT \["runtime/entrypoint.sh"\]$', text, re.M)
+    assert "llamarig --rig" in (ROOT / "runtime/entrypoint.sh").read_text() and " run " in \
+        (ROOT / "runtime/entrypoint.sh").read_text()
     assert "run" in next(a for a in _parser()._actions if a.dest == "command").choices
     assert "nodaemon=true" in (ROOT / "supervisord.conf").read_text()
     assert re.search(r"^FROM nvidia/cuda:\S+-runtime-", text, re.M) and re.search(r"^USER (?!root)\w+", text, re.M)

@@ -34,6 +34,8 @@ class LlamaServer(EngineAdapter):
             argv += ["--threads", str(rig.engines.threads)]
         if on_gpu and model.tensor_split:
             argv += ["--tensor-split", ",".join(f"{s:g}" for s in model.tensor_split)]
+        if model.embeddings:  # OpenAI's /v1/embeddings needs pooled vectors; llama models default to none
+            argv += ["--embeddings", "--pooling", "mean"]
         return argv + model.extra_args
 
 
@@ -49,6 +51,8 @@ class LlamaCppPython(EngineAdapter):
             argv += ["--n_threads", str(rig.engines.threads)]
         if on_gpu and model.tensor_split:
             argv += ["--tensor_split", *[f"{s:g}" for s in model.tensor_split]]
+        if model.embeddings:
+            argv += ["--embedding", "True"]
         return argv + model.extra_args
 
 

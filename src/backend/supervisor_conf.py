@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from llamarig.backend.gate import plan_path
+from llamarig.shared.keys import key_variables
 from llamarig.shared.rig import Rig
 
 API_PROGRAM = "compute-api"
@@ -71,6 +72,7 @@ def _gated(rig: Rig, conf_dir: Path, rig_ref: str, unit: str, program: str, gpus
     launch = f"llamarig --rig {rig_ref} launch {unit}" + (f" --slot {slot}" if slot != BLUE else "") + f" --plan {plan}"
     env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
            "LLAMARIG_PROGRAM": program, "PYTHONUNBUFFERED": "1"}
+    env.update({name: "" for name in key_variables(rig)})  # the keys are the API's alone
     return _program(rig, conf_dir, program, launch, {
         "autostart": "false", "autorestart": "false", "startretries": 0,
         "startsecs": gate_startsecs(rig), "stopwaitsecs": math.ceil(rig.timeouts.stop_s),

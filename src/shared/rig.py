@@ -10,7 +10,7 @@ import hashlib
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -89,6 +89,8 @@ class ModelConfig(Strict):
     warm: bool = Field(True, description="true: loaded at start-up and never evicted for another model.")
     parallel: int = Field(1, ge=1, le=256, description="Request slots of the server (-np); 1 or more.")
     extra_args: list[str] = Field(default_factory=list, description="Extra server flags, passed as they are.")
+    embeddings: bool = Field(False, description="true: an embeddings model; it serves /v1/embeddings only (its "
+                             "server starts with mean pooling). false: it serves chat and completions.")
 
     @model_validator(mode="after")
     def _split_matches_gpus(self) -> ModelConfig:
@@ -117,11 +119,40 @@ class WhisperConfig(Strict):
                                        "30 s window; null: the model's own limit (448).")
 
 
+class KeysConfig(Strict):
+    client_file: str | None = Field(
+        None, description="File of client keys, one per line ('#' starts a comment): inference, the /v1/* "
+        "routes. null: none from a file.")
+    client_env: str = Field("LLAMARIG_CLIENT_KEYS", pattern=r"^[A-Z_][A-Z0-9_]*$", description="Environment "
+                            "variable of client keys, comma-separated; NAME_FILE may name a file of keys instead "
+                            "(one per line). Read too when set; only the compute API's program sees it.")
+    operator_file: str | None = Field(
+        None, description="File holding the operator key: /admin/*, the docs and every route that changes the "
+        "rig's state; it also works on client routes. null: none from a file.")
+    operator_env: str = Field("LLAMARIG_OPERATOR_KEY", pattern=r"^[A-Z_][A-Z0-9_]*$", description="Environment "
+                              "variable of the operator key; NAME_FILE may name a file holding it instead. Read too "
+                              "when set; only the compute API's program sees it.")
+    open_routes: list[Literal["health", "ready", "metrics"]] = Field(
+        ["health", "ready", "metrics"], description="Routes answered without a key even when keys are set "
+        "(metrics includes /metrics/engines/*). []: every route needs a key.")
+
+
 class ApiConfig(Strict):
-    host: str = Field("127.0.0.1", description="Address the compute API binds; 0.0.0.0 to expose it.")
+    host: str = Field("127.0.0.1", description="Address the compute API binds; 0.0.0.0 to expose it. Beyond "
+                      "loopback, at least one client key is required or nothing starts.")
     port: Port = Field(8000, description="TCP port of the compute API.")
-    api_key_file: str | None = Field(
-        None, description="File holding the bearer key clients must send; null: no key (loopback use).")
+    keys: KeysConfig = Field(default_factory=KeysConfig, description="Bearer keys. No key at all: every route "
+                             "is open (loopback use only).")
+    max_body_mib: float = Field(16, gt=0, le=1024, description="Largest JSON body of chat, completions and "
+                                "embeddings, in MiB, enforced while it arrives: over it, 413 and the "
+                                "connection closed. Audio uploads have whisper.max_audio_mib instead.")
+    header_timeout_s: float = Field(10, gt=0, le=3600, description="Seconds a client may take to send a "
+                                    "request's headers (from connecting, or from the end of its last answer); "
+                                    "then the connection is closed.")
+    body_timeout_s: float = Field(60, gt=0, le=86400, description="Seconds a JSON body may take to arrive "
+                                  "whole, and an audio upload between two of its pieces; then 408.")
+    max_connections: int = Field(1024, ge=1, le=1000000, description="Connections (and requests in progress) "
+                                 "at once; past it, new requests are answered 503.")
 
 
 class TimeoutsConfig(Strict):
@@ -212,6 +243,9 @@ def _cross_check(rig: Rig) -> list[str]:
         _claim_port(ports, m.port, f"models.{name}.port", problems)
         if m.swap_port is not None:
             _claim_port(ports, m.swap_port, f"models.{name}.swap_port", problems)
+        if m.embeddings and m.engine == Engine.llama_cpp_python:
+            problems.append(f"models.{name}.embeddings: llama-cpp-python's server cannot be told to pool "
+                            "(it would answer per-token vectors); use engine llama-server")
         missing = [g for g in m.gpus if known_gpus and g not in known_gpus]
         if missing:
             problems.append(f"models.{name}.gpus: GPU {missing} not in gpus.simulated {sorted(known_gpus)}")

@@ -9,7 +9,8 @@ from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
-from llamarig.api.compute import admin_routes, openai_routes
+from llamarig.api.compute import admin_routes, errors, openai_routes, openapi
+from llamarig.api.compute.model_limits import ModelLimitsCache
 from llamarig.api.compute.metrics import Metrics
 from llamarig.api.compute.fastpath import FastPath
 from llamarig.api.compute.proxy import Proxy
@@ -17,20 +18,21 @@ from llamarig.api.compute.upstream import Upstream
 from llamarig.api.compute.serve import Started, default_manager
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
+from llamarig.shared.keys import load_keys
 from llamarig.shared.rig import Rig
 
-
-def _api_key(rig: Rig) -> str | None:
-    if not rig.api.api_key_file:
-        return None
-    return rig.resolve(rig.api.api_key_file).read_text().strip()
+VERSION = "0.1.0"
+DESCRIPTION = ("OpenAI-compatible compute API of a llamarig bundle. Keys: a client key for /v1/* and the "
+               "docs, the operator key for every route; /health, /ready and /metrics open unless the rig "
+               "says otherwise. Errors: {\"error\": {\"message\", \"type\", \"code\", \"param\"}}.")
 
 
 def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -> FastPath:
     """manager_factory(rig, metrics) -> Manager; tests may pass their own. With
     `started`, the app serves that running manager instead of making and starting one."""
-    state = SimpleNamespace(rig=rig, manager=None, proxy=None, metrics=started.metrics if started else Metrics())
-    key = _api_key(rig)
+    state = SimpleNamespace(rig=rig, manager=None, proxy=None, metrics=started.metrics if started else Metrics(),
+                            model_limits=ModelLimitsCache())
+    keys = load_keys(rig)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -47,8 +49,9 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
         await state.manager.close()
         upstream.close()
 
-    app = FastAPI(title="llamarig compute API", lifespan=lifespan)
+    app = FastAPI(title="llamarig compute API", version=VERSION, lifespan=lifespan, description=DESCRIPTION)
     app.state.llamarig = state
+    errors.install(app)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -95,4 +98,6 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
     app.include_router(openai_routes.build_router(state))
     app.include_router(admin_routes.build_router(state))
     # Outside FastAPI's own middleware stack: the hot path pays for none of it.
-    return FastPath(app, state, key)
+    front = FastPath(app, state, keys, rig.api.keys.open_routes)
+    openapi.install(app, state, front.open)
+    return front

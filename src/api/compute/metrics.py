@@ -59,6 +59,12 @@ class Metrics(Events):
                                        "the port or GPU memory was still held.", ["model"], registry=r)
         self.transitions = Counter("llamarig_model_transitions_total", "State changes.",
                                    ["model", "target"], registry=r)
+        self.auth_failures = Counter("llamarig_auth_failures_total", "Requests refused for a missing or wrong "
+                                     "key, by route group (client, operator, health, ready, metrics).", ["group"],
+                                     registry=r)
+        self.validator_gaps = Counter("llamarig_validator_gaps_total", "Requests the compute API validated that "
+                                      "an engine still answered 5xx: a gap in the validator.", ["model", "route"],
+                                      registry=r)
         self.verified: dict[str, int] = {}
         self._request_series: dict[tuple, tuple] = {}
         self._transition_series: dict[tuple, object] = {}
@@ -94,6 +100,12 @@ class Metrics(Events):
                 self.requests.labels(model, route, str(code)), self.duration.labels(model, route),
                 self.ttft.labels(model, route), self.tokens.labels(model))
         return found
+
+    def auth_failed(self, group: str) -> None:
+        self.auth_failures.labels(group).inc()
+
+    def validator_gap(self, model: str, route: str) -> None:
+        self.validator_gaps.labels(model, route).inc()
 
     # ---- lifecycle events ---------------------------------------------------------------------
     def on_transition(self, unit, source, target, reason):

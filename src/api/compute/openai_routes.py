@@ -3,31 +3,33 @@ transcriptions (to Whisper). An unknown model is a 404; a model that is not read
 with Retry-After; there is no fallback to another model."""
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import time
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from llamarig.api.compute import limits, schemas, validate
+from llamarig.api.compute.validate import Invalid, ModelLimits
 from llamarig.backend.lifecycle.actor import NotAvailable
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.backend.supervisor_conf import WHISPER_PROGRAM
 from llamarig.shared.api_errors import error_response
 
 ROUTED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+OURS = (502, 503)  # the proxy's own answers: a server gone or broken off, not a refusal of the request
+log = logging.getLogger("llamarig.api")
 
 
-def _model_and_stream(body: bytes) -> tuple[str | None, bool]:
-    """The body's `model` (None when missing or not JSON) and whether it asks for a stream."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None, False
-    if not isinstance(data, dict):
-        return None, False
-    model = data.get("model")
-    return (model if isinstance(model, str) and model else None), data.get("stream") is True
+def validator_gap(state, name: str, path: str, status: int, body: bytes) -> None:
+    """An engine failed on a request the validator let through: a gap to close in validate.py."""
+    digest = hashlib.sha256(body).hexdigest()[:16]
+    log.warning("engine answered %d to a request that passed validation", status,
+                extra={"model": name, "route": path, "status": status, "body_sha256": digest, "bytes": len(body)})
+    state.metrics.validator_gap(name, path)
 
 
 async def route(state, scope: dict, name: str, path: str, body, stream: bool = False) -> Response:
@@ -48,45 +50,101 @@ async def route(state, scope: dict, name: str, path: str, body, stream: bool = F
     def done(status: int, first_byte: float | None, tokens: int) -> None:
         ttfb = (time.perf_counter() - arrived) if first_byte is not None else None
         state.metrics.request_done(name, path, status, time.perf_counter() - arrived, ttfb, cold, tokens)
+        if status >= 500 and status not in OURS and isinstance(body, bytes):
+            validator_gap(state, name, path, status, body)
 
     return await state.proxy.forward(scope, unit.port, path, body, lease, done, stream)
 
 
-async def _body(receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
+def _parse(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise Invalid("(body)", "the body must be a JSON object in UTF-8") from None
+    if not isinstance(data, dict):
+        raise Invalid("(body)", "the body must be a JSON object")
+    name = data.get("model")
+    if not isinstance(name, str) or not name:
+        raise Invalid("model", "the body must have a 'model' field naming one of GET /v1/models")
+    return data
+
+
+def _kind_refusal(rig, name: str, path: str, limits: ModelLimits) -> Response | None:
+    """An embeddings model serves /v1/embeddings only, and only embeddings models serve it."""
+    wants = path == "/v1/embeddings"
+    if limits.embeddings == wants:
+        return None
+    fit = sorted(n for n, m in rig.models.items() if m.embeddings == wants) or ["none in this rig"]
+    what = "embeddings" if wants else "chat and completions"
+    return error_response(400, "model_kind_mismatch", f"model {name!r} does not serve {what}; the models that "
+                          f"do: {', '.join(fit)}", "model")
 
 
 async def routed(state, scope: dict, receive) -> Response:
-    """POST to one of ROUTED: the model named in the JSON body gets it."""
-    body = await _body(receive)
-    name, stream = _model_and_stream(body)
-    if name is None:
-        return error_response(400, "model_missing", "the body must be JSON with a 'model' field naming "
-                              "one of GET /v1/models", "model")
-    if name == WHISPER_PROGRAM or name not in state.manager.rig.models:
-        return error_response(404, "model_not_found", f"model {name!r} is not served here; known: "
-                              f"{', '.join(sorted(state.manager.rig.models))}", "model")
-    return await route(state, scope, name, scope["path"], body, stream)
+    """POST to one of ROUTED: the model named in the JSON body gets it, once the body has
+    arrived within its limits and passed validation."""
+    api = state.rig.api
+    try:
+        limits.check_declared(scope, int(api.max_body_mib * limits.MIB))
+        body = await limits.read_body(receive, int(api.max_body_mib * limits.MIB), api.body_timeout_s)
+    except limits.BodyRefused as e:
+        return e.response()
+    path, rig = scope["path"], state.manager.rig
+    try:
+        data = _parse(body)
+        name = data["model"]
+        if name == WHISPER_PROGRAM or name not in rig.models:
+            return error_response(404, "model_not_found", f"model {name!r} is not served here; known: "
+                                  f"{', '.join(sorted(rig.models))}", "model")
+        model_limits = state.model_limits.get(rig, name)
+        refusal = _kind_refusal(rig, name, path, model_limits)
+        if refusal:
+            return refusal
+        validate.check(path, data, body, model_limits)
+    except Invalid as e:
+        code = "model_missing" if e.param == "model" else "invalid_request"
+        return error_response(400, code, e.message, e.param)
+    return await route(state, scope, name, path, body, data.get("stream") is True)
+
+
+DOCUMENTED = {"/v1/chat/completions": ("ChatCompletionRequest", schemas.ChatCompletion),
+              "/v1/completions": ("CompletionRequest", schemas.Completion),
+              "/v1/embeddings": ("EmbeddingRequest", schemas.EmbeddingList)}
+
+
+def _served_by_fast_path(state):
+    async def handler(request: Request) -> Response:
+        """Served by the fast path before FastAPI; here so the spec and /docs describe it."""
+        return await routed(state, request.scope, request.receive)
+    return handler
+
+
+def audio_cap(rig) -> int:
+    """Whisper's own cap on the file, and room for the form's other fields and boundaries."""
+    return rig.whisper.max_audio_mib * limits.MIB + 64 * 1024
 
 
 def build_router(state) -> APIRouter:
     """`state` holds manager, proxy and metrics (see app.py). The ROUTED paths are served by
     the fast path in app.py, before FastAPI."""
     router = APIRouter()
+    for path, (request_model, answer) in DOCUMENTED.items():
+        router.add_api_route(path, _served_by_fast_path(state), methods=["POST"], summary=request_model,
+                             openapi_extra=schemas.body_of_name(request_model), responses=schemas.answers(answer))
 
-    @router.post("/v1/audio/transcriptions")
+    @router.post("/v1/audio/transcriptions", openapi_extra=schemas.TRANSCRIPTION_BODY,
+                 responses=schemas.answers(schemas.Transcription))
     async def transcriptions(request: Request) -> Response:
+        """Passed on to Whisper piece by piece as it arrives, never buffered here."""
         if WHISPER_PROGRAM not in state.manager.actors:
             return error_response(404, "model_not_found", "this rig has no Whisper service", "model")
-        return await route(state, request.scope, WHISPER_PROGRAM, "/v1/audio/transcriptions", request.stream())
+        cap = audio_cap(state.manager.rig)
+        try:
+            limits.check_declared(request.scope, cap, "audio upload")
+        except limits.BodyRefused as e:
+            return e.response()
+        body = limits.stream_body(request.receive, cap, state.rig.api.body_timeout_s)
+        return await route(state, request.scope, WHISPER_PROGRAM, "/v1/audio/transcriptions", body)
 
     @router.get("/v1/models")
     async def models() -> JSONResponse:

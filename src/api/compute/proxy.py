@@ -16,6 +16,7 @@ from typing import Callable
 
 from starlette.responses import Response
 
+from llamarig.api.compute.limits import BodyRefused
 from llamarig.api.compute.upstream import Answer, Upstream
 from llamarig.backend.lifecycle.actor import Lease
 from llamarig.shared.api_errors import error_response
@@ -89,6 +90,10 @@ class Proxy:
             # offer keep-alive: a stream's connection is not kept for the next request.
             answer = await self.upstream.request(scope["method"], port, target, _passed(scope["headers"]),
                                                  body, close=stream)
+        except BodyRefused as e:  # the client's upload passed its cap or stalled: not the server's fault
+            lease.release()
+            on_done(e.status, None, 0)
+            return e.response()
         except OSError as e:  # refused, timed out, closed before answering
             lease.unreachable()
             lease.release()

@@ -50,8 +50,10 @@ async def _serve(rig: Rig) -> None:
     app_module = await asyncio.to_thread(importlib.import_module, "llamarig.api.compute.app")
     uvicorn = await asyncio.to_thread(importlib.import_module, "uvicorn")
     app = app_module.create_app(rig, started=Started(manager, metrics))
+    guarded = await asyncio.to_thread(importlib.import_module, "llamarig.api.compute.guarded_http")
     config = uvicorn.Config(app, host=rig.api.host, port=rig.api.port, log_config=None, access_log=False,
-                            loop="none", http="httptools", proxy_headers=False, server_header=False,
+                            loop="none", http=guarded.guarded(rig.api.header_timeout_s), proxy_headers=False,
+                            server_header=False, limit_concurrency=rig.api.max_connections,
                             # No websocket routes: "auto" imported a websockets implementation,
                             # 0.15 s at start on the 2-core VM (measured).
                             ws="none", interface="asgi3",

@@ -171,8 +171,10 @@ class _Connection(asyncio.Protocol):
             if not isinstance(body, bytes):
                 await self._send_chunked(body)
             return await self.head
-        except asyncio.CancelledError:
-            self.abort()  # the caller went away: the server must not go on with the request
+        except BaseException:
+            # The caller went away, or the body it was sending failed: the server must not go
+            # on with a request cut short, nor the connection be used again.
+            self.abort()
             raise
 
     async def _send_chunked(self, body: AsyncIterator[bytes]) -> None:

@@ -1,0 +1,93 @@
+"""Limits on what a client sends, enforced before anything is buffered: a body over its cap is
+refused (413) as soon as its declared length or its bytes so far pass the cap, without reading
+the rest, and the connection is closed; a body that trickles is cut off (408)."""
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from starlette.responses import JSONResponse
+
+from llamarig.shared.api_errors import error_response
+from llamarig.shared.errors import LlamarigError
+
+MIB = 1024 * 1024
+CLOSE = {"Connection": "close"}  # uvicorn closes the connection after an answer that says so
+
+
+class BodyRefused(LlamarigError):
+    def __init__(self, status: int, code: str, reason: str):
+        super().__init__(code, reason)
+        self.status = status
+
+    def response(self) -> JSONResponse:
+        response = error_response(self.status, self.code, self.reason)
+        response.headers.update(CLOSE)
+        return response
+
+
+def _too_large(cap: int, what: str) -> BodyRefused:
+    return BodyRefused(413, "body_too_large", f"the {what} is over its limit of {cap / MIB:g} MiB "
+                       f"({'api.max_body_mib' if what == 'body' else 'whisper.max_audio_mib'})")
+
+
+def check_declared(scope: dict, cap: int, what: str = "body") -> None:
+    """Refuse a Content-Length over the cap before reading anything."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise BodyRefused(400, "bad_content_length", "Content-Length must be a whole number of bytes")
+            if int(value) > cap:
+                raise _too_large(cap, what)
+
+
+def _timed_out(timeout_s: float, what: str) -> BodyRefused:
+    return BodyRefused(408, "body_timeout", f"the {what} did not arrive within {timeout_s:g} s (api.body_timeout_s)")
+
+
+async def _next(receive, timeout_s: float) -> dict:
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await receive()
+    except TimeoutError:
+        raise _timed_out(timeout_s, "next piece of the upload") from None
+
+
+async def read_body(receive, cap: int, timeout_s: float) -> bytes:
+    """The whole body, which must arrive within timeout_s and stay within cap bytes."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _gather(receive, cap)
+    except TimeoutError:
+        raise _timed_out(timeout_s, "body") from None
+
+
+async def _gather(receive, cap: int) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BodyRefused(400, "client_gone", "the client closed the connection mid-body")
+        body += message.get("body", b"")
+        if len(body) > cap:
+            raise _too_large(cap, "body")
+        if not message.get("more_body"):
+            return bytes(body)
+
+
+async def stream_body(receive, cap: int, gap_s: float) -> AsyncIterator[bytes]:
+    """The body piece by piece as it arrives (an upload passed on without buffering): at most
+    gap_s between pieces and cap bytes in all."""
+    total = 0
+    while True:
+        message = await _next(receive, gap_s)
+        if message["type"] == "http.disconnect":
+            raise BodyRefused(400, "client_gone", "the client closed the connection mid-upload")
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > cap:
+            raise _too_large(cap, "audio upload")
+        if chunk:
+            yield chunk
+        if not message.get("more_body"):
+            return
