@@ -58,6 +58,8 @@ def test_no_route_answers_5xx_to_generated_requests(fuzzed):
                 failures.append((operation.label, response.status_code, response.text[:300], case.body))
 
         call()
+    for f in failures:
+        print("FAIL", f)
     assert failures == [], failures[:5]
     assert calls >= EXAMPLES * 5
     assert fuzzed.get("/ready").status_code == 200

@@ -7,7 +7,7 @@ import pytest
 from llamarig.api.compute.validate import Invalid, ModelLimits, check
 
 SERVER = ModelLimits(context=256, vocab=260, embeddings=False)
-PYTHON = ModelLimits(context=256, vocab=260, embeddings=False, token_ids=False)
+PYTHON = ModelLimits(context=256, vocab=260, embeddings=False, one_text_prompt=True)
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 HI = [{"role": "user", "content": "hi"}]
 
@@ -61,6 +61,7 @@ def test_a_lone_surrogate_is_refused_with_its_path():
     ({"model": "m", "prompt": [1, 300]}, "prompt[1]", SERVER),
     ({"model": "m", "prompt": [[1], []]}, "prompt[1]", SERVER),
     ({"model": "m", "prompt": [1, 2]}, "prompt", PYTHON),
+    ({"model": "m", "prompt": ["a", "b"]}, "prompt", PYTHON),
     ({"model": "m", "prompt": "x", "echo": 1}, "echo", SERVER),
     ({"model": "m", "prompt": "x", "logprobs": -1}, "logprobs", SERVER),
 ])
@@ -73,6 +74,7 @@ def test_embedding_refusals():
     assert refused(EMBEDDINGS, {"model": "e", "input": []}) == "input"
     assert refused(EMBEDDINGS, {"model": "e", "input": ["a", ""]}) == "input[1]"
     assert refused(EMBEDDINGS, {"model": "e", "input": "a", "encoding_format": "hex"}) == "encoding_format"
+    assert refused(EMBEDDINGS, {"model": "e", "input": "a", "encoding_format": None}) == "encoding_format"
 
 
 def test_valid_bodies_pass_with_unknown_fields():

@@ -35,7 +35,7 @@ class ModelLimitsCache:
         if cached and version and cached[0] == version:
             return cached[1]
         limits = ModelLimits(m.context_size, vocab_size(path) if version else None, m.embeddings,
-                             token_ids=m.engine == Engine.llama_server)
+                             one_text_prompt=m.engine == Engine.llama_cpp_python)
         if version and limits.vocab is not None:
             self._by_model[name] = (version, limits)
         return limits

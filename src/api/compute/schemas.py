@@ -90,7 +90,7 @@ def requests(rig: Rig, vocab: int | None) -> list[type[BaseModel]]:
         model_config = Open
         model: Literal[tuple(embed_names)]
         input: _text_or_tokens(vocab)
-        encoding_format: Literal["float", "base64"] | None = None
+        encoding_format: Literal["float", "base64"] = None  # not null: llama-server fails on it
         user: str | None = None
 
     return [ChatCompletionRequest, CompletionRequest, EmbeddingRequest]

@@ -23,14 +23,14 @@ class ModelLimits:
     context: int            # tokens; max_tokens may not pass it
     vocab: int | None       # token ids must be below it; None: unknown (file not read yet)
     embeddings: bool        # serves /v1/embeddings only
-    token_ids: bool = True  # its engine takes prompts as token ids (llama-cpp-python's does not)
+    one_text_prompt: bool = False  # its engine (llama-cpp-python) takes one text prompt: no token ids, no batch
 
 
 Check = Callable[[object, str, ModelLimits], None]
 # The roles both engines take (llama-cpp-python has no "developer"; its "function" needs a name).
 ROLES = ("system", "user", "assistant", "tool")
 # null is refused where an engine takes none (llama-cpp-python's defaults are not Optional).
-NOT_NULL = {"stream", "temperature", "top_p", "echo"}
+NOT_NULL = {"stream", "temperature", "top_p", "echo", "encoding_format"}
 UINT32 = 2**32 - 1
 
 
@@ -122,8 +122,9 @@ def text_or_tokens(v, param: str, limits: ModelLimits) -> None:
             _tokens(s, f"{param}[{i}]", limits)
     else:
         _tokens(v, param, limits)
-    if not all(isinstance(s, str) for s in v) and not limits.token_ids:
-        raise Invalid(param, f"{param} must be text: this model's engine (llama-cpp-python) takes no token ids")
+    if limits.one_text_prompt and (len(v) > 1 or not isinstance(v[0], str)):
+        raise Invalid(param, f"{param} must be one text: this model's engine (llama-cpp-python) takes no token ids "
+                      "and no batch of prompts")
 
 
 def _content(v, param: str, m: dict) -> None:
