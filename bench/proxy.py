@@ -142,7 +142,7 @@ def start_litellm(folder: Path, server_port: int) -> tuple[subprocess.Popen | No
     port = free_port()
     config = folder / "litellm.yaml"
     # LiteLLM refuses to start without a master key; clients then send it (its auth check is
-    # part of what it costs, as the compute API's would be with api.api_key_file set).
+    # part of what it costs, as the compute API's would be with api.keys set).
     config.write_text(yaml.safe_dump({"model_list": [{"model_name": "m", "litellm_params": {
         "model": "openai/m", "api_base": f"http://127.0.0.1:{server_port}/v1", "api_key": "none"}}],
         "general_settings": {"master_key": LITELLM_KEY}}))

@@ -1,8 +1,9 @@
 """What the validator needs of each model: its context size (the rig), its vocabulary size (the
-GGUF header, read once per file version) and whether it serves embeddings."""
+GGUF header, read once per file version) and what its engine takes."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from llamarig.api.compute.validate import ModelLimits
 from llamarig.shared.gguf_header import ArrayValue, GgufError, read_header
@@ -20,24 +21,34 @@ def vocab_size(path) -> int | None:
 
 
 class ModelLimitsCache:
+    """Per request: one stat of the model file (2 µs); the rig's path resolution (33 µs,
+    measured) happens once per rig and model."""
+
     def __init__(self):
-        self._by_model: dict[str, tuple[tuple, ModelLimits]] = {}
+        self._paths: dict[str, tuple[Rig, Path]] = {}
+        self._limits: dict[str, tuple[tuple, ModelLimits]] = {}
+
+    def _path(self, rig: Rig, name: str) -> Path:
+        known = self._paths.get(name)
+        if known is None or known[0] is not rig:  # a reload brings a new rig
+            known = self._paths[name] = (rig, rig.resolve(rig.models[name].path))
+        return known[1]
 
     def get(self, rig: Rig, name: str) -> ModelLimits:
-        m = rig.models[name]
-        path = rig.resolve(m.path)
+        path = self._path(rig, name)
         try:
             st = os.stat(path)
-            version = (str(path), st.st_size, st.st_mtime_ns, m.context_size, m.embeddings, m.engine)
         except OSError:
-            version = None
-        cached = self._by_model.get(name)
+            st = None
+        version = (rig, st.st_size, st.st_mtime_ns) if st else None
+        cached = self._limits.get(name)
         if cached and version and cached[0] == version:
             return cached[1]
-        limits = ModelLimits(m.context_size, vocab_size(path) if version else None, m.embeddings,
+        m = rig.models[name]
+        limits = ModelLimits(m.context_size, vocab_size(path) if st else None, m.embeddings,
                              one_text_prompt=m.engine == Engine.llama_cpp_python)
         if version and limits.vocab is not None:
-            self._by_model[name] = (version, limits)
+            self._limits[name] = (version, limits)
         return limits
 
     def smallest_vocab(self, rig: Rig) -> int | None:

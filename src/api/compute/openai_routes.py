@@ -84,9 +84,10 @@ async def routed(state, scope: dict, receive) -> Response:
     """POST to one of ROUTED: the model named in the JSON body gets it, once the body has
     arrived within its limits and passed validation."""
     api = state.rig.api
+    cap = int(api.max_body_mib * limits.MIB)
     try:
-        limits.check_declared(scope, int(api.max_body_mib * limits.MIB))
-        body = await limits.read_body(receive, int(api.max_body_mib * limits.MIB), api.body_timeout_s)
+        limits.check_declared(scope, cap)
+        body = await limits.read_body(receive, cap, api.body_timeout_s)
     except limits.BodyRefused as e:
         return e.response()
     path, rig = scope["path"], state.manager.rig
