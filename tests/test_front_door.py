@@ -212,6 +212,16 @@ def test_bad_input_is_a_400_naming_the_field_for_both_engines(door, model):
     assert gaps == [], gaps
 
 
+@pytest.mark.parametrize("model", ["native", "python"])
+def test_a_prompt_longer_than_the_context_is_a_400_for_both_engines(door, model):
+    """Only the engine's tokenizer knows a prompt's length; llama-cpp-python answers it 500."""
+    long = "𝓣𝓱𝓮 𝓺𝓾𝓲𝓬𝓴 " * 40  # about 1800 byte tokens, for a context of 256
+    for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": long}]}),
+                       ("/v1/completions", {"prompt": long, "max_tokens": 8})):
+        r = door.post(path, json={"model": model, **body})
+        assert r.status_code == 400, (path, r.text)
+
+
 def test_embeddings_go_to_the_embeddings_model_only(door):
     r = door.post("/v1/embeddings", json={"model": "native", "input": "hi"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "model" and "embed" in r.json()["error"]["message"]

@@ -15,7 +15,8 @@ from helpers import free_port, model_entry, running_bundle, write_rig
 pytestmark = pytest.mark.slow
 OPERATOR = "operator-key-for-fuzzing-0123"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
-STOPS = {("POST", "/admin/down"), ("POST", "/admin/units/{name}/{action}")}
+STOPS = {("POST", "/admin/down")}
+UNIT_ACTION = ("POST", "/admin/units/{name}/{action}")  # fuzzed, but never with action "stop"
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,9 @@ def test_no_route_answers_5xx_to_generated_requests(fuzzed):
         @hypothesis.given(case=operation.as_strategy())
         def call(case):
             nonlocal calls
+            action = (case.path_parameters or {}).get("action")
+            if (case.method.upper(), operation.path) == UNIT_ACTION and action == "stop":
+                return
             calls += 1
             # A hang fails the call by its timeout: max_tokens is bounded by the models' context.
             response = case.call(base_url=fuzzed.api, headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=60)
@@ -58,10 +62,8 @@ def test_no_route_answers_5xx_to_generated_requests(fuzzed):
                 failures.append((operation.label, response.status_code, response.text[:300], case.body))
 
         call()
-    for f in failures:
-        print("FAIL", f)
     assert failures == [], failures[:5]
     assert calls >= EXAMPLES * 5
-    assert fuzzed.get("/ready").status_code == 200
+    fuzzed.wait_ready(60)  # a fuzzed reset or reload may have restarted a model: it comes back
     gaps = [line for line in fuzzed.get("/metrics").text.splitlines() if line.startswith("llamarig_validator_gaps")]
     assert all(line.endswith(" 0.0") for line in gaps if not line.startswith("#")), gaps

@@ -33,6 +33,10 @@ def _passed(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(k, v) for k, v in headers if k not in HOP_BY_HOP]
 
 
+# llama-cpp-python answers 500 when the prompt does not fit the context (llama-server: 400); only
+# the engine's tokenizer knows the prompt's length, so its refusal is answered 400 like llama-server's.
+CONTEXT_FULL = re.compile(rb"exceed context window|llama_decode returned 1")
+
 # The count the server reports at the end of an answer: usage.completion_tokens (JSON answers,
 # llama-server's last completion event), or timings.predicted_n (llama-server's last chat event).
 REPORTED = re.compile(rb'"(?:completion_tokens|predicted_n)"\s*:\s*(\d+)')
@@ -119,6 +123,11 @@ class Proxy:
         finally:
             answer.close()
             lease.release()
+        if answer.status == 500 and CONTEXT_FULL.search(body):
+            on_done(400, time.perf_counter() - started, 0)
+            return error_response(400, "context_length_exceeded", "the prompt and max_tokens do not fit the model's "
+                                  "context: shorten the prompt or lower max_tokens (the engine said: "
+                                  f"{body[:200].decode(errors='replace')})", "messages")
         count.feed(body)
         on_done(answer.status, time.perf_counter() - started, count.tokens)
         return Whole(answer.status, _passed(answer.headers) + [(b"content-length", b"%d" % len(body))], body)
