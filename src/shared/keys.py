@@ -50,7 +50,8 @@ def _from_file(rig: Rig, field: str, name: str | None) -> list[str]:
         text = rig.resolve(name).read_text()
     except OSError as e:
         raise RigError(rig.source, [f"api.keys.{field}: cannot read {name}: {e.strerror}"]) from None
-    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+    keys = (line.split("#", 1)[0].strip() for line in text.splitlines())  # '#' starts a comment
+    return [key for key in keys if key]
 
 
 def _from_env(rig: Rig, field: str, environ, variable: str) -> list[str]:

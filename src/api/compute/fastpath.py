@@ -58,12 +58,12 @@ class FastPath:
 
     def _refusal(self, group: str):
         self.state.metrics.auth_failed(group)
-        if group == "operator":
-            how = ("this route needs the operator key (api.keys.operator_file or $" +
-                   self.state.rig.api.keys.operator_env + ")" if self.keys.operator else
-                   "no operator key is set, so operator routes are closed: set api.keys.operator_file or $" +
-                   self.state.rig.api.keys.operator_env)
-        else:
+        env = self.state.rig.api.keys.operator_env
+        if group != "operator":
             how = "this route needs a client key"
+        elif self.keys.operator:
+            how = f"this route needs the operator key (api.keys.operator_file or ${env})"
+        else:
+            how = f"no operator key is set, so operator routes are closed: set api.keys.operator_file or ${env}"
         return error_response(401, "invalid_api_key", f"{how}, sent as 'Authorization: Bearer KEY'",
                               headers={"WWW-Authenticate": "Bearer"})
