@@ -197,6 +197,7 @@ BAD_INPUT = [
     ("/v1/completions", '{"model": "M", "prompt": "a\\ud800"}', "prompt"),
     ("/v1/completions", '{"model": "M", "prompt": "hi", "stream": "yes"}', "stream"),
     ("/v1/completions", '{"model": "M", "prompt": "hi"', "(body)"),
+    ("/v1/completions", '{"model": "M", "prompt": "hi", "x-vendor": NaN}', "(body)"),
 ]
 
 

@@ -56,9 +56,17 @@ async def route(state, scope: dict, name: str, path: str, body, stream: bool = F
     return await state.proxy.forward(scope, unit.port, path, body, lease, done, stream)
 
 
+def _not_json(constant: str):
+    # Python's json takes NaN and Infinity; JSON and llama-server's parser (a 500) do not.
+    raise ValueError(f"{constant} is not JSON")
+
+
+DECODER = json.JSONDecoder(parse_constant=_not_json)  # made once: json.loads with a keyword makes one a call
+
+
 def _parse(body: bytes) -> dict:
     try:
-        data = json.loads(body)
+        data = DECODER.decode(body.decode())  # JSON is UTF-8 (RFC 8259); anything else is a 400
     except ValueError:
         raise Invalid("(body)", "the body must be a JSON object in UTF-8") from None
     if not isinstance(data, dict):
