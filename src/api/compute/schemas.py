@@ -116,16 +116,20 @@ class ChatChoice(BaseModel):
     finish_reason: str | None
 
 
-class ChatCompletion(BaseModel):
-    """A JSON answer; with "stream": true, server-sent events of chat.completion.chunk objects
-    ending with `data: [DONE]`."""
+class Generated(BaseModel):
+    """What a chat or text completion answer holds besides its choices."""
     model_config = Open
     id: str
     object: str
     created: int
     model: str
-    choices: list[ChatChoice]
     usage: Usage | None = None
+
+
+class ChatCompletion(Generated):
+    """A JSON answer; with "stream": true, server-sent events of chat.completion.chunk objects
+    ending with `data: [DONE]`."""
+    choices: list[ChatChoice]
 
 
 class CompletionChoice(BaseModel):
@@ -135,15 +139,9 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None
 
 
-class Completion(BaseModel):
+class Completion(Generated):
     """A JSON answer; with "stream": true, server-sent events ending with `data: [DONE]`."""
-    model_config = Open
-    id: str
-    object: str
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    usage: Usage | None = None
 
 
 class Embedding(BaseModel):
