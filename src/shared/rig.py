@@ -19,6 +19,7 @@ from llamarig.shared.errors import RigError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 Port = Annotated[int, Field(ge=1, le=65535)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]  # an environment variable's name
 
 
 class Strict(BaseModel):
@@ -123,13 +124,13 @@ class KeysConfig(Strict):
     client_file: str | None = Field(
         None, description="File of client keys, one per line ('#' starts a comment): inference, the /v1/* "
         "routes. null: none from a file.")
-    client_env: str = Field("LLAMARIG_CLIENT_KEYS", pattern=r"^[A-Z_][A-Z0-9_]*$", description="Environment "
+    client_env: EnvName = Field("LLAMARIG_CLIENT_KEYS", description="Environment "
                             "variable of client keys, comma-separated; NAME_FILE may name a file of keys instead "
                             "(one per line). Read too when set; only the compute API's program sees it.")
     operator_file: str | None = Field(
-        None, description="File holding the operator key: /admin/*, the docs and every route that changes the "
+        None, description="File holding the operator key: /admin/* and every route that changes the "
         "rig's state; it also works on client routes. null: none from a file.")
-    operator_env: str = Field("LLAMARIG_OPERATOR_KEY", pattern=r"^[A-Z_][A-Z0-9_]*$", description="Environment "
+    operator_env: EnvName = Field("LLAMARIG_OPERATOR_KEY", description="Environment "
                               "variable of the operator key; NAME_FILE may name a file holding it instead. Read too "
                               "when set; only the compute API's program sees it.")
     open_routes: list[Literal["health", "ready", "metrics"]] = Field(

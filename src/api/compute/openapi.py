@@ -7,10 +7,13 @@ from fastapi.openapi.utils import get_openapi
 from llamarig.api.compute import schemas
 from llamarig.api.compute.fastpath import route_group
 
-ERROR_REF = {"description": "A missing or wrong key.", "content": {"application/json": {
-    "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
-BAD_PARAMETER = {"description": "A bad path or query parameter.", "content": {"application/json": {
-    "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+
+def _error(description: str) -> dict:
+    """An OpenAPI response whose body is the OpenAI error shape."""
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+
+
 SCHEMES = {
     "ClientKey": {"type": "http", "scheme": "bearer", "description": "A client key: /v1/* and the docs."},
     "OperatorKey": {"type": "http", "scheme": "bearer", "description": "The operator key: every route."},
@@ -42,9 +45,9 @@ def install(app, state, open_groups: set[str]) -> None:
             for operation in operations.values():
                 operation["security"] = security
                 if operation["responses"].pop("422", None):  # errors.py answers these 400, OpenAI-shaped
-                    operation["responses"]["400"] = {**BAD_PARAMETER}
+                    operation["responses"]["400"] = _error("A bad path or query parameter.")
                 if security:
-                    operation["responses"].setdefault("401", ERROR_REF)
+                    operation["responses"].setdefault("401", _error("A missing or wrong key."))
         for unused in ("HTTPValidationError", "ValidationError"):
             found.pop(unused, None)
         app.openapi_schema = doc
