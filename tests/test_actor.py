@@ -9,7 +9,7 @@ import time
 
 from helpers import model_entry, write_rig
 from llamarig.backend.lifecycle.actor import UnitActor
-from llamarig.backend.lifecycle.commands import Acquire
+from llamarig.backend.lifecycle.commands import Acquire, Replaced
 from llamarig.backend.lifecycle.jobs import Deps, Events
 from llamarig.backend.lifecycle.states import State
 from llamarig.backend.lifecycle.units import units_from_rig
@@ -79,6 +79,17 @@ async def test_the_keep_alive_deadline_follows_states_changed_by_senders(tmp_pat
     assert unloaded.reason == "idle for 0.3 s (keep_alive): unloading"
     assert 0.25 <= unloaded.at - released < 2
     assert (await actor.wait_until(frozenset({State.STOPPED}), 15)) == State.STOPPED
+    task.cancel()
+
+
+async def test_a_process_replaced_outside_is_waited_for_unless_the_unit_started_it(tmp_path, models):
+    actor, task = await _ready_actor(tmp_path, models, 300)
+    actor.process_since = time.monotonic()
+    actor.send(Replaced("pid 10 -> 11", actor.process_since - 1))  # read before this unit's own start
+    assert actor.state == State.READY
+    actor.send(Replaced("pid 11 -> 12", actor.process_since + 1))
+    assert actor.state == State.STARTING and actor.history[-1].reason.startswith(
+        "restarted outside llamarig (pid 11 -> 12)")
     task.cancel()
 
 

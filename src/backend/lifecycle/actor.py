@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 from llamarig.backend.lifecycle import jobs
-from llamarig.backend.lifecycle.commands import (Acquire, Exited, JobDone, Probe, Refuse, Release, Reset, Start,
-                                                 Stop)
+from llamarig.backend.lifecycle.commands import (Acquire, Exited, JobDone, Probe, Refuse, Release, Replaced, Reset,
+                                                 Start, Stop)
 from llamarig.backend.lifecycle.policy import RestartPolicy
 from llamarig.backend.lifecycle.states import (LOADING, ON_TIMEOUT, PROCESS_EXPECTED, SERVING, State,
                                                check_transition, timeout_for)
@@ -96,6 +96,7 @@ class UnitActor:
         self.last_used = 0.0
         self.load_seconds: float | None = None
         self.refused = False
+        self.following = False  # the next STARTING waits for a process someone else started
         self._inbox: collections.deque = collections.deque()
         self._wakeup: asyncio.Future | None = None
         self._parked = False  # the writer waits at its await with an empty inbox
@@ -189,7 +190,7 @@ class UnitActor:
         handler = {Start: self._on_start, Stop: self._on_stop, Acquire: self._on_acquire,
                    Release: self._on_release, Probe: self._on_probe, Exited: self._on_exited,
                    JobDone: self._on_job_done, Reset: self._on_reset,
-                   Refuse: self._on_refuse}[type(c)]
+                   Refuse: self._on_refuse, Replaced: self._on_replaced}[type(c)]
         handler(c)
 
     def _time_left(self) -> float | None:
@@ -236,7 +237,9 @@ class UnitActor:
             self._spawn(jobs.verify(self.deps, self.unit, self.epoch))
         elif state == State.STARTING:
             self.process_since = self.since
-            self._spawn(jobs.start(self.deps, self.unit, self.epoch, not self.recovering, self._kill))
+            following, self.following = self.following, False
+            self._spawn(jobs.wait_ready(self.deps, self.unit, self.epoch) if following else
+                        jobs.start(self.deps, self.unit, self.epoch, not self.recovering, self._kill))
         elif state == State.READY:
             self._on_ready()
         elif state == State.DRAINING and not self.leases:
@@ -355,6 +358,14 @@ class UnitActor:
     def _on_exited(self, c: Exited) -> None:
         if self.state in PROCESS_EXPECTED and self.state != State.STARTING and c.taken_at >= self.process_since:
             self._crash(f"server process exited ({c.detail})", hung=False)
+
+    def _on_replaced(self, c: Replaced) -> None:
+        # A process this unit asked for after the earlier reading explains the change itself.
+        if self.state not in SERVING or self.process_since >= c.last_seen_at:
+            return
+        self.epoch += 1
+        self.following = True
+        self._to(State.STARTING, f"restarted outside llamarig ({c.detail}): waiting for the new process")
 
     def _on_job_done(self, c: JobDone) -> None:
         if c.epoch != self.epoch:

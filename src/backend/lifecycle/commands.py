@@ -49,6 +49,14 @@ class Exited:
 
 
 @dataclass
+class Replaced:
+    """supervisord shows another process for the unit's program than at its last reading:
+    restarted outside llamarig (`supervisorctl restart`), unless the unit started it itself."""
+    detail: str
+    last_seen_at: float        # monotonic time the earlier process was last read
+
+
+@dataclass
 class JobDone:
     kind: str                  # verify | start | stop | crash
     epoch: int

@@ -103,7 +103,7 @@ async def start(deps: Deps, unit: Unit, epoch: int, adopt: bool, after: asyncio.
         await deps.supervisor.run("start", unit.program)
     except SupervisorError as e:
         return JobDone("start", epoch, False, e.reason)
-    return await _wait_ready(deps, unit, epoch)
+    return await wait_ready(deps, unit, epoch)
 
 
 async def _settled_info(deps: Deps, unit: Unit) -> dict:
@@ -116,7 +116,8 @@ async def _settled_info(deps: Deps, unit: Unit) -> dict:
     return info
 
 
-async def _wait_ready(deps: Deps, unit: Unit, epoch: int) -> JobDone:
+async def wait_ready(deps: Deps, unit: Unit, epoch: int) -> JobDone:
+    """Until the program's server answers (or exits, or start_s passes); starts nothing."""
     deadline = time.monotonic() + deps.rig.timeouts.start_s
     timeout = deps.rig.lifecycle.probe_timeout_s
     checked = 0.0

@@ -16,7 +16,7 @@ import psutil
 
 from llamarig.backend.launch import checks_for, plan_for, verify_unit
 from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
-from llamarig.backend.lifecycle.commands import Acquire, Exited, Probe, Refuse, Reset, Start, Stop
+from llamarig.backend.lifecycle.commands import Acquire, Exited, Probe, Refuse, Replaced, Reset, Start, Stop
 from llamarig.backend.lifecycle.jobs import Deps, Events, HeldEvents, tree_pids
 from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
 from llamarig.backend.lifecycle.swap import reload_model
@@ -40,7 +40,10 @@ class UnknownModel(LlamarigError):
 
 
 def _exited(info: dict, taken: float) -> Exited:
-    return Exited(f"supervisord says {info['statename']}, exit status {info['exitstatus']}", taken)
+    # The units stop their programs through their actors: a STOPPED one while serving was
+    # stopped by someone else (supervisorctl stop, or a restart caught half-way).
+    outside = " (stopped outside llamarig)" if info["statename"] == "STOPPED" else ""
+    return Exited(f"supervisord says {info['statename']}, exit status {info['exitstatus']}{outside}", taken)
 
 
 class Manager(Events):
@@ -64,6 +67,7 @@ class Manager(Events):
         self.swaps: dict[str, dict] = {}
         self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used)
         self.pids: dict[str, int] = {}
+        self.pids_read_at = 0.0  # monotonic time `pids` was asked for
         self.program_states: dict[str, str] = {}
         self.estimates: dict[str, Estimate] = {}
         self.actuals: dict[str, dict[int, int]] = {}
@@ -167,7 +171,9 @@ class Manager(Events):
         return last
 
     async def _refresh_pids(self) -> dict[str, dict]:
+        asked = time.monotonic()
         infos = await self.supervisor.run("all_info")
+        self.pids_read_at = asked
         self.pids = {name: i["pid"] for name, i in infos.items() if i["pid"]}
         self.program_states = {name: i["statename"] for name, i in infos.items()}
         return infos
@@ -288,12 +294,14 @@ class Manager(Events):
             await asyncio.sleep(interval)
 
     async def _health_tick(self) -> None:
-        taken = time.monotonic()
+        taken, before, before_at = time.monotonic(), self.pids, self.pids_read_at
         infos = await self._refresh_pids()
         for actor in self.all_actors():
             info = infos.get(actor.unit.program)
             if info and info["statename"] not in ALIVE_STATES:
                 actor.send(_exited(info, taken))
+            elif info and info["pid"] and before.get(actor.unit.program, info["pid"]) != info["pid"]:
+                actor.send(Replaced(f"pid {before[actor.unit.program]} -> {info['pid']}", before_at))
             # A hung server holds each probe for probe_timeout_s; probes overlap (up to the
             # threshold) so that it is caught after about threshold x interval + one timeout.
             program = actor.unit.program

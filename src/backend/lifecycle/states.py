@@ -42,8 +42,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.VERIFYING, State.FAILED}),  # FAILED: refused before it starts
     State.VERIFYING: frozenset({State.STARTING, State.FAILED, State.STOPPED}),
     State.STARTING: frozenset({State.READY, State.FAILED, State.STOPPING}),
-    State.READY: frozenset({State.BUSY, State.DRAINING, State.STOPPING, State.FAILED}),
-    State.BUSY: frozenset({State.READY, State.DRAINING, State.STOPPING, State.FAILED}),
+    # STARTING from READY or BUSY: a process restarted outside llamarig is waited for.
+    State.READY: frozenset({State.BUSY, State.DRAINING, State.STOPPING, State.FAILED, State.STARTING}),
+    State.BUSY: frozenset({State.READY, State.DRAINING, State.STOPPING, State.FAILED, State.STARTING}),
     State.DRAINING: frozenset({State.STOPPING, State.FAILED}),
     State.STOPPING: frozenset({State.STOPPED, State.FAILED}),
     State.FAILED: frozenset({State.VERIFYING, State.STOPPING, State.STOPPED}),
