@@ -124,6 +124,15 @@ def cmd_models_make(args) -> int:
     return 0
 
 
+def _run_conf(rig, args) -> Path:
+    if not args.preflight:
+        return Path(args.conf)
+    from llamarig.backend import preflight
+
+    preflight.check(rig)
+    return preflight.render_conf(rig)
+
+
 def _ops(name):
     def run(args) -> int:
         rig = _rig(args)
@@ -143,7 +152,7 @@ def _ops(name):
         if name == "down":
             return ops.down(rig)
         if name == "run":
-            ops.exec_supervisord(rig, Path(args.conf))
+            ops.exec_supervisord(rig, _run_conf(rig, args))
         return ops.act(rig, args.name, name, drain=not getattr(args, "now", False))
     return run
 
@@ -180,6 +189,11 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("--conf", default="supervisord.conf")
         s.add_argument("--timeout", type=float, default=600)
+        if name == "run":
+            s.add_argument("--preflight", action="store_true",
+                           help="(the image's start) refuse, with one line and exit 2, what cannot start: keys, "
+                           "run folder, models folder, required model files; render the conf into the run "
+                           "folder and use it (--conf is ignored)")
         s.set_defaults(fn=_ops(name))
     sub.add_parser("status", help="every unit's state").set_defaults(fn=_ops("status"))
     sub.add_parser("down", help="drain and stop everything, then supervisord").set_defaults(fn=_ops("down"))

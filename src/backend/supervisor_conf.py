@@ -31,8 +31,12 @@ def verdict_key(unit: str, slot: str = BLUE) -> str:
     return unit if slot == BLUE else f"{unit}_{slot}"
 
 
-def _here(path: Path, conf_dir: Path) -> str:
+def _here(path: Path, conf_dir: Path | None) -> str:
+    """`path` as the conf spells it; conf_dir None: every path absolute (a conf read through a
+    link elsewhere, as the image's /app/supervisord.conf, must not depend on its folder)."""
     path = path.resolve()
+    if conf_dir is None:
+        return str(path)
     try:
         rel = str(path.relative_to(conf_dir.resolve()))
     except ValueError:
@@ -54,7 +58,7 @@ def gate_startsecs(rig: Rig) -> int:
     return math.ceil(rig.timeouts.model_wait_s + rig.timeouts.settle_s) + 2
 
 
-def _program(rig: Rig, conf_dir: Path, name: str, command: str, extra: dict) -> str:
+def _program(rig: Rig, conf_dir: Path | None, name: str, command: str, extra: dict) -> str:
     logs = rig.run_dir / "logs"
     items = {
         "command": command, "directory": _here(rig.root, conf_dir),
@@ -66,7 +70,7 @@ def _program(rig: Rig, conf_dir: Path, name: str, command: str, extra: dict) -> 
     return _section(f"program:{name}", items)
 
 
-def _gated(rig: Rig, conf_dir: Path, rig_ref: str, unit: str, program: str, gpus: list[int], priority: int,
+def _gated(rig: Rig, conf_dir: Path | None, rig_ref: str, unit: str, program: str, gpus: list[int], priority: int,
            slot: str = BLUE) -> str:
     plan = _here(plan_path(rig.run_dir, verdict_key(unit, slot)), conf_dir)
     launch = f"llamarig --rig {rig_ref} launch {unit}" + (f" --slot {slot}" if slot != BLUE else "") + f" --plan {plan}"
@@ -79,7 +83,7 @@ def _gated(rig: Rig, conf_dir: Path, rig_ref: str, unit: str, program: str, gpus
         "priority": priority, "environment": _env(env)})
 
 
-def render(rig: Rig, conf_dir: Path) -> str:
+def render(rig: Rig, conf_dir: Path | None) -> str:
     run, rig_ref = rig.run_dir, _here(Path(rig.source), conf_dir)
     sock = _here(run / "supervisor.sock", conf_dir)
     parts = [HEADER.format(rig=_here(Path(rig.source), conf_dir).replace("%(here)s/", "")),
