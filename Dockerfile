@@ -1,44 +1,61 @@
-# llamarig on an NVIDIA CUDA base: llama-server and llama-cpp-python built with CUDA,
-# supervisord as PID 1. No Docker engine runs where this project is developed, so this file
-# is checked by reading, not by a build; see the notes of issue 4.
+# llamarig: one Dockerfile, two bases. supervisord is PID 1 and runs every program of the rig.
 #
+# Production (the defaults): an NVIDIA CUDA base, llama-server and llama-cpp-python compiled with
+# CUDA inside the build (the network is needed: the distribution's archive and PyPI).
 #   docker build -t llamarig .
 #   docker run --gpus all --stop-timeout 120 -p 8000:8000 -v /srv/models:/app/models:ro \
-#     -e LLAMARIG_CLIENT_KEYS=... -e LLAMARIG_OPERATOR_KEY=... llamarig
+#     -v llamarig-run:/app/run -e LLAMARIG_CLIENT_KEYS=... -e LLAMARIG_OPERATOR_KEY=... llamarig
 #
-# The image listens on 0.0.0.0, so it refuses to start without a client key (exit 2, one line
-# saying how to give one): -e LLAMARIG_CLIENT_KEYS=k1,k2, or a mounted file of keys named by
-# -e LLAMARIG_CLIENT_KEYS_FILE=/run/secrets/llamarig-client-keys (likewise LLAMARIG_OPERATOR_KEY).
+# CPU (the tests, and a rig without GPUs): a local Debian base (runtime/docker-base.sh) and the
+# engines this host already built, from prebuilt/ (runtime/image-prebuilt.sh); no PyPI access.
+#   docker build --network host -t llamarig:cpu --build-arg BUILD_BASE=local/debian:bookworm \
+#     --build-arg RUN_BASE=local/debian:bookworm --build-arg ENGINE=cpu --build-arg ENGINES_FROM=prebuilt .
+#
+# Only the build arguments differ between the two: the bases (CUDA's libraries or none), ENGINE
+# (CUDA or CPU build flags) and ENGINES_FROM (compile here, or take the host's builds), and the
+# packages a compile needs. What the image does is the same line for line: user 10001, /app with
+# runtime/, models/ (read-only volume) and run/ (writable volume), the entrypoint's checks, the
+# rig rendered at each start, supervisord as PID 1, the health check, the stop signal.
 #
 # --stop-timeout must exceed the longest stopwaitsecs in supervisord.conf (compute-api:
-# drain_s + 10 = 70 s), or Docker kills the bundle before the drain ends.
-FROM nvidia/cuda:12.6.3-devel-ubuntu24.04 AS build
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-dev \
-      cmake build-essential && rm -rf /var/lib/apt/lists/*
+# drain_s + 10 = 70 s), or Docker kills the bundle before the drain ends (Docker's default is 10 s).
+ARG BUILD_BASE=nvidia/cuda:12.6.3-devel-ubuntu24.04
+ARG RUN_BASE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
+
+FROM ${BUILD_BASE} AS build
+ARG ENGINE=cuda
+ARG ENGINES_FROM=source
+# Differs: a compile needs cmake, a compiler and Python's headers; prebuilt engines need none.
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+      $([ "$ENGINES_FROM" = source ] && echo python3-dev cmake build-essential) \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY runtime/LLAMA_CPP_PYTHON_VERSION runtime/build-llama-server.sh runtime/
-RUN python3 -m venv /opt/venv && ln -s /opt/venv/bin/pip /usr/local/bin/pip \
- && PATH=/opt/venv/bin:$PATH LLAMARIG_CACHE=/opt/llamarig runtime/build-llama-server.sh --cuda
+COPY runtime/LLAMA_CPP_PYTHON_VERSION runtime/build-llama-server.sh runtime/image-engines.sh runtime/
+COPY prebuilt/ prebuilt/
+RUN runtime/image-engines.sh server && runtime/image-engines.sh packages
 COPY pyproject.toml ./
 COPY src ./src
-RUN CMAKE_ARGS="-DGGML_CUDA=on" /opt/venv/bin/pip install .
+RUN runtime/image-engines.sh llamarig
 
-FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04
+FROM ${RUN_BASE}
+# libgomp1: llama.cpp's OpenMP; curl: the health check.
 RUN apt-get update && apt-get install -y --no-install-recommends python3 libgomp1 curl \
  && rm -rf /var/lib/apt/lists/* && useradd --create-home --uid 10001 llamarig
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /opt/llamarig/ /opt/llamarig/
-RUN ln -s /opt/llamarig/llama-server-*-cuda/bin/llama-server /opt/venv/bin/llama-server
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 WORKDIR /app
-COPY runtime ./runtime
-# In a container the API must listen beyond loopback; the rendered file follows the rig.
-RUN sed -i 's/^  host: 127.0.0.1$/  host: 0.0.0.0/' runtime/rig.yaml && llamarig render \
- && mkdir -p models run && chown -R llamarig /app/run
-VOLUME ["/app/models"]
+COPY runtime/rig.yaml runtime/entrypoint.sh runtime/
+# In a container the API must listen beyond loopback. Rendering once here fails the build on a
+# rig that does not validate; the entrypoint renders again at each start (a mounted rig) into
+# run/, and the link lets `docker exec NAME supervisorctl status` find it from /app.
+RUN sed -i 's/^  host: 127.0.0.1$/  host: 0.0.0.0/' runtime/rig.yaml \
+ && llamarig --rig runtime/rig.yaml render --out /tmp/supervisord.conf && rm /tmp/supervisord.conf \
+ && mkdir -p models run && chown llamarig run && ln -s run/supervisord.conf supervisord.conf
+VOLUME ["/app/models", "/app/run"]
 USER llamarig
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD curl -fs http://127.0.0.1:8000/health || exit 1
 STOPSIGNAL SIGTERM
-# Checks the rig and the keys, then exec: supervisord replaces it and runs as PID 1 (nodaemon=true).
+# Checks what a start needs (exit 2 and one line if not), renders the rig into run/, then exec:
+# supervisord replaces it as PID 1 (nodaemon=true).
 ENTRYPOINT ["runtime/entrypoint.sh"]
