@@ -49,3 +49,37 @@ def bundle_factory(tmp_path):
                 b.proc.wait(timeout=30)
             except Exception:
                 b.kill()
+
+
+MEASURED: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def report():
+    """Keep a measured line for the run's summary (pytest captures print)."""
+    return MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("measured")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def docker():
+    """A real dockerd for this session (root and Debian's docker.io), stopped at its end."""
+    from dockerd import start_dockerd, stop_dockerd
+
+    d = start_dockerd()
+    yield d
+    stop_dockerd(d)
+
+
+@pytest.fixture(scope="session")
+def image(docker):
+    """The CPU image, built as the README says (runtime/docker-base.sh, runtime/image-prebuilt.sh)."""
+    from dockerd import build_cpu_image
+
+    return build_cpu_image(docker, "llamarig:test")
