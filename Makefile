@@ -9,7 +9,7 @@ run: setup
 	.venv/bin/llamarig run
 
 test:
-	runtime/setup.sh --with-prometheus
+	runtime/setup.sh --with-prometheus --with-docker
 	.venv/bin/python -m pytest -q -ra
 
 render:

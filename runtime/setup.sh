@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: Debian's Prometheus tools (tests only), a virtual environment with
-# llamarig and its engines, the native llama-server, and the generated tiny models.
+# Set up a fresh machine: Debian's Prometheus tools and Docker daemon (tests only), a virtual
+# environment with llamarig and its engines, the native llama-server, and the generated tiny models.
 # Idempotent: a second run reuses pip's wheel cache and the cached llama-server binary.
-# Usage: runtime/setup.sh [--with-prometheus]
+# Usage: runtime/setup.sh [--with-prometheus] [--with-docker]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--with-prometheus" ]; then
-  if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then
-    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null
-  fi
+with_prometheus=false; with_docker=false
+for arg in "$@"; do
+  case "$arg" in
+    --with-prometheus) with_prometheus=true ;;
+    --with-docker) with_docker=true ;;
+    *) echo "usage: runtime/setup.sh [--with-prometheus] [--with-docker]" >&2; exit 2 ;;
+  esac
+done
+need=()
+if $with_prometheus; then
+  command -v promtool >/dev/null && command -v amtool >/dev/null || need+=(prometheus prometheus-alertmanager)
+fi
+if $with_docker; then  # the image tests: a daemon they start themselves, and a base made offline
+  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # llama-cpp-python compiles llama.cpp (~12 min on 2 cores) the first time; pip keeps the wheel.

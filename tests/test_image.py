@@ -124,6 +124,8 @@ def test_supervisorctl_status_names_every_program_running(box):
     assert {p for p, state in status.items() if p.endswith("_green")} == {f"llama-{m}_green" for m in
                                                                           ("brain", "worker-1", "worker-2", "worker-3")}
     assert all(state == "STOPPED" for p, state in status.items() if p.endswith("_green"))
+    llamarig_status = box.exec("llamarig", "status")  # the operator key comes from the container's environment
+    assert llamarig_status.returncode == 0 and "worker-3" in llamarig_status.stdout, llamarig_status.stderr
 
 
 def test_supervisorctl_restart_of_a_model_is_seen_by_the_lifecycle_manager(box):

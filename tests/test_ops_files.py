@@ -159,39 +159,38 @@ def test_grafana_dashboard_structure():
             "llamarig_gpu_temperature_celsius", "llamarig_vram_actual_bytes"} <= dashboard_metrics()
 
 
-# ---- the Docker image and compose file, read rather than built (no Docker engine here) ----------
+# ---- the Docker image's CUDA defaults and the compose file, read (test_image.py builds the CPU image) ----
 def dockerfile() -> str:
     return (ROOT / "Dockerfile").read_text()
 
 
-def test_dockerfile_copies_and_runs_what_exists():
+def test_dockerfile_copies_what_exists_and_defaults_to_the_cuda_build():
     text = dockerfile()
     for m in re.finditer(r"^COPY (?!--from)(.+)$", text, re.M):
         *sources, _ = m.group(1).split()
         for s in sources:
             assert (ROOT / s).exists(), f"COPY {s}: not in the repository"
-    assert "runtime/build-llama-server.sh --cuda" in text and "--cuda" in (ROOT / "runtime/build-llama-server.sh").read_text()
-    assert re.search(r'^ENTRYPOINT \["runtime/entrypoint.sh"\]$', text, re.M)
-    assert "llamarig --rig" in (ROOT / "runtime/entrypoint.sh").read_text() and " run " in \
-        (ROOT / "runtime/entrypoint.sh").read_text()
-    assert "run" in next(a for a in _parser()._actions if a.dest == "command").choices
-    assert "nodaemon=true" in (ROOT / "supervisord.conf").read_text()
-    assert re.search(r"^FROM nvidia/cuda:\S+-runtime-", text, re.M) and re.search(r"^USER (?!root)\w+", text, re.M)
+    assert re.search(r"^ARG BUILD_BASE=nvidia/cuda:\S+-devel-", text, re.M)
+    assert re.search(r"^ARG RUN_BASE=nvidia/cuda:\S+-runtime-", text, re.M)
+    assert re.search(r"^ARG ENGINE=cuda$", text, re.M) and re.search(r"^ARG ENGINES_FROM=source$", text, re.M)
+    engines = (ROOT / "runtime/image-engines.sh").read_text()
+    assert '[ "$ENGINE" = cuda ] && flag=--cuda' in engines and '"--cuda"' in (ROOT / "runtime/build-llama-server.sh").read_text()
+    assert '[ "$ENGINE" = cuda ] && cmake_args="-DGGML_CUDA=on"' in engines
     # The sed that opens the API beyond loopback must match the rig's line.
     pattern = re.search(r"sed -i 's/\^(.+?)\$/", text).group(1).replace("\\", "")
     assert pattern in (ROOT / "runtime/rig.yaml").read_text().splitlines()
 
 
-def test_dockerfile_ports_health_and_volume_agree_with_the_rig():
+def test_dockerfile_ports_health_and_volumes_agree_with_the_rig():
     text, rig = dockerfile(), load_rig(ROOT / "runtime" / "rig.yaml")
     assert re.search(rf"^EXPOSE {rig.api.port}$", text, re.M)
     assert f"http://127.0.0.1:{rig.api.port}/health" in re.search(r"^HEALTHCHECK .+$", text, re.M).group(0)
-    volume = re.search(r'^VOLUME \["(.+)"\]$', text, re.M).group(1)
-    workdir = re.findall(r"^WORKDIR (.+)$", text, re.M)[-1]
+    models, run = json.loads(re.search(r"^VOLUME (\[.+\])$", text, re.M).group(1))
+    workdir = Path(re.findall(r"^WORKDIR (.+)$", text, re.M)[-1])
     # In the image the repository root is WORKDIR; every model path must be under the volume.
     for m in rig.models.values():
-        in_image = Path(workdir) / rig.resolve(m.path).relative_to(ROOT)
-        assert str(in_image).startswith(volume + "/"), m.path
+        assert str(workdir / rig.resolve(m.path).relative_to(ROOT)).startswith(models + "/"), m.path
+    assert workdir / rig.run_dir.relative_to(ROOT) == Path(run)
 
 
 def _longest_stopwaitsecs() -> int:
@@ -214,8 +213,8 @@ def test_compose_mounts_files_that_exist_and_ports_agree():
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             host = volume.split(":")[0]
-            if host == "./models":
-                continue  # the user's models; generated ones appear there after `make models`
+            if host == "./models" or "/" not in host:
+                continue  # the user's models (made by `llamarig models make`), or a named volume
             assert (ROOT / host).exists(), f"{name}: {host} does not exist"
     prom = compose["services"]["prometheus"]["volumes"]
     assert any(v.startswith("./alerts/llamarig-rules.yml:") for v in prom)
