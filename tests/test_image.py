@@ -61,8 +61,9 @@ class Container:
     def state(self) -> dict:
         return self.docker.inspect(self.name)["State"]
 
-    def exec(self, *args: str) -> subprocess.CompletedProcess:
-        return self.docker("exec", self.name, *args, check=False)
+    def exec(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        options = [f"--env={k}={v}" for k, v in (env or {}).items()]
+        return self.docker("exec", *options, self.name, *args, check=False)
 
     def admin(self, path: str) -> dict:
         return HTTP.get(self.api + path, headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=10).json()
@@ -124,7 +125,8 @@ def test_supervisorctl_status_names_every_program_running(box):
     assert {p for p, state in status.items() if p.endswith("_green")} == {f"llama-{m}_green" for m in
                                                                           ("brain", "worker-1", "worker-2", "worker-3")}
     assert all(state == "STOPPED" for p, state in status.items() if p.endswith("_green"))
-    llamarig_status = box.exec("llamarig", "status")  # the operator key comes from the container's environment
+    # The operator key comes from the container's environment; COLUMNS as a terminal of `docker exec -it` gives.
+    llamarig_status = box.exec("llamarig", "status", env={"COLUMNS": "200"})
     assert llamarig_status.returncode == 0 and "worker-3" in llamarig_status.stdout, llamarig_status.stderr
 
 
