@@ -124,7 +124,7 @@ def act(rig: Rig, name: str, action: str, drain: bool = True) -> int:
 def down(rig: Rig) -> int:
     """Drain and stop every unit (verified), then shut supervisord down."""
     try:
-        body = Api(rig).post("/admin/down", timeout=rig.timeouts.drain_s + rig.timeouts.stop_s + 60)
+        body = Api(rig).post("/admin/down", timeout=rig.timeouts.stop_budget_s + 30)
         console.print(status_table(body["units"]))
     except LlamarigError as e:
         console.print(f"[yellow]compute API: {e.reason}; stopping through supervisord only[/]")

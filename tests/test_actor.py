@@ -1,6 +1,7 @@
-"""The unit actor's hand-off: a command sent while its writer is parked with nothing queued is
-handled at once by the sender; otherwise it waits in order; either way the state's deadline
-follows the state. An actor on its own, with no supervisord (nothing here starts a server)."""
+"""The unit actor: a command is handled whole before `send` returns, one sent from inside a
+handler right after it; the state's deadline follows the state; a planned command is refused
+when its condition no longer holds. An actor on its own, with no supervisord (nothing here
+starts a server)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +10,7 @@ import time
 
 from helpers import model_entry, write_rig
 from llamarig.backend.lifecycle.actor import UnitActor
-from llamarig.backend.lifecycle.commands import Acquire, Replaced
+from llamarig.backend.lifecycle.commands import Acquire, Condition, Replaced, Reset, Start, Stop
 from llamarig.backend.lifecycle.jobs import Deps, Events
 from llamarig.backend.lifecycle.states import State
 from llamarig.backend.lifecycle.units import units_from_rig
@@ -28,19 +29,17 @@ class NoSupervisor:
         raise SupervisorError("supervisor_not_running", "no supervisord in this test")
 
 
-async def _ready_actor(tmp_path, models, keep_alive_s: float) -> tuple[UnitActor, asyncio.Task]:
+async def _ready_actor(tmp_path, models, keep_alive_s: float) -> UnitActor:
     rig = load_rig(write_rig(tmp_path, {"m": model_entry(models["gguf"], [0], warm=False,
                                                           keep_alive_s=keep_alive_s)}))
-    deps = Deps(rig, NoSupervisor(), ServerHttp(), lambda name: None, lambda unit: None, Events())
+    deps = Deps(rig, NoSupervisor(), ServerHttp(), lambda unit: None, lambda unit: None, Events())
     actor = UnitActor(units_from_rig(rig)[0], deps)
     actor.state = State.READY  # as if loaded: this test is about commands, not loading
-    task = asyncio.ensure_future(actor.run())
-    await asyncio.sleep(0)  # the writer parks
-    return actor, task
+    return actor
 
 
-async def test_an_acquire_sent_to_a_parked_writer_is_answered_before_send_returns(tmp_path, models):
-    actor, task = await _ready_actor(tmp_path, models, 300)
+async def test_an_acquire_is_answered_before_send_returns(tmp_path, models):
+    actor = await _ready_actor(tmp_path, models, 300)
     command = Acquire()
     actor.send(command)
     assert command.reply.done() and actor.state == State.BUSY
@@ -51,23 +50,20 @@ async def test_an_acquire_sent_to_a_parked_writer_is_answered_before_send_return
         actor.send(command)
         command.reply.result().release()
     assert actor.history == collections.deque()  # requests are not life events
-    task.cancel()
+    actor.close()
 
 
-async def test_a_command_sent_while_the_writer_has_work_waits_its_turn(tmp_path, models):
-    actor, task = await _ready_actor(tmp_path, models, 300)
-    actor._wakeup.set_result(None)  # as a deadline does: the writer has work before this command
-    command = Acquire()
-    actor.send(command)
-    assert not command.reply.done() and actor.state == State.READY
-    lease = await asyncio.wait_for(command.reply, 5)
-    assert actor.state == State.BUSY
-    lease.release()
-    task.cancel()
+async def test_a_command_sent_by_a_handler_is_handled_after_it_before_send_returns(tmp_path, models):
+    actor = await _ready_actor(tmp_path, models, 300)
+    actor.state = State.FAILED
+    actor.send(Reset())  # its handler sends a Start, which must wait for the reset to finish
+    assert actor.state == State.VERIFYING and actor.history[-1].reason == "operator reset"
+    assert not actor.policy.count() and not actor.refused
+    actor.close()
 
 
 async def test_the_keep_alive_deadline_follows_states_changed_by_senders(tmp_path, models):
-    actor, task = await _ready_actor(tmp_path, models, 0.3)
+    actor = await _ready_actor(tmp_path, models, 0.3)
     command = Acquire()
     actor.send(command)
     await asyncio.sleep(0.6)  # longer than keep_alive: busy has no deadline
@@ -79,18 +75,18 @@ async def test_the_keep_alive_deadline_follows_states_changed_by_senders(tmp_pat
     assert unloaded.reason == "idle for 0.3 s (keep_alive): unloading"
     assert 0.25 <= unloaded.at - released < 2
     assert (await actor.wait_until(frozenset({State.STOPPED}), 15)) == State.STOPPED
-    task.cancel()
+    actor.close()
 
 
 async def test_a_process_replaced_outside_is_waited_for_unless_the_unit_started_it(tmp_path, models):
-    actor, task = await _ready_actor(tmp_path, models, 300)
+    actor = await _ready_actor(tmp_path, models, 300)
     actor.process_since = time.monotonic()
     actor.send(Replaced("pid 10 -> 11", actor.process_since - 1))  # read before this unit's own start
     assert actor.state == State.READY
     actor.send(Replaced("pid 11 -> 12", actor.process_since + 1))
     assert actor.state == State.STARTING and actor.history[-1].reason.startswith(
         "restarted outside llamarig (pid 11 -> 12)")
-    task.cancel()
+    actor.close()
 
 
 def test_no_command_handler_awaits():

@@ -19,7 +19,7 @@ def edit_model(rig_path, **changes):
 
 
 def reload_done(b, timeout=90) -> dict:
-    return wait_for(lambda: (r := b.unit("m")["reload"]) and r["state"] not in ("starting", "draining") and r,
+    return wait_for(lambda: (r := b.unit("m")["reload"]) and r["state"] not in ("starting", "restarting", "draining") and r,
                     timeout, "the reload to end")
 
 

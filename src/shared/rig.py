@@ -166,6 +166,24 @@ class TimeoutsConfig(Strict):
                           "(supervisord stopwaitsecs); long enough to free a GPU.")
     drain_s: float = Field(60, ge=0, le=3600, description="Seconds in-flight requests get to finish before a stop.")
 
+    # Budgets (not fields): how long a whole step may take, its parts plus slack for the process
+    # and the checks around them; past one, whoever waits gives up and says so.
+    @property
+    def verify_budget_s(self) -> float:
+        return self.model_wait_s + self.settle_s + 30
+
+    @property
+    def load_budget_s(self) -> float:
+        return self.model_wait_s + self.start_s + 60
+
+    @property
+    def stop_budget_s(self) -> float:
+        return self.drain_s + self.stop_s + 30
+
+    @property
+    def kill_budget_s(self) -> float:
+        return self.stop_s + 15
+
 
 class LifecycleConfig(Strict):
     health_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between liveness probes.")

@@ -1,15 +1,15 @@
-"""One unit's life, owned by one asyncio task: the only writer of its state.
+"""One unit's life: the actor is the only writer of its state.
 
-Callers send commands and await replies; none reads the state and acts on it later. Slow
-work (verifying, starting, stopping) runs in jobs that report back as commands tagged with
-the attempt (`epoch`) they belong to, so a late report from an abandoned attempt is ignored.
+Callers send commands; none reads the state and acts on it later. A command planned from what
+a planner read carries its conditions, and is refused when one no longer holds. Slow work
+(verifying, starting, stopping) runs in jobs that report back as commands tagged with the
+attempt (`epoch`) they belong to, so a late report from an abandoned attempt is ignored.
 
-Handlers never await, so each command is handled whole, one at a time. A command sent while
-the writer task is parked with nothing queued is handled at once, by the sender, in the
-writer's stead (the writer is suspended at its one await, so the two never overlap); anything
-sent meanwhile, or while the writer has queued work, waits in the inbox in order. This spares
-each request the two event-loop turns of handing its acquire to the writer task and the
-reply back (measured on the proxy's p50, bench/RESULTS.md).
+Handlers never await, and `send` handles a command whole before it returns, so a reply is set
+by the time the sender looks, and nothing can happen between a planner's command and its next
+step. A send from inside a handler waits in the inbox and is handled right after, in order.
+A state's timeout is a timer that sends `Expire`. No task per unit: a request's acquire and
+release cost no event-loop turn (measured on the proxy's p50, bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 from llamarig.backend.lifecycle import jobs
-from llamarig.backend.lifecycle.commands import (Acquire, Exited, JobDone, Probe, Refuse, Release, Replaced, Reset,
-                                                 Start, Stop)
+from llamarig.backend.lifecycle.commands import (Acquire, Condition, Exited, Expire, JobDone, Probe, Refuse,
+                                                 Release, Replaced, Reset, Start, Stop)
 from llamarig.backend.lifecycle.policy import RestartPolicy
 from llamarig.backend.lifecycle.states import (LOADING, ON_TIMEOUT, PROCESS_EXPECTED, SERVING, State,
                                                check_transition, timeout_for)
@@ -30,11 +30,6 @@ from llamarig.shared.errors import LlamarigError
 
 log = logging.getLogger("llamarig.lifecycle")
 HISTORY = 50
-
-
-def _wake(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class NotAvailable(LlamarigError):
@@ -98,9 +93,9 @@ class UnitActor:
         self.refused = False
         self.following = False  # the next STARTING waits for a process someone else started
         self._inbox: collections.deque = collections.deque()
-        self._wakeup: asyncio.Future | None = None
-        self._parked = False  # the writer waits at its await with an empty inbox
-        self._deadline: asyncio.TimerHandle | None = None  # wakes the writer when the state times out
+        self._handling = False  # a handler is running: a send from inside it waits in the inbox
+        self._deadline: asyncio.TimerHandle | None = None  # sends Expire when the state times out
+        self._armed_for: tuple | None = None
         self._limits = {s: timeout_for(s, deps.rig.timeouts, unit.keep_alive_s) for s in State}
         self._watchers: list[asyncio.Future] = []
         self._job: asyncio.Task | None = None
@@ -109,17 +104,18 @@ class UnitActor:
 
     # ---- the caller's side ------------------------------------------------------------------
     def send(self, command) -> None:
-        if self._parked and not self._wakeup.done():
-            self._parked = False
-            try:
-                self._handle_safely(command)
-            finally:
-                self._parked = True
-            self._arm_deadline()  # the state may have changed, and with it its timeout
-            return
+        """Handle `command` whole before returning. A command sent by a handler (re-entrant: a
+        state entry that sends a restart, say) is queued and handled right after, in order."""
         self._inbox.append(command)
-        if self._wakeup is not None:
-            _wake(self._wakeup)
+        if self._handling:
+            return
+        self._handling = True
+        try:
+            while self._inbox:
+                self._handle_safely(self._inbox.popleft())
+        finally:
+            self._handling = False
+        self._arm_deadline()
 
     async def ask(self, command):
         """Send a command that carries a reply future and await the reply."""
@@ -145,37 +141,26 @@ class UnitActor:
     def inflight(self) -> int:
         return len(self.leases)
 
-    # ---- the writer ---------------------------------------------------------------------------
-    async def run(self) -> None:
-        # A deque and one wake-up future rather than an asyncio.Queue awaited with a timeout:
-        # two commands per request (acquire, release) made the queue's task and timer per
-        # command a visible share of the API's CPU (measured).
-        loop = asyncio.get_running_loop()
-        while True:
-            while self._inbox:
-                self._handle_safely(self._inbox.popleft())
-            left = self._time_left()
-            if left is not None and left <= 0:
-                self._expire()
-                continue
-            self._wakeup = loop.create_future()
-            self._arm_deadline()
-            self._parked = True
-            try:
-                await self._wakeup
-            finally:
-                self._parked = False
-                if self._deadline is not None:
-                    self._deadline.cancel()
+    def close(self) -> None:
+        """Cancel the timers (the manager is going away)."""
+        for handle in (self._deadline, self._timer):
+            if handle is not None:
+                handle.cancel()
 
+    # ---- the writer ---------------------------------------------------------------------------
     def _arm_deadline(self) -> None:
-        """Wake the parked writer when the current state times out (now, if it has)."""
+        """A timer for the current state's timeout, re-armed only when the state changed (the
+        READY <-> BUSY flips of every request leave a BUSY timer-free and READY's rearmed)."""
+        armed_for = (self.state, self.since)
+        if armed_for == self._armed_for:
+            return
+        self._armed_for = armed_for
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
         left = self._time_left()
         if left is not None:
-            self._deadline = asyncio.get_running_loop().call_later(left, _wake, self._wakeup)
+            self._deadline = asyncio.get_running_loop().call_later(left, self.send, Expire(self.since))
 
     def _handle_safely(self, command) -> None:
         try:
@@ -189,8 +174,8 @@ class UnitActor:
     def _handle(self, c) -> None:
         handler = {Start: self._on_start, Stop: self._on_stop, Acquire: self._on_acquire,
                    Release: self._on_release, Probe: self._on_probe, Exited: self._on_exited,
-                   JobDone: self._on_job_done, Reset: self._on_reset,
-                   Refuse: self._on_refuse, Replaced: self._on_replaced}[type(c)]
+                   JobDone: self._on_job_done, Reset: self._on_reset, Refuse: self._on_refuse,
+                   Replaced: self._on_replaced, Expire: self._on_expire}[type(c)]
         handler(c)
 
     def _time_left(self) -> float | None:
@@ -199,12 +184,39 @@ class UnitActor:
             return None
         return max(0.0, self.since + limit - time.monotonic())
 
-    def _expire(self) -> None:
+    def _on_expire(self, c: Expire) -> None:
+        if c.since != self.since:
+            return  # armed for a state the unit has left since
         target = ON_TIMEOUT[self.state]
         reason = f"{self.state.value} timed out"
         if self.state == State.READY:
             reason = f"idle for {self.unit.keep_alive_s:g} s (keep_alive): unloading"
         self._to(target, reason)
+
+    # ---- conditions a planned command carries -------------------------------------------------
+    def _failed_condition(self, conditions: frozenset[Condition]) -> Condition | None:
+        """The first condition the command was planned under that no longer holds, or None."""
+        for condition in conditions:
+            if not self._holds(condition):
+                return condition
+        return None
+
+    def _holds(self, condition: Condition) -> bool:
+        if condition == Condition.WAITING:
+            return bool(self.waiters)
+        if condition == Condition.NOT_HELD:
+            return not self.operator_held
+        if condition == Condition.IDLE:
+            return self.state == State.READY and not self.leases and not self.waiters
+        return self.state in SERVING and not self.operator_held  # Condition.SERVING
+
+    def _refused(self, command, condition: Condition) -> None:
+        log.info("command refused: its condition no longer holds",
+                 extra=self._fields(command=type(command).__name__, condition=condition.value,
+                                    reason=getattr(command, "reason", "")))
+        reply = getattr(command, "reply", None)
+        if reply is not None and not reply.done():
+            reply.set_result(False)
 
     def _fields(self, **more) -> dict:
         return {"model": self.unit.name, "program": self.unit.program, "gpus": self.unit.gpu_label,
@@ -268,6 +280,10 @@ class UnitActor:
 
     # ---- commands -----------------------------------------------------------------------------
     def _on_start(self, c: Start) -> None:
+        failed = self._failed_condition(c.conditions)
+        if failed:
+            self._refused(c, failed)
+            return
         began = self.state in (State.STOPPED, State.FAILED)
         self._start(c)
         if not c.reply.done():
@@ -287,6 +303,12 @@ class UnitActor:
             self.pending_start = c  # start again once the stop is done
 
     def _on_stop(self, c: Stop) -> None:
+        failed = self._failed_condition(c.conditions)
+        if failed:
+            self._refused(c, failed)
+            return
+        if not c.reply.done():
+            c.reply.set_result(True)
         self.pending_start = None
         self.operator_held = c.operator
         self._cancel_timer()

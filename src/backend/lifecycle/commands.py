@@ -1,12 +1,27 @@
-"""Commands a unit's actor takes. Those with a `reply` future are awaited by the caller."""
+"""Commands a unit's actor takes. Those with a `reply` future are awaited by the caller.
+
+A command a planner made from what it read carries the conditions it was planned under; the
+actor refuses it (reply False, a log line) when one no longer holds, and the planner plans again.
+"""
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from enum import Enum
 
 
 def _future() -> asyncio.Future:
     return asyncio.get_running_loop().create_future()
+
+
+class Condition(str, Enum):
+    WAITING = "requests still wait for it"
+    NOT_HELD = "not held stopped by an operator"
+    IDLE = "ready, with no request in flight or waiting"
+    SERVING = "serving, and not held stopped by an operator"
+
+
+NONE: frozenset[Condition] = frozenset()
 
 
 @dataclass
@@ -14,6 +29,7 @@ class Start:
     reason: str
     recovering: bool = False   # a restart after a failure: requests get 503 rather than wait
     operator: bool = False     # asked for by a person: clears the restart history
+    conditions: frozenset[Condition] = NONE
     reply: asyncio.Future = field(default_factory=_future)  # True once a start began, False if ignored
 
 
@@ -22,6 +38,13 @@ class Stop:
     reason: str
     drain: bool = True         # let in-flight requests finish first
     operator: bool = False     # held stopped: requests do not load it again
+    conditions: frozenset[Condition] = NONE
+    reply: asyncio.Future = field(default_factory=_future)  # False: refused, a condition failed
+
+
+@dataclass
+class Expire:
+    since: float               # the state's start the timer was armed for
 
 
 @dataclass

@@ -74,13 +74,13 @@ class Deps:
     rig: Rig
     supervisor: SupervisorClient
     http: ServerHttp
-    verify: Callable[[str], Verdict]   # blocking; run in a thread
+    verify: Callable[[Unit], Verdict]  # blocking; run in a thread
     plan: Callable[[Unit], LaunchPlan] # what the unit's launch gate is to do (gate.py)
     events: Events
 
 
 async def verify(deps: Deps, unit: Unit, epoch: int) -> JobDone:
-    verdict = await asyncio.to_thread(deps.verify, unit.name)
+    verdict = await asyncio.to_thread(deps.verify, unit)
     deps.events.on_verdict(unit, verdict)
     return JobDone("verify", epoch, verdict.ok, verdict.reason if verdict.ok else f"{verdict.code}: {verdict.reason}")
 

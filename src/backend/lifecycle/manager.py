@@ -1,9 +1,11 @@
-"""The lifecycle manager: every unit's actor, wave loading at boot, the health loop and
-on-demand loads with LRU eviction.
+"""The lifecycle manager: every unit's actor, wave loading at boot, the health loop, and the
+planner.
 
 It lives in the compute API process, where the drain can see in-flight requests. Decisions
-that span units (which wave, which unit to evict) are taken by one planner task at a time;
-each unit's own state changes only inside its actor.
+that span units or memory (on-demand loads, evictions, reloads and their routing switch) are
+taken by one planner task, one command at a time from one queue; boot waves run before it takes
+any. Each unit's own state changes only inside its actor, and the commands the planner sends
+carry the conditions it planned under.
 """
 from __future__ import annotations
 
@@ -11,15 +13,17 @@ import asyncio
 import collections
 import logging
 import time
+from dataclasses import dataclass, field
 
 import psutil
 
 from llamarig.backend.launch import checks_for, plan_for, verify_unit
 from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
-from llamarig.backend.lifecycle.commands import Acquire, Exited, Probe, Refuse, Replaced, Reset, Start, Stop
+from llamarig.backend.lifecycle.commands import (Acquire, Condition, Exited, Probe, Refuse, Replaced, Reset, Start,
+                                                 Stop)
 from llamarig.backend.lifecycle.jobs import Deps, Events, HeldEvents, tree_pids
 from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
-from llamarig.backend.lifecycle.swap import reload_model
+from llamarig.backend.lifecycle import swap
 from llamarig.backend.lifecycle.units import Unit, green_units, units_from_rig
 from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, shortfall
 from llamarig.backend.llama_http import ServerHttp
@@ -39,6 +43,18 @@ class UnknownModel(LlamarigError):
     pass
 
 
+@dataclass
+class Load:
+    """Requests wait for a stopped unit: make room and start it."""
+    unit: Unit
+
+
+@dataclass
+class PlanReload:
+    name: str
+    reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 def _exited(info: dict, taken: float) -> Exited:
     # The units stop their programs through their actors: a STOPPED one while serving was
     # stopped by someone else (supervisorctl stop, or a restart caught half-way).
@@ -56,15 +72,17 @@ class Manager(Events):
         self.units = {u.name: u for u in units_from_rig(rig)}
         checks = checks_for(rig, settle=False)
         # Like the launch gate, wait while a refusal is transient (a copy in progress).
-        deps = Deps(rig, supervisor, http, lambda name: wait_until_verified(
-            lambda: verify_unit(rig, name, checks), rig.timeouts.model_wait_s),
-            lambda unit: plan_for(rig, unit.name, unit.slot, on_gpu=not self.inventory.simulated), self)
+        deps = Deps(rig, supervisor, http, lambda unit: wait_until_verified(
+            lambda: verify_unit(self.rig_for(unit), unit.name, checks), rig.timeouts.model_wait_s),
+            lambda unit: plan_for(self.rig_for(unit), unit.name, unit.slot, on_gpu=not self.inventory.simulated),
+            self)
         greens = green_units(rig)
         # Each model has one actor per server slot; routing goes to the active slot's actor.
         self.slots = {name: [UnitActor(unit, deps)] + ([UnitActor(greens[name], deps)] if name in greens else [])
                       for name, unit in self.units.items()}
         self.active = {name: 0 for name in self.slots}
         self.swaps: dict[str, dict] = {}
+        self.reloading: dict[str, Rig] = {}  # program -> the rig with its model's new settings, until committed
         self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used)
         self.pids: dict[str, int] = {}
         self.pids_read_at = 0.0  # monotonic time `pids` was asked for
@@ -73,7 +91,8 @@ class Manager(Events):
         self.actuals: dict[str, dict[int, int]] = {}
         self.boot_waves: list[dict] = []
         self.booted = asyncio.Event()
-        self._loads: asyncio.Queue[Unit] = asyncio.Queue()
+        self._plans: asyncio.Queue = asyncio.Queue()  # the planner's commands, one at a time
+        self._loads_queued: set[str] = set()
         self._probing: collections.Counter[str] = collections.Counter()  # probes in flight per program
         self._suspected: set[str] = set()
         self._deep_due: dict[str, float] = {}
@@ -97,31 +116,47 @@ class Manager(Events):
     # ---- running ------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(a.run(), name=f"actor-{a.unit.program}") for a in self.all_actors()]
-        self._tasks += [loop.create_task(self._health_loop(), name="health"),
+        self._tasks = [loop.create_task(self._health_loop(), name="health"),
                         loop.create_task(self._planner(), name="planner"),
                         loop.create_task(self.boot(), name="boot")]
 
     async def close(self) -> None:
+        for a in self.all_actors():
+            a.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # ---- estimates and readings ---------------------------------------------------------------
-    def estimate(self, unit: Unit) -> Estimate | None:
-        if unit.name in self.estimates:
+    def rig_for(self, unit: Unit) -> Rig:
+        """The rig a unit's program starts with: a reload's new settings before they are the rig's."""
+        return self.reloading.get(unit.program, self.rig)
+
+    def commit_reload(self, program: str) -> None:
+        """A reload succeeded: its settings (and, when nothing else changed, the file's hash)
+        become the rig's."""
+        rig = self.reloading.pop(program)
+        self.rig = rig
+        self.estimates.clear()
+        log.info("rig updated by a reload", extra={"program": program, "source_sha256": rig.source_sha256[:12]})
+
+    def estimate(self, unit: Unit, rig: Rig | None = None) -> Estimate | None:
+        """Memory a unit needs with the rig's settings (or `rig`'s, uncached: a reload's)."""
+        if rig is None and unit.name in self.estimates:
             return self.estimates[unit.name]
+        rig_ = rig or self.rig
         try:
             if unit.kind == "whisper":
-                size = (self.rig.resolve(self.rig.whisper.model_dir) / "model.bin").stat().st_size
+                size = (rig_.resolve(rig_.whisper.model_dir) / "model.bin").stat().st_size
                 est = estimate_folder(size, unit.gpus[0], self.inventory.simulated)
             else:
-                m = self.rig.models[unit.name]
-                est = estimate(read_header(self.rig.resolve(m.path)), unit.gpus, unit.split, m.context_size,
+                m = rig_.models[unit.name]
+                est = estimate(read_header(rig_.resolve(m.path)), unit.gpus, unit.split, m.context_size,
                                m.gpu_layers, self.inventory.simulated)
         except (OSError, GgufError):
             return None  # the verifier gives the reason when the unit starts
-        self.estimates[unit.name] = est
+        if rig is None:
+            self.estimates[unit.name] = est
         return est
 
     def free_bytes(self) -> dict[int, int]:
@@ -229,57 +264,83 @@ class Manager(Events):
         for name, reason in wave.refused.items():
             self.actors[name].send(Refuse(reason))
         await asyncio.gather(*(self.actors[n].ask(Start(f"boot wave {record['wave']}")) for n in wave.start))
-        limit = self.rig.timeouts.model_wait_s + self.rig.timeouts.start_s + 60
+        limit = self.rig.timeouts.load_budget_s
         await asyncio.gather(*(self.actors[n].wait_until(SETTLED, limit) for n in wave.start))
         record["done_at"] = time.time()
         done = set(wave.start) | set(wave.refused)
         return [c for c in pending if c.name not in done]
 
-    # ---- on-demand loads ----------------------------------------------------------------------
+    # ---- the planner -------------------------------------------------------------------------
     def request_load(self, unit: Unit) -> None:
-        self._loads.put_nowait(unit)
+        if unit.name not in self._loads_queued:  # one queued load per unit is enough
+            self._loads_queued.add(unit.name)
+            self.post(Load(unit))
+
+    def post(self, command) -> None:
+        self._plans.put_nowait(command)
 
     async def _planner(self) -> None:
+        await self.booted.wait()
         while True:
-            unit = await self._loads.get()
+            command = await self._plans.get()
             try:
-                await self._load(unit)
-            except Exception:  # one bad load must not stop later ones
-                log.exception("on-demand load failed", extra={"model": unit.name})
+                await self._plan(command)
+            except Exception as e:  # one bad plan must not stop the later ones
+                log.exception("planner command failed", extra={"command": type(command).__name__})
+                reply = getattr(command, "reply", None)
+                if reply is not None and not reply.done():
+                    reply.set_exception(e)
+
+    async def _plan(self, command) -> None:
+        if isinstance(command, Load):
+            self._loads_queued.discard(command.unit.name)
+            await self._load(command.unit)
+        elif isinstance(command, PlanReload):
+            command.reply.set_result(await swap.plan_reload(self, command.name))
+        elif isinstance(command, swap.Started):
+            swap.hand_over(self, command)
+        elif isinstance(command, swap.Restarted):
+            swap.finish_restart(self, command)
 
     async def _load(self, unit: Unit) -> None:
         actor = self.actors[unit.name]
-        await self.booted.wait()
         if actor.state != State.STOPPED or not actor.waiters:
-            return  # already loading, or nobody is waiting any more
+            return  # a skip only: the start below carries the conditions themselves
         est = self.estimate(unit)
         need = est.per_gpu if est else {}
         margin = self.rig.lifecycle.vram_margin_mib * MIB
         free = await self.settle()
         if shortfall(need, free, margin):
-            if not await self._evict_for(unit, need, free, margin):
-                return
-        await actor.ask(Start("on-demand load"))
-        await actor.wait_until(SETTLED, self.rig.timeouts.model_wait_s + self.rig.timeouts.start_s + 60)
+            free = await self._evict_for(unit, need, free, margin)
+        short = shortfall(need, free, margin)
+        if short:
+            actor.send(Refuse(f"cannot load: {short}; every other model there is busy, loading or warm",
+                              permanent=False))
+            return
+        start = Start("on-demand load", conditions=frozenset({Condition.WAITING, Condition.NOT_HELD}))
+        if await actor.ask(start):
+            await actor.wait_until(SETTLED, self.rig.timeouts.load_budget_s)
 
-    async def _evict_for(self, unit: Unit, need: dict[int, int], free: dict[int, int], margin: int) -> bool:
+    async def _evict_for(self, unit: Unit, need: dict[int, int], free: dict[int, int],
+                         margin: int) -> dict[int, int]:
+        """Stop the least recently used idle models until `unit` fits; the free memory after
+        (as it was, when no choice of idle models makes room)."""
         idle = [(n, a.last_used, self.actuals.get(n) or (self.estimate(a.unit) or Estimate({})).per_gpu)
                 for n, a in self.actors.items()
                 if n != unit.name and not a.unit.warm and a.state == State.READY and not a.inflight]
         victims = lru_victims(need, free, margin, idle)
         if victims is None:
-            reason = shortfall(need, free, margin)
-            self.actors[unit.name].send(Refuse(f"cannot load: {reason}; every other model there is busy, "
-                                               "loading or warm", permanent=False))
-            return False
-        for name in victims:
-            log.info("evicting idle model", extra={"model": name, "for": unit.name})
-            self.actors[name].send(Stop(f"evicted (least recently used) to load {unit.name}"))
-        await asyncio.gather(*(self.actors[n].wait_until(ENDED,
-                                                         self.rig.timeouts.drain_s + self.rig.timeouts.stop_s + 30)
-                               for n in victims))
-        await self.settle()
-        return True
+            return free
+        stopped = []
+        for name in victims:  # each only if still idle: a request may have come since the reading
+            stop = Stop(f"evicted (least recently used) to load {unit.name}",
+                        conditions=frozenset({Condition.IDLE}))
+            self.actors[name].send(stop)
+            if stop.reply.result():
+                log.info("evicting idle model", extra={"model": name, "for": unit.name})
+                stopped.append(name)
+        await asyncio.gather(*(self.actors[n].wait_until(ENDED, self.rig.timeouts.stop_budget_s) for n in stopped))
+        return await self.settle()
 
     # ---- health -------------------------------------------------------------------------------
     async def _health_loop(self) -> None:
@@ -414,12 +475,16 @@ class Manager(Events):
         self.actor(name).send(Reset())
 
     async def reload(self, name: str) -> dict:
-        return await reload_model(self, name)
+        """Planned like a load, on the planner: its record once the decision is taken."""
+        self.actor(name)  # an unknown model is refused here, not on the planner
+        command = PlanReload(name)
+        self.post(command)
+        return await command.reply
 
     async def stop_all(self, drain: bool = True) -> None:
         for actor in self.all_actors():
             actor.send(Stop("operator stop", drain=drain, operator=True))
-        limit = self.rig.timeouts.drain_s + self.rig.timeouts.stop_s + 30
+        limit = self.rig.timeouts.stop_budget_s
         await asyncio.gather(*(a.wait_until(ENDED, limit)
                                for a in self.all_actors()))
 

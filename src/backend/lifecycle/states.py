@@ -74,9 +74,9 @@ def timeout_for(state: State, timeouts, keep_alive_s: float | None) -> float | N
     """Seconds a unit may stay in `state`; None: no limit. `timeouts` is the rig's
     TimeoutsConfig; keep_alive_s is None for units that are never unloaded when idle."""
     return {
-        State.VERIFYING: timeouts.model_wait_s + timeouts.settle_s + 30,
+        State.VERIFYING: timeouts.verify_budget_s,
         State.STARTING: timeouts.start_s,
         State.READY: keep_alive_s,
         State.DRAINING: timeouts.drain_s,
-        State.STOPPING: timeouts.stop_s + 15,
+        State.STOPPING: timeouts.kill_budget_s,
     }.get(state)
