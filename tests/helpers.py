@@ -205,3 +205,16 @@ def running_bundle(folder: Path, rig_path: Path, env: dict[str, str] | None = No
     finally:
         if b.shutdown():
             b.kill()
+
+
+def edit_model(rig_path, **changes):
+    """Change model m's settings in the rig file (as an operator edits it before a reload)."""
+    data = yaml.safe_load(rig_path.read_text())
+    data["models"]["m"].update(changes)
+    rig_path.write_text(yaml.safe_dump(data))
+
+
+def reload_done(b, timeout=90) -> dict:
+    """Model m's reload record once it ended."""
+    return wait_for(lambda: (r := b.unit("m")["reload"]) and r["state"] not in ("starting", "restarting", "draining") and r,
+                    timeout, "the reload to end")

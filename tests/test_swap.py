@@ -4,23 +4,12 @@ import threading
 import httpx
 import yaml
 
-from helpers import free_port, model_entry, wait_for, write_rig
+from helpers import edit_model, free_port, model_entry, reload_done, wait_for, write_rig
 from llamarig.backend.lifecycle.jobs import port_in_use
 from llamarig.shared.gguf_header import read_header
 from llamarig.shared.vram import estimate
 
 MIB = 1024 * 1024
-
-
-def edit_model(rig_path, **changes):
-    data = yaml.safe_load(rig_path.read_text())
-    data["models"]["m"].update(changes)
-    rig_path.write_text(yaml.safe_dump(data))
-
-
-def reload_done(b, timeout=90) -> dict:
-    return wait_for(lambda: (r := b.unit("m")["reload"]) and r["state"] not in ("starting", "restarting", "draining") and r,
-                    timeout, "the reload to end")
 
 
 def served_file(port: int) -> str:

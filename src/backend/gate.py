@@ -5,7 +5,8 @@ start the program, so the gate, a fresh Python process per start, needs neither 
 pydantic models nor NVML: loading the rig was most of a gate's 0.2 s of CPU on the 2-core VM,
 and 0.6 s per gate on the lent H100 host (bench/RESULTS.md). A plan is used only while the rig
 file is byte for byte the one it was made from; otherwise the gate loads the rig and makes the
-same plan itself (launch.plan_for). This module imports only the standard library and verify.
+same plan itself (launch.plan_for), unless the plan is pinned: after a failed reload the manager
+keeps the settings that worked, and the file holds the ones that did not. This module imports only the standard library and verify.
 
 `exec` replaces the gate, so supervisord's signals reach the server itself. A refusal exits
 with EXIT_REFUSED inside supervisord's startsecs, so the program ends FATAL instead of
@@ -42,6 +43,7 @@ class LaunchPlan:
     manifest: str | None        # absolute path of paths.manifest, or None
     run_dir: str                # absolute path of paths.run_dir
     rig_sha256: str             # sha256 of the rig file's bytes this plan was made from
+    pinned: bool = False        # the manager keeps settings the file no longer has (a failed reload)
 
     def checks(self) -> Checks:
         return make_checks(self.settle_s, self.manifest, self.run_dir)
@@ -77,11 +79,13 @@ def write_plan(plan: LaunchPlan) -> None:
 
 
 def read_plan(path: str | Path, rig_path: str | Path) -> LaunchPlan | None:
-    """The plan at `path` if it was made from the rig file as it is now; else None."""
+    """The plan at `path` if it was made from the rig file as it is now, or pinned; else None."""
     try:
         plan = LaunchPlan(**json.loads(Path(path).read_text()))
     except (OSError, ValueError, TypeError):
         return None
+    if plan.pinned:
+        return plan
     return plan if plan.rig_sha256 and plan.rig_sha256 == file_sha256(rig_path) else None
 
 

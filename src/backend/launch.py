@@ -43,8 +43,9 @@ def server_argv(rig: Rig, unit: str, slot: str = BLUE, on_gpu: bool | None = Non
     return engine_for(model).argv(rig, model, on_gpu, model.swap_port if slot == GREEN else model.port)
 
 
-def plan_for(rig: Rig, unit: str, slot: str = BLUE, on_gpu: bool | None = None) -> LaunchPlan:
-    """What the gate does for `unit` in `slot`: which file to verify and which command to exec."""
+def plan_for(rig: Rig, unit: str, slot: str = BLUE, on_gpu: bool | None = None, pinned: bool = False) -> LaunchPlan:
+    """What the gate does for `unit` in `slot`: which file to verify and which command to exec;
+    pinned: even if the rig file has changed since (see gate.py)."""
     whisper = unit == WHISPER_PROGRAM
     try:
         argv, refusal = server_argv(rig, unit, slot, on_gpu), None
@@ -53,7 +54,7 @@ def plan_for(rig: Rig, unit: str, slot: str = BLUE, on_gpu: bool | None = None) 
     target = rig.resolve(rig.whisper.model_dir if whisper else rig.models[unit].path)
     return LaunchPlan(unit, slot, verdict_key(unit, slot), whisper, str(target), argv, refusal,
                       rig.timeouts.settle_s, rig.timeouts.model_wait_s, _manifest(rig), str(rig.run_dir),
-                      rig.source_sha256)
+                      rig.source_sha256, pinned)
 
 
 def launch(rig: Rig, unit: str, slot: str = BLUE) -> int:

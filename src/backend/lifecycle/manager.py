@@ -74,8 +74,8 @@ class Manager(Events):
         # Like the launch gate, wait while a refusal is transient (a copy in progress).
         deps = Deps(rig, supervisor, http, lambda unit: wait_until_verified(
             lambda: verify_unit(self.rig_for(unit), unit.name, checks), rig.timeouts.model_wait_s),
-            lambda unit: plan_for(self.rig_for(unit), unit.name, unit.slot, on_gpu=not self.inventory.simulated),
-            self)
+            lambda unit: plan_for(self.rig_for(unit), unit.name, unit.slot, on_gpu=not self.inventory.simulated,
+                                  pinned=unit.name in self.kept), self)
         greens = green_units(rig)
         # Each model has one actor per server slot; routing goes to the active slot's actor.
         self.slots = {name: [UnitActor(unit, deps)] + ([UnitActor(greens[name], deps)] if name in greens else [])
@@ -83,6 +83,7 @@ class Manager(Events):
         self.active = {name: 0 for name in self.slots}
         self.swaps: dict[str, dict] = {}
         self.reloading: dict[str, Rig] = {}  # program -> the rig with its model's new settings, until committed
+        self.kept: set[str] = set()  # models whose reload failed: their plans keep the settings that worked
         self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used)
         self.pids: dict[str, int] = {}
         self.pids_read_at = 0.0  # monotonic time `pids` was asked for
@@ -132,13 +133,20 @@ class Manager(Events):
         """The rig a unit's program starts with: a reload's new settings before they are the rig's."""
         return self.reloading.get(unit.program, self.rig)
 
-    def commit_reload(self, program: str) -> None:
+    def commit_reload(self, unit: Unit) -> None:
         """A reload succeeded: its settings (and, when nothing else changed, the file's hash)
         become the rig's."""
-        rig = self.reloading.pop(program)
-        self.rig = rig
+        self.rig = self.reloading.pop(unit.program)
+        self.kept.discard(unit.name)
         self.estimates.clear()
-        log.info("rig updated by a reload", extra={"program": program, "source_sha256": rig.source_sha256[:12]})
+        log.info("rig updated by a reload", extra={"model": unit.name, "program": unit.program,
+                                                    "source_sha256": self.rig.source_sha256[:12]})
+
+    def keep_settings(self, unit: Unit) -> None:
+        """A reload failed: its settings are dropped, and the unit's plans are pinned to the
+        ones that worked (the file holds the others)."""
+        self.reloading.pop(unit.program, None)
+        self.kept.add(unit.name)
 
     def estimate(self, unit: Unit, rig: Rig | None = None) -> Estimate | None:
         """Memory a unit needs with the rig's settings (or `rig`'s, uncached: a reload's)."""

@@ -139,7 +139,7 @@ def hand_over(m, c: Started) -> None:
                  "is stopped too", "cancelled")
         return
     m.active[c.name] = m.slots[c.name].index(new)
-    m.commit_reload(new.unit.program)
+    m.commit_reload(new.unit)
     record.update(state="draining", switched_at=time.time())
     log.info("routing switched", extra={"model": c.name, "program": new.unit.program, "port": new.unit.port})
     asyncio.ensure_future(_watch_drain(m, c.name, old))
@@ -147,7 +147,7 @@ def hand_over(m, c: Started) -> None:
 
 def _abandon(m, new, reason: str, state: str) -> None:
     new.send(Stop(f"reload {state}", drain=False, operator=True))
-    m.reloading.pop(new.unit.program, None)
+    m.keep_settings(new.unit)
     m.swaps[new.unit.name].update(state=state, reason=reason, done_at=time.time())
     log.error("reload " + state, extra={"model": new.unit.name, "reason": reason})
 
@@ -176,10 +176,10 @@ async def _watch_restart(m, name: str, actor) -> None:
 def finish_restart(m, c: Restarted) -> None:
     record = m.swaps[c.name]
     if c.ok:
-        m.commit_reload(c.actor.unit.program)
+        m.commit_reload(c.actor.unit)
         record.update(state="done", reason=c.actor.reason, done_at=time.time())
     else:
-        m.reloading.pop(c.actor.unit.program, None)  # its restarts use the settings that worked
+        m.keep_settings(c.actor.unit)  # its restarts use the settings that worked
         record.update(state="failed", reason=f"{c.actor.unit.program} {c.actor.state.value}: {c.actor.reason}; "
                       "the earlier settings are kept", done_at=time.time())
     log.info("reload " + record["state"], extra={"model": c.name, "reason": record["reason"]})
