@@ -146,7 +146,7 @@ def _ops(name):
         from llamarig import ops
 
         if name == "status":
-            return ops.status(rig)
+            return ops.status(rig, args.wide, args.json)
         if name == "up":
             return ops.up(rig, started, args.timeout)
         if name == "down":
@@ -195,7 +195,10 @@ def _parser() -> argparse.ArgumentParser:
                            "run folder, models folder, required model files; render the conf into the run "
                            "folder and use it (--conf is ignored)")
         s.set_defaults(fn=_ops(name))
-    sub.add_parser("status", help="every unit's state").set_defaults(fn=_ops("status"))
+    s = sub.add_parser("status", help="every unit's and GPU's state, one line each (80 columns)")
+    s.add_argument("--wide", action="store_true", help="whole reasons, however long the lines")
+    s.add_argument("--json", action="store_true", help="the compute API's /admin/units body")
+    s.set_defaults(fn=_ops("status"))
     sub.add_parser("down", help="drain and stop everything, then supervisord").set_defaults(fn=_ops("down"))
     for name in ("start", "stop", "reset", "reload"):
         s = sub.add_parser(name, help=f"{name} one unit")

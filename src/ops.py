@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
+from llamarig import status_view
 from llamarig.backend.supervisor import SupervisorClient, wait_running, with_our_bin
 from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.errors import LlamarigError, SupervisorError
@@ -58,22 +58,10 @@ class Api:
         return body
 
 
-def status_table(units: list[dict]) -> Table:
-    table = Table(title="llamarig units")
-    for col in ("unit", "state", "gpus", "program", "port", "in flight", "restarts", "load s", "reason"):
-        table.add_column(col)
-    for u in units:
-        colour = {"ready": "green", "busy": "cyan", "failed": "red"}.get(u["state"], "yellow")
-        table.add_row(u["name"], f"[{colour}]{u['state']}[/]", ",".join(map(str, u["gpus"])), u["program"],
-                      str(u["port"]),
-                      str(u["inflight"]), str(u["restarts_in_window"]),
-                      f"{u['load_seconds']:.1f}" if u["load_seconds"] else "-", u["reason"][:70])
-    return table
-
-
-def status(rig: Rig) -> int:
-    units = Api(rig).get("/admin/units")["units"]
-    console.print(status_table(units))
+def status(rig: Rig, wide: bool = False, as_json: bool = False) -> int:
+    body = Api(rig).get("/admin/units")
+    print(json.dumps(body, indent=2) if as_json else status_view.render(body, wide))
+    units = body["units"]
     return 0 if all(u["state"] in ("ready", "busy") for u in units if u["required"] and u["warm"]) else 1
 
 
@@ -125,7 +113,7 @@ def down(rig: Rig) -> int:
     """Drain and stop every unit (verified), then shut supervisord down."""
     try:
         body = Api(rig).post("/admin/down", timeout=rig.timeouts.stop_budget_s + 30)
-        console.print(status_table(body["units"]))
+        print(status_view.render({"units": body["units"]}))
     except LlamarigError as e:
         console.print(f"[yellow]compute API: {e.reason}; stopping through supervisord only[/]")
     try:

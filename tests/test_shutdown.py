@@ -1,6 +1,7 @@
 """Start-up and shutdown as an operator sees them: `llamarig up` wave by wave (with a model that
 cannot fit refused and the rest loaded), `llamarig status`, `llamarig down`, and SIGTERM to
 supervisord while a stream is in flight."""
+import json
 import os
 import signal
 import subprocess
@@ -46,8 +47,15 @@ def test_up_shows_waves_refuses_what_cannot_fit_and_down_stops_everything(tmp_pa
         assert "wave 2: done in" in out, out
         assert up.returncode == 1, "a required model failed: status must say so"  # big is required
         status = llamarig(rig_path, "status")
-        rows = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if line.count("│") > 5}
-        assert "ready" in rows["brain"] and "ready" in rows["worker"] and "failed" in rows["big"], status.stdout
+        lines = status.stdout.splitlines()
+        assert all(len(line) <= 80 for line in lines), status.stdout
+        rows = {line.split()[0]: line.split()[1] for line in lines[1:] if line.strip() and not line[0].isdigit()}
+        assert rows["brain"] == rows["worker"] == "ready" and rows["big"] == "failed", status.stdout
+        assert any(line.startswith("1 ") and "big" in line for line in lines), status.stdout  # GPU 1's line
+        wide = llamarig(rig_path, "status", "--wide").stdout
+        assert any(len(line) > 80 for line in wide.splitlines()), wide  # big's whole reason
+        units = json.loads(llamarig(rig_path, "status", "--json").stdout)["units"]
+        assert {u["name"] for u in units} == {"brain", "worker", "big"}
         pid = supervisord_pid(tmp_path)
         servers = {p.pid for p in psutil.Process(pid).children(recursive=True)}
         down = llamarig(rig_path, "down")

@@ -16,8 +16,10 @@ def build_router(state) -> APIRouter:
 
     @router.get("/units")
     async def units() -> JSONResponse:
-        return JSONResponse({"units": [a.snapshot() for a in state.manager.actors.values()],
-                             "boot_waves": state.manager.boot_waves, "booted": state.manager.booted.is_set()})
+        m = state.manager
+        return JSONResponse({"units": [a.snapshot() for a in m.actors.values()], "gpus": m.gpu_report(),
+                             "gpus_simulated": m.inventory.simulated, "boot_waves": m.boot_waves,
+                             "booted": m.booted.is_set()})
 
     @router.get("/units/{name}")
     async def unit(name: str) -> Response:

@@ -504,6 +504,12 @@ class Manager(Events):
         while any(a.inflight for a in self.actors.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
 
+    def gpu_report(self) -> list[dict]:
+        """Each GPU's memory reading and the units pinned to it (the active slot of each model)."""
+        units = [a.unit for a in self.actors.values()]
+        return [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "used_bytes": g.used_bytes,
+                 "units": [u.name for u in units if g.index in u.gpus]} for g in self.inventory.read()]
+
     def ready_report(self) -> tuple[bool, list[dict]]:
         rows = [a.snapshot() for a in self.actors.values()]
         ok = self.booted.is_set() and all(r["state"] in ("ready", "busy") for r in rows if r["required"] and r["warm"])

@@ -1,0 +1,40 @@
+"""`llamarig status` as a person reads it: one line per unit and per GPU, fitting 80 columns;
+the reason cut to fit (whole with --wide). Plain text, so it reads the same through a pipe,
+`docker exec` without a terminal, or a narrow window."""
+from __future__ import annotations
+
+WIDTH = 80
+GIB = 1024 ** 3
+UNIT_COLUMNS = "{name:<14} {state:<9} {gpus:<5} {inflight:>4} {restarts:>3} {load:>6}  {reason}"
+GPU_COLUMNS = "{index:<4} {memory:<19} {units}"
+
+
+def _cut(text: str, room: int) -> str:
+    return text if len(text) <= room else text[: max(0, room - 1)] + "…"
+
+
+def _unit_line(u: dict, wide: bool) -> str:
+    load = f"{u['load_seconds']:.1f}s" if u["load_seconds"] else "-"
+    state = u["state"] + ("!" if u["circuit_open"] else "")
+    line = UNIT_COLUMNS.format(name=_cut(u["name"], 14), state=state, gpus=",".join(map(str, u["gpus"])),
+                               inflight=u["inflight"], restarts=u["restarts_in_window"], load=load, reason="")
+    return line + (u["reason"] if wide else _cut(u["reason"], WIDTH - len(line)))
+
+
+def _gpu_line(g: dict, wide: bool) -> str:
+    memory = f"{g['used_bytes'] / GIB:.1f}/{g['total_bytes'] / GIB:.1f} GiB used"
+    line = GPU_COLUMNS.format(index=g["index"], memory=memory, units="")
+    units = ", ".join(g["units"]) or "-"
+    return line + (units if wide else _cut(units, WIDTH - len(line)))
+
+
+def render(body: dict, wide: bool = False) -> str:
+    """The /admin/units body as text: units, then GPUs. `!` after a state: the circuit is open."""
+    header = UNIT_COLUMNS.format(name="UNIT", state="STATE", gpus="GPUS", inflight="REQ", restarts="RST",
+                                 load="LOAD", reason="REASON")
+    lines = [header] + [_unit_line(u, wide) for u in body["units"]]
+    if body.get("gpus"):
+        lines += ["", GPU_COLUMNS.format(index="GPU", memory="MEMORY", units="UNITS") +
+                  (" (simulated)" if body.get("gpus_simulated") else "")]
+        lines += [_gpu_line(g, wide) for g in body["gpus"]]
+    return "\n".join(lines)
