@@ -6,6 +6,7 @@ transport keeps one connection and is not safe to share between threads.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from llamarig.shared.errors import SupervisorError
 _FAULT_NAMES = {v: k.lower() for k, v in vars(Faults).items() if isinstance(v, int)}
 # supervisord must stop a program in these before it can start it again.
 RUNNING_STATES = {"STARTING", "RUNNING", "BACKOFF", "STOPPING"}
+LOG_TAIL_BYTES = 16384  # of supervisord's own log, where it names each exit's cause
 # A process exists in these. BACKOFF is not one: the process exited while starting, and
 # supervisord only moves on to FATAL (startretries=0) at its next loop tick, up to 1 s later.
 ALIVE_STATES = {"STARTING", "RUNNING", "STOPPING"}
@@ -55,6 +57,14 @@ class SupervisorClient:
 
     def info(self, program: str) -> dict:
         return self._call("getProcessInfo", program)
+
+    def exit_cause(self, program: str) -> str | None:
+        """What supervisord's log says of the program's last exit ("terminated by SIGKILL",
+        "exit status 78"). Its process info keeps neither for an exit within startsecs: it says
+        FATAL with exit status 0 whatever happened."""
+        tail = self._call("readLog", -LOG_TAIL_BYTES, 0)
+        causes = re.findall(rf"exited: {re.escape(program)} \(([^;)]+)", tail)
+        return causes[-1] if causes else None
 
     def all_info(self) -> dict[str, dict]:
         return {p["name"]: p for p in self._call("getAllProcessInfo")}

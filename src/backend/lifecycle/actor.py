@@ -379,7 +379,7 @@ class UnitActor:
 
     def _on_exited(self, c: Exited) -> None:
         if self.state in PROCESS_EXPECTED and self.state != State.STARTING and c.taken_at >= self.process_since:
-            self._crash(f"server process exited ({c.detail})", hung=False)
+            self._crash(f"server process exited: {c.detail}", hung=False)
 
     def _on_replaced(self, c: Replaced) -> None:
         # A process this unit asked for after the earlier reading explains the change itself.

@@ -129,18 +129,28 @@ async def wait_ready(deps: Deps, unit: Unit, epoch: int) -> JobDone:
             checked = time.monotonic()
             info = await deps.supervisor.run("info", unit.program)
             if info["statename"] not in ALIVE_STATES:
-                return _exit_result(deps, unit, epoch, info)
+                return _exit_result(deps, unit, epoch, info, await exit_cause(deps.supervisor, info))
         await asyncio.sleep(READY_POLL_S)
     return JobDone("start", epoch, False, f"not ready within {deps.rig.timeouts.start_s:g} s (start_s)")
 
 
-def _exit_result(deps: Deps, unit: Unit, epoch: int, info: dict) -> JobDone:
-    if info["exitstatus"] == EXIT_REFUSED:
+async def exit_cause(supervisor: SupervisorClient, info: dict) -> str:
+    """How a program's process ended, in words: "terminated by SIGKILL (supervisord: FATAL)"."""
+    if info["statename"] == "STOPPED":
+        return "stopped outside llamarig (supervisord: STOPPED)"  # the units stop theirs as STOPPING
+    try:
+        cause = await supervisor.run("exit_cause", info["name"])
+    except SupervisorError:
+        cause = None
+    return f"{cause or 'exit status ' + str(info['exitstatus'])} (supervisord: {info['statename']})"
+
+
+def _exit_result(deps: Deps, unit: Unit, epoch: int, info: dict, cause: str) -> JobDone:
+    if info["exitstatus"] == EXIT_REFUSED or cause.startswith(f"exit status {EXIT_REFUSED} "):
         verdict = read_verdict(deps.rig.run_dir, unit.verdict_key) or {}
         reason = f"{verdict.get('code', 'refused')}: {verdict.get('reason', 'see the program log')}"
         return JobDone("start", epoch, False, reason, refused=True)
-    return JobDone("start", epoch, False, f"program {info['statename']} ({info['description']}), exit status "
-                   f"{info['exitstatus']}; see run/logs/{unit.program}.log")
+    return JobDone("start", epoch, False, f"{cause}; see run/logs/{unit.program}.log")
 
 
 async def stop(deps: Deps, unit: Unit, epoch: int) -> JobDone:

@@ -21,7 +21,7 @@ from llamarig.backend.launch import checks_for, plan_for, verify_unit
 from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
 from llamarig.backend.lifecycle.commands import (Acquire, Condition, Exited, Probe, Refuse, Replaced, Reset, Start,
                                                  Stop)
-from llamarig.backend.lifecycle.jobs import Deps, Events, HeldEvents, tree_pids
+from llamarig.backend.lifecycle.jobs import Deps, Events, HeldEvents, exit_cause, tree_pids
 from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
 from llamarig.backend.lifecycle import swap
 from llamarig.backend.lifecycle.units import Unit, green_units, units_from_rig
@@ -55,13 +55,6 @@ class PlanReload:
     reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-def _exited(info: dict, taken: float) -> Exited:
-    # The units stop their programs through their actors: a STOPPED one while serving was
-    # stopped by someone else (supervisorctl stop, or a restart caught half-way).
-    outside = " (stopped outside llamarig)" if info["statename"] == "STOPPED" else ""
-    return Exited(f"supervisord says {info['statename']}, exit status {info['exitstatus']}{outside}", taken)
-
-
 class Manager(Events):
     def __init__(self, rig: Rig, supervisor: SupervisorClient, http: ServerHttp,
                  inventory: GpuInventory | None = None, hooks: Events | None = None):
@@ -87,6 +80,7 @@ class Manager(Events):
         self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used)
         self.pids: dict[str, int] = {}
         self.pids_read_at = 0.0  # monotonic time `pids` was asked for
+        self._causes: dict[str, tuple[int, str]] = {}  # program -> (its last exit's time, how it ended)
         self.program_states: dict[str, str] = {}
         self.estimates: dict[str, Estimate] = {}
         self.actuals: dict[str, dict[int, int]] = {}
@@ -368,7 +362,7 @@ class Manager(Events):
         for actor in self.all_actors():
             info = infos.get(actor.unit.program)
             if info and info["statename"] not in ALIVE_STATES:
-                actor.send(_exited(info, taken))
+                actor.send(Exited(await self._exit_cause(info), taken))
             elif info and info["pid"] and before.get(actor.unit.program, info["pid"]) != info["pid"]:
                 actor.send(Replaced(f"pid {before[actor.unit.program]} -> {info['pid']}", before_at))
             # A hung server holds each probe for probe_timeout_s; probes overlap (up to the
@@ -377,6 +371,13 @@ class Manager(Events):
             if actor.state in SERVING and self._probing[program] < self.rig.lifecycle.failure_threshold:
                 self._probing[program] += 1
                 asyncio.ensure_future(self._probe(actor))
+
+    async def _exit_cause(self, info: dict) -> str:
+        """exit_cause, read from supervisord's log once per exit (a FATAL program stays so)."""
+        known = self._causes.get(info["name"])
+        if known is None or known[0] != info["stop"]:
+            known = self._causes[info["name"]] = (info["stop"], await exit_cause(self.supervisor, info))
+        return known[1]
 
     def suspect(self, unit: Unit) -> None:
         actor = next(a for a in self.slots[unit.name] if a.unit.program == unit.program)
@@ -390,7 +391,7 @@ class Manager(Events):
             taken = time.monotonic()
             info = await self.supervisor.run("info", actor.unit.program)
             if info["statename"] not in ALIVE_STATES:
-                actor.send(_exited(info, taken))
+                actor.send(Exited(await self._exit_cause(info), taken))
         except SupervisorError as e:
             log.error("check: supervisord unreachable", extra={"reason": e.reason})
         finally:
