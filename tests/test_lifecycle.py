@@ -86,6 +86,28 @@ def test_bad_flag_backs_off_then_opens_the_circuit_and_reset_works(tmp_path, mod
     assert complete(b).status_code == 200
 
 
+def test_an_open_circuit_half_opens_after_its_cooldown_and_closes_when_the_try_works(tmp_path, models,
+                                                                                     bundle_factory):
+    entry = model_entry(models["gguf"], [0], extra_args=["--no-such-flag"])
+    rig_path = write_rig(tmp_path, {"m": entry}, lifecycle={"circuit_restarts": 1, "circuit_window_s": 120,
+                                                           "backoff_initial_s": 0.2, "circuit_cooldown_s": 1})
+    b = bundle_factory(rig_path)
+    unit = wait_for(lambda: b.up() and (u := b.unit("m"))["circuit_open"] and u, 60, "circuit open")
+    assert "one start will be tried in 1 s (circuit_cooldown_s)" in unit["reason"]
+
+    def tries() -> int:
+        return sum("circuit half-open after 1 s" in h["reason"] for h in b.get("/admin/units/m").json()["history"])
+
+    wait_for(lambda: tries() >= 1 and b.unit("m")["circuit_open"] and b.unit("m")["state"] == "failed", 30,
+             "a half-open try that fails and opens the circuit again")
+    data = yaml.safe_load(rig_path.read_text())  # the cause goes away; nobody resets
+    data["models"]["m"]["extra_args"] = []
+    rig_path.write_text(yaml.safe_dump(data))
+    unit = b.wait_state("m", {"ready"}, 30)
+    assert not unit["circuit_open"] and unit["restarts_in_window"] == 0
+    assert complete(b).status_code == 200
+
+
 def test_drain_lets_a_stream_finish_then_stops_with_nothing_left(tmp_path, models, bundle_factory):
     b = one_model(tmp_path, models, bundle_factory, context_size=4096)
     pid, port = b.pid("llama-m"), b.rig.models["m"].port

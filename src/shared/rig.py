@@ -195,8 +195,11 @@ class LifecycleConfig(Strict):
     backoff_initial_s: float = Field(1.0, ge=0, le=3600, description="Delay before the first restart.")
     backoff_max_s: float = Field(60, ge=0, le=86400, description="Cap of the doubling restart delay.")
     circuit_restarts: int = Field(5, ge=1, le=1000, description="Restarts within circuit_window_s that open the "
-                                  "circuit (the model stays failed until reset).")
+                                  "circuit (no more restarts until it half-opens or an operator resets it).")
     circuit_window_s: float = Field(600, gt=0, le=86400, description="Window for circuit_restarts, seconds.")
+    circuit_cooldown_s: float = Field(300, ge=0, le=86400, description="Seconds an open circuit waits before it "
+                                      "tries one start (half-open): success closes it, failure opens it for "
+                                      "another cooldown. 0: it stays open until `llamarig reset`.")
     vram_margin_mib: int = Field(256, ge=0, description="MiB kept free on every GPU when planning waves.")
     vram_settle_s: float = Field(5, ge=0, le=600, description="Most seconds to wait for GPU memory readings "
                                  "to settle between waves.")

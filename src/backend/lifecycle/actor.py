@@ -293,6 +293,7 @@ class UnitActor:
         self.operator_held = False
         if c.operator:
             self.policy.clear()
+        self.policy.half_open = c.trial
         if self.state in (State.STOPPED, State.FAILED):
             self._cancel_timer()
             self.epoch += 1
@@ -445,6 +446,10 @@ class UnitActor:
     def _on_ready(self) -> None:
         self.failures = 0
         self.recovering = False
+        if self.policy.is_open:  # the half-open try worked
+            self.policy.clear()
+            log.info("circuit closed: the start after the cooldown worked", extra=self._fields())
+            self.deps.events.on_circuit(self.unit, False)
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
@@ -474,11 +479,18 @@ class UnitActor:
             self.reason = self.policy.open_reason(self.reason, self.unit.name)
             log.error("circuit open", extra=self._fields(reason=self.reason))
             self.deps.events.on_circuit(self.unit, True)
+            self._half_open_later()
             return
         log.info("restart scheduled", extra=self._fields(delay_s=delay))
         self.deps.events.on_restart(self.unit, self.reason)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(delay, self.send, Start(f"restart after {delay:g} s", recovering=True))
+
+    def _half_open_later(self) -> None:
+        cooldown = self.deps.rig.lifecycle.circuit_cooldown_s
+        if cooldown > 0:
+            start = Start(f"circuit half-open after {cooldown:g} s: one start", recovering=True, trial=True)
+            self._timer = asyncio.get_running_loop().call_later(cooldown, self.send, start)
 
     def _cancel_timer(self) -> None:
         if self._timer:

@@ -29,6 +29,7 @@ class Start:
     reason: str
     recovering: bool = False   # a restart after a failure: requests get 503 rather than wait
     operator: bool = False     # asked for by a person: clears the restart history
+    trial: bool = False        # the open circuit's one try after its cooldown
     conditions: frozenset[Condition] = NONE
     reply: asyncio.Future = field(default_factory=_future)  # True once a start began, False if ignored
 
