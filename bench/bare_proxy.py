@@ -24,7 +24,7 @@ async def _body(receive) -> bytes:
 
 
 def _upstream_client():
-    from llamarig.api.compute.upstream import Upstream
+    from llamarig.backend.upstream import Upstream
 
     upstream = Upstream()
 

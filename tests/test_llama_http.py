@@ -48,7 +48,7 @@ async def test_silence_refusal_and_garbage_are_failures_with_a_reason():
     server, port = await _serve(b"SSH-2.0-OpenSSH\r\n", [])
     async with server:
         ok, detail = await http.ready(port, "/health", 2)
-    assert not ok and "ValueError not an HTTP answer" in detail
+    assert not ok and "UpstreamError" in detail and "malformed answer" in detail
 
 
 async def test_deep_probe_posts_a_one_token_completion():

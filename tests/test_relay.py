@@ -7,7 +7,7 @@ import asyncio
 
 from loopback import Server
 from llamarig.api.compute.proxy import Relay, TokenCount
-from llamarig.api.compute.upstream import Upstream
+from llamarig.backend.upstream import Upstream
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
         b"Connection: close\r\n\r\n")

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import free_port
 from loopback import Server, writes
-from llamarig.api.compute.upstream import HIGH_WATER, Upstream, UpstreamError
+from llamarig.backend.upstream import HIGH_WATER, Upstream, UpstreamError
 
 JSON_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 

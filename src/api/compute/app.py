@@ -14,7 +14,7 @@ from llamarig.api.compute.model_limits import ModelLimitsCache
 from llamarig.api.compute.metrics import Metrics
 from llamarig.api.compute.fastpath import FastPath
 from llamarig.api.compute.proxy import Proxy
-from llamarig.api.compute.upstream import Upstream
+from llamarig.backend.upstream import Upstream
 from llamarig.api.compute.serve import Started, default_manager
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response

@@ -17,7 +17,7 @@ from typing import Callable
 from starlette.responses import Response
 
 from llamarig.api.compute.limits import BodyRefused
-from llamarig.api.compute.upstream import Answer, Upstream
+from llamarig.backend.upstream import Answer, Upstream
 from llamarig.backend.lifecycle.actor import Lease
 from llamarig.shared.api_errors import error_response
 
