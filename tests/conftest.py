@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import Bundle, start_bundle
+from helpers import Bundle, model_entry, start_bundle, write_rig
 from llamarig.backend.models_make import make_gguf, make_whisper
 
 
@@ -49,6 +49,18 @@ def bundle_factory(tmp_path):
                 b.proc.wait(timeout=30)
             except Exception:
                 b.kill()
+
+
+@pytest.fixture
+def one_model(tmp_path, models, bundle_factory):
+    """Start a bundle of one llama-server model `m` on GPU 0, ready unless ready=False.
+    `entry`: the model's settings; `sections`: other rig sections (lifecycle=..., engines=...)."""
+    def start(ready: bool = True, sections: dict | None = None, **entry) -> Bundle:
+        b = bundle_factory(write_rig(tmp_path, {"m": model_entry(models["gguf"], [0], **entry)}, **(sections or {})))
+        if ready:
+            b.wait_ready()
+        return b
+    return start
 
 
 MEASURED: list[str] = []

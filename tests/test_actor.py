@@ -89,6 +89,31 @@ async def test_a_process_replaced_outside_is_waited_for_unless_the_unit_started_
     actor.close()
 
 
+async def test_a_planned_start_is_refused_once_an_operator_stopped_the_unit(tmp_path, models):
+    actor = await _ready_actor(tmp_path, models, 300)
+    actor.state = State.STOPPED
+    waiting = Acquire()
+    actor.send(waiting)  # a request waits: the planner is asked for a load, and reads the memory
+    assert not waiting.reply.done() and actor.waiters
+    actor.send(Stop("operator stop", operator=True))  # meanwhile an operator stops the model
+    assert isinstance(waiting.reply.exception(), Exception)
+    start = Start("on-demand load", conditions=frozenset({Condition.WAITING, Condition.NOT_HELD}))
+    actor.send(start)
+    assert start.reply.result() is False and actor.state == State.STOPPED and actor.operator_held
+    actor.close()
+
+
+async def test_an_eviction_is_refused_once_a_request_came(tmp_path, models):
+    actor = await _ready_actor(tmp_path, models, 300)
+    request = Acquire()
+    actor.send(request)  # after the planner read it idle
+    evict = Stop("evicted", conditions=frozenset({Condition.IDLE}))
+    actor.send(evict)
+    assert evict.reply.result() is False and actor.state == State.BUSY
+    request.reply.result().release()
+    actor.close()
+
+
 def test_no_command_handler_awaits():
     """The hand-off runs a handler in the sender's stead, whole: that holds only while no
     handler awaits (slow work belongs in jobs)."""

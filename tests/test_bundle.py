@@ -7,6 +7,8 @@ import pytest
 
 from helpers import model_entry, wait_for, write_rig
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def bundle(tmp_path, models, bundle_factory):

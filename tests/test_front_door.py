@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 
-import httpx
 import openai
 import pytest
 

@@ -7,6 +7,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import model_entry, wait_for, write_rig
+import pytest
+
+pytestmark = pytest.mark.slow
 
 
 def fake_server(folder: Path) -> str:
@@ -24,10 +27,8 @@ def sample(b, name: str, **labels) -> float:
     return 0.0
 
 
-def test_deep_probe_passes_on_a_real_server(tmp_path, models, bundle_factory):
-    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, lifecycle={"deep_probe_interval_s": 0.5})
-    b = bundle_factory(rig)
-    b.wait_ready()
+def test_deep_probe_passes_on_a_real_server(one_model):
+    b = one_model(sections={"lifecycle": {"deep_probe_interval_s": 0.5}})
     wait_for(lambda: sample(b, "llamarig_health_probes_total", model="m", kind="deep", result="ok") >= 3,
              30, "three passing deep probes")
     assert sample(b, "llamarig_health_probes_total", model="m", kind="deep", result="failed") == 0

@@ -9,24 +9,19 @@ import psutil
 import pytest
 import yaml
 
-from helpers import model_entry, wait_for, write_rig
+from helpers import edit_model, model_entry, wait_for, write_rig
 from llamarig.backend.lifecycle.jobs import port_in_use
 from llamarig.backend.models_make import GgufSize, make_gguf
 
-
-def one_model(tmp_path, models, bundle_factory, **entry):
-    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0], **entry)})
-    b = bundle_factory(rig)
-    b.wait_ready()
-    return b
+pytestmark = pytest.mark.slow
 
 
 def complete(b, model="m", timeout=30) -> httpx.Response:
     return b.post("/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 1}, timeout=timeout)
 
 
-def test_kill_9_restarts_and_the_gap_gets_503_with_retry_after(tmp_path, models, bundle_factory):
-    b = one_model(tmp_path, models, bundle_factory)
+def test_kill_9_restarts_and_the_gap_gets_503_with_retry_after(one_model):
+    b = one_model()
     old = b.pid("llama-m")
     os.kill(old, signal.SIGKILL)
     answers = []
@@ -50,8 +45,8 @@ def test_kill_9_restarts_and_the_gap_gets_503_with_retry_after(tmp_path, models,
         unit["history"]
 
 
-def test_sigstop_is_detected_after_threshold_and_restarted(tmp_path, models, bundle_factory):
-    b = one_model(tmp_path, models, bundle_factory)
+def test_sigstop_is_detected_after_threshold_and_restarted(one_model):
+    b = one_model()
     old = b.pid("llama-m")
     os.kill(old, signal.SIGSTOP)
     stopped_at = time.monotonic()
@@ -64,11 +59,9 @@ def test_sigstop_is_detected_after_threshold_and_restarted(tmp_path, models, bun
     assert b.pid("llama-m") != old and not psutil.pid_exists(old)
 
 
-def test_bad_flag_backs_off_then_opens_the_circuit_and_reset_works(tmp_path, models, bundle_factory):
-    entry = model_entry(models["gguf"], [0], extra_args=["--no-such-flag"])
-    rig_path = write_rig(tmp_path, {"m": entry}, lifecycle={"circuit_restarts": 2, "circuit_window_s": 120,
-                                                           "backoff_initial_s": 0.5})
-    b = bundle_factory(rig_path)
+def test_bad_flag_backs_off_then_opens_the_circuit_and_reset_works(one_model):
+    b = one_model(ready=False, extra_args=["--no-such-flag"],
+                  sections={"lifecycle": {"circuit_restarts": 2, "circuit_window_s": 120, "backoff_initial_s": 0.5}})
     unit = wait_for(lambda: b.up() and (u := b.unit("m"))["circuit_open"] and u, 60, "circuit open")
     assert unit["state"] == "failed" and "circuit open" in unit["reason"] and "llamarig reset m" in unit["reason"]
     reasons = [h["reason"] for h in b.get("/admin/units/m").json()["history"]]
@@ -76,22 +69,16 @@ def test_bad_flag_backs_off_then_opens_the_circuit_and_reset_works(tmp_path, mod
     assert any("restart after 0.5 s" in r for r in reasons) and any("restart after 1 s" in r for r in reasons)
     r = complete(b)
     assert r.status_code == 503 and "circuit open" in r.json()["error"]["message"]
-    # The operator fixes the flag and resets: the gate reads the rig afresh.
-    data = yaml.safe_load(rig_path.read_text())
-    data["models"]["m"]["extra_args"] = []
-    rig_path.write_text(yaml.safe_dump(data))
+    edit_model(b.rig_path, extra_args=[])  # the operator fixes the flag and resets: the gate reads the rig afresh
     assert b.post("/admin/units/m/reset").status_code == 202
     unit = b.wait_state("m", {"ready"}, 60)
     assert not unit["circuit_open"] and unit["restarts_in_window"] == 0
     assert complete(b).status_code == 200
 
 
-def test_an_open_circuit_half_opens_after_its_cooldown_and_closes_when_the_try_works(tmp_path, models,
-                                                                                     bundle_factory):
-    entry = model_entry(models["gguf"], [0], extra_args=["--no-such-flag"])
-    rig_path = write_rig(tmp_path, {"m": entry}, lifecycle={"circuit_restarts": 1, "circuit_window_s": 120,
-                                                           "backoff_initial_s": 0.2, "circuit_cooldown_s": 1})
-    b = bundle_factory(rig_path)
+def test_an_open_circuit_half_opens_after_its_cooldown_and_closes_when_the_try_works(one_model):
+    b = one_model(ready=False, extra_args=["--no-such-flag"], sections={"lifecycle": {
+        "circuit_restarts": 1, "circuit_window_s": 120, "backoff_initial_s": 0.2, "circuit_cooldown_s": 1}})
     unit = wait_for(lambda: b.up() and (u := b.unit("m"))["circuit_open"] and u, 60, "circuit open")
     assert "one start will be tried in 1 s (circuit_cooldown_s)" in unit["reason"]
 
@@ -100,16 +87,14 @@ def test_an_open_circuit_half_opens_after_its_cooldown_and_closes_when_the_try_w
 
     wait_for(lambda: tries() >= 1 and b.unit("m")["circuit_open"] and b.unit("m")["state"] == "failed", 30,
              "a half-open try that fails and opens the circuit again")
-    data = yaml.safe_load(rig_path.read_text())  # the cause goes away; nobody resets
-    data["models"]["m"]["extra_args"] = []
-    rig_path.write_text(yaml.safe_dump(data))
+    edit_model(b.rig_path, extra_args=[])  # the cause goes away; nobody resets
     unit = b.wait_state("m", {"ready"}, 30)
     assert not unit["circuit_open"] and unit["restarts_in_window"] == 0
     assert complete(b).status_code == 200
 
 
-def test_drain_lets_a_stream_finish_then_stops_with_nothing_left(tmp_path, models, bundle_factory):
-    b = one_model(tmp_path, models, bundle_factory, context_size=4096)
+def test_drain_lets_a_stream_finish_then_stops_with_nothing_left(one_model):
+    b = one_model(context_size=4096)
     pid, port = b.pid("llama-m"), b.rig.models["m"].port
     body = {"model": "m", "prompt": "hi", "max_tokens": 3000, "stream": True, "ignore_eos": True}
     seen = {"events": 0, "done": False, "states": set()}
@@ -187,10 +172,8 @@ def test_on_demand_load_idle_unload_and_lru_that_never_evicts_a_busy_model(tmp_p
     assert any("keep_alive" in h["reason"] for h in b.get("/admin/units/idle").json()["history"])
 
 
-def test_probes_and_scrapes_do_not_count_as_activity(tmp_path, models, bundle_factory):
-    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0], warm=False, keep_alive_s=2)})
-    b = bundle_factory(rig)
-    b.wait_ready()
+def test_probes_and_scrapes_do_not_count_as_activity(one_model):
+    b = one_model(warm=False, keep_alive_s=2)
     assert complete(b, timeout=60).status_code == 200
     # Health probes run every 0.5 s and we scrape metrics: neither must keep it loaded.
     deadline = time.monotonic() + 20
@@ -199,8 +182,8 @@ def test_probes_and_scrapes_do_not_count_as_activity(tmp_path, models, bundle_fa
     assert b.unit("m")["state"] == "stopped"
 
 
-def test_100_start_stop_cycles_leave_no_leak(tmp_path, models, bundle_factory):
-    b = one_model(tmp_path, models, bundle_factory)
+def test_100_start_stop_cycles_leave_no_leak(one_model):
+    b = one_model()
     api = psutil.Process(b.pid("compute-api"))
 
     def cycle():

@@ -15,6 +15,8 @@ import yaml
 from helpers import free_port, model_entry, wait_for, write_rig
 from test_ops_files import RULES, dashboard_metrics
 
+pytestmark = pytest.mark.slow
+
 # Only the wait is shortened so the test takes seconds: the expression is the shipped one, and
 # the shipped `for` is covered by promtool's unit tests.
 SHORT_FOR = "2s"
@@ -114,11 +116,8 @@ def test_model_down_alert_fires_through_prometheus_and_clears(tmp_path, models, 
     wait_for(lambda: alert_state(prom, "LlamarigModelDown") is None, 30, "LlamarigModelDown cleared")
 
 
-def test_metrics_cover_the_dashboard_and_rules_count_tokens_and_pass_engine_metrics(tmp_path, models,
-                                                                                    bundle_factory):
-    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])})
-    b = bundle_factory(rig)
-    b.wait_ready()
+def test_metrics_cover_the_dashboard_and_rules_count_tokens_and_pass_engine_metrics(one_model):
+    b = one_model()
     plain = b.post("/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 7, "ignore_eos": True})
     assert plain.json()["usage"]["completion_tokens"] == 7
     body = {"model": "m", "prompt": "hi", "max_tokens": 12, "stream": True, "ignore_eos": True}

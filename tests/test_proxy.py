@@ -51,9 +51,8 @@ def test_a_client_gone_mid_stream_stops_the_generation_and_frees_the_model(tmp_p
     wait_for(lambda: _processing(entry["port"]) == 0, 3, "the server no longer generating")
 
 
-def test_back_to_back_streams_and_json_answers_never_fail(tmp_path, models, bundle_factory):
-    b = bundle_factory(write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}))
-    b.wait_ready()
+def test_back_to_back_streams_and_json_answers_never_fail(one_model):
+    b = one_model()
     stream = {"model": "m", "prompt": "hi", "max_tokens": 4, "stream": True}
     whole = {"model": "m", "prompt": "hi", "max_tokens": 1}
     with httpx.Client(base_url=b.api, timeout=30) as client:
@@ -67,11 +66,10 @@ def test_back_to_back_streams_and_json_answers_never_fail(tmp_path, models, bund
                 assert r.status_code == 200, r.text
 
 
-def test_a_client_that_sends_expect_100_continue_gets_one_whole_answer(tmp_path, models, bundle_factory):
+def test_a_client_that_sends_expect_100_continue_gets_one_whole_answer(one_model):
     """curl sends `Expect: 100-continue` with bodies over 1 KiB. uvicorn answers it for the
     client; passed on, llama-server would answer it too, with an interim 100 before the answer."""
-    b = bundle_factory(write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}))
-    b.wait_ready()
+    b = one_model()
     body = b'{"model": "m", "prompt": "hi", "max_tokens": 1, "user": "%s"}' % (b"u" * 2000)  # over 1 KiB
     host, port = b.api.removeprefix("http://").split(":")
     for _ in range(3):  # the same pooled connection upstream each time

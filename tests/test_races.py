@@ -22,11 +22,8 @@ def _log_has(b, text: str) -> bool:
     return path.exists() and text in path.read_text()
 
 
-def test_an_operator_stop_during_an_on_demand_load_is_not_undone(tmp_path, models, bundle_factory):
-    rig_path = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0], warm=False)},
-                         lifecycle={"vram_settle_s": 3})
-    b = bundle_factory(rig_path)
-    b.wait_ready()
+def test_an_operator_stop_during_an_on_demand_load_is_not_undone(one_model):
+    b = one_model(warm=False, sections={"lifecycle": {"vram_settle_s": 3}})
     answers = []
     waiting = threading.Thread(target=lambda: answers.append(b.post(
         "/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 1}, timeout=60)))

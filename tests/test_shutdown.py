@@ -12,6 +12,9 @@ import psutil
 import yaml
 
 from helpers import PATH, model_entry, write_rig
+import pytest
+
+pytestmark = pytest.mark.slow
 
 
 def llamarig(rig_path, *args, timeout=180) -> subprocess.CompletedProcess:
@@ -70,10 +73,8 @@ def test_up_shows_waves_refuses_what_cannot_fit_and_down_stops_everything(tmp_pa
                 p.kill()
 
 
-def test_sigterm_to_supervisord_lets_a_stream_finish_then_everything_exits(tmp_path, models, bundle_factory):
-    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0], context_size=4096)})
-    b = bundle_factory(rig)
-    b.wait_ready()
+def test_sigterm_to_supervisord_lets_a_stream_finish_then_everything_exits(one_model):
+    b = one_model(context_size=4096)
     tree = b.tree()
     assert len(tree) >= 3  # supervisord, compute API, server
     body = {"model": "m", "prompt": "hi", "max_tokens": 1500, "stream": True, "ignore_eos": True}

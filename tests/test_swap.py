@@ -8,6 +8,9 @@ from helpers import edit_model, free_port, model_entry, reload_done, wait_for, w
 from llamarig.backend.lifecycle.jobs import port_in_use
 from llamarig.shared.gguf_header import read_header
 from llamarig.shared.vram import estimate
+import pytest
+
+pytestmark = pytest.mark.slow
 
 MIB = 1024 * 1024
 
@@ -115,10 +118,9 @@ def test_reload_drains_first_when_two_servers_do_not_fit(tmp_path, models, bundl
     assert unit["program"] == "llama-m"
 
 
-def test_reload_without_swap_port_and_with_a_changed_port(tmp_path, models, bundle_factory):
-    rig_path = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])})
-    b = bundle_factory(rig_path)
-    b.wait_ready()
+def test_reload_without_swap_port_and_with_a_changed_port(one_model):
+    b = one_model()
+    rig_path = b.rig_path
     answer = b.post("/admin/units/m/reload").json()
     assert answer["how"] == "drain-first" and answer["why"] == "models.m.swap_port is not set"
     b.wait_state("m", {"ready"}, 60)
