@@ -218,3 +218,24 @@ def reload_done(b, timeout=90) -> dict:
     """Model m's reload record once it ended."""
     return wait_for(lambda: (r := b.unit("m")["reload"]) and r["state"] not in ("starting", "restarting", "draining") and r,
                     timeout, "the reload to end")
+
+
+def openai_client_round(api: str, key: str, chat_model: str, stream_model: str, wav: Path):
+    """What any OpenAI client does with a key: a chat completion, a stream, embeddings (model
+    `embed`) and a transcription, each checked; a wrong key refused. Returns the client."""
+    import openai
+    import pytest
+
+    client = openai.OpenAI(base_url=api + "/v1", api_key=key, max_retries=0, timeout=60)
+    chat = client.chat.completions.create(model=chat_model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert chat.choices[0].message.content is not None and chat.usage.completion_tokens >= 1
+    chunks = list(client.chat.completions.create(model=stream_model, messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=8, stream=True))
+    assert len(chunks) >= 2 and chunks[-1].choices[0].finish_reason is not None
+    vectors = client.embeddings.create(model="embed", input=["one", "two words"])
+    assert len(vectors.data) == 2 and vectors.data[0].embedding != vectors.data[1].embedding
+    with wav.open("rb") as f:
+        assert isinstance(client.audio.transcriptions.create(model="whisper-1", file=f).text, str)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=api + "/v1", api_key="wrong-key-0123456789", max_retries=0).models.list()
+    return client

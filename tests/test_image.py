@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from dockerd import REPO, TEST_LABEL
-from helpers import HTTP, free_port, wait_for
+from helpers import HTTP, free_port, openai_client_round, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -92,18 +92,7 @@ def test_the_health_check_turns_healthy(box, report):
 
 
 def test_the_openai_client_gets_every_kind_of_answer_with_a_key(box, wav):
-    client = openai.OpenAI(base_url=box.api + "/v1", api_key=CLIENT, max_retries=0, timeout=60)
-    chat = client.chat.completions.create(model="worker-1", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    assert chat.choices[0].message.content is not None and chat.usage.completion_tokens >= 1
-    chunks = list(client.chat.completions.create(model="brain", messages=[{"role": "user", "content": "hi"}],
-                                                 max_tokens=8, stream=True))
-    assert len(chunks) >= 2 and chunks[-1].choices[0].finish_reason is not None
-    vectors = client.embeddings.create(model="embed", input=["one", "two words"])
-    assert len(vectors.data) == 2 and vectors.data[0].embedding != vectors.data[1].embedding
-    with wav.open("rb") as f:
-        assert isinstance(client.audio.transcriptions.create(model="whisper-1", file=f).text, str)
-    with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=box.api + "/v1", api_key="wrong-key-0123456789", max_retries=0).models.list()
+    openai_client_round(box.api, CLIENT, "worker-1", "brain", wav)
     assert HTTP.get(box.api + "/v1/models", timeout=10).status_code == 401
 
 
