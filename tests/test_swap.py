@@ -128,3 +128,21 @@ def test_reload_without_swap_port_and_with_a_changed_port(one_model):
     refused = b.post("/admin/units/m/reload")
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "rig_changed" and "port" in refused.json()["error"]["message"]
+
+
+def test_a_reload_candidate_claims_the_files_hash_only_when_nothing_else_changed(tmp_path, models):
+    from llamarig.backend.gate import file_sha256
+    from llamarig.backend.lifecycle.swap import candidate_rig
+    from llamarig.shared.rig import load_rig
+
+    rig_path = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0]), "n": model_entry(models["gguf"], [1])})
+    running = load_rig(rig_path)
+    edit_model(rig_path, context_size=512)
+    candidate = candidate_rig(running, "m")
+    assert candidate.models["m"].context_size == 512 and candidate.source_sha256 == file_sha256(rig_path)
+    assert running.models["m"].context_size == 256  # the running rig is untouched until a commit
+    data = yaml.safe_load(rig_path.read_text())
+    data["models"]["n"]["context_size"] = 1024  # another model changed too, not reloaded
+    rig_path.write_text(yaml.safe_dump(data))
+    candidate = candidate_rig(running, "m")
+    assert candidate.source_sha256 == "" and candidate.models["n"].context_size == 256
