@@ -173,8 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("launch", help="(supervisord program) verify a unit's model, then exec its server")
     s.add_argument("unit")
-    s.add_argument("--slot", choices=["blue", "green"], default="blue",
-                   help="green: the second server of a blue-green reload, on swap_port")
+    s.add_argument("--slot", default="blue", help="green: the second server of a blue-green reload, on "
+                   "swap_port; gpuN: Whisper placed on GPU N (whisper.gpus)")
     s.add_argument("--plan", help="launch plan written by the lifecycle manager; used only if it was made "
                    "from the rig file as it is now, else the rig is read")
     s.set_defaults(fn=cmd_launch)

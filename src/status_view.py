@@ -6,7 +6,7 @@ from __future__ import annotations
 WIDTH = 80
 GIB = 1024 ** 3
 UNIT_COLUMNS = "{name:<14} {state:<9} {gpus:<5} {inflight:>4} {restarts:>3} {load:>6}  {reason}"
-GPU_COLUMNS = "{index:<4} {memory:<19} {units}"
+GPU_COLUMNS = "{index:<4} {mode:<10} {memory:<19} {units}"
 
 
 def _cut(text: str, room: int) -> str:
@@ -23,7 +23,7 @@ def _unit_line(u: dict, wide: bool) -> str:
 
 def _gpu_line(g: dict, wide: bool) -> str:
     memory = f"{g['used_bytes'] / GIB:.1f}/{g['total_bytes'] / GIB:.1f} GiB used"
-    line = GPU_COLUMNS.format(index=g["index"], memory=memory, units="")
+    line = GPU_COLUMNS.format(index=g["index"], mode=g.get("mode", "-"), memory=memory, units="")
     units = ", ".join(g["units"]) or "-"
     return line + (units if wide else _cut(units, WIDTH - len(line)))
 
@@ -34,7 +34,7 @@ def render(body: dict, wide: bool = False) -> str:
                                  load="LOAD", reason="REASON")
     lines = [header] + [_unit_line(u, wide) for u in body["units"]]
     if body.get("gpus"):
-        lines += ["", GPU_COLUMNS.format(index="GPU", memory="MEMORY", units="UNITS") +
+        lines += ["", GPU_COLUMNS.format(index="GPU", mode="MODE", memory="MEMORY", units="UNITS") +
                   (" (simulated)" if body.get("gpus_simulated") else "")]
         lines += [_gpu_line(g, wide) for g in body["gpus"]]
     return "\n".join(lines)

@@ -73,5 +73,5 @@ def engine_for(model: ModelConfig) -> EngineAdapter:
     return ENGINES[model.engine]
 
 
-def whisper_argv(rig_path: Path) -> list[str]:
-    return [sys.executable, "-m", "llamarig.backend.whisper", "--rig", str(rig_path)]
+def whisper_argv(rig_path: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "llamarig.backend.whisper", "--rig", str(rig_path), "--port", str(port)]

@@ -34,7 +34,8 @@ def verify_unit(rig: Rig, unit: str, checks: Checks) -> Verdict:
 def server_argv(rig: Rig, unit: str, slot: str = BLUE, on_gpu: bool | None = None) -> list[str]:
     """on_gpu: whether the servers run on GPUs; None: ask the rig's GPU inventory (NVML)."""
     if unit == WHISPER_PROGRAM:
-        return whisper_argv(Path(rig.source).resolve())
+        gpu = int(slot.removeprefix("gpu")) if slot.startswith("gpu") else rig.whisper.gpu
+        return whisper_argv(Path(rig.source).resolve(), rig.whisper.port_on(gpu))
     if on_gpu is None:
         on_gpu = not open_inventory(rig.gpus).simulated
     model = rig.models[unit]

@@ -26,6 +26,15 @@ def model_program(name: str, slot: str = BLUE) -> str:
     return f"llama-{name}" if slot == BLUE else f"llama-{name}_{slot}"
 
 
+def placement_slot(gpu: int) -> str:
+    return f"gpu{gpu}"
+
+
+def placement_program(gpu: int) -> str:
+    """The program of Whisper placed on `gpu` (whisper.gpus)."""
+    return f"{WHISPER_PROGRAM}@{gpu}"
+
+
 def verdict_key(unit: str, slot: str = BLUE) -> str:
     """Name of a slot's verdict and plan files: a green start must not read blue's."""
     return unit if slot == BLUE else f"{unit}_{slot}"
@@ -101,8 +110,12 @@ def render(rig: Rig, conf_dir: Path | None) -> str:
         if model.swap_port is not None:
             parts.append(_gated(rig, conf_dir, rig_ref, name, model_program(name, GREEN), model.gpus,
                                 100 + model.priority, GREEN))
-    if rig.whisper:
+    if rig.whisper and rig.whisper.gpus is None:
         parts.append(_gated(rig, conf_dir, rig_ref, WHISPER_PROGRAM, WHISPER_PROGRAM, [rig.whisper.gpu], 50))
+    elif rig.whisper:  # placements: the planner starts one when transcriptions wait
+        for gpu in rig.whisper.gpus:
+            parts.append(_gated(rig, conf_dir, rig_ref, WHISPER_PROGRAM, placement_program(gpu), [gpu], 50,
+                                placement_slot(gpu)))
     # Highest priority number: supervisord stops it first, so it drains before the servers go.
     parts.append(_program(rig, conf_dir, API_PROGRAM, f"llamarig --rig {rig_ref} api", {
         "autostart": "true", "autorestart": "true", "startsecs": 2, "priority": 999,

@@ -92,6 +92,13 @@ class ModelConfig(Strict):
     extra_args: list[str] = Field(default_factory=list, description="Extra server flags, passed as they are.")
     embeddings: bool = Field(False, description="true: an embeddings model; it serves /v1/embeddings only (its "
                              "server starts with mean pooling). false: it serves chat and completions.")
+    switchable: bool | None = Field(None, description="Whether the planner may stop it to give its GPU to script "
+                                    "work (whisper.gpus). null: true for a model on one GPU, false for one split "
+                                    "across several (the brain).")
+
+    @property
+    def may_switch(self) -> bool:
+        return self.switchable if self.switchable is not None else len(self.gpus) == 1
 
     @model_validator(mode="after")
     def _split_matches_gpus(self) -> ModelConfig:
@@ -110,7 +117,13 @@ class ModelConfig(Strict):
 
 class WhisperConfig(Strict):
     model_dir: str = Field(description="CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json).")
-    gpu: int = Field(ge=0, description="GPU index it is pinned to.")
+    gpu: int | None = Field(None, ge=0, description="GPU index it is pinned to; it loads at boot like a model. "
+                            "Set gpu or gpus, not both.")
+    gpus: list[int] | None = Field(
+        None, min_length=1, description="GPUs it may be placed on, in order of preference: one supervisord "
+        "program each (whisper@G, on port + its position in the list), started by the planner when "
+        "transcriptions wait, on a GPU with room or one it switches from its LLM, and stopped after "
+        "lifecycle.script_idle_s idle. Set gpu or gpus, not both.")
     device: WhisperDevice = Field(WhisperDevice.auto, description="auto: CUDA when CTranslate2 sees one, else CPU.")
     compute_type: str = Field("default", description="CTranslate2 compute type: default, int8, float16, ...")
     port: Port = Field(description="Loopback TCP port of the transcription service.")
@@ -118,6 +131,22 @@ class WhisperConfig(Strict):
     required: bool = Field(True, description="true: /ready is 503 until Whisper is ready.")
     max_new_tokens: int | None = Field(None, ge=1, le=448, description="Cap on tokens decoded per "
                                        "30 s window; null: the model's own limit (448).")
+
+    @model_validator(mode="after")
+    def _one_placement_kind(self) -> WhisperConfig:
+        if (self.gpu is None) == (self.gpus is None):
+            raise ValueError("set gpu (pinned, loaded at boot) or gpus (placed by the planner), not both")
+        if self.gpus and len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"gpus repeat: {self.gpus}")
+        return self
+
+    @property
+    def placements(self) -> list[int]:
+        """The GPUs it may run on (one for a pinned Whisper)."""
+        return self.gpus if self.gpus is not None else [self.gpu]
+
+    def port_on(self, gpu: int) -> int:
+        return self.port + self.placements.index(gpu)
 
 
 class KeysConfig(Strict):
@@ -206,6 +235,12 @@ class LifecycleConfig(Strict):
     queue_size: int = Field(64, ge=0, le=100000, description="Requests that may wait for a loading model; "
                             "0: none wait, 503 at once.")
     queue_timeout_s: float = Field(120, ge=0, le=86400, description="Seconds a waiting request waits.")
+    script_idle_s: float = Field(60, ge=0, le=86400, description="Seconds a placed script service (whisper.gpus) "
+                                 "stays loaded with no request before the planner stops it and gives its GPU "
+                                 "back to the GPU's LLM; 0: right after its last request.")
+    llm_wait_max_s: float = Field(30, ge=0, le=86400, description="Seconds requests for an LLM whose GPU holds "
+                                  "script work wait for that work to end before the planner drains it and "
+                                  "gives the GPU back; 0: at once.")
 
 
 class EnginesConfig(Strict):
@@ -272,9 +307,11 @@ def _cross_check(rig: Rig) -> list[str]:
         if missing:
             problems.append(f"models.{name}.gpus: GPU {missing} not in gpus.simulated {sorted(known_gpus)}")
     if rig.whisper:
-        _claim_port(ports, rig.whisper.port, "whisper.port", problems)
-        if known_gpus and rig.whisper.gpu not in known_gpus:
-            problems.append(f"whisper.gpu: GPU {rig.whisper.gpu} not in gpus.simulated {sorted(known_gpus)}")
+        field = "whisper.gpu" if rig.whisper.gpus is None else "whisper.gpus"
+        for gpu in rig.whisper.placements:
+            _claim_port(ports, rig.whisper.port_on(gpu), "whisper.port", problems)
+            if known_gpus and gpu not in known_gpus:
+                problems.append(f"{field}: GPU {gpu} not in gpus.simulated {sorted(known_gpus)}")
     if rig.gpus.source != GpuSource.nvml and not known_gpus:
         problems.append("gpus.simulated: empty, but source is not 'nvml' so it may be needed")
     return problems

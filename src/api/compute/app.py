@@ -61,7 +61,8 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
     async def ready() -> JSONResponse:
         ok, rows = state.manager.ready_report()
         inv = state.manager.inventory
-        body = {"ready": ok, "gpus": {"simulated": inv.simulated, "reason": inv.reason},
+        modes = {str(g): m.mode.value for g, m in state.manager.modes.gpus.items()}
+        body = {"ready": ok, "gpus": {"simulated": inv.simulated, "reason": inv.reason, "modes": modes},
                 "booted": state.manager.booted.is_set(),
                 "components": {r["name"]: {k: r[k] for k in ("state", "reason", "required", "warm", "gpus")}
                                for r in rows}}

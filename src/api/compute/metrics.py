@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from llamarig.backend.lifecycle.jobs import Events
+from llamarig.backend.lifecycle.gpu_modes import Mode
 from llamarig.backend.lifecycle.states import State
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -65,6 +66,11 @@ class Metrics(Events):
         self.validator_gaps = Counter("llamarig_validator_gaps_total", "Requests the compute API validated that "
                                       "an engine still answered 5xx: a gap in the validator.", ["model", "route"],
                                       registry=r)
+        self.switches = Counter("llamarig_gpu_switches_total", "GPU switches between LLM and script work, by "
+                                "direction (to_script, to_llm).", ["gpu", "direction"], registry=r)
+        self.switch_seconds = Histogram("llamarig_gpu_switch_seconds", "Seconds a GPU switch took, from its "
+                                        "start to the new holder ready.", ["direction"], registry=r,
+                                        buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300))
         self.verified: dict[str, int] = {}
         self._request_series: dict[tuple, tuple] = {}
         self._transition_series: dict[tuple, object] = {}
@@ -123,6 +129,10 @@ class Metrics(Events):
 
     def on_restart(self, unit, reason):
         self.restarts.labels(unit.name, restart_kind(reason)).inc()
+
+    def on_switch(self, gpu, direction, seconds):
+        self.switches.labels(str(gpu), direction).inc()
+        self.switch_seconds.labels(direction).observe(seconds)
 
     def on_circuit(self, unit, is_open):
         self.circuit[unit.name] = int(is_open)
@@ -215,7 +225,15 @@ class _StateCollector:
                 if value is not None:
                     family.add_metric([str(g.index)], value / 100 if family is util else value)
         last.add_metric([], getattr(self.metrics, "last_gpu_reading", 0.0))
-        yield from (used, total, util, temp, power, simulated, last)
+        yield from (used, total, util, temp, power, simulated, last, self._modes())
+
+    def _modes(self):
+        family = GaugeMetricFamily("llamarig_gpu_mode", "1 for the mode each GPU is in: idle, llm, to_script, "
+                                   "script, to_llm.", labels=["gpu", "mode"])
+        for gpu, g in self.manager.modes.gpus.items():
+            for mode in Mode:
+                family.add_metric([str(gpu), mode.value], 1.0 if g.mode == mode else 0.0)
+        return family
 
     def _supervisor(self):
         family = GaugeMetricFamily("llamarig_supervisor_process_state", "1 for the supervisord state of each "

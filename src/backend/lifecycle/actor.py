@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 from llamarig.backend.lifecycle import jobs
-from llamarig.backend.lifecycle.commands import (Acquire, Condition, Exited, Expire, JobDone, Probe, Refuse,
-                                                 Release, Replaced, Reset, Start, Stop)
+from llamarig.backend.lifecycle.commands import (Acquire, AdoptWaiters, Condition, Exited, Expire, JobDone,
+                                                 MoveWaiters, Probe, Refuse, Release, Replaced, Reset, Start, Stop)
 from llamarig.backend.lifecycle.policy import RestartPolicy
 from llamarig.backend.lifecycle.states import (LOADING, ON_TIMEOUT, PROCESS_EXPECTED, SERVING, State,
                                                check_transition, timeout_for)
@@ -175,7 +175,8 @@ class UnitActor:
         handler = {Start: self._on_start, Stop: self._on_stop, Acquire: self._on_acquire,
                    Release: self._on_release, Probe: self._on_probe, Exited: self._on_exited,
                    JobDone: self._on_job_done, Reset: self._on_reset, Refuse: self._on_refuse,
-                   Replaced: self._on_replaced, Expire: self._on_expire}[type(c)]
+                   Replaced: self._on_replaced, Expire: self._on_expire, MoveWaiters: self._on_move_waiters,
+                   AdoptWaiters: self._on_adopt_waiters}[type(c)]
         handler(c)
 
     def _time_left(self) -> float | None:
@@ -389,6 +390,13 @@ class UnitActor:
         self.epoch += 1
         self.following = True
         self._to(State.STARTING, f"restarted outside llamarig ({c.detail}): waiting for the new process")
+
+    def _on_move_waiters(self, c: MoveWaiters) -> None:
+        waiting, self.waiters = list(self.waiters), collections.deque()
+        c.to.send(AdoptWaiters(waiting))
+
+    def _on_adopt_waiters(self, c: AdoptWaiters) -> None:
+        self.waiters.extend(f for f in c.waiters if not f.done())
 
     def _on_job_done(self, c: JobDone) -> None:
         if c.epoch != self.epoch:

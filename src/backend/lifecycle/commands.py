@@ -100,3 +100,15 @@ class Refuse:
     otherwise only the requests waiting for it are answered."""
     reason: str
     permanent: bool = True
+
+
+@dataclass
+class MoveWaiters:
+    """Hand the requests waiting here to `to`, another placement of the same service (the
+    planner routes the service there)."""
+    to: object
+
+
+@dataclass
+class AdoptWaiters:
+    waiters: list

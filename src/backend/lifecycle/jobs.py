@@ -38,6 +38,7 @@ class Events:
     def on_verdict(self, unit, verdict): pass
     def on_stop_verified(self, unit, ok, reason): pass
     def on_probe(self, unit, ok, kind): pass
+    def on_switch(self, gpu, direction, seconds): pass
     def on_memory(self, unit, estimate, actual): pass
     def request_load(self, unit): pass
     def suspect(self, unit): pass

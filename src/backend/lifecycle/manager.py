@@ -23,8 +23,9 @@ from llamarig.backend.lifecycle.commands import (Acquire, Condition, Exited, Pro
                                                  Stop)
 from llamarig.backend.lifecycle.jobs import Deps, Events, HeldEvents, exit_cause, tree_pids
 from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
-from llamarig.backend.lifecycle import swap
-from llamarig.backend.lifecycle.units import Unit, green_units, units_from_rig
+from llamarig.backend.lifecycle import swap, switch
+from llamarig.backend.lifecycle.gpu_modes import GpuModes, Mode
+from llamarig.backend.lifecycle.units import Unit, green_units, placement_units, units_from_rig
 from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, shortfall
 from llamarig.backend.llama_http import ServerHttp
 from llamarig.backend.supervisor import ALIVE_STATES, SupervisorClient
@@ -73,16 +74,22 @@ class Manager(Events):
         # Each model has one actor per server slot; routing goes to the active slot's actor.
         self.slots = {name: [UnitActor(unit, deps)] + ([UnitActor(greens[name], deps)] if name in greens else [])
                       for name, unit in self.units.items()}
+        placements = placement_units(rig)
+        if placements:  # Whisper placed by the planner: one slot per GPU it may use
+            self.units[placements[0].name] = placements[0]
+            self.slots[placements[0].name] = [UnitActor(u, deps) for u in placements]
         self.active = {name: 0 for name in self.slots}
+        self.switched: dict[int, list[str]] = {}  # GPU -> the LLMs a switch stopped for script work
         self.swaps: dict[str, dict] = {}
         self.reloading: dict[str, Rig] = {}  # program -> the rig with its model's new settings, until committed
         self.kept: set[str] = set()  # models whose reload failed: their plans keep the settings that worked
         self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used)
+        self.modes = GpuModes(self._initial_modes(), rig.timeouts.stop_budget_s + rig.timeouts.load_budget_s, self)
         self.pids: dict[str, int] = {}
         self.pids_read_at = 0.0  # monotonic time `pids` was asked for
         self._causes: dict[str, tuple[int, str]] = {}  # program -> (its last exit's time, how it ended)
         self.program_states: dict[str, str] = {}
-        self.estimates: dict[str, Estimate] = {}
+        self.estimates: dict[str, Estimate] = {}  # by program
         self.actuals: dict[str, dict[int, int]] = {}
         self.boot_waves: list[dict] = []
         self.booted = asyncio.Event()
@@ -122,6 +129,19 @@ class Manager(Events):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def _initial_modes(self) -> dict[int, tuple[Mode, str]]:
+        """LLM on a GPU a model is pinned to, IDLE on the others (the declared ones, and any a unit names)."""
+        units = [a.unit for a in self.all_actors()]
+        gpus = {g.index for g in self.rig.gpus.simulated} | {g for u in units for g in u.gpus}
+        modes = {}
+        for gpu in sorted(gpus):
+            llms = [u.name for u in self.units.values() if u.kind == "llama" and gpu in u.gpus]
+            modes[gpu] = (Mode.LLM, ", ".join(llms)) if llms else (Mode.IDLE, "")
+        return modes
+
+    def on_switch(self, gpu, direction, seconds):
+        self.hooks.on_switch(gpu, direction, seconds)
+
     # ---- estimates and readings ---------------------------------------------------------------
     def rig_for(self, unit: Unit) -> Rig:
         """The rig a unit's program starts with: a reload's new settings before they are the rig's."""
@@ -144,8 +164,8 @@ class Manager(Events):
 
     def estimate(self, unit: Unit, rig: Rig | None = None) -> Estimate | None:
         """Memory a unit needs with the rig's settings (or `rig`'s, uncached: a reload's)."""
-        if rig is None and unit.name in self.estimates:
-            return self.estimates[unit.name]
+        if rig is None and unit.program in self.estimates:  # by program: Whisper's placements differ
+            return self.estimates[unit.program]
         rig_ = rig or self.rig
         try:
             if unit.kind == "whisper":
@@ -158,7 +178,7 @@ class Manager(Events):
         except (OSError, GgufError):
             return None  # the verifier gives the reason when the unit starts
         if rig is None:
-            self.estimates[unit.name] = est
+            self.estimates[unit.program] = est
         return est
 
     def free_bytes(self) -> dict[int, int]:
@@ -296,13 +316,23 @@ class Manager(Events):
     async def _plan(self, command) -> None:
         if isinstance(command, Load):
             self._loads_queued.discard(command.unit.name)
-            await self._load(command.unit)
+            await self._load_or_place(command.unit)
+        elif isinstance(command, switch.Restore):
+            await switch.restore(self, command)
         elif isinstance(command, PlanReload):
             command.reply.set_result(await swap.plan_reload(self, command.name))
         elif isinstance(command, swap.Started):
             swap.hand_over(self, command)
         elif isinstance(command, swap.Restarted):
             swap.finish_restart(self, command)
+
+    async def _load_or_place(self, unit: Unit) -> None:
+        if unit.name in self.slots and unit.kind == "whisper" and unit.slot.startswith("gpu"):
+            await switch.place(self, unit.name)
+        elif any(g in self.switched for g in unit.gpus):
+            await switch.reclaim(self, unit)
+        else:
+            await self._load(unit)
 
     async def _load(self, unit: Unit) -> None:
         actor = self.actors[unit.name]
@@ -418,6 +448,8 @@ class Manager(Events):
     # ---- what the actors report ---------------------------------------------------------------
     def on_transition(self, unit, source, target, reason):
         self.hooks.on_transition(unit, source, target, reason)
+        if unit.slot.startswith("gpu") and target in (State.STOPPED, State.FAILED) and unit.gpus[0] in self.switched:
+            self.post(switch.Restore(unit.gpus[0]))
 
     def on_ready(self, unit, load_seconds):
         self.hooks.on_ready(unit, load_seconds)
@@ -509,7 +541,8 @@ class Manager(Events):
         """Each GPU's memory reading and the units pinned to it (the active slot of each model)."""
         units = [a.unit for a in self.actors.values()]
         return [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "used_bytes": g.used_bytes,
-                 "units": [u.name for u in units if g.index in u.gpus]} for g in self.inventory.read()]
+                 "units": [u.name for u in units if g.index in u.gpus], **self.modes.report(g.index)}
+                for g in self.inventory.read()]
 
     def ready_report(self) -> tuple[bool, list[dict]]:
         rows = [a.snapshot() for a in self.actors.values()]

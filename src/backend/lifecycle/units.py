@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from llamarig.backend.engines import engine_for
-from llamarig.backend.supervisor_conf import BLUE, GREEN, WHISPER_PROGRAM, model_program, verdict_key
+from llamarig.backend.supervisor_conf import (BLUE, GREEN, WHISPER_PROGRAM, model_program, placement_program,
+                                              placement_slot, verdict_key)
 from llamarig.shared.rig import Rig
 
 
@@ -22,7 +23,8 @@ class Unit:
     required: bool
     warm: bool                      # loaded at boot, never unloaded or evicted
     keep_alive_s: float | None      # idle seconds before unload; None: never
-    slot: str = BLUE                # blue: the usual server; green: the second one of a hot swap
+    slot: str = BLUE                # blue: the usual server; green: the second one of a hot swap; gpuN: a placement
+    switchable: bool = False        # the planner may stop it to give its GPU to script work
 
     @property
     def gpu_label(self) -> str:
@@ -46,8 +48,8 @@ def units_from_rig(rig: Rig) -> list[Unit]:
         keep = None if m.warm or m.keep_alive_s < 0 else m.keep_alive_s
         units.append(Unit(name, "llama", model_program(name), m.port, engine.ready_path, engine.metrics_path,
                           tuple(m.gpus), _split(m.gpus, m.tensor_split), m.priority, m.required,
-                          m.warm, keep))
-    if rig.whisper:
+                          m.warm, keep, switchable=m.may_switch))
+    if rig.whisper and rig.whisper.gpus is None:
         w = rig.whisper
         units.append(Unit(WHISPER_PROGRAM, "whisper", WHISPER_PROGRAM, w.port, "/health", None, (w.gpu,),
                           (1.0,), 50, w.required, True, None))
@@ -59,3 +61,13 @@ def green_units(rig: Rig) -> dict[str, Unit]:
     blue = {u.name: u for u in units_from_rig(rig) if u.kind == "llama"}
     return {name: replace(blue[name], program=model_program(name, GREEN), port=m.swap_port, slot=GREEN)
             for name, m in rig.models.items() if m.swap_port is not None}
+
+
+def placement_units(rig: Rig) -> list[Unit]:
+    """Whisper placed by the planner (whisper.gpus), one unit per GPU in order of preference: not
+    loaded at boot, unloaded after lifecycle.script_idle_s idle."""
+    w = rig.whisper
+    if w is None or w.gpus is None:
+        return []
+    return [Unit(WHISPER_PROGRAM, "whisper", placement_program(g), w.port_on(g), "/health", None, (g,), (1.0,),
+                 50, False, False, rig.lifecycle.script_idle_s, slot=placement_slot(g)) for g in w.gpus]

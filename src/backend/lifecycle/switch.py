@@ -1,0 +1,165 @@
+"""GPU switches, run by the planner: a GPU's LLM gives way to script work (Whisper placed on
+whisper.gpus) and gets its GPU back once that work is idle, or once its own requests have waited
+lifecycle.llm_wait_max_s.
+
+Placing the service: a placement whose GPU has room first (no switch); else a switchable GPU
+whose LLMs are idle; else one whose LLMs serve (they drain, bounded by drain_s); never a GPU
+whose LLM is loading, nor one of a model that is not switchable (the brain). The switch stops
+the LLMs, waits until the memory reading shows the service's need free, routes the waiting
+requests to the placement and starts it. A failed switch gives the GPU back to its LLMs with
+the reason. Every mode change is in gpu_modes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from llamarig.backend.lifecycle.commands import Condition, MoveWaiters, Refuse, Start, Stop
+from llamarig.backend.lifecycle.gpu_modes import Mode
+from llamarig.backend.lifecycle.states import ENDED, LOADING, SERVING, SETTLED, State
+from llamarig.backend.lifecycle.waves import shortfall
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Restore:
+    """A GPU's script work ended (its placement stopped): give the GPU back to its LLMs."""
+    gpu: int
+
+
+def _llms_on(m, gpu: int) -> list:
+    return [a for a in m.actors.values() if a.unit.kind == "llama" and gpu in a.unit.gpus]
+
+
+def _need(m, actor) -> dict[int, int]:
+    est = m.estimate(actor.unit)
+    return est.per_gpu if est else {}
+
+
+async def place(m, name: str) -> None:
+    """Requests wait for the script service `name`: put it on a GPU."""
+    slots, current = m.slots[name], m.actors[name]
+    if current.state != State.STOPPED or not current.waiters:
+        return  # a skip only: the start carries its conditions
+    margin = m.rig.lifecycle.vram_margin_mib * MIB
+    free = await m.settle()
+    for i, placement in enumerate(slots):
+        if m.modes.mode(placement.unit.gpus[0]) != Mode.TO_LLM and not shortfall(_need(m, placement), free, margin):
+            await _start_placement(m, name, i, f"room on GPU {placement.unit.gpus[0]}")
+            return
+    choice = _switch_candidate(m, slots)
+    if choice is None:
+        current.send(Refuse(f"{name}: no placement has room and no GPU can be switched to it (its LLMs are "
+                            "loading, or not switchable)", permanent=False))
+        return
+    await _switch_to_script(m, name, choice)
+
+
+def _switch_candidate(m, slots) -> int | None:
+    """The placement to switch to: idle LLMs first, then serving ones; None when none may go."""
+    serving = None
+    for i, placement in enumerate(slots):
+        gpu = placement.unit.gpus[0]
+        llms = _llms_on(m, gpu)
+        if m.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE) or not all(a.unit.switchable for a in llms):
+            continue
+        if any(a.state in LOADING for a in llms):
+            continue
+        if all(not a.inflight and not a.waiters for a in llms):
+            return i
+        serving = i if serving is None else serving
+    return serving
+
+
+async def _switch_to_script(m, name: str, i: int) -> None:
+    placement = m.slots[name][i]
+    gpu, margin = placement.unit.gpus[0], m.rig.lifecycle.vram_margin_mib * MIB
+    llms = _llms_on(m, gpu)
+    m.switched[gpu] = [a.unit.name for a in llms]
+    m.modes.set(gpu, Mode.TO_SCRIPT, name, f"{name}: requests wait and no placement has room; stopping "
+                f"{', '.join(m.switched[gpu]) or 'nothing'}")
+    for a in llms:
+        a.send(Stop(f"GPU {gpu} switched to {name}", drain=True))
+    for a in llms:
+        await a.wait_until(ENDED, m.modes.time_left(gpu))
+    if not await _memory_back(m, gpu, _need(m, placement), margin):
+        await back_to_llm(m, gpu, f"the memory of GPU {gpu} did not come back within the switch's time")
+        placement.send(Refuse(f"{name}: GPU {gpu} did not free its memory", permanent=False))
+        return
+    await _start_placement(m, name, i, f"GPU {gpu} switched from {', '.join(m.switched[gpu]) or 'nothing'}")
+
+
+async def _memory_back(m, gpu: int, need: dict[int, int], margin: int) -> bool:
+    deadline = time.monotonic() + m.modes.time_left(gpu)
+    while True:
+        if not shortfall(need, await m.settle(), margin):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+async def _start_placement(m, name: str, i: int, why: str) -> None:
+    slots, gpu = m.slots[name], m.slots[name][i].unit.gpus[0]
+    current = m.actors[name]
+    if current is not slots[i]:
+        current.send(MoveWaiters(slots[i]))  # handled whole: the requests wait there from now on
+        m.active[name] = i
+    placement = slots[i]
+    if m.modes.mode(gpu) == Mode.IDLE:  # nothing to give back afterwards
+        m.switched[gpu] = []
+        m.modes.set(gpu, Mode.TO_SCRIPT, name, f"{name}: requests wait; GPU {gpu} is free")
+    if not await placement.ask(Start(f"placed on GPU {gpu}: {why}", conditions=frozenset({Condition.WAITING}))):
+        if gpu in m.switched:
+            await back_to_llm(m, gpu, f"{name}: nobody waits for it any more")
+        return
+    state = await placement.wait_until(SETTLED, m.rig.timeouts.load_budget_s)
+    if state in SERVING:
+        if gpu in m.switched:
+            m.modes.set(gpu, Mode.SCRIPT, name, f"{name} ready on GPU {gpu}")
+        return
+    reason = f"{name} on GPU {gpu} {state.value}: {placement.reason}"
+    placement.send(Stop(f"placement failed: {reason}", drain=False))
+    if gpu in m.switched:
+        await back_to_llm(m, gpu, reason)
+
+
+async def back_to_llm(m, gpu: int, reason: str) -> None:
+    """Give the GPU back to the LLMs the switch stopped, and wait for them."""
+    names = m.switched.get(gpu, [])
+    m.modes.set(gpu, Mode.TO_LLM, ", ".join(names), reason)
+    actors = [m.actors[n] for n in names]
+    for a in actors:
+        a.send(Start(f"GPU {gpu} given back: {reason}"))
+    for a in actors:
+        await a.wait_until(SETTLED, m.modes.time_left(gpu))
+    m.switched.pop(gpu, None)
+    m.modes.set(gpu, Mode.LLM if names else Mode.IDLE, ", ".join(names), f"back from script work: {reason}")
+
+
+async def restore(m, c: Restore) -> None:
+    if c.gpu in m.switched and m.modes.mode(c.gpu) == Mode.SCRIPT:
+        await back_to_llm(m, c.gpu, "its script work ended")
+
+
+async def reclaim(m, unit) -> None:
+    """Requests wait for an LLM whose GPU holds script work: end that work (at once when idle,
+    else after llm_wait_max_s, drained) and give the GPU back."""
+    gpu = next(g for g in unit.gpus if g in m.switched)
+    placement = next(a for slots in m.slots.values() for a in slots
+                     if a.unit.kind == "whisper" and a.unit.gpus == (gpu,))
+    deadline = time.monotonic() + m.rig.lifecycle.llm_wait_max_s
+    while placement.state not in ENDED:
+        idle = Stop(f"GPU {gpu} given back to {unit.name}: its requests wait", conditions=frozenset({Condition.IDLE}))
+        placement.send(idle)
+        if idle.reply.result():
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            placement.send(Stop(f"GPU {gpu} given back to {unit.name}: its requests waited "
+                                f"{m.rig.lifecycle.llm_wait_max_s:g} s (llm_wait_max_s)", drain=True))
+            break
+        await placement.wait_until(frozenset({State.READY, *ENDED}), left)
+    await placement.wait_until(ENDED, m.rig.timeouts.stop_budget_s)
+    if gpu in m.switched:
+        await back_to_llm(m, gpu, f"requests wait for {unit.name}")

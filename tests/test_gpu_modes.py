@@ -1,0 +1,108 @@
+"""GPU modes and switches on a real bundle: simulated GPUs too small for an LLM and Whisper
+together, so a transcription switches the worker's GPU to Whisper and back."""
+from __future__ import annotations
+
+import shutil
+import threading
+
+import httpx
+import pytest
+import yaml
+
+from helpers import free_port, model_entry, wait_for, write_rig
+from test_health import sample
+
+pytestmark = pytest.mark.slow
+
+
+def _rig(tmp_path, models, whisper_dir=None, **lifecycle):
+    entries = {
+        "brain": model_entry(models["gguf"], [0, 1], tensor_split=[1, 1], context_size=4096),
+        "worker": model_entry(models["gguf_b"], [2], context_size=4096),
+    }
+    whisper = {"model_dir": str(whisper_dir or models["whisper"]), "gpus": [0, 2], "port": free_port()}
+    rig = write_rig(tmp_path, entries, whisper, lifecycle={"vram_margin_mib": 10, "script_idle_s": 2,
+                                                           "vram_settle_s": 1, **lifecycle})
+    data = yaml.safe_load(rig.read_text())
+    for gpu, mib in ((0, 40), (1, 40), (2, 50)):  # room for the LLMs, not for Whisper beside them
+        data["gpus"]["simulated"][gpu]["memory_mib"] = mib
+    rig.write_text(yaml.safe_dump(data))
+    return rig
+
+
+def _modes(b) -> dict[str, str]:
+    return b.get("/ready").json()["gpus"]["modes"]
+
+
+def _history(b, gpu: int) -> list[dict]:
+    return next(g for g in b.get("/admin/units").json()["gpus"] if g["index"] == gpu)["mode_history"]
+
+
+def _transcribe(b, wav) -> httpx.Response:
+    with wav.open("rb") as f:
+        return b.post("/v1/audio/transcriptions", files={"file": ("a.wav", f, "audio/wav")},
+                      data={"model": "whisper-1"}, timeout=120)
+
+
+def test_a_transcription_switches_a_worker_gpu_and_it_comes_back_after_script_idle_s(tmp_path, models, wav,
+                                                                                      bundle_factory):
+    b = bundle_factory(_rig(tmp_path, models))
+    b.wait_ready()
+    assert _modes(b) == {"0": "llm", "1": "llm", "2": "llm", "3": "idle", "4": "idle"}
+    r = _transcribe(b, wav)
+    assert r.status_code == 200, r.text
+    assert [h["target"] for h in _history(b, 2)] == ["to_script", "script"]
+    assert b.unit("worker")["state"] == "stopped"
+    assert _modes(b)["0"] == "llm" and b.unit("brain")["state"] == "ready"  # the brain's GPUs are never taken
+    wait_for(lambda: _modes(b)["2"] == "llm", 60, "GPU 2 back to its LLM after script_idle_s")
+    assert [h["target"] for h in _history(b, 2)] == ["to_script", "script", "to_llm", "llm"]
+    assert b.unit("worker")["state"] == "ready"
+    for direction in ("to_script", "to_llm"):
+        assert sample(b, "llamarig_gpu_switches_total", gpu="2", direction=direction) == 1
+    assert sample(b, "llamarig_gpu_mode", gpu="2", mode="llm") == 1
+
+
+def test_an_llm_stream_on_the_gpu_finishes_before_its_server_stops(tmp_path, models, wav, bundle_factory):
+    b = bundle_factory(_rig(tmp_path, models))
+    b.wait_ready()
+    body = {"model": "worker", "prompt": "hi", "max_tokens": 1500, "stream": True, "ignore_eos": True}
+    answers, events, done = [], 0, False
+    with httpx.stream("POST", b.api + "/v1/completions", json=body, timeout=120) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        t = threading.Thread(target=lambda: answers.append(_transcribe(b, wav)))
+        t.start()
+        for line in lines:
+            done = done or line == "data: [DONE]"
+            events += line.startswith("data: ")
+    t.join(timeout=120)
+    assert done and events > 100, "the stream was cut by the switch"
+    assert answers[0].status_code == 200, answers[0].text
+    assert _modes(b)["2"] == "script"
+
+
+def test_a_failed_switch_gives_the_gpu_back_with_the_reason(tmp_path, models, wav, bundle_factory):
+    broken = tmp_path / "broken-whisper"  # passes the file checks, fails to load
+    shutil.copytree(models["whisper"], broken)
+    size = (broken / "model.bin").stat().st_size
+    (broken / "model.bin").write_bytes(b"\0" * size)
+    b = bundle_factory(_rig(tmp_path, models, whisper_dir=broken))
+    b.wait_ready()
+    r = _transcribe(b, wav)
+    assert r.status_code == 503 and r.headers.get("Retry-After"), r.text
+    wait_for(lambda: _modes(b)["2"] == "llm", 60, "GPU 2 back to its LLM")
+    assert [h["target"] for h in _history(b, 2)] == ["to_script", "to_llm", "llm"]
+    back = _history(b, 2)[1]
+    assert "whisper on GPU 2 failed" in back["reason"] and "start failed" in back["reason"], back
+    assert b.wait_state("worker", {"ready"}, 30)
+
+
+def test_llm_requests_get_the_gpu_back_from_idle_script_work(tmp_path, models, wav, bundle_factory):
+    b = bundle_factory(_rig(tmp_path, models, script_idle_s=600, llm_wait_max_s=5))
+    b.wait_ready()
+    assert _transcribe(b, wav).status_code == 200
+    assert _modes(b)["2"] == "script"
+    r = b.post("/v1/completions", json={"model": "worker", "prompt": "hi", "max_tokens": 1}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert _modes(b)["2"] == "llm"
+    assert "requests wait for worker" in _history(b, 2)[-2]["reason"]
