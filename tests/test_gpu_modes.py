@@ -106,3 +106,18 @@ def test_llm_requests_get_the_gpu_back_from_idle_script_work(tmp_path, models, w
     assert r.status_code == 200, r.text
     assert _modes(b)["2"] == "llm"
     assert "requests wait for worker" in _history(b, 2)[-2]["reason"]
+
+
+def test_the_compute_api_restarted_during_script_work_adopts_it(tmp_path, models, wav, bundle_factory):
+    b = bundle_factory(_rig(tmp_path, models, script_idle_s=600))
+    b.wait_ready()
+    assert _transcribe(b, wav).status_code == 200 and _modes(b)["2"] == "script"
+    whisper_pid = b.pid("whisper@2")
+    assert "compute-api: started" in b.ctl("restart", "compute-api").stdout
+    b.wait_ready()
+    assert _modes(b)["2"] == "script" and b.unit("worker")["state"] == "stopped"  # not loaded beside it
+    assert _history(b, 2)[-1]["reason"] == "adopted at the compute API's start"
+    assert _transcribe(b, wav).status_code == 200
+    assert b.pid("whisper@2") == whisper_pid  # the same process serves: no second switch
+    r = b.post("/v1/completions", json={"model": "worker", "prompt": "hi", "max_tokens": 1}, timeout=60)
+    assert r.status_code == 200 and _modes(b)["2"] == "llm"

@@ -243,10 +243,12 @@ class Manager(Events):
             log.error("boot: supervisord unreachable", extra={"reason": e.reason})
         pending = []
         for unit in self.units.values():
-            if not unit.warm:
-                continue
+            if not unit.warm or any(g in self.switched for g in unit.gpus):
+                continue  # (its GPU holds script work: it comes back when that work ends)
             est = self.estimate(unit)
-            need = est.per_gpu if est else {}
+            # One already running (the compute API restarted) is adopted: its memory is in the reading.
+            running = self.program_states.get(self.actors[unit.name].unit.program) in ALIVE_STATES
+            need = est.per_gpu if est and not running else {}
             pending.append(Candidate(unit.name, unit.priority, need))
         try:
             while pending:
@@ -263,8 +265,9 @@ class Manager(Events):
         return any(self.program_states.get(a.unit.program) in ALIVE_STATES for a in self.all_actors())
 
     async def _adopt_active_slots(self) -> None:
-        """After a blue-green reload the green server serves; when the compute API restarts,
-        route to the slot that is running rather than load the model again beside it."""
+        """After a blue-green reload the green server serves, after a switch Whisper holds a GPU:
+        when the compute API restarts, route to the slot that is running rather than load the
+        model again beside it."""
         infos = await self._refresh_pids()
         for name, slots in self.slots.items():
             running = [i for i, a in enumerate(slots)
@@ -275,6 +278,20 @@ class Manager(Events):
             if len(running) > 1:
                 log.warning("both slots of a model are running; the second is not used",
                             extra={"model": name, "program": slots[running[1]].unit.program})
+            if running and slots[running[0]].unit.slot.startswith("gpu"):
+                self._adopt_script(slots[running[0]], infos)
+
+    def _adopt_script(self, placement, infos: dict) -> None:
+        """A placement found running holds its GPU: script mode, its stopped LLMs given back later."""
+        gpu = placement.unit.gpus[0]
+        stopped = [a.unit.name for a in self.actors.values() if a.unit.kind == "llama" and gpu in a.unit.gpus
+                   and infos.get(a.unit.program, {}).get("statename") not in ALIVE_STATES]
+        placement.send(Start(f"adopting the running {placement.unit.program}"))
+        if not stopped or self.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE):
+            return  # it runs beside its GPU's LLMs
+        self.switched[gpu] = stopped
+        self.modes.set(gpu, Mode.TO_SCRIPT, placement.unit.name, f"{placement.unit.program} found running")
+        self.modes.set(gpu, Mode.SCRIPT, placement.unit.name, "adopted at the compute API's start")
 
     async def _boot_wave(self, pending: list[Candidate]) -> list[Candidate]:
         free = await self.settle() if self.boot_waves or self._units_alive() else self.free_bytes()
@@ -546,7 +563,9 @@ class Manager(Events):
 
     def ready_report(self) -> tuple[bool, list[dict]]:
         rows = [a.snapshot() for a in self.actors.values()]
-        ok = self.booted.is_set() and all(r["state"] in ("ready", "busy") for r in rows if r["required"] and r["warm"])
+        # A model whose GPU was switched to script work is stopped by plan, not down.
+        ok = self.booted.is_set() and all(r["state"] in ("ready", "busy") or any(g in self.switched for g in r["gpus"])
+                                          for r in rows if r["required"] and r["warm"])
         return ok, rows
 
 

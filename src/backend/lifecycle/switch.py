@@ -43,6 +43,10 @@ async def place(m, name: str) -> None:
     if current.state != State.STOPPED or not current.waiters:
         return  # a skip only: the start carries its conditions
     margin = m.rig.lifecycle.vram_margin_mib * MIB
+    for i, placement in enumerate(slots):  # a GPU already in script mode first
+        if m.modes.mode(placement.unit.gpus[0]) == Mode.SCRIPT and placement.unit.gpus[0] in m.switched:
+            await _start_placement(m, name, i, f"GPU {placement.unit.gpus[0]} is in script mode")
+            return
     free = await m.settle()
     for i, placement in enumerate(slots):
         if m.modes.mode(placement.unit.gpus[0]) != Mode.TO_LLM and not shortfall(_need(m, placement), free, margin):
