@@ -44,6 +44,20 @@ def free_port() -> int:
             return port
 
 
+def free_ports_in_a_row(n: int) -> int:
+    """The first of n consecutive loopback ports free now (Whisper's placements take port + i)."""
+    while True:
+        first = free_port()
+        try:
+            for port in range(first + 1, first + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _HANDED_OUT.update(range(first, first + n))
+        return first
+
+
 def wait_for(check, timeout: float, what: str, interval: float = 0.1):
     """Poll `check()` until it returns a truthy value; fail with `what` at the deadline."""
     deadline = time.monotonic() + timeout
