@@ -253,3 +253,21 @@ def openai_client_round(api: str, key: str, chat_model: str, stream_model: str, 
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=api + "/v1", api_key="wrong-key-0123456789", max_retries=0).models.list()
     return client
+
+
+def stream_while(url: str, body: dict, action, headers: dict | None = None) -> tuple[int, bool]:
+    """Stream a completion and, once its first event has arrived, start `action` in a thread;
+    read the stream to its end, then wait for the action. (events, whether [DONE] came)."""
+    import threading
+
+    events, done = 0, False
+    with httpx.stream("POST", url, json=body, timeout=120, headers=headers or {}) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        worker = threading.Thread(target=action)
+        worker.start()
+        for line in lines:
+            done = done or line == "data: [DONE]"
+            events += line.startswith("data: ")
+    worker.join(timeout=180)
+    return events, done

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import yaml
 
-from helpers import free_ports_in_a_row, model_entry, wait_for, write_rig
+from helpers import free_ports_in_a_row, model_entry, stream_while, wait_for, write_rig
 from test_health import sample
 
 pytestmark = pytest.mark.slow
@@ -68,16 +68,8 @@ def test_an_llm_stream_on_the_gpu_finishes_before_its_server_stops(tmp_path, mod
     b = bundle_factory(_rig(tmp_path, models))
     b.wait_ready()
     body = {"model": "worker", "prompt": "hi", "max_tokens": 1500, "stream": True, "ignore_eos": True}
-    answers, events, done = [], 0, False
-    with httpx.stream("POST", b.api + "/v1/completions", json=body, timeout=120) as r:
-        lines = r.iter_lines()
-        next(line for line in lines if line.startswith("data: "))
-        t = threading.Thread(target=lambda: answers.append(_transcribe(b, wav)))
-        t.start()
-        for line in lines:
-            done = done or line == "data: [DONE]"
-            events += line.startswith("data: ")
-    t.join(timeout=120)
+    answers = []
+    events, done = stream_while(b.api + "/v1/completions", body, lambda: answers.append(_transcribe(b, wav)))
     assert done and events > 100, "the stream was cut by the switch"
     assert answers[0].status_code == 200, answers[0].text
     assert _modes(b)["2"] == "script"
@@ -181,9 +173,12 @@ def test_50_round_trips_leave_no_leak(tmp_path, models, wav, bundle_factory, rep
     for _ in range(50):
         round_trip()
     rss, fds, procs, memory = api.memory_info().rss, api.num_fds(), len(b.tree()), used()
+    mean = {d: sample(b, "llamarig_gpu_switch_seconds_sum", direction=d) /
+            sample(b, "llamarig_gpu_switch_seconds_count", direction=d) for d in ("to_script", "to_llm")}
     report(f"50 GPU round trips (LLM -> Whisper -> LLM): API RSS {(rss - base[0]) / 2**20:+.1f} MiB, "
            f"descriptors {base[1]} -> {fds}, processes {base[2]} -> {procs}, GPU 2 reading "
-           f"{base[3] / 2**20:.1f} -> {memory / 2**20:.1f} MiB")
+           f"{base[3] / 2**20:.1f} -> {memory / 2**20:.1f} MiB; mean switch to Whisper "
+           f"{mean['to_script']:.2f} s, back to the LLM {mean['to_llm']:.2f} s")
     assert fds <= base[1] + 5 and procs == base[2], (base, fds, procs)  # pooled connections come and go
     assert rss - base[0] < 8 * 2**20, (base[0], rss)
     assert abs(memory - base[3]) < 4 * 2**20, (base[3], memory)  # the worker alone holds GPU 2 again

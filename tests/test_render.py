@@ -25,8 +25,11 @@ def test_conf_shape():
     assert brain["autostart"] == "false" and brain["startretries"] == "0"
     assert brain["stopasgroup"] == brain["killasgroup"] == "true"
     assert int(brain["startsecs"]) == gate_startsecs(rig) > rig.timeouts.model_wait_s
-    for name in ("llama-worker-1", "llama-worker-2", "llama-worker-3", "whisper", "compute-api"):
+    for name in ("llama-worker-1", "llama-worker-2", "llama-worker-3", "whisper@1", "whisper@2", "whisper@4",
+                 "compute-api"):
         assert f"program:{name}" in conf
+    assert 'CUDA_VISIBLE_DEVICES="2"' in conf["program:whisper@2"]["environment"]
+    assert "--slot gpu2" in conf["program:whisper@2"]["command"] and conf["program:whisper@2"]["autostart"] == "false"
     assert 'CUDA_VISIBLE_DEVICES="4"' in conf["program:llama-worker-3"]["environment"]
     # The API stops first (highest priority) so it drains before the servers go.
     assert int(conf["program:compute-api"]["priority"]) > max(

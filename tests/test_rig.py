@@ -29,7 +29,7 @@ def test_default_rig_mirrors_the_seed_rig():
     assert [g.memory_mib for g in rig.gpus.simulated] == [6144] * 5
     assert rig.models["brain"].gpus == [0, 3] and rig.models["brain"].tensor_split == [1, 1]
     assert [rig.models[f"worker-{i}"].gpus for i in (1, 2, 3)] == [[1], [2], [4]]
-    assert rig.whisper.gpu in (1, 2, 4)
+    assert rig.whisper.gpus == [1, 2, 4] and not rig.models["brain"].may_switch
     assert {m.engine.value for m in rig.models.values()} == {"llama-server", "llama-cpp-python"}
 
 
