@@ -183,3 +183,19 @@ def test_50_round_trips_leave_no_leak(tmp_path, models, wav, bundle_factory, rep
     assert rss - base[0] < 8 * 2**20, (base[0], rss)
     assert abs(memory - base[3]) < 4 * 2**20, (base[3], memory)  # the worker alone holds GPU 2 again
     assert sample(b, "llamarig_gpu_switches_total", gpu="2", direction="to_llm") == 53
+
+
+def test_embeddings_requests_place_the_embeddings_model_the_same_way(tmp_path, models, wav, bundle_factory):
+    rig = _rig(tmp_path, models)
+    data = yaml.safe_load(rig.read_text())
+    data["models"]["embed"] = {**model_entry(models["gguf"], [0], context_size=512, embeddings=True),
+                               "placements": [0, 2], "port": free_ports_in_a_row(2)}
+    rig.write_text(yaml.safe_dump(data))
+    b = bundle_factory(rig)
+    b.wait_ready()
+    assert b.unit("embed")["state"] == "stopped"  # not loaded at boot
+    r = b.post("/v1/embeddings", json={"model": "embed", "input": ["one", "two"]}, timeout=120)
+    assert r.status_code == 200 and len(r.json()["data"]) == 2, r.text
+    assert [h["target"] for h in _history(b, 2)] == ["to_script", "script"] and _modes(b)["0"] == "llm"
+    assert b.unit("embed")["program"] == "llama-embed@2"
+    wait_for(lambda: _modes(b)["2"] == "llm" and b.unit("worker")["state"] == "ready", 60, "GPU 2 back")

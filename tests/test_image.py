@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow
 CLIENT, OPERATOR = "client-key-0123456789", "operator-key-0123456789"
 KEYS = ["-e", f"LLAMARIG_CLIENT_KEYS={CLIENT}", "-e", f"LLAMARIG_OPERATOR_KEY={OPERATOR}"]
 MODELS = REPO / "models"  # made by runtime/setup.sh (`llamarig models make`)
-PROGRAMS = {"compute-api", "llama-brain", "llama-worker-1", "llama-worker-2", "llama-worker-3", "llama-embed"}
-PLACEMENTS = {"whisper@1", "whisper@2", "whisper@4"}  # Whisper, placed by the planner when transcriptions wait
+PROGRAMS = {"compute-api", "llama-brain", "llama-worker-1", "llama-worker-2", "llama-worker-3"}
+# Whisper and the embeddings model, placed by the planner when their requests wait
+PLACEMENTS = {f"{service}@{gpu}" for service in ("whisper", "llama-embed") for gpu in (1, 2, 4)}
 USER = 10001  # the image's user
 
 

@@ -41,6 +41,8 @@ def server_argv(rig: Rig, unit: str, slot: str = BLUE, on_gpu: bool | None = Non
     model = rig.models[unit]
     if slot == GREEN and model.swap_port is None:
         raise LlamarigError("no_swap_port", f"models.{unit}.swap_port is not set: there is no green slot")
+    if slot.startswith("gpu"):  # a placement of an embeddings model
+        return engine_for(model).argv(rig, model, on_gpu, model.port_on(int(slot.removeprefix("gpu"))))
     return engine_for(model).argv(rig, model, on_gpu, model.swap_port if slot == GREEN else model.port)
 
 

@@ -30,9 +30,10 @@ def placement_slot(gpu: int) -> str:
     return f"gpu{gpu}"
 
 
-def placement_program(gpu: int) -> str:
-    """The program of Whisper placed on `gpu` (whisper.gpus)."""
-    return f"{WHISPER_PROGRAM}@{gpu}"
+def placement_program(gpu: int, base: str = WHISPER_PROGRAM) -> str:
+    """The program of a service placed on `gpu`: Whisper (whisper.gpus), or an embeddings model's
+    (its placements) with base llama-NAME."""
+    return f"{base}@{gpu}"
 
 
 def verdict_key(unit: str, slot: str = BLUE) -> str:
@@ -106,6 +107,10 @@ def render(rig: Rig, conf_dir: Path | None) -> str:
                       {"supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"}),
              _section("supervisorctl", {"serverurl": "unix://" + sock})]
     for name, model in sorted(rig.models.items(), key=lambda kv: (kv[1].priority, kv[0])):
+        if model.placements:
+            parts += [_gated(rig, conf_dir, rig_ref, name, placement_program(g, model_program(name)), [g],
+                             100 + model.priority, placement_slot(g)) for g in model.placements]
+            continue
         parts.append(_gated(rig, conf_dir, rig_ref, name, model_program(name), model.gpus, 100 + model.priority))
         if model.swap_port is not None:
             parts.append(_gated(rig, conf_dir, rig_ref, name, model_program(name, GREEN), model.gpus,

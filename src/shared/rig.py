@@ -92,13 +92,35 @@ class ModelConfig(Strict):
     extra_args: list[str] = Field(default_factory=list, description="Extra server flags, passed as they are.")
     embeddings: bool = Field(False, description="true: an embeddings model; it serves /v1/embeddings only (its "
                              "server starts with mean pooling). false: it serves chat and completions.")
+    placements: list[int] | None = Field(
+        None, min_length=1, description="An embeddings model only: GPUs it may be placed on, like whisper.gpus: one "
+        "program llama-NAME@G each, on port + its position in the list, started by the planner when requests "
+        "wait and stopped after lifecycle.script_idle_s idle; `gpus` must then be its first entry. null: pinned "
+        "to gpus and loaded at boot.")
     switchable: bool | None = Field(None, description="Whether the planner may stop it to give its GPU to script "
                                     "work (whisper.gpus). null: true for a model on one GPU, false for one split "
                                     "across several (the brain).")
 
+    def port_on(self, gpu: int) -> int:
+        """Port of its placement on `gpu` (its only port when not placed)."""
+        return self.port + (self.placements.index(gpu) if self.placements else 0)
+
     @property
     def may_switch(self) -> bool:
         return self.switchable if self.switchable is not None else len(self.gpus) == 1
+
+    @model_validator(mode="after")
+    def _placed_embeddings(self) -> ModelConfig:
+        if self.placements is None:
+            return self
+        if not self.embeddings:
+            raise ValueError("placements are for an embeddings model (embeddings: true)")
+        if self.gpus != self.placements[:1] or len(set(self.placements)) != len(self.placements):
+            raise ValueError(f"with placements {self.placements}, gpus must be [{self.placements[0]}] and "
+                             "placements must not repeat")
+        if self.swap_port is not None:
+            raise ValueError("a placed model has no swap_port (each placement is loaded afresh)")
+        return self
 
     @model_validator(mode="after")
     def _split_matches_gpus(self) -> ModelConfig:
@@ -297,7 +319,10 @@ def _cross_check(rig: Rig) -> list[str]:
     known_gpus = {g.index for g in rig.gpus.simulated}
     ports: dict[int, str] = {rig.api.port: "api.port"}
     for name, m in rig.models.items():
-        _claim_port(ports, m.port, f"models.{name}.port", problems)
+        for gpu in m.placements or [None]:
+            _claim_port(ports, m.port_on(gpu) if gpu is not None else m.port, f"models.{name}.port", problems)
+            if gpu is not None and known_gpus and gpu not in known_gpus:
+                problems.append(f"models.{name}.placements: GPU {gpu} not in gpus.simulated {sorted(known_gpus)}")
         if m.swap_port is not None:
             _claim_port(ports, m.swap_port, f"models.{name}.swap_port", problems)
         if m.embeddings and m.engine == Engine.llama_cpp_python:

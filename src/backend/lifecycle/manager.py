@@ -74,10 +74,9 @@ class Manager(Events):
         # Each model has one actor per server slot; routing goes to the active slot's actor.
         self.slots = {name: [UnitActor(unit, deps)] + ([UnitActor(greens[name], deps)] if name in greens else [])
                       for name, unit in self.units.items()}
-        placements = placement_units(rig)
-        if placements:  # Whisper placed by the planner: one slot per GPU it may use
-            self.units[placements[0].name] = placements[0]
-            self.slots[placements[0].name] = [UnitActor(u, deps) for u in placements]
+        for name, placements in placement_units(rig).items():  # placed by the planner: a slot per GPU
+            self.units[name] = placements[0]
+            self.slots[name] = [UnitActor(u, deps) for u in placements]
         self.active = {name: 0 for name in self.slots}
         self.switched: dict[int, list[str]] = {}  # GPU -> the LLMs a switch stopped for script work
         self.swaps: dict[str, dict] = {}
@@ -135,7 +134,7 @@ class Manager(Events):
         gpus = {g.index for g in self.rig.gpus.simulated} | {g for u in units for g in u.gpus}
         modes = {}
         for gpu in sorted(gpus):
-            llms = [u.name for u in self.units.values() if u.kind == "llama" and gpu in u.gpus]
+            llms = [u.name for u in self.units.values() if u.kind == "llama" and not u.script and gpu in u.gpus]
             modes[gpu] = (Mode.LLM, ", ".join(llms)) if llms else (Mode.IDLE, "")
         return modes
 
@@ -278,14 +277,14 @@ class Manager(Events):
             if len(running) > 1:
                 log.warning("both slots of a model are running; the second is not used",
                             extra={"model": name, "program": slots[running[1]].unit.program})
-            if running and slots[running[0]].unit.slot.startswith("gpu"):
+            if running and slots[running[0]].unit.script:
                 self._adopt_script(slots[running[0]], infos)
 
     def _adopt_script(self, placement, infos: dict) -> None:
         """A placement found running holds its GPU: script mode, its stopped LLMs given back later."""
         gpu = placement.unit.gpus[0]
-        stopped = [a.unit.name for a in self.actors.values() if a.unit.kind == "llama" and gpu in a.unit.gpus
-                   and infos.get(a.unit.program, {}).get("statename") not in ALIVE_STATES]
+        stopped = [a.unit.name for a in self.actors.values() if a.unit.kind == "llama" and not a.unit.script
+                   and gpu in a.unit.gpus and infos.get(a.unit.program, {}).get("statename") not in ALIVE_STATES]
         placement.send(Start(f"adopting the running {placement.unit.program}"))
         if not stopped or self.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE):
             return  # it runs beside its GPU's LLMs
@@ -344,7 +343,7 @@ class Manager(Events):
             swap.finish_restart(self, command)
 
     async def _load_or_place(self, unit: Unit) -> None:
-        if unit.name in self.slots and unit.kind == "whisper" and unit.slot.startswith("gpu"):
+        if unit.script:
             await switch.place(self, unit.name)
         elif any(g in self.switched for g in unit.gpus):
             await switch.reclaim(self, unit)
@@ -465,7 +464,7 @@ class Manager(Events):
     # ---- what the actors report ---------------------------------------------------------------
     def on_transition(self, unit, source, target, reason):
         self.hooks.on_transition(unit, source, target, reason)
-        if unit.slot.startswith("gpu") and target in (State.STOPPED, State.FAILED) and unit.gpus[0] in self.switched:
+        if unit.script and target in (State.STOPPED, State.FAILED) and unit.gpus[0] in self.switched:
             self.post(switch.Restore(unit.gpus[0]))
 
     def on_ready(self, unit, load_seconds):

@@ -1,8 +1,9 @@
 """GPU switches, run by the planner: a GPU's LLM gives way to script work (Whisper placed on
-whisper.gpus) and gets its GPU back once that work is idle, or once its own requests have waited
-lifecycle.llm_wait_max_s.
+whisper.gpus, an embeddings model on its placements) and gets its GPU back once that work is
+idle, or once its own requests have waited lifecycle.llm_wait_max_s.
 
-Placing the service: a placement whose GPU has room first (no switch); else a switchable GPU
+Placing the service: a GPU already in script mode with room first, then any placement whose GPU
+has room (no switch); else a switchable GPU
 whose LLMs are idle; else one whose LLMs serve (they drain, bounded by drain_s); never a GPU
 whose LLM is loading, nor one of a model that is not switchable (the brain). The switch stops
 the LLMs, waits until the memory reading shows the service's need free, routes the waiting
@@ -29,7 +30,12 @@ class Restore:
 
 
 def _llms_on(m, gpu: int) -> list:
-    return [a for a in m.actors.values() if a.unit.kind == "llama" and gpu in a.unit.gpus]
+    return [a for a in m.actors.values() if a.unit.kind == "llama" and not a.unit.script and gpu in a.unit.gpus]
+
+
+def _script_on(m, gpu: int) -> list:
+    """The placements of every script service on `gpu`."""
+    return [a for slots in m.slots.values() for a in slots if a.unit.script and a.unit.gpus == (gpu,)]
 
 
 def _need(m, actor) -> dict[int, int]:
@@ -43,15 +49,12 @@ async def place(m, name: str) -> None:
     if current.state != State.STOPPED or not current.waiters:
         return  # a skip only: the start carries its conditions
     margin = m.rig.lifecycle.vram_margin_mib * MIB
-    for i, placement in enumerate(slots):  # a GPU already in script mode first
-        if m.modes.mode(placement.unit.gpus[0]) == Mode.SCRIPT and placement.unit.gpus[0] in m.switched:
-            await _start_placement(m, name, i, f"GPU {placement.unit.gpus[0]} is in script mode")
-            return
     free = await m.settle()
-    for i, placement in enumerate(slots):
-        if m.modes.mode(placement.unit.gpus[0]) != Mode.TO_LLM and not shortfall(_need(m, placement), free, margin):
-            await _start_placement(m, name, i, f"room on GPU {placement.unit.gpus[0]}")
-            return
+    roomy = [i for i, p in enumerate(slots)
+             if m.modes.mode(p.unit.gpus[0]) != Mode.TO_LLM and not shortfall(_need(m, p), free, margin)]
+    for i in sorted(roomy, key=lambda i: m.modes.mode(slots[i].unit.gpus[0]) != Mode.SCRIPT):  # script mode first
+        await _start_placement(m, name, i, f"room on GPU {slots[i].unit.gpus[0]}")
+        return
     choice = _switch_candidate(m, slots)
     if choice is None:
         current.send(Refuse(f"{name}: no placement has room and no GPU can be switched to it (its LLMs are "
@@ -142,7 +145,8 @@ async def back_to_llm(m, gpu: int, reason: str) -> None:
 
 
 async def restore(m, c: Restore) -> None:
-    if c.gpu in m.switched and m.modes.mode(c.gpu) == Mode.SCRIPT:
+    busy = [a for a in _script_on(m, c.gpu) if a.state not in ENDED]
+    if c.gpu in m.switched and m.modes.mode(c.gpu) == Mode.SCRIPT and not busy:
         await back_to_llm(m, c.gpu, "its script work ended")
 
 
@@ -150,9 +154,16 @@ async def reclaim(m, unit) -> None:
     """Requests wait for an LLM whose GPU holds script work: end that work (at once when idle,
     else after llm_wait_max_s, drained) and give the GPU back."""
     gpu = next(g for g in unit.gpus if g in m.switched)
-    placement = next(a for slots in m.slots.values() for a in slots
-                     if a.unit.kind == "whisper" and a.unit.gpus == (gpu,))
     deadline = time.monotonic() + m.rig.lifecycle.llm_wait_max_s
+    for placement in _script_on(m, gpu):
+        await _end_script_work(m, placement, unit, deadline)
+    if gpu in m.switched:
+        await back_to_llm(m, gpu, f"requests wait for {unit.name}")
+
+
+async def _end_script_work(m, placement, unit, deadline: float) -> None:
+    """Stop a placement at once when idle; when busy, once idle or at the deadline (drained)."""
+    gpu = placement.unit.gpus[0]
     while placement.state not in ENDED:
         idle = Stop(f"GPU {gpu} given back to {unit.name}: its requests wait", conditions=frozenset({Condition.IDLE}))
         placement.send(idle)
@@ -165,5 +176,3 @@ async def reclaim(m, unit) -> None:
             break
         await placement.wait_until(frozenset({State.READY, *ENDED}), left)
     await placement.wait_until(ENDED, m.rig.timeouts.stop_budget_s)
-    if gpu in m.switched:
-        await back_to_llm(m, gpu, f"requests wait for {unit.name}")

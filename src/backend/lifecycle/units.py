@@ -25,6 +25,7 @@ class Unit:
     keep_alive_s: float | None      # idle seconds before unload; None: never
     slot: str = BLUE                # blue: the usual server; green: the second one of a hot swap; gpuN: a placement
     switchable: bool = False        # the planner may stop it to give its GPU to script work
+    script: bool = False            # a placed script service (Whisper, an embeddings model): not an LLM
 
     @property
     def gpu_label(self) -> str:
@@ -44,6 +45,8 @@ def _split(gpus: list[int], tensor_split: list[float] | None) -> tuple[float, ..
 def units_from_rig(rig: Rig) -> list[Unit]:
     units = []
     for name, m in rig.models.items():
+        if m.placements:
+            continue  # placement_units
         engine = engine_for(m)
         keep = None if m.warm or m.keep_alive_s < 0 else m.keep_alive_s
         units.append(Unit(name, "llama", model_program(name), m.port, engine.ready_path, engine.metrics_path,
@@ -63,11 +66,21 @@ def green_units(rig: Rig) -> dict[str, Unit]:
             for name, m in rig.models.items() if m.swap_port is not None}
 
 
-def placement_units(rig: Rig) -> list[Unit]:
-    """Whisper placed by the planner (whisper.gpus), one unit per GPU in order of preference: not
-    loaded at boot, unloaded after lifecycle.script_idle_s idle."""
+def placement_units(rig: Rig) -> dict[str, list[Unit]]:
+    """The services placed by the planner, by name, one unit per GPU in order of preference:
+    Whisper (whisper.gpus) and embeddings models with placements. Not loaded at boot, unloaded
+    after lifecycle.script_idle_s idle."""
+    idle, services = rig.lifecycle.script_idle_s, {}
     w = rig.whisper
-    if w is None or w.gpus is None:
-        return []
-    return [Unit(WHISPER_PROGRAM, "whisper", placement_program(g), w.port_on(g), "/health", None, (g,), (1.0,),
-                 50, False, False, rig.lifecycle.script_idle_s, slot=placement_slot(g)) for g in w.gpus]
+    if w is not None and w.gpus is not None:
+        services[WHISPER_PROGRAM] = [
+            Unit(WHISPER_PROGRAM, "whisper", placement_program(g), w.port_on(g), "/health", None, (g,), (1.0,), 50,
+                 False, False, idle, slot=placement_slot(g), script=True) for g in w.gpus]
+    for name, m in rig.models.items():
+        if m.placements:
+            engine = engine_for(m)
+            services[name] = [
+                Unit(name, "llama", placement_program(g, model_program(name)), m.port_on(g), engine.ready_path,
+                     engine.metrics_path, (g,), (1.0,), m.priority, False, False, idle, slot=placement_slot(g),
+                     script=True) for g in m.placements]
+    return services
