@@ -464,7 +464,8 @@ class Manager(Events):
     # ---- what the actors report ---------------------------------------------------------------
     def on_transition(self, unit, source, target, reason):
         self.hooks.on_transition(unit, source, target, reason)
-        if unit.script and target in (State.STOPPED, State.FAILED) and unit.gpus[0] in self.switched:
+        ending = (State.DRAINING, State.STOPPING, State.STOPPED, State.FAILED)
+        if unit.script and target in ending and source not in ending and unit.gpus[0] in self.switched:
             self.post(switch.Restore(unit.gpus[0]))
 
     def on_ready(self, unit, load_seconds):

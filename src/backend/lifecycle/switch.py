@@ -25,7 +25,8 @@ MIB = 1024 * 1024
 
 @dataclass
 class Restore:
-    """A GPU's script work ended (its placement stopped): give the GPU back to its LLMs."""
+    """A GPU's script work is ending (its placement drains, stops or failed): give the GPU back
+    to its LLMs once none of its script services serves or loads."""
     gpu: int
 
 
@@ -132,10 +133,18 @@ async def _start_placement(m, name: str, i: int, why: str) -> None:
 
 
 async def back_to_llm(m, gpu: int, reason: str) -> None:
-    """Give the GPU back to the LLMs the switch stopped, and wait for them."""
+    """Give the GPU back to the LLMs the switch stopped: once its script services have exited
+    and the memory reading shows the LLMs' need free, start them and wait for them."""
     names = m.switched.get(gpu, [])
     m.modes.set(gpu, Mode.TO_LLM, ", ".join(names), reason)
+    for placement in _script_on(m, gpu):
+        await placement.wait_until(ENDED, m.modes.time_left(gpu))
     actors = [m.actors[n] for n in names]
+    need: dict[int, int] = {}
+    for a in actors:
+        for g, n in _need(m, a).items():
+            need[g] = need.get(g, 0) + n
+    await _memory_back(m, gpu, {gpu: need.get(gpu, 0)}, m.rig.lifecycle.vram_margin_mib * MIB)
     for a in actors:
         a.send(Start(f"GPU {gpu} given back: {reason}"))
     for a in actors:
@@ -145,7 +154,7 @@ async def back_to_llm(m, gpu: int, reason: str) -> None:
 
 
 async def restore(m, c: Restore) -> None:
-    busy = [a for a in _script_on(m, c.gpu) if a.state not in ENDED]
+    busy = [a for a in _script_on(m, c.gpu) if a.state in SERVING or a.state in LOADING]
     if c.gpu in m.switched and m.modes.mode(c.gpu) == Mode.SCRIPT and not busy:
         await back_to_llm(m, c.gpu, "its script work ended")
 
