@@ -82,6 +82,14 @@ def _churn(r: dict) -> list[str]:
                  " / ".join(map(str, r["api_open_fds"])), " / ".join(map(str, r["bundle_processes"])))]
 
 
+def _switch(r: dict) -> list[str]:
+    if "skipped" in r:
+        return [f"Skipped: {r['skipped']}"]
+    rows = [_row("direction", "switch, median s", "by hand, median s", "over by hand s"), _row(*["---"] * 4)]
+    rows += [_row(d, m["switch_s"], m["by_hand_s"], m["over_by_hand_s"]) for d, m in r["median"].items()]
+    return rows + ["", f"- {r['rounds']} round trips; target: {r['target']}"]
+
+
 def _gpu(r: dict) -> list[str]:
     if "skipped" in r:
         return [f"Skipped: {r['skipped']}"]
@@ -91,6 +99,7 @@ def _gpu(r: dict) -> list[str]:
 
 SECTIONS = {"proxy": ("Proxy overhead", _proxy), "boot": ("Boot", _boot), "crash": ("Crash to ready", _crash),
             "verify": ("Verification cost", _verify), "churn": ("Churn", _churn),
+            "switch": ("GPU switch, each way, against the same by hand", _switch),
             "gpu": ("CUDA paths on a real GPU", _gpu)}
 
 

@@ -23,12 +23,13 @@ import churn  # noqa: E402
 import crash  # noqa: E402
 import gpu  # noqa: E402
 import proxy  # noqa: E402
+import switch  # noqa: E402
 import verify_cost  # noqa: E402
 from common import ON_GPU  # noqa: E402
 from report import markdown  # noqa: E402
 
 BENCHMARKS = {"proxy": proxy.run, "boot": boot.run, "crash": crash.run, "verify": verify_cost.run,
-              "churn": churn.run, "gpu": gpu.run}
+              "churn": churn.run, "switch": switch.run, "gpu": gpu.run}
 
 
 def machine() -> dict:
