@@ -53,7 +53,8 @@ async def place(m, name: str) -> None:
     free = await m.settle()
     roomy = [i for i, p in enumerate(slots)
              if m.modes.mode(p.unit.gpus[0]) != Mode.TO_LLM and not shortfall(_need(m, p), free, margin)]
-    for i in sorted(roomy, key=lambda i: m.modes.mode(slots[i].unit.gpus[0]) != Mode.SCRIPT):  # script mode first
+    if roomy:  # a GPU already in script mode first, then the order of preference
+        i = min(roomy, key=lambda i: m.modes.mode(slots[i].unit.gpus[0]) != Mode.SCRIPT)
         await _start_placement(m, name, i, f"room on GPU {slots[i].unit.gpus[0]}")
         return
     choice = _switch_candidate(m, slots)
