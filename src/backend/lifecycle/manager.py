@@ -134,7 +134,7 @@ class Manager(Events):
         gpus = {g.index for g in self.rig.gpus.simulated} | {g for u in units for g in u.gpus}
         modes = {}
         for gpu in sorted(gpus):
-            llms = [u.name for u in self.units.values() if u.kind == "llama" and not u.script and gpu in u.gpus]
+            llms = [u.name for u in self.units.values() if u.is_llm and gpu in u.gpus]
             modes[gpu] = (Mode.LLM, ", ".join(llms)) if llms else (Mode.IDLE, "")
         return modes
 
@@ -283,8 +283,8 @@ class Manager(Events):
     def _adopt_script(self, placement, infos: dict) -> None:
         """A placement found running holds its GPU: script mode, its stopped LLMs given back later."""
         gpu = placement.unit.gpus[0]
-        stopped = [a.unit.name for a in self.actors.values() if a.unit.kind == "llama" and not a.unit.script
-                   and gpu in a.unit.gpus and infos.get(a.unit.program, {}).get("statename") not in ALIVE_STATES]
+        stopped = [a.unit.name for a in switch.llms_on(self, gpu)
+                   if infos.get(a.unit.program, {}).get("statename") not in ALIVE_STATES]
         placement.send(Start(f"adopting the running {placement.unit.program}"))
         if not stopped or self.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE):
             return  # it runs beside its GPU's LLMs

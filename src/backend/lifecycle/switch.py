@@ -30,8 +30,9 @@ class Restore:
     gpu: int
 
 
-def _llms_on(m, gpu: int) -> list:
-    return [a for a in m.actors.values() if a.unit.kind == "llama" and not a.unit.script and gpu in a.unit.gpus]
+def llms_on(m, gpu: int) -> list:
+    """The LLMs pinned to `gpu` (the active slot of each model)."""
+    return [a for a in m.actors.values() if a.unit.is_llm and gpu in a.unit.gpus]
 
 
 def _script_on(m, gpu: int) -> list:
@@ -70,7 +71,7 @@ def _switch_candidate(m, slots) -> int | None:
     serving = None
     for i, placement in enumerate(slots):
         gpu = placement.unit.gpus[0]
-        llms = _llms_on(m, gpu)
+        llms = llms_on(m, gpu)
         if m.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE) or not all(a.unit.switchable for a in llms):
             continue
         if any(a.state in LOADING for a in llms):
@@ -84,7 +85,7 @@ def _switch_candidate(m, slots) -> int | None:
 async def _switch_to_script(m, name: str, i: int) -> None:
     placement = m.slots[name][i]
     gpu, margin = placement.unit.gpus[0], m.rig.lifecycle.vram_margin_mib * MIB
-    llms = _llms_on(m, gpu)
+    llms = llms_on(m, gpu)
     m.switched[gpu] = [a.unit.name for a in llms]
     m.modes.set(gpu, Mode.TO_SCRIPT, name, f"{name}: requests wait and no placement has room; stopping "
                 f"{', '.join(m.switched[gpu]) or 'nothing'}")

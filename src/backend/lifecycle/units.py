@@ -28,6 +28,11 @@ class Unit:
     script: bool = False            # a placed script service (Whisper, an embeddings model): not an LLM
 
     @property
+    def is_llm(self) -> bool:
+        """A model that holds its GPU as an LLM (a placed embeddings model is script work)."""
+        return self.kind == "llama" and not self.script
+
+    @property
     def gpu_label(self) -> str:
         return ",".join(map(str, self.gpus))
 
