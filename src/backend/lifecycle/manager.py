@@ -38,6 +38,7 @@ from llamarig.shared.vram import Estimate, estimate, estimate_folder
 
 log = logging.getLogger("llamarig.manager")
 MIB = 1024 * 1024
+SCRIPT_ENDING = frozenset({State.DRAINING, State.STOPPING, State.STOPPED, State.FAILED})  # its GPU goes back
 
 
 class UnknownModel(LlamarigError):
@@ -464,8 +465,8 @@ class Manager(Events):
     # ---- what the actors report ---------------------------------------------------------------
     def on_transition(self, unit, source, target, reason):
         self.hooks.on_transition(unit, source, target, reason)
-        ending = (State.DRAINING, State.STOPPING, State.STOPPED, State.FAILED)
-        if unit.script and target in ending and source not in ending and unit.gpus[0] in self.switched:
+        # Every request's READY <-> BUSY passes here: the test for script work comes first and costs one lookup.
+        if unit.script and target in SCRIPT_ENDING and source not in SCRIPT_ENDING and unit.gpus[0] in self.switched:
             self.post(switch.Restore(unit.gpus[0]))
 
     def on_ready(self, unit, load_seconds):
