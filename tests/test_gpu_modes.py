@@ -109,12 +109,64 @@ def test_the_compute_api_restarted_during_script_work_adopts_it(tmp_path, models
     whisper_pid = b.pid("whisper@2")
     assert "compute-api: started" in b.ctl("restart", "compute-api").stdout
     b.wait_ready()
-    assert _modes(b)["2"] == "script" and b.unit("worker")["state"] == "stopped"  # not loaded beside it
+    wait_for(lambda: _modes(b)["2"] == "script", 30, "GPU 2 adopted in script mode")
+    assert b.unit("worker")["state"] == "stopped"  # not loaded beside it
     assert _history(b, 2)[-1]["reason"] == "adopted at the compute API's start"
     assert _transcribe(b, wav).status_code == 200
     assert b.pid("whisper@2") == whisper_pid  # the same process serves: no second switch
     r = b.post("/v1/completions", json={"model": "worker", "prompt": "hi", "max_tokens": 1}, timeout=60)
     assert r.status_code == 200 and _modes(b)["2"] == "llm"
+
+
+def _kill_api_when(b, cut: str) -> str:
+    """Polls the switch and kills the compute API the moment it reaches `cut` (a GPU 2 mode,
+    or "loading": Whisper started there and not yet RUNNING); returns what supervisord ran then."""
+    if cut == "loading":
+        wait_for(lambda: "STARTING" in b.ctl("status", "whisper@2").stdout, 60, "whisper@2 loading", interval=0.02)
+    else:
+        wait_for(lambda: _modes(b)["2"] == cut, 60, f"GPU 2 in {cut}", interval=0.02)
+    api = b.pid("compute-api")
+    b.ctl("signal", "KILL", "compute-api")  # a crash, cut where it stands; supervisord starts it again
+    caught = b.ctl("status", "llama-worker", "whisper@2").stdout
+    wait_for(lambda: b.pid("compute-api") not in (0, api), 30, "the compute API started again")
+    return " / ".join(" ".join(line.split()[:2]) for line in caught.splitlines())
+
+
+def _consistent(b, wav) -> str:
+    """After the restart GPU 2 holds one side, as supervisord runs it, and both sides still work."""
+    b.wait_ready()
+    wait_for(lambda: _modes(b)["2"] in ("llm", "script"), 60, "GPU 2 settled after the restart")
+    mode, worker, whisper = _modes(b)["2"], b.unit("worker")["state"], b.unit("whisper")
+    program = b.ctl("status", "whisper@2").stdout.split()[1]
+    if mode == "llm":
+        assert worker == "ready" and program in ("STOPPED", "EXITED"), (worker, program)
+    else:
+        assert worker == "stopped" and program in ("STARTING", "RUNNING"), (worker, program)
+        assert whisper["program"] == "whisper@2" and whisper["state"] in ("ready", "busy"), whisper
+    assert _transcribe(b, wav).status_code == 200
+    r = b.post("/v1/completions", json={"model": "worker", "prompt": "hi", "max_tokens": 1}, timeout=60)
+    assert r.status_code == 200, r.text
+    return mode
+
+
+def _cut_transcription(b, wav) -> None:
+    try:
+        _transcribe(b, wav)
+    except httpx.TransportError:
+        pass  # the restart cuts it: the client retries
+
+
+@pytest.mark.parametrize("cut", ["to_script", "loading", "to_llm"])
+def test_the_compute_api_killed_during_a_switch_ends_in_a_consistent_mode(tmp_path, models, wav,
+                                                                            bundle_factory, report, cut):
+    b = bundle_factory(_rig(tmp_path, models, script_idle_s=1 if cut == "to_llm" else 600))
+    b.wait_ready()
+    if cut != "to_llm":
+        threading.Thread(target=_cut_transcription, args=(b, wav), daemon=True).start()
+    else:
+        assert _transcribe(b, wav).status_code == 200
+    caught = _kill_api_when(b, cut)
+    report(f"compute API killed in {cut} ({caught}): GPU 2 ended in {_consistent(b, wav)}")
 
 
 def test_neither_side_starves(tmp_path, models, wav, bundle_factory):

@@ -291,7 +291,7 @@ class Manager(Events):
             return  # it runs beside its GPU's LLMs
         self.switched[gpu] = stopped
         self.modes.set(gpu, Mode.TO_SCRIPT, placement.unit.name, f"{placement.unit.program} found running")
-        self.modes.set(gpu, Mode.SCRIPT, placement.unit.name, "adopted at the compute API's start")
+        self.post(switch.Adopted(placement, gpu))  # script mode once it serves: it may still be loading
 
     async def _boot_wave(self, pending: list[Candidate]) -> list[Candidate]:
         free = await self.settle() if self.boot_waves or self._units_alive() else self.free_bytes()
@@ -336,6 +336,8 @@ class Manager(Events):
             await self._load_or_place(command.unit)
         elif isinstance(command, switch.Restore):
             await switch.restore(self, command)
+        elif isinstance(command, switch.Adopted):
+            await switch.adopted(self, command)
         elif isinstance(command, PlanReload):
             command.reply.set_result(await swap.plan_reload(self, command.name))
         elif isinstance(command, swap.Started):

@@ -30,6 +30,14 @@ class Restore:
     gpu: int
 
 
+@dataclass
+class Adopted:
+    """The compute API started while `placement` ran or loaded on `gpu` (cut mid-switch, or in
+    script mode): script mode once it serves, the GPU back to its LLMs if it fails."""
+    placement: object
+    gpu: int
+
+
 def llms_on(m, gpu: int) -> list:
     """The LLMs pinned to `gpu` (the active slot of each model)."""
     return [a for a in m.actors.values() if a.unit.is_llm and gpu in a.unit.gpus]
@@ -132,6 +140,17 @@ async def _start_placement(m, name: str, i: int, why: str) -> None:
     placement.send(Stop(f"placement failed: {reason}", drain=False))
     if gpu in m.switched:
         await back_to_llm(m, gpu, reason)
+
+
+async def adopted(m, c: Adopted) -> None:
+    name = c.placement.unit.name
+    state = await c.placement.wait_until(SETTLED, m.rig.timeouts.load_budget_s)
+    if state in SERVING:
+        m.modes.set(c.gpu, Mode.SCRIPT, name, "adopted at the compute API's start")
+        return
+    reason = f"{name} on GPU {c.gpu} adopted at the compute API's start, then {state.value}: {c.placement.reason}"
+    c.placement.send(Stop(f"placement failed: {reason}", drain=False))
+    await back_to_llm(m, c.gpu, reason)
 
 
 async def back_to_llm(m, gpu: int, reason: str) -> None:
