@@ -29,7 +29,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # llama-cpp-python compiles llama.cpp (~12 min on 2 cores) the first time; pip keeps the wheel.
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,embedded]'
 server=$(runtime/build-llama-server.sh | tail -n 1)
 ln -sf "$server" .venv/bin/llama-server
 .venv/bin/llamarig models make

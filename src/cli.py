@@ -137,7 +137,10 @@ def _ops(name):
     def run(args) -> int:
         rig = _rig(args)
         if name in ("run", "up"):
+            from llamarig.work.cli_cmds import check_embedded
+
             _refuse_open_api(rig)
+            check_embedded(rig)
         if name == "up":  # supervisord first: the operator commands' imports take a while
             from llamarig.backend.supervisor import start_daemon
             from llamarig.backend.supervisor_conf import socket_path
@@ -206,7 +209,33 @@ def _parser() -> argparse.ArgumentParser:
         if name == "stop":
             s.add_argument("--now", action="store_true", help="do not wait for in-flight requests")
         s.set_defaults(fn=_ops(name))
+    _work_parsers(sub)
     return p
+
+
+def _work_parsers(sub) -> None:
+    from llamarig.work import cli_cmds as w
+
+    sub.add_parser("temporal", help="(supervisord program) the embedded Temporal dev server").set_defaults(
+        fn=lambda a: w.run_temporal(_rig(a)))
+    s = sub.add_parser("work", help="(supervisord program) a worker: gpu polls QUEUE@gpu, cpu QUEUE@cpu")
+    s.add_argument("role", choices=["gpu", "cpu"])
+    s.set_defaults(fn=lambda a: w.run_worker(_rig(a), a.role))
+    s = sub.add_parser("submit", help="validate a plan file and submit it")
+    s.add_argument("plan")
+    s.add_argument("--infer-class", action="store_true", help="give a task without a class the one its "
+                   "command suggests, recorded on the task")
+    s.set_defaults(fn=lambda a: w.submit(_rig(a), a.plan, a.infer_class))
+    s = sub.add_parser("plans", help="the plans, newest first")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=lambda a: w.plans(_rig(a), a.json))
+    s = sub.add_parser("plan", help="one plan: each task's state, attempt, worker, GPU, duration, error")
+    s.add_argument("plan_id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=lambda a: w.show(_rig(a), a.plan_id, a.json))
+    s = sub.add_parser("cancel", help="cancel a plan (its commands get SIGTERM, then SIGKILL)")
+    s.add_argument("plan_id")
+    s.set_defaults(fn=lambda a: w.cancel(_rig(a), a.plan_id))
 
 
 def main(argv: list[str] | None = None) -> int:

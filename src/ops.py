@@ -34,8 +34,10 @@ class Api:
         if operator:
             self.headers["Authorization"] = "Bearer " + operator.decode()
 
-    def _call(self, method: str, path: str, timeout: float) -> tuple[int, dict]:
-        request = urllib.request.Request(self.base_url + path, method=method, headers=self.headers)
+    def _call(self, method: str, path: str, timeout: float, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = self.headers | ({"Content-Type": "application/json"} if data else {})
+        request = urllib.request.Request(self.base_url + path, method=method, headers=headers, data=data)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as r:
                 return r.status, json.load(r)
@@ -48,10 +50,16 @@ class Api:
                                 f"({type(e).__name__}){hint}") from None
 
     def get(self, path: str) -> dict:
-        return self._call("GET", path, 30)[1]
+        status, body = self._call("GET", path, 30)
+        if status >= 400 and isinstance(body.get("error"), dict):
+            raise LlamarigError(body["error"].get("code", "api_error"), body["error"].get("message", str(body)))
+        return body
 
     def post(self, path: str, timeout: float = 30) -> dict:
-        status, body = self._call("POST", path, timeout)
+        return self.post_json(path, None, timeout)
+
+    def post_json(self, path: str, body: dict | None, timeout: float = 30) -> dict:
+        status, body = self._call("POST", path, timeout, body)
         if status >= 400:
             err = body.get("error", {})
             raise LlamarigError(err.get("code", "api_error"), err.get("message", str(body)))

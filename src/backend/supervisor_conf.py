@@ -15,6 +15,7 @@ from llamarig.shared.rig import Rig
 
 API_PROGRAM = "compute-api"
 WHISPER_PROGRAM = "whisper"
+TEMPORAL_PROGRAM = "temporal"
 HEADER = "; Rendered by `llamarig render` from {rig}. Edit the rig and render again; do not edit by hand.\n"
 
 
@@ -121,12 +122,33 @@ def render(rig: Rig, conf_dir: Path | None) -> str:
         for gpu in rig.whisper.gpus:
             parts.append(_gated(rig, conf_dir, rig_ref, WHISPER_PROGRAM, placement_program(gpu), [gpu], 50,
                                 placement_slot(gpu)))
+    if rig.work:
+        parts += _work_programs(rig, conf_dir, rig_ref)
     # Highest priority number: supervisord stops it first, so it drains before the servers go.
     parts.append(_program(rig, conf_dir, API_PROGRAM, f"llamarig --rig {rig_ref} api", {
         "autostart": "true", "autorestart": "true", "startsecs": 2, "priority": 999,
         "stopwaitsecs": math.ceil(rig.timeouts.drain_s) + 10,
         "environment": _env({"PYTHONUNBUFFERED": "1", "LLAMARIG_PROGRAM": API_PROGRAM})}))
     return "".join(parts).rstrip("\n") + "\n"
+
+
+def _work_programs(rig: Rig, conf_dir: Path | None, rig_ref: str) -> list[str]:
+    """The embedded Temporal first up and last down (priority 10); the workers last up and first
+    down (1000): they stop polling and finish or cancel their tasks while the API still serves."""
+    from llamarig.work.worker import GRACEFUL_S
+    from llamarig.work.commands import TERM_GRACE_S
+
+    parts = []
+    if rig.work.temporal == "embedded":
+        parts.append(_program(rig, conf_dir, TEMPORAL_PROGRAM, f"llamarig --rig {rig_ref} temporal", {
+            "autostart": "true", "autorestart": "true", "startsecs": 2, "priority": 10, "stopwaitsecs": 30,
+            "environment": _env({"LLAMARIG_PROGRAM": TEMPORAL_PROGRAM})}))
+    for role in ("cpu", "gpu"):
+        env = {"PYTHONUNBUFFERED": "1", "LLAMARIG_PROGRAM": f"work-{role}"}
+        parts.append(_program(rig, conf_dir, f"work-{role}", f"llamarig --rig {rig_ref} work {role}", {
+            "autostart": "true", "autorestart": "true", "startsecs": 2, "priority": 1000,
+            "stopwaitsecs": GRACEFUL_S + TERM_GRACE_S + 5, "environment": _env(env)}))
+    return parts
 
 
 def socket_path(rig: Rig) -> Path:

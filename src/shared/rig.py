@@ -13,17 +13,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from llamarig.shared.errors import RigError
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
-Port = Annotated[int, Field(ge=1, le=65535)]
-EnvName = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]  # an environment variable's name
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from llamarig.shared.rig_types import NAME_PATTERN, EnvName, Port, Strict
+from llamarig.shared.work_config import WorkConfig
 
 
 class GpuSource(str, Enum):
@@ -292,6 +287,8 @@ class Rig(Strict):
                                        "VRAM planning and the queue of requests for a loading model.")
     engines: EnginesConfig = Field(default_factory=EnginesConfig, description="How the servers are run.")
     paths: PathsConfig = Field(default_factory=PathsConfig, description="Where files are.")
+    work: WorkConfig | None = Field(None, description="The work layer: Temporal and the GPU and CPU workers that "
+                                    "run plans (llamarig submit); null: none (no Temporal, no workers).")
     source: str = Field("", exclude=True, description="Path of the file this rig was loaded from.")
     source_sha256: str = Field("", exclude=True, description="sha256 of that file's bytes as loaded; empty "
                                "for a rig not loaded from a file. Launch plans carry it (backend/gate.py).")
@@ -337,6 +334,8 @@ def _cross_check(rig: Rig) -> list[str]:
             _claim_port(ports, rig.whisper.port_on(gpu), "whisper.port", problems)
             if known_gpus and gpu not in known_gpus:
                 problems.append(f"{field}: GPU {gpu} not in gpus.simulated {sorted(known_gpus)}")
+    for port, where in (rig.work.ports().items() if rig.work else ()):
+        _claim_port(ports, port, where, problems)
     if rig.gpus.source != GpuSource.nvml and not known_gpus:
         problems.append("gpus.simulated: empty, but source is not 'nvml' so it may be needed")
     return problems

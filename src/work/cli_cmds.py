@@ -1,0 +1,107 @@
+"""The work layer's commands: the supervisord programs (`temporal`, `work gpu|cpu`) and the
+operator's (`submit`, `plans`, `plan`, `cancel`), which go through the compute API's
+/admin/plans with the operator key, as every operator command does."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from llamarig.shared.errors import LlamarigError
+
+
+def temporal_bin() -> str | None:
+    """The pinned CLI of the 'embedded' extra: beside this Python first, then on PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    return str(beside) if beside.exists() else shutil.which("temporal")
+
+
+def need_work(rig) -> None:
+    if rig.work is None:
+        raise LlamarigError("work_off", f"{rig.source} has no work section: add `work: {{temporal: embedded}}` "
+                            "to run plans")
+
+
+def check_embedded(rig) -> None:
+    """Nothing starts with work.temporal: embedded and no temporal CLI installed."""
+    if rig.work and rig.work.temporal == "embedded" and temporal_bin() is None:
+        raise LlamarigError("temporal_missing", "work.temporal is 'embedded' but the temporal CLI is not "
+                            "installed: pip install 'llamarig[embedded]', or set work.temporal: cluster")
+
+
+def run_temporal(rig) -> int:
+    from llamarig.work.engine import embedded_command
+
+    need_work(rig)
+    check_embedded(rig)
+    db = rig.run_dir / "temporal.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    cmd = embedded_command(rig.work, temporal_bin(), str(db))
+    os.execv(cmd[0], cmd)
+
+
+def run_worker(rig, role: str) -> int:
+    import asyncio
+
+    from llamarig.shared.logs import setup_logging
+    from llamarig.work.worker import serve
+
+    need_work(rig)
+    setup_logging()
+    return asyncio.run(serve(rig, role))
+
+
+def submit(rig, path: str, infer_class: bool) -> int:
+    from llamarig.ops import Api
+    from llamarig.work.plan import load_plan
+
+    need_work(rig)
+    plan = load_plan(path, infer_class, set(rig.models))  # refused here before anything is sent
+    body = Api(rig).post_json("/admin/plans", {"plan": plan.model_dump(by_alias=True)})
+    print(f"submitted {body['plan_id']} ({body['tasks']} tasks)")
+    return 0
+
+
+def plans(rig, as_json: bool) -> int:
+    from llamarig.ops import Api
+
+    rows = Api(rig).get("/admin/plans")["plans"]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        started = time.strftime("%m-%d %H:%M:%S", time.gmtime(r["started_at"])) if r.get("started_at") else "-"
+        print(f"{r['plan_id'][:52]:52} {r['status'][:12]:12} {started}")
+    return 0
+
+
+def show(rig, plan_id: str, as_json: bool) -> int:
+    from llamarig.ops import Api
+
+    body = Api(rig).get(f"/admin/plans/{plan_id}")
+    if as_json:
+        print(json.dumps(body, indent=1))
+        return 0
+    print(f"{body['plan_id']}  {body.get('outcome')}")
+    for name, t in body["tasks"].items():
+        r = t.get("result") or {}
+        took = f"{r['duration_ms'] / 1000:.1f}s" if r.get("duration_ms") is not None else "-"
+        worker = (r.get("worker") or t.get("worker") or "-").split(":")[0]
+        gpu = "-" if r.get("gpu") is None else str(r["gpu"])
+        attempt = r.get("attempt") or t.get("attempt") or "-"
+        print(f"  {name[:20]:20} {t['state'][:10]:10} #{attempt!s:3} {worker[:22]:22} gpu {gpu:2} {took:>7}")
+        error = t.get("error") or t.get("last_error")
+        if error:
+            print(f"    {error[-150:]}")
+    return 0
+
+
+def cancel(rig, plan_id: str) -> int:
+    from llamarig.ops import Api
+
+    Api(rig).post(f"/admin/plans/{plan_id}/cancel")
+    print(f"cancel requested: {plan_id} (commands get SIGTERM, then SIGKILL)")
+    return 0

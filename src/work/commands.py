@@ -1,0 +1,119 @@
+"""A task's command: its own process group and working folder, a clean environment, stdout and
+stderr to files, heartbeats while it runs, a timeout, and SIGTERM then SIGKILL to the whole
+group on cancel. It never outlives its worker: the kernel kills it when the worker dies
+(PR_SET_PDEATHSIG), and a worker's start kills any group a dead predecessor left (`sweep`)."""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shlex
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+TERM_GRACE_S = 10  # a command gets this long after SIGTERM before SIGKILL
+TAIL_CHARS = 200
+KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+class DefinitionError(Exception):
+    """The task cannot run as written (no such program): retrying would not help."""
+
+
+@dataclass
+class Finished:
+    exit_code: int
+    seconds: float
+    stderr_tail: str
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def argv_of(command: list[str] | str) -> list[str]:
+    return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+
+
+def clean_env(extra: dict[str, str], folder: Path) -> dict[str, str]:
+    """Only what a command needs: no keys of the bundle, no inherited secrets."""
+    env = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
+    return env | {"HOME": str(folder), "TMPDIR": str(folder)} | extra
+
+
+async def run(command: list[str] | str, folder: Path, env: dict[str, str], timeout_s: float,
+              beat, beat_every_s: float, groups: Path) -> Finished:
+    """Run to the end; `beat()` every beat_every_s. Cancelled: the group is stopped first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv_of(command), cwd=folder, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, preexec_fn=_die_with_parent)
+        except (FileNotFoundError, PermissionError) as e:
+            raise DefinitionError(f"cannot run {shlex.join(argv_of(command))[:120]}: {e.strerror}") from None
+    mark = groups / str(proc.pid)
+    mark.touch()
+    try:
+        code = await _wait(proc, timeout_s, beat, beat_every_s)
+    finally:
+        await stop_group(proc)
+        mark.unlink(missing_ok=True)
+    return Finished(code, time.monotonic() - began, tail(folder / "stderr"))
+
+
+async def _wait(proc, timeout_s: float, beat, every: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"ran past its timeout ({timeout_s:g} s)")
+        try:
+            return await asyncio.wait_for(asyncio.shield(proc.wait()), min(every, left))
+        except asyncio.TimeoutError:
+            beat()
+
+
+async def stop_group(proc) -> None:
+    """SIGTERM to the command's group, SIGKILL after TERM_GRACE_S; also takes any of its children
+    still running after the leader exited. Runs even when the task is being cancelled."""
+    if _signal_group(proc.pid, signal.SIGTERM) and proc.returncode is None:
+        try:
+            await asyncio.shield(asyncio.wait_for(proc.wait(), TERM_GRACE_S))
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)
+    if proc.returncode is None:
+        await asyncio.shield(proc.wait())
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def sweep(groups: Path) -> list[int]:
+    """At a worker's start: SIGKILL the groups its dead predecessor left (their marks remain)."""
+    groups.mkdir(parents=True, exist_ok=True)
+    killed = []
+    for mark in groups.iterdir():
+        if mark.name.isdigit() and _signal_group(int(mark.name), signal.SIGKILL):
+            killed.append(int(mark.name))
+        mark.unlink(missing_ok=True)
+    return killed
+
+
+def tail(path: Path, chars: int = TAIL_CHARS) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - chars * 4))
+            return f.read().decode(errors="replace")[-chars:]
+    except OSError:
+        return ""

@@ -1,0 +1,97 @@
+"""Temporal, behind one module: the connection, the queue names, the embedded dev server's
+command line, and the plan operations the CLI and the API use (submit, list, describe, cancel).
+
+Priority: Temporal orders waiting tasks by priority_key (1 first) within one task-queue
+partition, so the embedded server runs with 10 priority levels and one partition per queue
+(`EMBEDDED_DYNAMIC_CONFIG`); a cluster needs the same dynamic config for a strict order
+(README, "Several rigs"). A task's priority p (10 most urgent) becomes key 11 - p.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+from llamarig.shared.errors import LlamarigError
+from llamarig.shared.work_config import WorkConfig
+
+PLAN_WORKFLOW = "PlanWorkflow"
+EMBEDDED_DYNAMIC_CONFIG = {
+    "matching.priorityLevels": 10,
+    "matching.numTaskqueueReadPartitions": 1,
+    "matching.numTaskqueueWritePartitions": 1,
+}
+
+
+class WorkError(LlamarigError):
+    """Temporal refused or could not be reached, or a plan is not known."""
+
+
+def queues(work: WorkConfig) -> dict[str, str]:
+    """The task queue of each class: GPU work on QUEUE@gpu, cpu work and plans on QUEUE@cpu."""
+    gpu, cpu = f"{work.queue}@gpu", f"{work.queue}@cpu"
+    return {"gpu": gpu, "cpu": cpu, "script": gpu, "llm": gpu, "plan": cpu}
+
+
+def priority_key(priority: int) -> int:
+    return 11 - priority
+
+
+def address(work: WorkConfig) -> tuple[str, str]:
+    """(host:port, namespace) the workers and the CLI connect to."""
+    if work.temporal == "embedded":
+        return f"127.0.0.1:{work.embedded.port}", work.embedded.namespace
+    return work.cluster.address, work.cluster.namespace
+
+
+def embedded_command(work: WorkConfig, temporal_bin: str, db_file: str) -> list[str]:
+    """`temporal server start-dev` on loopback, its SQLite file in WAL mode."""
+    e = work.embedded
+    cmd = [temporal_bin, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(e.port),
+           "--db-filename", db_file, "--namespace", e.namespace, "--log-level", "warn",
+           "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
+    cmd += ["--ui-port", str(e.ui_port)] if e.ui_port else ["--headless"]
+    if e.metrics_port:
+        cmd += ["--metrics-port", str(e.metrics_port)]
+    for key, value in EMBEDDED_DYNAMIC_CONFIG.items():
+        cmd += ["--dynamic-config-value", f"{key}={value}"]
+    return cmd
+
+
+async def connect(work: WorkConfig, identity: str | None = None, runtime=None):
+    from temporalio.client import Client, TLSConfig
+
+    target, namespace = address(work)
+    tls, api_key = False, None
+    if work.temporal == "cluster":
+        c = work.cluster
+        if c.tls:
+            tls = TLSConfig(server_root_ca_cert=open(c.ca_file, "rb").read()) if c.ca_file else True
+        api_key = os.environ.get(c.api_key_env) if c.api_key_env else None
+    try:
+        return await Client.connect(target, namespace=namespace, tls=tls, api_key=api_key, identity=identity,
+                                    runtime=runtime)
+    except RuntimeError as e:
+        raise WorkError("temporal_unreachable", f"cannot reach Temporal at {target} ({namespace}): {e}; "
+                        "is the temporal program running (supervisorctl status temporal)?") from None
+
+
+async def ensure_retention(client, work: WorkConfig) -> None:
+    """The embedded server's namespace keeps finished plans work.embedded.retention_h, not 24 h."""
+    from google.protobuf.duration_pb2 import Duration
+    from temporalio.api.namespace.v1 import NamespaceConfig
+    from temporalio.api.workflowservice.v1 import UpdateNamespaceRequest
+
+    hours = work.embedded.retention_h
+    config = NamespaceConfig(workflow_execution_retention_ttl=Duration(seconds=hours * 3600))
+    await client.workflow_service.update_namespace(
+        UpdateNamespaceRequest(namespace=work.embedded.namespace, config=config))
+
+
+def worker_identity(role: str, api_port: int) -> str:
+    """work-gpu@host:apiport: names the rig (two bundles on one host differ by their API port)."""
+    return f"{role}@{socket.gethostname()}:{api_port}:{os.getpid()}"
+
+
+def timeout(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)

@@ -1,0 +1,204 @@
+"""A plan: a YAML file of tasks with dependencies, validated whole before anything is submitted.
+
+Each error names the task and the field (`tasks.segment.depends_on: ...`). A task without a
+class is refused with the class its command suggests; `--infer-class` applies the suggestion and
+records it on the task (`class_inferred: true`).
+"""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llamarig.shared.errors import LlamarigError
+
+TASK_NAME = r"^[a-z0-9][a-z0-9_-]{0,59}$"
+CLASSES = ("cpu", "script", "llm")
+# What a command's text suggests, first match wins ("whisper" before "generate").
+HINTS = (("script", ("whisper", "transcrib", "embed", "cuda", "gpu")), ("llm", ("generate", "llm")))
+REFERENCE = re.compile(r"^@([a-z0-9][a-z0-9_-]{0,59})$")  # an input naming a dependency's output file
+
+
+class PlanError(LlamarigError):
+    """The plan is invalid; `problems` holds one 'tasks.NAME.field: message' line per fault."""
+
+    def __init__(self, source: str, problems: list[str]):
+        super().__init__("plan_invalid", f"{source}: " + "; ".join(problems))
+        self.problems = problems
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Transcribe(Strict):
+    audio: str = Field(description="Audio file path, or @TASK for a dependency's output file.")
+    format: Literal["json", "srt", "text"] = Field("json", description="What the output file holds.")
+    language: str | None = Field(None, description="Language code; null: detected.")
+
+
+class Embed(Strict):
+    text: str = Field(description="File of text lines (one vector each), or @TASK.")
+    model: str | None = Field(None, description="Embeddings model of the rig; null: the only one.")
+
+
+class Generate(Strict):
+    prompt: str = Field(description="The instruction. Inputs are appended as data blocks; untrusted ones "
+                        "are spotlighted (see prompts.py).")
+    model: str | None = Field(None, description="Model name; or leave it out and set executor.")
+    executor: Literal["brain", "worker"] | None = Field(None, description="brain: the rig's unswitchable "
+                                                       "LLM; worker: the least busy switchable one.")
+    max_tokens: int = Field(512, ge=1, le=32768)
+    temperature: float = Field(0.0, ge=0, le=2)
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if (self.model is None) == (self.executor is None):
+            raise ValueError("set exactly one of model and executor")
+        return self
+
+
+class Task(Strict):
+    name: str = Field(pattern=TASK_NAME)
+    cls: Literal["cpu", "script", "llm"] | None = Field(None, alias="class")
+    class_inferred: bool = False
+    command: list[str] | str | None = Field(None, description="A program and its arguments (a string runs "
+                                            "through /bin/sh -c).")
+    transcribe: Transcribe | None = None
+    embed: Embed | None = None
+    generate: Generate | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    priority: int = Field(5, ge=1, le=10, description="1 to 10; 10 most urgent.")
+    retries: int | None = Field(None, ge=0, le=100, description="Retries after a failed attempt; null: "
+                                "work.retries.")
+    timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="Seconds one attempt may run; "
+                                    "null: work.task_timeout_s.")
+    inputs: dict[str, str] = Field(default_factory=dict, description="Named values: text, or @TASK (a "
+                                   "dependency's output file).")
+    untrusted: list[str] = Field(default_factory=list, description="Names of inputs that are data from "
+                                 "outside: they go to an llm task only inside a marked data block.")
+
+    def what(self) -> str | None:
+        """Which of command, transcribe, embed, generate the task sets (None: none or several)."""
+        set_ = [k for k in ("command", "transcribe", "embed", "generate") if getattr(self, k) is not None]
+        return set_[0] if len(set_) == 1 else None
+
+
+class Plan(Strict):
+    name: str = Field(pattern=TASK_NAME)
+    tasks: list[Task] = Field(min_length=1, max_length=10000)
+
+
+def suggest_class(task: dict) -> str:
+    """The class a task's command suggests: script, llm, else cpu."""
+    if "transcribe" in task or "embed" in task:
+        return "script"
+    if "generate" in task:
+        return "llm"
+    text = str(task.get("command", "")).lower()
+    return next((cls for cls, words in HINTS if any(w in text for w in words)), "cpu")
+
+
+def load_plan(path: str, infer_class: bool = False, models: set[str] | None = None) -> Plan:
+    try:
+        data = yaml.safe_load(open(path, encoding="utf-8"))
+    except OSError as e:
+        raise PlanError(path, [f"(file): cannot read: {e.strerror}"]) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise PlanError(path, [f"(yaml): {e}"]) from None
+    return parse_plan(data, path, infer_class, models)
+
+
+def parse_plan(data: object, source: str, infer_class: bool = False, models: set[str] | None = None) -> Plan:
+    """Validate a plan; `models`: the rig's model names (None: not checked)."""
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+        raise PlanError(source, ["(top): a plan is a mapping with name and a list of tasks"])
+    problems = _classes(data["tasks"], infer_class)
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as e:
+        raise PlanError(source, problems + [_where(data, err) for err in e.errors()]) from None
+    problems += _cross_check(plan, models)
+    if problems:
+        raise PlanError(source, problems)
+    return plan
+
+
+def _classes(tasks: list, infer: bool) -> list[str]:
+    problems = []
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict) or task.get("class") is not None:
+            continue
+        guess = suggest_class(task)
+        if infer:
+            task.update({"class": guess, "class_inferred": True})
+        else:
+            problems.append(f"tasks.{task.get('name', i)}.class: missing; its command suggests '{guess}' "
+                            "(set it, or submit with --infer-class)")
+    return problems
+
+
+def _where(data: dict, err: dict) -> str:
+    loc = list(err["loc"])
+    if len(loc) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int):
+        task = data["tasks"][loc[1]]
+        loc[1] = task.get("name", loc[1]) if isinstance(task, dict) else loc[1]
+    msg = "unknown field" if err["type"] == "extra_forbidden" else re.sub(r"^Value error, ", "", err["msg"])
+    return ".".join(map(str, loc)) + f": {msg}"
+
+
+def _cross_check(plan: Plan, models: set[str] | None) -> list[str]:
+    names = [t.name for t in plan.tasks]
+    problems = [f"tasks.{n}.name: appears twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    for t in plan.tasks:
+        problems += _task_problems(t, set(names), models)
+    return problems + _cycles(plan)
+
+
+def _task_problems(t: Task, names: set[str], models: set[str] | None) -> list[str]:
+    where, what = f"tasks.{t.name}", t.what()
+    problems = [f"{where}.depends_on: unknown task '{d}'" for d in t.depends_on if d not in names]
+    if what is None:
+        problems.append(f"{where}: set exactly one of command, transcribe, embed, generate")
+    elif {"command": t.cls in ("cpu", "script"), "transcribe": t.cls == "script", "embed": t.cls == "script",
+          "generate": t.cls == "llm"}[what] is False:
+        problems.append(f"{where}.class: '{t.cls}' cannot run {what}")
+    for key, value in t.inputs.items():
+        ref = REFERENCE.match(value)
+        if ref and ref.group(1) not in t.depends_on:
+            problems.append(f"{where}.inputs.{key}: {value} is not in depends_on")
+    for field, value in (("transcribe.audio", t.transcribe and t.transcribe.audio), ("embed.text", t.embed and t.embed.text)):
+        ref = REFERENCE.match(value or "")
+        if ref and ref.group(1) not in t.depends_on:
+            problems.append(f"{where}.{field}: {value} is not in depends_on")
+    problems += [f"{where}.untrusted: '{u}' is not an input" for u in t.untrusted if u not in t.inputs]
+    target = (t.generate and t.generate.model) or (t.embed and t.embed.model)
+    if models is not None and target and target not in models:
+        problems.append(f"{where}.{what}.model: unknown model '{target}' (the rig has {', '.join(sorted(models))})")
+    return problems
+
+
+def _cycles(plan: Plan) -> list[str]:
+    deps = {t.name: [d for d in t.depends_on] for t in plan.tasks}
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        if state.get(name) == 1:
+            return path[path.index(name):] + [name]
+        if state.get(name) == 2 or name not in deps:
+            return None
+        state[name] = 1
+        for d in deps[name]:
+            cycle = visit(d, path + [name])
+            if cycle:
+                return cycle
+        state[name] = 2
+        return None
+
+    for name in deps:
+        cycle = visit(name, [])
+        if cycle:
+            return [f"tasks.{cycle[0]}.depends_on: cycle {' -> '.join(cycle)}"]
+    return []

@@ -1,0 +1,75 @@
+"""work-gpu takes a task from Temporal only when the rig can run one now: a slot supplier that
+follows the compute API's /ready (an LLM ready or busy for llm tasks; the rig booted with a
+script service for script tasks). When it cannot, the worker does not poll, so the task waits
+in Temporal, visible in its backlog, free to go to another rig's worker."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from temporalio.worker import CustomSlotSupplier, SlotPermit
+
+log = logging.getLogger("llamarig.work")
+SERVING = ("ready", "busy")
+
+
+def capacity(ready: dict | None, rig) -> int:
+    """Tasks the rig can take now, from a /ready body (None: the API did not answer)."""
+    if not ready or not ready.get("booted"):
+        return 0
+    c, comps = rig.work.concurrency, ready.get("components", {})
+    llms = [n for n, m in rig.models.items() if not m.embeddings]
+    llm = c.llm if any(comps.get(n, {}).get("state") in SERVING for n in llms) else 0
+    has_script = rig.whisper is not None or any(m.embeddings for m in rig.models.values())
+    return llm + (c.script if has_script else 0)
+
+
+class RigSlots(CustomSlotSupplier):
+    def __init__(self, rig, api, refresh_s: float = 1.0):
+        self.rig, self.api, self.refresh_s = rig, api, refresh_s
+        self.reserved = 0
+        self.can_take = 0
+        self.changed = asyncio.Condition()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._task = self.loop.create_task(self._follow(), name="rig-slots")
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                body = await self.api.ready_body()
+            except Exception as e:  # the API restarting: take nothing until it answers
+                body = None
+                log.debug("compute API not answering", extra={"reason": str(e)})
+            can = capacity(body, self.rig)
+            if can != self.can_take:
+                log.info("rig capacity for GPU tasks changed", extra={"from": self.can_take, "to": can})
+            async with self.changed:
+                self.can_take = can
+                self.changed.notify_all()
+            await asyncio.sleep(self.refresh_s)
+
+    async def reserve_slot(self, ctx) -> SlotPermit:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.reserved < self.can_take)
+            self.reserved += 1
+        return SlotPermit()
+
+    def try_reserve_slot(self, ctx) -> SlotPermit | None:
+        if self.reserved < self.can_take:
+            self.reserved += 1
+            return SlotPermit()
+        return None
+
+    def mark_slot_used(self, ctx) -> None:
+        pass
+
+    def release_slot(self, ctx) -> None:
+        self.reserved -= 1
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._notify()))
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()

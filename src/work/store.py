@@ -1,0 +1,41 @@
+"""Where the work layer keeps files, under the rig's run folder (so they outlive the engine's
+retention): each attempt's folder (stdout, stderr, output), each plan's record, and the marks of
+the process groups a worker runs (commands.sweep)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class Store:
+    def __init__(self, run_dir: Path):
+        self.root = run_dir / "work"
+
+    def attempt(self, plan_id: str, task: str, attempt: int) -> Path:
+        return self.root / "plans" / plan_id / "tasks" / task / f"attempt-{attempt}"
+
+    def groups(self, role: str) -> Path:
+        return self.root / "groups" / role
+
+    def record_path(self, plan_id: str) -> Path:
+        return self.root / "plans" / plan_id / "plan.json"
+
+    def write_record(self, plan_id: str, record: dict) -> Path:
+        """Atomically: a reader never sees half a file."""
+        path = self.record_path(plan_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+        return path
+
+    def read_record(self, plan_id: str) -> dict | None:
+        try:
+            return json.loads(self.record_path(plan_id).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def plan_ids(self) -> list[str]:
+        plans = self.root / "plans"
+        return sorted(p.name for p in plans.iterdir()) if plans.is_dir() else []

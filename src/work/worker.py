@@ -1,0 +1,92 @@
+"""The worker programs: `llamarig work gpu` polls QUEUE@gpu (script and llm tasks, taken only
+when the rig can run them: slots.py); `llamarig work cpu` polls QUEUE@cpu (cpu tasks, and the
+plan workflows themselves, so a cpu task runs eagerly on the worker that scheduled it).
+SIGTERM: stop polling, give running tasks graceful_s, then cancel them (their commands get
+SIGTERM, then SIGKILL)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from llamarig.shared.keys import load_keys
+from llamarig.work import commands, engine
+from llamarig.work.activities import Activities
+from llamarig.work.api_client import ComputeApi
+from llamarig.work.slots import RigSlots
+from llamarig.work.store import Store
+
+log = logging.getLogger("llamarig.work")
+GRACEFUL_S = 10  # running tasks get this long to end after SIGTERM before they are cancelled
+CONNECT_WAIT_S = 120  # the embedded server starts beside the workers: wait for it this long
+
+
+def _runtime(port: int):
+    if not port:
+        return None
+    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}")))
+
+
+async def _connect(rig, identity: str, runtime):
+    deadline = asyncio.get_running_loop().time() + CONNECT_WAIT_S
+    while True:
+        try:
+            return await engine.connect(rig.work, identity, runtime)
+        except engine.WorkError as e:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("waiting for Temporal", extra={"reason": e.reason})
+            await asyncio.sleep(1)
+
+
+def _api(rig) -> ComputeApi:
+    keys = load_keys(rig)
+    key = (keys.client[0] if keys.client else keys.operator)
+    return ComputeApi(f"http://127.0.0.1:{rig.api.port}", key.decode() if key else None,
+                      timeout_s=rig.work.task_timeout_s)
+
+
+async def serve(rig, role: str) -> int:
+    from temporalio.worker import FixedSizeSlotSupplier, Worker, WorkerTuner
+
+    from llamarig.work.workflow import PlanWorkflow
+
+    identity = engine.worker_identity(f"work-{role}", rig.api.port)
+    swept = commands.sweep(Store(rig.run_dir).groups(role))
+    if swept:
+        log.warning("killed the process groups a dead worker left", extra={"groups": swept})
+    w = rig.work
+    runtime = _runtime(w.metrics_port_gpu if role == "gpu" else w.metrics_port_cpu)
+    client = await _connect(rig, identity, runtime)
+    if role == "cpu" and w.temporal == "embedded":
+        await engine.ensure_retention(client, w)
+    api = _api(rig)
+    acts = Activities(rig, role, identity, api, runtime.metric_meter if runtime else None)
+    queue = engine.queues(w)[role]
+    if role == "cpu":
+        worker = Worker(client, task_queue=queue, workflows=[PlanWorkflow], activities=[acts.run_cpu, acts.record_plan],
+                        max_concurrent_activities=w.concurrency.cpu + 1, identity=identity,
+                        graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_S))
+    else:
+        slots = RigSlots(rig, api)
+        slots.start()
+        fixed = FixedSizeSlotSupplier(100)
+        tuner = WorkerTuner.create_composite(workflow_supplier=fixed, activity_supplier=slots,
+                                             local_activity_supplier=fixed, nexus_supplier=fixed)
+        worker = Worker(client, task_queue=queue, activities=[acts.run_script, acts.run_llm], tuner=tuner,
+                        identity=identity, graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_S))
+    _stop_on_term(worker)
+    log.info("worker polling", extra={"queue": queue, "identity": identity})
+    await worker.run()
+    await api.close()
+    log.info("worker stopped", extra={"queue": queue})
+    return 0
+
+
+def _stop_on_term(worker) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(worker.shutdown()))

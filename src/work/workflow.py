@@ -1,0 +1,132 @@
+"""The plan workflow: one per submitted plan, its tasks as activities on their class's queue.
+
+A task starts once every dependency succeeded; a dependency that failed (after its retries)
+fails the task without running it, naming the failed ancestor; other branches go on. Retries
+back off exponentially (work.retry_initial_s, doubling, up to work.retry_max_s); a
+DefinitionError is not retried. A task that waits on its queue past work.starvation_s behind
+more urgent ones (Temporal's schedule-to-start timeout, which is never retried) is sent again
+as the most urgent, so low priority means later, never never. Deterministic: no I/O here; the
+final summary is written under the run folder by the record_plan activity.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import Priority, RetryPolicy
+from temporalio.exceptions import ActivityError, CancelledError, TimeoutError, TimeoutType
+
+ENDED = ("succeeded", "failed", "cancelled")
+ACTIVITY = {"cpu": "run_cpu", "script": "run_script", "llm": "run_llm"}
+MOST_URGENT = 1
+
+
+@workflow.defn(name="PlanWorkflow")
+class PlanWorkflow:
+    def __init__(self) -> None:
+        self.tasks: dict[str, dict] = {}
+        self.spec: dict = {}
+        self.outcome = "running"
+
+    @workflow.query
+    def state(self) -> dict:
+        return {"plan_id": self.spec.get("plan_id"), "name": self.spec.get("plan", {}).get("name"),
+                "outcome": self.outcome, "tasks": self.tasks}
+
+    @workflow.run
+    async def run(self, spec: dict) -> dict:
+        self.spec = spec
+        tasks = spec["plan"]["tasks"]
+        self.tasks = {t["name"]: {"state": "waiting", "class": t["cls"], "priority": t["priority"]} for t in tasks}
+        try:
+            await asyncio.gather(*(self._task(t) for t in tasks))
+        except asyncio.CancelledError:
+            self.outcome = "cancelled"
+            await self._record()
+            raise
+        self.outcome = "succeeded" if all(t["state"] == "succeeded" for t in self.tasks.values()) else "failed"
+        await self._record()
+        return self.state()
+
+    async def _task(self, t: dict) -> None:
+        name, deps = t["name"], t["depends_on"]
+        await workflow.wait_condition(lambda: all(self.tasks[d]["state"] in ENDED for d in deps))
+        bad = [d for d in deps if self.tasks[d]["state"] != "succeeded"]
+        if bad:
+            root = self.tasks[bad[0]].get("root", bad[0])
+            self._set(name, state="failed", root=root, error=f"not run: its ancestor '{root}' "
+                      f"{self.tasks[root]['state']}" + ("" if root == bad[0] else f" (through '{bad[0]}')"))
+            return
+        self._set(name, state="queued", queued_at=workflow.now().timestamp())
+        try:
+            result = await self._attempts(t)
+        except asyncio.CancelledError:
+            self._set(name, state="cancelled", error="the plan was cancelled")
+            raise
+        except ActivityError as e:
+            self._set(name, state="failed", error=_reason(e), ended_at=workflow.now().timestamp(), **_where(e))
+            return
+        self._set(name, state="succeeded", result=result, ended_at=workflow.now().timestamp())
+
+    async def _attempts(self, t: dict) -> dict:
+        try:
+            return await self._activity(t, priority_key=11 - t["priority"], starve=True)
+        except ActivityError as e:
+            if not _starved(e):
+                raise
+        self._set(t["name"], starved=True)
+        workflow.logger.info("task waited past starvation_s: sent again as the most urgent", extra={"task": t["name"]})
+        return await self._activity(t, priority_key=MOST_URGENT, starve=False)
+
+    async def _activity(self, t: dict, priority_key: int, starve: bool) -> dict:
+        spec, d = self.spec, self.spec["defaults"]
+        retries = d["retries"] if t["retries"] is None else t["retries"]
+        inputs = {k: self._input(v) for k, v in t["inputs"].items()}
+        outputs = {dep: self.tasks[dep]["result"]["output"] for dep in t["depends_on"]}
+        return await workflow.execute_activity(
+            ACTIVITY[t["cls"]], args=[t, {"plan_id": spec["plan_id"], "inputs": inputs, "outputs": outputs}],
+            task_queue=spec["queues"][t["cls"]], activity_id=t["name"],
+            start_to_close_timeout=timedelta(seconds=t["timeout_s"] or d["timeout_s"]),
+            heartbeat_timeout=timedelta(seconds=d["heartbeat_s"]),
+            schedule_to_start_timeout=timedelta(seconds=d["starvation_s"]) if starve else None,
+            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=d["retry_initial_s"]), backoff_coefficient=2,
+                                     maximum_interval=timedelta(seconds=d["retry_max_s"]),
+                                     maximum_attempts=retries + 1, non_retryable_error_types=["DefinitionError"]),
+            priority=Priority(priority_key=priority_key),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+
+    def _input(self, value: str) -> str:
+        """@TASK: that dependency's output file; else the value itself."""
+        if value.startswith("@") and value[1:] in self.tasks:
+            return self.tasks[value[1:]]["result"]["output"]
+        return value
+
+    def _set(self, name: str, **fields) -> None:
+        self.tasks[name] = self.tasks[name] | fields
+
+    async def _record(self) -> None:
+        summary = self.state() | {"ended_at": workflow.now().timestamp()}
+        await workflow.execute_activity("record_plan", summary, task_queue=self.spec["queues"]["plan"],
+                                        start_to_close_timeout=timedelta(seconds=60))
+
+
+def _starved(e: ActivityError) -> bool:
+    return isinstance(e.cause, TimeoutError) and e.cause.type == TimeoutType.SCHEDULE_TO_START
+
+
+def _where(e: ActivityError) -> dict:
+    """Where the last attempt ran (the activity puts it in its failure's details)."""
+    details = getattr(e.cause, "details", None) or ()
+    return {"result": details[0]} if details and isinstance(details[0], dict) else {}
+
+
+def _reason(e: ActivityError) -> str:
+    cause = e.cause
+    if isinstance(cause, TimeoutError):
+        kind = {TimeoutType.HEARTBEAT: "no heartbeat within heartbeat_timeout_s (its worker died or hung)",
+                TimeoutType.START_TO_CLOSE: "ran past its timeout_s"}.get(cause.type, cause.type.name.lower())
+        return f"{kind}; after {e.retry_state.name.lower() if e.retry_state else 'its attempts'}"
+    if isinstance(cause, CancelledError):
+        return "cancelled"
+    return str(cause.message if cause is not None and hasattr(cause, "message") else e)
