@@ -271,3 +271,41 @@ def stream_while(url: str, body: dict, action, headers: dict | None = None) -> t
             events += line.startswith("data: ")
     worker.join(timeout=180)
     return events, done
+
+
+def work_section(**over) -> dict:
+    """A rig's work section for tests: its own embedded Temporal, short heartbeats and retries."""
+    section = {"embedded": {"port": free_port()}, "heartbeat_timeout_s": 3, "retry_initial_s": 0.5,
+               "retry_max_s": 4, "cancel_grace_s": 1, "concurrency": {"cpu": 2, "script": 1, "llm": 2}}
+    for key, value in over.items():
+        section[key] = {**section[key], **value} if isinstance(value, dict) and key in section else value
+    return section
+
+
+def submit_plan(b, tasks: list[dict], name: str = "t", **params) -> str:
+    r = b.post("/admin/plans", json={"plan": {"name": name, "tasks": tasks}}, params=params, timeout=30)
+    assert r.status_code == 201, r.text
+    return r.json()["plan_id"]
+
+
+def plan_view(b, plan_id: str) -> dict:
+    r = b.get(f"/admin/plans/{plan_id}", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def plan_ended(b, plan_id: str, timeout: float = 90) -> dict:
+    return wait_for(lambda: (v := plan_view(b, plan_id))["outcome"] != "running" and v, timeout,
+                    f"plan {plan_id} to end")
+
+
+def plan_history(rig, plan_id: str) -> list:
+    """The plan workflow's history events, read with the SDK (the engine's own record)."""
+    import asyncio
+
+    from llamarig.work import engine
+
+    async def fetch():
+        client = await engine.connect(rig.work)
+        return [e async for e in client.get_workflow_handle(plan_id).fetch_history_events()]
+    return asyncio.run(fetch())

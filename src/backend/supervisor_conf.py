@@ -136,7 +136,6 @@ def _work_programs(rig: Rig, conf_dir: Path | None, rig_ref: str) -> list[str]:
     """The embedded Temporal first up and last down (priority 10); the workers last up and first
     down (1000): they stop polling and finish or cancel their tasks while the API still serves."""
     from llamarig.work.worker import GRACEFUL_S
-    from llamarig.work.commands import TERM_GRACE_S
 
     parts = []
     if rig.work.temporal == "embedded":
@@ -147,7 +146,7 @@ def _work_programs(rig: Rig, conf_dir: Path | None, rig_ref: str) -> list[str]:
         env = {"PYTHONUNBUFFERED": "1", "LLAMARIG_PROGRAM": f"work-{role}"}
         parts.append(_program(rig, conf_dir, f"work-{role}", f"llamarig --rig {rig_ref} work {role}", {
             "autostart": "true", "autorestart": "true", "startsecs": 2, "priority": 1000,
-            "stopwaitsecs": GRACEFUL_S + TERM_GRACE_S + 5, "environment": _env(env)}))
+            "stopwaitsecs": math.ceil(GRACEFUL_S + rig.work.cancel_grace_s) + 5, "environment": _env(env)}))
     return parts
 
 

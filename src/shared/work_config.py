@@ -60,6 +60,8 @@ class WorkConfig(Strict):
     retry_initial_s: float = Field(1, gt=0, le=3600, description="Seconds before the first retry; each next "
                                    "waits twice as long, up to retry_max_s.")
     retry_max_s: float = Field(60, gt=0, le=86400, description="Cap of the doubling wait between retries.")
+    cancel_grace_s: float = Field(10, ge=0, le=3600, description="Seconds a cancelled task's command gets "
+                                  "after SIGTERM before SIGKILL to its whole process group; 0: SIGKILL at once.")
     starvation_s: float = Field(600, gt=0, le=86400, description="Seconds a task may wait on its queue behind "
                                 "more urgent ones before it is sent again as the most urgent.")
     metrics_port_gpu: OptionalPort = Field(0, description="Port of work-gpu's Prometheus /metrics (the SDK's "

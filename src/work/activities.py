@@ -64,11 +64,11 @@ class Activities:
 
     # ---- one attempt -----------------------------------------------------------------------------
     async def _run(self, task: dict, ctx: dict, work, gpu) -> dict:
-        info = activity.info()
-        folder = self.store.attempt(ctx["plan_id"], task["name"], info.attempt)
+        attempt = ctx["attempt"]  # the workflow drives retries: each attempt is one activity
+        folder = self.store.attempt(ctx["plan_id"], task["name"], attempt)
         folder.mkdir(parents=True, exist_ok=True)
         event = {"task_id": f"{ctx['plan_id']}/{task['name']}", "worker_id": self.identity, "gpu_id": gpu,
-                 "attempt": info.attempt, "class": task["cls"]}
+                 "attempt": attempt, "class": task["cls"]}
         self._event("task_started", event)
         began = time.monotonic()
         try:
@@ -77,11 +77,11 @@ class Activities:
             self._ended(task, event, began, "cancelled", "cancelled")
             raise
         except Exception as e:
-            failure = self._as_failure(e, {"worker": self.identity, "attempt": info.attempt, "gpu": gpu,
+            failure = self._as_failure(e, {"worker": self.identity, "attempt": attempt, "gpu": gpu,
                                            "folder": str(folder), "duration_ms": _ms(began)})
             self._ended(task, event, began, "failed", failure.message)
             raise failure from None
-        result = {"gpu": gpu} | result | {"worker": self.identity, "attempt": info.attempt, "folder": str(folder),
+        result = {"gpu": gpu} | result | {"worker": self.identity, "attempt": attempt, "folder": str(folder),
                                           "duration_ms": _ms(began)}
         self._event("task_succeeded", event | {"duration_ms": result["duration_ms"],
                                               "tokens_generated": result.get("tokens")})
@@ -108,9 +108,11 @@ class Activities:
 
     async def _command(self, task: dict, ctx: dict, folder: Path) -> dict:
         env = commands.clean_env({"CUDA_VISIBLE_DEVICES": "", "LLAMARIG_PLAN": ctx["plan_id"],
-                                  "LLAMARIG_TASK": task["name"]} | _input_env(ctx["inputs"]), folder)
+                                  "LLAMARIG_TASK": task["name"], "LLAMARIG_ATTEMPT": str(ctx["attempt"])}
+                                 | _input_env(ctx["inputs"]), folder)
         timeout = task.get("timeout_s") or self.rig.work.task_timeout_s
-        done = await commands.run(task["command"], folder, env, timeout, self._beat, self.beat_every, self.groups)
+        done = await commands.run(task["command"], folder, env, timeout, self._beat, self.beat_every, self.groups,
+                                  ctx["cancel_grace_s"])
         if done.exit_code != 0:
             raise ApplicationError(f"exit status {done.exit_code}; stderr: {done.stderr_tail}", type="CommandFailed")
         output = folder / "output"

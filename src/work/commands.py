@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
-TERM_GRACE_S = 10  # a command gets this long after SIGTERM before SIGKILL
+TERM_GRACE_S = 10  # the default of work.cancel_grace_s
 TAIL_CHARS = 200
 KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 
@@ -45,7 +45,7 @@ def clean_env(extra: dict[str, str], folder: Path) -> dict[str, str]:
 
 
 async def run(command: list[str] | str, folder: Path, env: dict[str, str], timeout_s: float,
-              beat, beat_every_s: float, groups: Path) -> Finished:
+              beat, beat_every_s: float, groups: Path, grace_s: float = TERM_GRACE_S) -> Finished:
     """Run to the end; `beat()` every beat_every_s. Cancelled: the group is stopped first."""
     folder.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
@@ -61,7 +61,7 @@ async def run(command: list[str] | str, folder: Path, env: dict[str, str], timeo
     try:
         code = await _wait(proc, timeout_s, beat, beat_every_s)
     finally:
-        await stop_group(proc)
+        await stop_group(proc, grace_s)
         mark.unlink(missing_ok=True)
     return Finished(code, time.monotonic() - began, tail(folder / "stderr"))
 
@@ -78,12 +78,12 @@ async def _wait(proc, timeout_s: float, beat, every: float) -> int:
             beat()
 
 
-async def stop_group(proc) -> None:
-    """SIGTERM to the command's group, SIGKILL after TERM_GRACE_S; also takes any of its children
+async def stop_group(proc, grace_s: float) -> None:
+    """SIGTERM to the command's group, SIGKILL after grace_s; also takes any of its children
     still running after the leader exited. Runs even when the task is being cancelled."""
     if _signal_group(proc.pid, signal.SIGTERM) and proc.returncode is None:
         try:
-            await asyncio.shield(asyncio.wait_for(proc.wait(), TERM_GRACE_S))
+            await asyncio.shield(asyncio.wait_for(proc.wait(), grace_s))
         except (asyncio.TimeoutError, asyncio.CancelledError):
             pass
     _signal_group(proc.pid, signal.SIGKILL)

@@ -162,7 +162,7 @@ def _task_problems(t: Task, names: set[str], models: set[str] | None) -> list[st
     problems = [f"{where}.depends_on: unknown task '{d}'" for d in t.depends_on if d not in names]
     if what is None:
         problems.append(f"{where}: set exactly one of command, transcribe, embed, generate")
-    elif {"command": t.cls in ("cpu", "script"), "transcribe": t.cls == "script", "embed": t.cls == "script",
+    elif t.cls is not None and {"command": t.cls in ("cpu", "script"), "transcribe": t.cls == "script", "embed": t.cls == "script",
           "generate": t.cls == "llm"}[what] is False:
         problems.append(f"{where}.class: '{t.cls}' cannot run {what}")
     for key, value in t.inputs.items():

@@ -20,7 +20,7 @@ def spec_of(rig, plan: Plan, plan_id: str) -> dict:
     return {"plan_id": plan_id, "plan": plan.model_dump(), "queues": engine.queues(w),
             "defaults": {"retries": w.retries, "timeout_s": w.task_timeout_s, "heartbeat_s": w.heartbeat_timeout_s,
                          "starvation_s": w.starvation_s, "retry_initial_s": w.retry_initial_s,
-                         "retry_max_s": w.retry_max_s}}
+                         "retry_max_s": w.retry_max_s, "cancel_grace_s": w.cancel_grace_s}}
 
 
 async def submit(client, rig, plan: Plan) -> dict:
@@ -73,11 +73,11 @@ async def show(client, rig, plan_id: str) -> dict:
 def _merge_pending(tasks: dict, pending) -> None:
     """A task being run: its attempt and worker as the engine sees them now."""
     for p in pending:
-        t = tasks.get(p.activity_id)
+        t = tasks.get(p.activity_id.split("#")[0])
         if t is None:
             continue
         t["state"] = PENDING_STATES.get(p.state, t["state"]) if t["state"] == "queued" else t["state"]
-        t["attempt"] = p.attempt
+        t["attempt"] = int(p.activity_id.split("#")[1]) if "#" in p.activity_id else p.attempt
         t["worker"] = p.last_worker_identity or None
         if p.HasField("last_failure"):
             t["last_error"] = p.last_failure.message[-200:]

@@ -68,7 +68,7 @@ async def serve(rig, role: str) -> int:
     queue = engine.queues(w)[role]
     if role == "cpu":
         worker = Worker(client, task_queue=queue, workflows=[PlanWorkflow], activities=[acts.run_cpu, acts.record_plan],
-                        max_concurrent_activities=w.concurrency.cpu + 1, identity=identity,
+                        max_concurrent_activities=w.concurrency.cpu, identity=identity,
                         graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_S))
     else:
         slots = RigSlots(rig, api)

@@ -2,8 +2,9 @@
 
 A task starts once every dependency succeeded; a dependency that failed (after its retries)
 fails the task without running it, naming the failed ancestor; other branches go on. Retries
-back off exponentially (work.retry_initial_s, doubling, up to work.retry_max_s); a
-DefinitionError is not retried. A task that waits on its queue past work.starvation_s behind
+back off exponentially (work.retry_initial_s, doubling, up to work.retry_max_s), driven here so
+that every attempt is its own activity in the history, with its own times; a DefinitionError is
+not retried. A task that waits on its queue past work.starvation_s behind
 more urgent ones (Temporal's schedule-to-start timeout, which is never retried) is sent again
 as the most urgent, so low priority means later, never never. Deterministic: no I/O here; the
 final summary is written under the run folder by the record_plan activity.
@@ -39,9 +40,15 @@ class PlanWorkflow:
         self.spec = spec
         tasks = spec["plan"]["tasks"]
         self.tasks = {t["name"]: {"state": "waiting", "class": t["cls"], "priority": t["priority"]} for t in tasks}
+        jobs = [asyncio.ensure_future(self._task(t)) for t in tasks]
         try:
-            await asyncio.gather(*(self._task(t) for t in tasks))
+            await asyncio.gather(*jobs)
         except asyncio.CancelledError:
+            for job in jobs:  # each running command ends (SIGTERM, then SIGKILL) before the plan does
+                try:
+                    await job
+                except (asyncio.CancelledError, ActivityError):
+                    pass
             self.outcome = "cancelled"
             await self._record()
             raise
@@ -51,7 +58,11 @@ class PlanWorkflow:
 
     async def _task(self, t: dict) -> None:
         name, deps = t["name"], t["depends_on"]
-        await workflow.wait_condition(lambda: all(self.tasks[d]["state"] in ENDED for d in deps))
+        try:
+            await workflow.wait_condition(lambda: all(self.tasks[d]["state"] in ENDED for d in deps))
+        except asyncio.CancelledError:
+            self._set(name, state="cancelled", error="the plan was cancelled before it started")
+            raise
         bad = [d for d in deps if self.tasks[d]["state"] != "succeeded"]
         if bad:
             root = self.tasks[bad[0]].get("root", bad[0])
@@ -65,35 +76,46 @@ class PlanWorkflow:
             self._set(name, state="cancelled", error="the plan was cancelled")
             raise
         except ActivityError as e:
+            if isinstance(e.cause, CancelledError):
+                self._set(name, state="cancelled", error="the plan was cancelled while it ran", **_where(e))
+                raise asyncio.CancelledError() from None
             self._set(name, state="failed", error=_reason(e), ended_at=workflow.now().timestamp(), **_where(e))
             return
         self._set(name, state="succeeded", result=result, ended_at=workflow.now().timestamp())
 
     async def _attempts(self, t: dict) -> dict:
-        try:
-            return await self._activity(t, priority_key=11 - t["priority"], starve=True)
-        except ActivityError as e:
-            if not _starved(e):
-                raise
-        self._set(t["name"], starved=True)
-        workflow.logger.info("task waited past starvation_s: sent again as the most urgent", extra={"task": t["name"]})
-        return await self._activity(t, priority_key=MOST_URGENT, starve=False)
-
-    async def _activity(self, t: dict, priority_key: int, starve: bool) -> dict:
-        spec, d = self.spec, self.spec["defaults"]
+        """Attempt after attempt, each its own activity (so each shows in the history with its
+        times), waiting retry_initial_s, then twice as long each time, up to retry_max_s."""
+        d, name = self.spec["defaults"], t["name"]
         retries = d["retries"] if t["retries"] is None else t["retries"]
+        key, attempt = 11 - t["priority"], 1
+        while True:
+            try:
+                return await self._activity(t, attempt, key, starve=key != MOST_URGENT)
+            except ActivityError as e:
+                if _starved(e):
+                    self._set(name, starved=True)
+                    key = MOST_URGENT  # waited past starvation_s: goes ahead of everything waiting
+                    continue
+                if _final(e) or attempt > retries or isinstance(e.cause, CancelledError):
+                    raise
+                self._set(name, attempt=attempt, last_error=_reason(e))
+                await workflow.sleep(min(d["retry_initial_s"] * 2 ** (attempt - 1), d["retry_max_s"]))
+                attempt += 1
+
+    async def _activity(self, t: dict, attempt: int, priority_key: int, starve: bool) -> dict:
+        spec, d = self.spec, self.spec["defaults"]
+        self._set(t["name"], attempt=attempt)
         inputs = {k: self._input(v) for k, v in t["inputs"].items()}
         outputs = {dep: self.tasks[dep]["result"]["output"] for dep in t["depends_on"]}
+        ctx = {"plan_id": spec["plan_id"], "attempt": attempt, "inputs": inputs, "outputs": outputs,
+               "cancel_grace_s": d["cancel_grace_s"]}
         return await workflow.execute_activity(
-            ACTIVITY[t["cls"]], args=[t, {"plan_id": spec["plan_id"], "inputs": inputs, "outputs": outputs}],
-            task_queue=spec["queues"][t["cls"]], activity_id=t["name"],
+            ACTIVITY[t["cls"]], args=[t, ctx], task_queue=spec["queues"][t["cls"]], activity_id=f"{t['name']}#{attempt}",
             start_to_close_timeout=timedelta(seconds=t["timeout_s"] or d["timeout_s"]),
             heartbeat_timeout=timedelta(seconds=d["heartbeat_s"]),
             schedule_to_start_timeout=timedelta(seconds=d["starvation_s"]) if starve else None,
-            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=d["retry_initial_s"]), backoff_coefficient=2,
-                                     maximum_interval=timedelta(seconds=d["retry_max_s"]),
-                                     maximum_attempts=retries + 1, non_retryable_error_types=["DefinitionError"]),
-            priority=Priority(priority_key=priority_key),
+            retry_policy=RetryPolicy(maximum_attempts=1), priority=Priority(priority_key=priority_key),
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
 
     def _input(self, value: str) -> str:
@@ -107,8 +129,12 @@ class PlanWorkflow:
 
     async def _record(self) -> None:
         summary = self.state() | {"ended_at": workflow.now().timestamp()}
-        await workflow.execute_activity("record_plan", summary, task_queue=self.spec["queues"]["plan"],
-                                        start_to_close_timeout=timedelta(seconds=60))
+        await workflow.execute_local_activity("record_plan", summary, start_to_close_timeout=timedelta(seconds=60))
+
+
+def _final(e: ActivityError) -> bool:
+    """A definition error: running it again would fail the same way."""
+    return getattr(e.cause, "non_retryable", False)
 
 
 def _starved(e: ActivityError) -> bool:
