@@ -48,7 +48,7 @@ COPY runtime/rig.yaml runtime/entrypoint.sh runtime/
 # In a container the API must listen beyond loopback. Rendering once here fails the build on a
 # rig that does not validate; the entrypoint renders again at each start (a mounted rig) into
 # run/, and the link lets `docker exec NAME supervisorctl status` find it from /app.
-RUN sed -i 's/^  host: 127.0.0.1$/  host: 0.0.0.0/' runtime/rig.yaml \
+RUN sed -i -e 's/^  host: 127.0.0.1$/  host: 0.0.0.0/' -e 's/^  temporal: embedded$/  temporal: cluster/' runtime/rig.yaml \
  && llamarig --rig runtime/rig.yaml render --out /tmp/supervisord.conf && rm /tmp/supervisord.conf \
  && mkdir -p models run && chown llamarig run && ln -s run/supervisord.conf supervisord.conf
 VOLUME ["/app/models", "/app/run"]

@@ -177,9 +177,11 @@ def test_dockerfile_copies_what_exists_and_defaults_to_the_cuda_build():
     engines = (ROOT / "runtime/image-engines.sh").read_text()
     assert '[ "$ENGINE" = cuda ] && flag=--cuda' in engines and '"--cuda"' in (ROOT / "runtime/build-llama-server.sh").read_text()
     assert '[ "$ENGINE" = cuda ] && cmake_args="-DGGML_CUDA=on"' in engines
-    # The sed that opens the API beyond loopback must match the rig's line.
-    pattern = re.search(r"sed -i 's/\^(.+?)\$/", text).group(1).replace("\\", "")
-    assert pattern in (ROOT / "runtime/rig.yaml").read_text().splitlines()
+    # The seds that open the API beyond loopback and point the workers at the cluster must match the rig's lines.
+    patterns = re.findall(r"-e 's/\^(.+?)\$/", text)
+    assert len(patterns) == 2
+    for pattern in patterns:
+        assert pattern.replace("\\", "") in (ROOT / "runtime/rig.yaml").read_text().splitlines()
 
 
 def test_dockerfile_ports_health_and_volumes_agree_with_the_rig():

@@ -19,7 +19,7 @@ from llamarig.work.store import Store
 
 log = logging.getLogger("llamarig.work")
 GRACEFUL_S = 10  # running tasks get this long to end after SIGTERM before they are cancelled
-CONNECT_WAIT_S = 120  # the embedded server starts beside the workers: wait for it this long
+CONNECT_RETRY_MAX_S = 10  # the longest wait between two tries to reach Temporal
 
 
 def _runtime(port: int):
@@ -31,15 +31,16 @@ def _runtime(port: int):
 
 
 async def _connect(rig, identity: str, runtime):
-    deadline = asyncio.get_running_loop().time() + CONNECT_WAIT_S
+    """Wait for Temporal as long as it takes (it may start beside us, or the cluster be down):
+    the worker stays up, saying so every try; the TemporalUnreachable alert covers the wait."""
+    wait = 1.0
     while True:
         try:
             return await engine.connect(rig.work, identity, runtime)
         except engine.WorkError as e:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            log.warning("waiting for Temporal", extra={"reason": e.reason})
-            await asyncio.sleep(1)
+            log.warning("waiting for Temporal", extra={"reason": e.reason, "retry_in_s": wait})
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, CONNECT_RETRY_MAX_S)
 
 
 def _api(rig) -> ComputeApi:
