@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from helpers import (model_entry, plan_ended, plan_history, plan_view, running_bundle, submit_plan, wait_for,
+from helpers import (free_port, model_entry, plan_ended, plan_history, plan_view, running_bundle, submit_plan, wait_for,
                      work_section, write_rig)
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wb(tmp_path_factory, models):
     folder = tmp_path_factory.mktemp("work")
-    rig = write_rig(folder, {"m": model_entry(models["gguf"], [0], context_size=1024)}, work=work_section())
+    entries = {"m": model_entry(models["gguf"], [0], context_size=1024),
+               "embed": model_entry(models["gguf_b"], [1], context_size=512, embeddings=True)}
+    whisper = {"model_dir": str(models["whisper"]), "gpu": 2, "port": free_port()}
+    rig = write_rig(folder, entries, whisper, work=work_section())
     with running_bundle(folder, rig) as b:
         wait_for(lambda: all(w in b.ctl("status").stdout.split("work-gpu")[1][:40] for w in ["RUNNING"]), 60,
                  "the workers running")
@@ -142,3 +145,43 @@ def test_plans_and_plan_views_from_the_cli(wb):
     assert "one" in shown and "succeeded" in shown and "work-cpu" in shown
     bad = run("plan", "no-such-plan")
     assert bad.returncode == 2 and "plan_not_found" in bad.stderr
+
+
+def test_script_tasks_transcribe_and_embed_through_the_placed_services(wb, wav, tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("first line\nsecond line\n")
+    plan_id = submit_plan(wb, [{"name": "hear", "class": "script", "transcribe": {"audio": str(wav), "format": "srt"}},
+                               {"name": "vec", "class": "script", "embed": {"text": str(lines)}},
+                               {"name": "again", "class": "script", "depends_on": ["hear"],
+                                "embed": {"text": "@hear", "model": "embed"}}])
+    t = plan_ended(wb, plan_id, timeout=120)["tasks"]
+    assert [t[n]["state"] for n in ("hear", "vec", "again")] == ["succeeded"] * 3, t
+    assert t["hear"]["result"]["output"].endswith(".srt") and "-->" in open(t["hear"]["result"]["output"]).read()
+    import json
+    vectors = json.load(open(t["vec"]["result"]["output"]))
+    assert vectors["model"] == "embed" and len(vectors["vectors"]) == 2 and len(vectors["vectors"][0]) > 8
+    assert "work-gpu" in t["vec"]["result"]["worker"]
+
+
+def test_the_whole_bundle_killed_mid_plan_goes_on_after_a_restart(tmp_path, models):
+    from helpers import start_bundle
+    counter, release = tmp_path / "a-runs", tmp_path / "release"
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, work=work_section())
+    b = start_bundle(tmp_path, rig)
+    try:
+        b.wait_ready()
+        plan_id = submit_plan(b, [_cpu("a", f"echo ran >> {counter}"),
+                                  _cpu("b", f"while [ ! -f {release} ]; do sleep 0.05; done", depends_on=["a"]),
+                                  _cpu("c", "echo c > output", depends_on=["b"])])
+        wait_for(lambda: plan_view(b, plan_id)["tasks"]["b"]["state"] == "running", 60, "b running")
+        b.kill()  # supervisord and every child, kill -9
+        release.touch()
+        b = start_bundle(tmp_path, rig)
+        b.wait_ready()
+        view = plan_ended(b, plan_id, timeout=120)
+    finally:
+        if b.shutdown():
+            b.kill()
+    assert view["outcome"] == "succeeded", view
+    assert counter.read_text() == "ran\n"  # a finished before the kill and was not run again
+    assert view["tasks"]["b"]["result"]["attempt"] == 2 and view["tasks"]["c"]["result"]["attempt"] == 1

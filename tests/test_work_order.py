@@ -1,0 +1,59 @@
+"""Priority orders tasks waiting on one queue (10 most urgent), and a task that has waited past
+work.starvation_s goes ahead of more urgent ones that came later. One cpu slot, so the order in
+which tasks start is the order the engine hands them out."""
+from __future__ import annotations
+
+import pytest
+
+from helpers import model_entry, plan_ended, plan_view, submit_plan, wait_for, work_section, write_rig
+
+pytestmark = pytest.mark.slow
+
+
+def _serial_bundle(tmp_path, models, bundle_factory, **work):
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])},
+                    work=work_section(concurrency={"cpu": 1}, **work))
+    b = bundle_factory(rig)
+    b.wait_ready()
+    return b
+
+
+def _gate(release) -> dict:
+    return {"name": "gate", "class": "cpu", "priority": 10, "command": f"while [ ! -f {release} ]; do sleep 0.05; done"}
+
+
+def _marker(name: str, order, priority: int) -> dict:
+    return {"name": name, "class": "cpu", "priority": priority, "command": f"echo {name} >> {order}"}
+
+
+def _waiting(b, plan_id: str, names: list[str]) -> bool:
+    tasks = plan_view(b, plan_id)["tasks"]
+    return all(tasks[n]["state"] == "scheduled" for n in names)
+
+
+def test_priority_orders_the_tasks_waiting_on_a_queue(tmp_path, models, bundle_factory):
+    b = _serial_bundle(tmp_path, models, bundle_factory)
+    release, order = tmp_path / "release", tmp_path / "order"
+    priorities = {"p2": 2, "p9": 9, "p5": 5, "p7": 7, "p1": 1, "p10": 10}
+    gate = submit_plan(b, [_gate(release)], name="gate")  # takes the one slot, so the others wait
+    wait_for(lambda: plan_view(b, gate)["tasks"]["gate"]["state"] == "running", 60, "the gate running")
+    plan_id = submit_plan(b, [_marker(n, order, p) for n, p in priorities.items()])
+    wait_for(lambda: _waiting(b, plan_id, list(priorities)), 30, "the others waiting on the queue")
+    release.touch()
+    assert plan_ended(b, plan_id)["outcome"] == "succeeded"
+    assert order.read_text().split() == ["p10", "p9", "p7", "p5", "p2", "p1"]
+
+
+def test_a_task_waiting_past_starvation_s_goes_ahead_of_later_urgent_ones(tmp_path, models, bundle_factory):
+    b = _serial_bundle(tmp_path, models, bundle_factory, starvation_s=3)
+    release, order = tmp_path / "release", tmp_path / "order"
+    gate = submit_plan(b, [_gate(release)], name="gate")
+    wait_for(lambda: plan_view(b, gate)["tasks"]["gate"]["state"] == "running", 60, "the gate running")
+    first = submit_plan(b, [_marker("low", order, 1)], name="first")
+    wait_for(lambda: plan_view(b, first)["tasks"]["low"].get("starved"), 30, "the low task resent as most urgent")
+    urgent = ["u1", "u2", "u3"]
+    later = submit_plan(b, [_marker(n, order, 9) for n in urgent], name="later")
+    wait_for(lambda: _waiting(b, later, urgent), 30, "the urgent tasks waiting")
+    release.touch()
+    assert plan_ended(b, first)["outcome"] == plan_ended(b, later)["outcome"] == "succeeded"
+    assert order.read_text().split()[0] == "low"  # without the bound it would run last
