@@ -1,0 +1,64 @@
+"""Past one rig: two bundles on this machine (their own rigs, ports and run folders, as two
+hosts would have) whose workers poll one Temporal, the first bundle's embedded server."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from helpers import (model_entry, plan_ended, plan_history, plan_view, start_bundle, submit_plan, wait_for,
+                     work_section, write_rig)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def two_rigs(tmp_path, models):
+    started = []
+    try:
+        for name in ("a", "b"):
+            folder = tmp_path / name
+            folder.mkdir()
+            work = work_section(concurrency={"cpu": 2, "llm": 1})
+            if started:  # the second rig is a client of the first one's Temporal
+                first = started[0].rig.work.embedded
+                work = {**work, "temporal": "cluster",
+                        "cluster": {"address": f"127.0.0.1:{first.port}", "namespace": first.namespace}}
+            rig = write_rig(folder, {"m": model_entry(models["gguf"], [0], context_size=8192)}, work=work)
+            started.append(start_bundle(folder, rig))
+            started[-1].wait_ready()
+        yield started
+    finally:
+        for b in started:
+            if b.shutdown():
+                b.kill()
+
+
+def _rig_of(worker: str) -> str:
+    return worker.split(":")[1]  # work-cpu@host:APIPORT:pid
+
+
+def test_a_plan_spreads_over_two_rigs_and_survives_a_gpu_worker_killed_mid_task(two_rigs):
+    a, b = two_rigs
+    assert "temporal" not in b.ctl("status").stdout  # the second rig runs no engine of its own
+    tasks = [{"name": f"c{i}", "class": "cpu", "command": "sleep 0.3; echo $LLAMARIG_TASK > output"}
+             for i in range(20)]
+    tasks += [{"name": f"g{i}", "class": "llm", "generate": {"prompt": "count", "model": "m", "max_tokens": 6000}}
+              for i in range(4)]
+    plan_id = submit_plan(a, tasks, name="spread")
+
+    def running_on_b():
+        view = plan_view(a, plan_id)["tasks"]
+        return next((n for n, t in view.items() if n.startswith("g") and t["state"] == "running"
+                     and t.get("worker") and _rig_of(t["worker"]) == str(b.rig.api.port)), None)
+    victim = wait_for(running_on_b, 120, "an llm task running on the second rig's GPU worker")
+    os.kill(b.pid("work-gpu"), signal.SIGKILL)
+    view = plan_ended(a, plan_id, timeout=240)
+    assert view["outcome"] == "succeeded", {n: t.get("error") for n, t in view["tasks"].items()}
+    rigs = {_rig_of(t["result"]["worker"]) for n, t in view["tasks"].items() if n.startswith("c")}
+    assert rigs == {str(a.rig.api.port), str(b.rig.api.port)}  # cpu tasks ran on both
+    assert view["tasks"][victim]["result"]["attempt"] == 2
+    events = plan_history(a.rig, plan_id)
+    completed = [e for e in events if e.HasField("activity_task_completed_event_attributes")]
+    assert len(completed) == len(tasks)  # nothing completed twice, nothing lost
