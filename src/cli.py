@@ -233,6 +233,13 @@ def _work_parsers(sub) -> None:
     s.add_argument("plan_id")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=lambda a: w.show(_rig(a), a.plan_id, a.json))
+    s = sub.add_parser("backup", help="a consistent copy, while the bundle runs: rig, manifest, engine database, "
+                       "plan results")
+    s.add_argument("dest", help="folder to write the backup folder into")
+    s.set_defaults(fn=lambda a: w.backup(_rig(a), a.dest))
+    s = sub.add_parser("restore", help="put a backup's engine database and plan results back (bundle stopped)")
+    s.add_argument("source", help="a backup folder made by llamarig backup")
+    s.set_defaults(fn=lambda a: w.restore(_rig(a), a.source))
     s = sub.add_parser("cancel", help="cancel a plan (its commands get SIGTERM, then SIGKILL)")
     s.add_argument("plan_id")
     s.set_defaults(fn=lambda a: w.cancel(_rig(a), a.plan_id))

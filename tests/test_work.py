@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import psutil
 import pytest
@@ -185,3 +184,43 @@ def test_the_whole_bundle_killed_mid_plan_goes_on_after_a_restart(tmp_path, mode
     assert view["outcome"] == "succeeded", view
     assert counter.read_text() == "ran\n"  # a finished before the kill and was not run again
     assert view["tasks"]["b"]["result"]["attempt"] == 2 and view["tasks"]["c"]["result"]["attempt"] == 1
+
+
+def test_a_backup_taken_while_running_restores_the_plans(tmp_path, models):
+    import subprocess
+    from helpers import start_bundle
+
+    def llamarig(*args):
+        return subprocess.run(["llamarig", "--rig", str(rig), *args], capture_output=True, text=True)
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, work=work_section())
+    b = start_bundle(tmp_path, rig)
+    try:
+        b.wait_ready()
+        kept = submit_plan(b, [_cpu("a", "echo kept > output")], name="kept")
+        plan_ended(b, kept)
+        made = llamarig("backup", str(tmp_path / "backups"))
+        assert made.returncode == 0, made.stderr
+        after = submit_plan(b, [_cpu("a", "true")], name="after")
+        plan_ended(b, after)
+        refused = llamarig("restore", made.stdout.split()[-1])
+        assert refused.returncode == 2 and "bundle_running" in refused.stderr
+    finally:
+        if b.shutdown():
+            b.kill()
+    run = b.rig.run_dir
+    for p in list(run.glob("temporal.db*")):
+        p.unlink()
+    import shutil
+    shutil.rmtree(run / "work")
+    restored = llamarig("restore", made.stdout.split()[-1])
+    assert restored.returncode == 0, restored.stderr
+    b = start_bundle(tmp_path, rig)
+    try:
+        b.wait_ready()
+        view = plan_view(b, kept)
+        assert view["outcome"] == "succeeded" and "from" not in view  # from the engine itself, not a record
+        assert open(view["tasks"]["a"]["result"]["output"]).read() == "kept\n"
+        assert b.get(f"/admin/plans/{after}").status_code == 404  # made after the backup
+    finally:
+        if b.shutdown():
+            b.kill()

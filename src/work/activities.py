@@ -85,7 +85,7 @@ class Activities:
                                           "duration_ms": _ms(began)}
         self._event("task_succeeded", event | {"duration_ms": result["duration_ms"],
                                               "tokens_generated": result.get("tokens")})
-        self._count(task["cls"], "succeeded", began)
+        self._count(task["cls"], "succeeded", began, result.get("gpu"))
         return result
 
     def _ended(self, task: dict, event: dict, began: float, outcome: str, error: str) -> None:
@@ -189,10 +189,10 @@ class Activities:
     def _event(self, event_type: str, fields: dict) -> None:
         log.info(event_type, extra={"event_type": event_type} | fields)
 
-    def _count(self, cls: str, outcome: str, began: float) -> None:
+    def _count(self, cls: str, outcome: str, began: float, gpu=None) -> None:
         if self.meter is None:
             return
-        attrs = {"class": cls, "outcome": outcome}
+        attrs = {"class": cls, "outcome": outcome, "gpu": "" if gpu is None else str(gpu)}
         self.meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class and outcome").add(1, attrs)
         self.meter.create_histogram_float("llamarig_task_seconds", "Seconds a task attempt ran",
                                           "s").record(time.monotonic() - began, attrs)

@@ -105,3 +105,18 @@ def cancel(rig, plan_id: str) -> int:
     Api(rig).post(f"/admin/plans/{plan_id}/cancel")
     print(f"cancel requested: {plan_id} (commands get SIGTERM, then SIGKILL)")
     return 0
+
+
+def backup(rig, dest: str) -> int:
+    from llamarig.work import backup as b
+
+    print(f"wrote {b.backup(rig, Path(dest))}")
+    return 0
+
+
+def restore(rig, source: str) -> int:
+    from llamarig.work import backup as b
+
+    for path in b.restore(rig, Path(source)):
+        print(f"restored {path}")
+    return 0

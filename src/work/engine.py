@@ -20,6 +20,7 @@ EMBEDDED_DYNAMIC_CONFIG = {
     "matching.priorityLevels": 10,
     "matching.numTaskqueueReadPartitions": 1,
     "matching.numTaskqueueWritePartitions": 1,
+    "matching.backlogMetricsEmitInterval": '"30s"',  # approximate_backlog_age_seconds, for the backlog alert
 }
 
 

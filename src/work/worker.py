@@ -27,7 +27,9 @@ def _runtime(port: int):
         return None
     from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}")))
+    buckets = {"llamarig_task_seconds": [1, 5, 15, 60, 300, 900, 1800, 3600, 7200]}
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}",
+                                                                      histogram_bucket_overrides=buckets)))
 
 
 async def _connect(rig, identity: str, runtime):

@@ -97,6 +97,10 @@ class PlanWorkflow:
                     self._set(name, starved=True)
                     key = MOST_URGENT  # waited past starvation_s: goes ahead of everything waiting
                     continue
+                if isinstance(e.cause, TimeoutError) and e.cause.type == TimeoutType.HEARTBEAT:
+                    workflow.metric_meter().create_counter(
+                        "llamarig_task_heartbeat_timeouts_total", "Task attempts whose worker died or hung "
+                        "(no heartbeat within work.heartbeat_timeout_s)").add(1, {"class": t["cls"]})
                 if _final(e) or attempt > retries or isinstance(e.cause, CancelledError):
                     raise
                 self._set(name, attempt=attempt, last_error=_reason(e))

@@ -27,6 +27,15 @@ DESCRIPTION = ("OpenAI-compatible compute API of a llamarig bundle. Keys: a clie
                "says otherwise. Errors: {\"error\": {\"message\", \"type\", \"code\", \"param\"}}.")
 
 
+def work_metric_ports(rig: Rig) -> dict[str, int]:
+    w = rig.work
+    if w is None:
+        return {}
+    ports = {"gpu": w.metrics_port_gpu, "cpu": w.metrics_port_cpu,
+             "temporal": w.embedded.metrics_port if w.temporal == "embedded" else 0}
+    return {name: port for name, port in ports.items() if port}
+
+
 def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -> FastPath:
     """manager_factory(rig, metrics) -> Manager; tests may pass their own. With
     `started`, the app serves that running manager instead of making and starting one."""
@@ -85,16 +94,30 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
         if not unit.metrics_path:
             return error_response(404, "no_engine_metrics", f"the engine of {name!r} exports no metrics "
                                   "(llama-cpp-python has none); llamarig_* metrics still cover it")
+        return await _pass_metrics(unit.port, unit.metrics_path, f"{name!r} is {actor.state.value}; its server")
+
+    @app.get("/metrics/work/{name}")
+    async def work_metrics(name: str) -> Response:
+        """The work layer's own metrics, passed through unchanged from loopback: `gpu` and `cpu`
+        (each worker's SDK metrics and llamarig_task_*), `temporal` (the embedded server's)."""
+        ports = work_metric_ports(rig)
+        if name not in ports:
+            return error_response(404, "no_work_metrics", f"no metrics named {name!r}: this rig exports "
+                                  f"{sorted(ports) or 'none'} (work.metrics_port_gpu, metrics_port_cpu, "
+                                  "embedded.metrics_port)", "name")
+        return await _pass_metrics(ports[name], "/metrics", f"work {name!r}")
+
+    async def _pass_metrics(port: int, path: str, what: str) -> Response:
         try:
             async with asyncio.timeout(5):
-                answer = await state.proxy.upstream.request("GET", unit.port, unit.metrics_path, [], b"")
+                answer = await state.proxy.upstream.request("GET", port, path, [], b"")
                 try:
                     body = await answer.read()
                 finally:
                     answer.close()
         except OSError as e:  # refused, closed, or timed out (TimeoutError is an OSError)
-            return error_response(503, "engine_unreachable", f"{name!r} is {actor.state.value}; its server on "
-                                  f"port {unit.port} did not answer ({type(e).__name__})", retry_after=5)
+            return error_response(503, "engine_unreachable", f"{what} on port {port} did not answer "
+                                  f"({type(e).__name__})", retry_after=5)
         return Response(body, status_code=answer.status, media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(openai_routes.build_router(state))
