@@ -224,3 +224,43 @@ def test_a_backup_taken_while_running_restores_the_plans(tmp_path, models):
     finally:
         if b.shutdown():
             b.kill()
+
+
+def test_a_script_command_gets_a_whole_gpu_its_llm_unloaded_meanwhile(tmp_path, models):
+    from helpers import start_bundle
+    release = tmp_path / "release"
+    entries = {"w0": model_entry(models["gguf"], [0]), "brain": model_entry(models["gguf_b"], [1, 2]),
+               "w3": model_entry(models["gguf"], [3]), "w4": model_entry(models["gguf"], [4])}
+    rig = write_rig(tmp_path, entries, work=work_section())
+    b = start_bundle(tmp_path, rig)
+    try:
+        b.wait_ready()
+        command = f"echo $CUDA_VISIBLE_DEVICES > output; while [ ! -f {release} ]; do sleep 0.05; done"
+        plan_id = submit_plan(b, [{"name": "job", "class": "script", "command": command}])
+        out = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "job" / "attempt-1" / "output"
+        gpu = wait_for(lambda: out.exists() and out.read_text().strip(), 60, "the command started")
+        assert gpu == "0"  # the lowest of the idle switchable GPUs; never the brain's 1 and 2
+        modes = b.get("/ready").json()["gpus"]["modes"]
+        assert modes["0"] == "script" and modes["1"] == modes["2"] == "llm", modes
+        assert b.unit("w0")["state"] == "stopped"  # unloaded for the task's duration
+        r = b.post("/v1/completions", json={"model": "w0", "prompt": "x", "max_tokens": 1}, timeout=30)
+        assert r.status_code == 503 and "lent to" in r.json()["error"]["message"]
+        release.touch()
+        view = plan_ended(b, plan_id)
+        assert view["tasks"]["job"]["state"] == "succeeded" and view["tasks"]["job"]["result"]["gpu"] == 0
+        wait_for(lambda: b.get("/ready").json()["gpus"]["modes"]["0"] == "llm", 60, "GPU 0 back to its LLM")
+        assert b.wait_state("w0", {"ready"}, 30)
+        # Its worker killed mid-command: the lease expires, the GPU comes back, the task runs again.
+        hang = "if [ $LLAMARIG_ATTEMPT = 1 ]; then echo $$ > pid; sleep 300; fi"
+        plan_id = submit_plan(b, [{"name": "job", "class": "script", "command": hang}])
+        pidfile = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "job" / "attempt-1" / "pid"
+        pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 60, "the command started")
+        os.kill(b.pid("work-gpu"), signal.SIGKILL)
+        view = plan_ended(b, plan_id, timeout=120)
+        assert view["tasks"]["job"]["result"]["attempt"] == 2 and _alive([int(pid)]) == []
+        history = next(g for g in b.get("/admin/units").json()["gpus"] if g["index"] == 0)["mode_history"]
+        assert any("stopped renewing its lease" in h["reason"] for h in history), history
+        wait_for(lambda: b.get("/ready").json()["gpus"]["modes"]["0"] == "llm", 60, "GPU 0 back again")
+    finally:
+        if b.shutdown():
+            b.kill()

@@ -43,10 +43,9 @@ class Activities:
 
     @activity.defn(name="run_script")
     async def run_script(self, task: dict, ctx: dict) -> dict:
-        if task.get("command") is not None:
-            raise definition_error("script commands (a whole GPU for a program) are not built yet; "
-                                   "use class cpu, or transcribe / embed")
         async with self.limits["script"]:
+            if task.get("command") is not None:
+                return await self._run(task, ctx, self._gpu_command, gpu=None)
             work = self._transcribe if task.get("transcribe") else self._embed
             return await self._run(task, ctx, work, gpu=None)
 
@@ -106,13 +105,37 @@ class Activities:
             message, kind, final = str(e) or type(e).__name__, type(e).__name__, False
         return ApplicationError(message, where, type="DefinitionError" if final else kind, non_retryable=final)
 
-    async def _command(self, task: dict, ctx: dict, folder: Path) -> dict:
-        env = commands.clean_env({"CUDA_VISIBLE_DEVICES": "", "LLAMARIG_PLAN": ctx["plan_id"],
+    async def _gpu_command(self, task: dict, ctx: dict, folder: Path) -> dict:
+        """A whole GPU from the planner (its LLMs unloaded meanwhile), renewed with each heartbeat,
+        returned when the command ends however it ends."""
+        holder = f"{ctx['plan_id']}/{task['name']}#{ctx['attempt']}"
+        lease = await self._lease(holder)
+
+        def beat_and_renew():
+            self._beat()
+            asyncio.ensure_future(self.api.renew_gpu(lease["lease_id"]))
+        try:
+            return await self._command(task, ctx, folder, str(lease["gpu"]), beat_and_renew) | {"gpu": lease["gpu"]}
+        finally:
+            await asyncio.shield(self.api.return_gpu(lease["lease_id"], "ended"))
+
+    async def _lease(self, holder: str) -> dict:
+        """Wait for a GPU while none can be lent, heartbeating: the task stays visible as running."""
+        while True:
+            try:
+                return await self._beating(self.api.take_gpu(holder, self.rig.work.heartbeat_timeout_s))
+            except ApiRefused as e:
+                if e.status != 503:
+                    raise
+            await self._beating(asyncio.sleep(5))
+
+    async def _command(self, task: dict, ctx: dict, folder: Path, gpus: str = "", beat=None) -> dict:
+        env = commands.clean_env({"CUDA_VISIBLE_DEVICES": gpus, "LLAMARIG_PLAN": ctx["plan_id"],
                                   "LLAMARIG_TASK": task["name"], "LLAMARIG_ATTEMPT": str(ctx["attempt"])}
                                  | _input_env(ctx["inputs"]), folder)
         timeout = task.get("timeout_s") or self.rig.work.task_timeout_s
-        done = await commands.run(task["command"], folder, env, timeout, self._beat, self.beat_every, self.groups,
-                                  ctx["cancel_grace_s"])
+        done = await commands.run(task["command"], folder, env, timeout, beat or self._beat, self.beat_every,
+                                  self.groups, ctx["cancel_grace_s"])
         if done.exit_code != 0:
             raise ApplicationError(f"exit status {done.exit_code}; stderr: {done.stderr_tail}", type="CommandFailed")
         output = folder / "output"

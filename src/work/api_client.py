@@ -18,9 +18,10 @@ class ApiRefused(LlamarigError):
 
 
 class ComputeApi:
-    def __init__(self, base: str, key: str | None, timeout_s: float):
+    def __init__(self, base: str, key: str | None, timeout_s: float, operator_key: str | None = None):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout_s)
+        self.operator = {"Authorization": f"Bearer {operator_key}"} if operator_key else {}
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -60,3 +61,14 @@ class ComputeApi:
     async def load(self) -> dict[str, dict]:
         """Each unit's state, requests in flight and waiting."""
         return (await self.ready_body()).get("components", {})
+
+    async def take_gpu(self, holder: str, ttl_s: float) -> dict:
+        """A whole GPU (operator route); ApiRefused with status 503 while none can be lent."""
+        return (await self._post("/admin/gpus/lease", json={"holder": holder, "ttl_s": ttl_s},
+                                 headers=self.operator)).json()
+
+    async def renew_gpu(self, lease_id: str) -> None:
+        await self._post(f"/admin/gpus/lease/{lease_id}/renew", headers=self.operator)
+
+    async def return_gpu(self, lease_id: str, reason: str) -> None:
+        await self.http.delete(f"/admin/gpus/lease/{lease_id}", params={"reason": reason}, headers=self.operator)

@@ -49,7 +49,8 @@ def _api(rig) -> ComputeApi:
     keys = load_keys(rig)
     key = (keys.client[0] if keys.client else keys.operator)
     return ComputeApi(f"http://127.0.0.1:{rig.api.port}", key.decode() if key else None,
-                      timeout_s=rig.work.task_timeout_s)
+                      timeout_s=rig.work.task_timeout_s,
+                      operator_key=keys.operator.decode() if keys.operator else None)
 
 
 async def serve(rig, role: str) -> int:

@@ -1,9 +1,10 @@
 """Operator routes: status, start, stop (drained), reset of an open circuit, reload, down."""
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from llamarig.backend.lifecycle.actor import NotAvailable
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.errors import LlamarigError
@@ -48,6 +49,34 @@ def build_router(state) -> APIRouter:
         {"start": lambda: m.start_unit(name), "stop": lambda: m.stop_unit(name, drain),
          "reset": lambda: m.reset(name)}[action]()
         return JSONResponse({"name": name, "action": action, "accepted": True}, status_code=202)
+
+    @router.post("/gpus/lease")
+    async def lease(request: Request) -> Response:
+        """A whole GPU for a script command: {"holder": "plan/task#attempt", "ttl_s": seconds}."""
+        try:
+            body = await request.json()
+            holder, ttl = str(body["holder"])[:200], float(body["ttl_s"])
+        except (ValueError, KeyError, TypeError):
+            return error_response(400, "invalid_lease", 'the body must be {"holder": text, "ttl_s": seconds}')
+        if not 1 <= ttl <= 3600:
+            return error_response(400, "invalid_lease", "ttl_s must be 1 to 3600 seconds", "ttl_s")
+        try:
+            return JSONResponse(await state.manager.take_gpu(holder, ttl), status_code=201)
+        except NotAvailable as e:
+            return error_response(503, e.code, e.reason, retry_after=e.retry_after)
+
+    @router.post("/gpus/lease/{lease_id}/renew")
+    async def renew(lease_id: str) -> Response:
+        record = state.manager.renew_gpu(lease_id)
+        if record is None:
+            return error_response(404, "unknown_lease", f"no lease {lease_id!r}: it expired or was returned")
+        return JSONResponse(record)
+
+    @router.delete("/gpus/lease/{lease_id}")
+    async def give_back(lease_id: str, reason: str = "ended") -> Response:
+        if not await state.manager.return_gpu(lease_id, reason[:200]):
+            return error_response(404, "unknown_lease", f"no lease {lease_id!r}: it expired or was returned")
+        return JSONResponse({"lease_id": lease_id, "returned": True})
 
     @router.post("/down")
     async def down() -> JSONResponse:

@@ -23,7 +23,7 @@ from llamarig.backend.lifecycle.commands import (Acquire, Condition, Exited, Pro
                                                  Stop)
 from llamarig.backend.lifecycle.jobs import Deps, Events, HeldEvents, exit_cause, tree_pids
 from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
-from llamarig.backend.lifecycle import swap, switch
+from llamarig.backend.lifecycle import gpu_leases, swap, switch
 from llamarig.backend.lifecycle.gpu_modes import GpuModes, Mode
 from llamarig.backend.lifecycle.units import Unit, green_units, placement_units, units_from_rig
 from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, shortfall
@@ -80,6 +80,7 @@ class Manager(Events):
             self.slots[name] = [UnitActor(u, deps) for u in placements]
         self.active = {name: 0 for name in self.slots}
         self.switched: dict[int, list[str]] = {}  # GPU -> the LLMs a switch stopped for script work
+        self.leases: dict[int, gpu_leases.GpuLease] = {}  # GPU -> the script command it is lent to
         self.swaps: dict[str, dict] = {}
         self.reloading: dict[str, Rig] = {}  # program -> the rig with its model's new settings, until committed
         self.kept: set[str] = set()  # models whose reload failed: their plans keep the settings that worked
@@ -237,6 +238,7 @@ class Manager(Events):
 
     # ---- boot in waves ------------------------------------------------------------------------
     async def boot(self) -> None:
+        gpu_leases.adopt(self)
         try:
             await self._adopt_active_slots()
         except SupervisorError as e:
@@ -338,6 +340,12 @@ class Manager(Events):
             await switch.restore(self, command)
         elif isinstance(command, switch.Adopted):
             await switch.adopted(self, command)
+        elif isinstance(command, gpu_leases.TakeGpu):
+            await gpu_leases.take(self, command)
+        elif isinstance(command, gpu_leases.ReturnGpu):
+            await gpu_leases.give_back(self, command)
+        elif isinstance(command, gpu_leases.LeaseExpired):
+            await gpu_leases.expired(self, command)
         elif isinstance(command, PlanReload):
             command.reply.set_result(await swap.plan_reload(self, command.name))
         elif isinstance(command, swap.Started):
@@ -346,8 +354,12 @@ class Manager(Events):
             swap.finish_restart(self, command)
 
     async def _load_or_place(self, unit: Unit) -> None:
+        lent = [g for g in unit.gpus if g in self.leases]
         if unit.script:
             await switch.place(self, unit.name)
+        elif lent:
+            self.actors[unit.name].send(Refuse(f"GPU {lent[0]} is lent to {self.leases[lent[0]].holder} until that "
+                                               "task ends", permanent=False))
         elif any(g in self.switched for g in unit.gpus):
             await switch.reclaim(self, unit)
         else:
@@ -534,6 +546,20 @@ class Manager(Events):
 
     def reset(self, name: str) -> None:
         self.actor(name).send(Reset())
+
+    async def take_gpu(self, holder: str, ttl_s: float) -> dict:
+        """A whole GPU for a script command; NotAvailable when none can be lent now."""
+        command = gpu_leases.TakeGpu(holder, ttl_s)
+        self.post(command)
+        return await command.reply
+
+    async def return_gpu(self, lease_id: str, reason: str) -> bool:
+        command = gpu_leases.ReturnGpu(lease_id, reason)
+        self.post(command)
+        return await command.reply
+
+    def renew_gpu(self, lease_id: str) -> dict | None:
+        return gpu_leases.renew(self, lease_id)
 
     async def reload(self, name: str) -> dict:
         """Planned like a load, on the planner: its record once the decision is taken."""

@@ -60,8 +60,8 @@ async def place(m, name: str) -> None:
         return  # a skip only: the start carries its conditions
     margin = m.rig.lifecycle.vram_margin_mib * MIB
     free = await m.settle()
-    roomy = [i for i, p in enumerate(slots)
-             if m.modes.mode(p.unit.gpus[0]) != Mode.TO_LLM and not shortfall(_need(m, p), free, margin)]
+    roomy = [i for i, p in enumerate(slots) if m.modes.mode(p.unit.gpus[0]) != Mode.TO_LLM
+             and p.unit.gpus[0] not in m.leases and not shortfall(_need(m, p), free, margin)]
     if roomy:  # a GPU already in script mode first, then the order of preference
         i = min(roomy, key=lambda i: m.modes.mode(slots[i].unit.gpus[0]) != Mode.SCRIPT)
         await _start_placement(m, name, i, f"room on GPU {slots[i].unit.gpus[0]}")

@@ -1,0 +1,181 @@
+"""Whole GPUs lent to script commands (a plan's `script` task with a command): the planner
+switches a worker GPU to script mode for the lease's holder, as it does for Whisper, and gives
+it back to its LLMs when the lease is returned or expires (its worker stopped renewing: dead
+or hung). A leased GPU is never placed on, switched or reclaimed by waiting LLM requests:
+the task holds it for its duration, bounded by its own timeout.
+
+Renewing only moves the lease's deadline (one synchronous write, in the loop the planner runs
+in); the expiry the timer posts carries its condition, "still past its deadline", and the
+planner checks it when it handles it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from llamarig.backend.lifecycle import switch
+from llamarig.backend.lifecycle.actor import NotAvailable
+from llamarig.backend.lifecycle.commands import Stop
+from llamarig.backend.lifecycle.gpu_modes import Mode
+from llamarig.backend.lifecycle.states import ENDED, LOADING
+
+MIB = 1024 * 1024
+log = logging.getLogger("llamarig.gpu_leases")
+
+
+@dataclass
+class GpuLease:
+    id: str
+    holder: str
+    gpu: int
+    ttl_s: float
+    expires_at: float
+
+    def as_dict(self) -> dict:
+        return {"lease_id": self.id, "holder": self.holder, "gpu": self.gpu, "ttl_s": self.ttl_s,
+                "expires_in_s": round(self.expires_at - time.monotonic(), 3)}
+
+
+def _future() -> asyncio.Future:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class TakeGpu:
+    holder: str
+    ttl_s: float
+    reply: asyncio.Future = field(default_factory=_future)
+
+
+@dataclass
+class ReturnGpu:
+    lease_id: str
+    reason: str
+    reply: asyncio.Future = field(default_factory=_future)
+
+
+@dataclass
+class LeaseExpired:
+    lease_id: str
+
+
+def _candidates(m) -> list[int]:
+    """GPUs that may be lent: every LLM on them switchable and none loading, no script service
+    on them, not lent already; GPUs without an LLM first, then those whose LLMs are idle."""
+    scored = []
+    for gpu in sorted(m.modes.gpus):
+        llms = switch.llms_on(m, gpu)
+        if gpu in m.leases or m.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE) or not llms and gpu in _pinned(m):
+            continue
+        if not all(a.unit.switchable for a in llms) or any(a.state in LOADING for a in llms):
+            continue
+        scored.append((bool(llms), any(a.inflight or a.waiters for a in llms), gpu))
+    return [gpu for *_, gpu in sorted(scored)]
+
+
+def _pinned(m) -> set[int]:
+    """GPUs some unit other than an LLM is pinned to (Whisper on whisper.gpu, a placement running)."""
+    return {g for a in m.all_actors() if not a.unit.is_llm and a.state not in ENDED for g in a.unit.gpus}
+
+
+async def take(m, c: TakeGpu) -> None:
+    choices = _candidates(m)
+    if not choices:
+        c.reply.set_exception(NotAvailable("no_gpu_to_lend", "no GPU can be lent now: each holds an LLM that is "
+                                           "not switchable or is loading, a script service, or another lease", 5))
+        return
+    gpu = choices[0]
+    llms = switch.llms_on(m, gpu)
+    m.switched[gpu] = [a.unit.name for a in llms]
+    m.modes.set(gpu, Mode.TO_SCRIPT, c.holder, f"lent to {c.holder}; stopping {', '.join(m.switched[gpu]) or 'nothing'}")
+    for a in llms:
+        a.send(Stop(f"GPU {gpu} lent to {c.holder}", drain=True))
+    for a in llms:
+        await a.wait_until(ENDED, m.modes.time_left(gpu))
+    need = {gpu: sum(switch._need(m, a).get(gpu, 0) for a in llms)}
+    if not await switch._memory_back(m, gpu, need, m.rig.lifecycle.vram_margin_mib * MIB):
+        await switch.back_to_llm(m, gpu, f"GPU {gpu} did not free its memory for {c.holder}")
+        c.reply.set_exception(NotAvailable("gpu_memory_held", f"GPU {gpu} did not free its memory in time", 10))
+        return
+    lease = GpuLease(secrets.token_hex(8), c.holder, gpu, c.ttl_s, time.monotonic() + c.ttl_s)
+    m.leases[gpu] = lease
+    _save(m)
+    m.modes.set(gpu, Mode.SCRIPT, c.holder, f"lent to {c.holder} (lease {lease.id})")
+    _expire_later(m, lease)
+    c.reply.set_result(lease.as_dict())
+
+
+def renew(m, lease_id: str) -> dict | None:
+    lease = _find(m, lease_id)
+    if lease is None:
+        return None
+    lease.expires_at = time.monotonic() + lease.ttl_s
+    return lease.as_dict()
+
+
+async def give_back(m, c: ReturnGpu) -> None:
+    lease = _find(m, c.lease_id)
+    if lease is None:
+        c.reply.set_result(False)
+        return
+    del m.leases[lease.gpu]
+    _save(m)
+    await switch.back_to_llm(m, lease.gpu, f"{lease.holder} {c.reason}")
+    c.reply.set_result(True)
+
+
+async def expired(m, c: LeaseExpired) -> None:
+    lease = _find(m, c.lease_id)
+    if lease is None:
+        return
+    if time.monotonic() < lease.expires_at:  # renewed since the timer was set
+        _expire_later(m, lease)
+        return
+    del m.leases[lease.gpu]
+    _save(m)
+    await switch.back_to_llm(m, lease.gpu, f"{lease.holder} stopped renewing its lease for {lease.ttl_s:g} s")
+
+
+def _expire_later(m, lease: GpuLease) -> None:
+    delay = max(0.0, lease.expires_at - time.monotonic())
+    asyncio.get_running_loop().call_later(delay, m.post, LeaseExpired(lease.id))
+
+
+def _find(m, lease_id: str) -> GpuLease | None:
+    return next((lease for lease in m.leases.values() if lease.id == lease_id), None)
+
+
+# ---- kept across a compute API restart: the command on the GPU does not know the API restarted --
+def _path(m):
+    return m.rig.run_dir / "gpu-leases.json"
+
+
+def _save(m) -> None:
+    rows = [{"id": l.id, "holder": l.holder, "gpu": l.gpu, "ttl_s": l.ttl_s, "llms": m.switched.get(l.gpu, [])}
+            for l in m.leases.values()]
+    tmp = _path(m).with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows))
+    tmp.replace(_path(m))
+
+
+def adopt(m) -> None:
+    """At boot, before the waves: a GPU lent when the API stopped stays lent, its LLMs stopped,
+    for one more ttl_s (its worker renews it, or it expires and the GPU comes back)."""
+    try:
+        rows = json.loads(_path(m).read_text())
+    except (OSError, ValueError):
+        return
+    for row in rows:
+        gpu = row["gpu"]
+        if gpu not in m.modes.gpus:
+            continue
+        lease = GpuLease(row["id"], row["holder"], gpu, row["ttl_s"], time.monotonic() + row["ttl_s"])
+        m.leases[gpu], m.switched[gpu] = lease, row["llms"]
+        m.modes.set(gpu, Mode.TO_SCRIPT, lease.holder, "a lease found at the compute API's start")
+        m.modes.set(gpu, Mode.SCRIPT, lease.holder, f"lent to {lease.holder} (lease {lease.id}), adopted")
+        _expire_later(m, lease)
+        log.info("lease adopted", extra={"gpu": gpu, "holder": lease.holder})
