@@ -20,12 +20,12 @@ def two_rigs(tmp_path, models):
         for name in ("a", "b"):
             folder = tmp_path / name
             folder.mkdir()
-            work = work_section(concurrency={"cpu": 2, "llm": 1})
+            work = work_section(concurrency={"cpu": 2, "script": 1})
             if started:  # the second rig is a client of the first one's Temporal
                 first = started[0].rig.work.embedded
                 work = {**work, "temporal": "cluster",
                         "cluster": {"address": f"127.0.0.1:{first.port}", "namespace": first.namespace}}
-            rig = write_rig(folder, {"m": model_entry(models["gguf"], [0], context_size=8192)}, work=work)
+            rig = write_rig(folder, {"m": model_entry(models["gguf"], [0])}, work=work)
             started.append(start_bundle(folder, rig))
             started[-1].wait_ready()
         yield started
@@ -39,21 +39,24 @@ def _rig_of(worker: str) -> str:
     return worker.split(":")[1]  # work-cpu@host:APIPORT:pid
 
 
-def test_a_plan_spreads_over_two_rigs_and_survives_a_gpu_worker_killed_mid_task(two_rigs):
+def test_a_plan_spreads_over_two_rigs_and_survives_a_gpu_worker_killed_mid_task(two_rigs, tmp_path):
     a, b = two_rigs
+    release = tmp_path / "release"
     assert "temporal" not in b.ctl("status").stdout  # the second rig runs no engine of its own
     tasks = [{"name": f"c{i}", "class": "cpu", "command": "sleep 0.3; echo $LLAMARIG_TASK > output"}
              for i in range(20)]
-    tasks += [{"name": f"g{i}", "class": "llm", "generate": {"prompt": "count", "model": "m", "max_tokens": 6000}}
-              for i in range(4)]
+    # GPU tasks: a whole GPU each; a first attempt on the second rig hangs until its worker is killed.
+    hang_on_b = f'case "$LLAMARIG_ATTEMPT:$LLAMARIG_TASK_OWNER" in 1:*/b/run) [ -f {release} ] || sleep 300;; esac'
+    tasks += [{"name": f"g{i}", "class": "script", "command": hang_on_b} for i in range(6)]
     plan_id = submit_plan(a, tasks, name="spread")
 
     def running_on_b():
         view = plan_view(a, plan_id)["tasks"]
         return next((n for n, t in view.items() if n.startswith("g") and t["state"] == "running"
                      and t.get("worker") and _rig_of(t["worker"]) == str(b.rig.api.port)), None)
-    victim = wait_for(running_on_b, 120, "an llm task running on the second rig's GPU worker")
+    victim = wait_for(running_on_b, 120, "a GPU task running on the second rig's GPU worker")
     os.kill(b.pid("work-gpu"), signal.SIGKILL)
+    release.touch()
     view = plan_ended(a, plan_id, timeout=240)
     assert view["outcome"] == "succeeded", {n: t.get("error") for n, t in view["tasks"].items()}
     rigs = {_rig_of(t["result"]["worker"]) for n, t in view["tasks"].items() if n.startswith("c")}

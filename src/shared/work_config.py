@@ -60,6 +60,9 @@ class WorkConfig(Strict):
     retry_initial_s: float = Field(1, gt=0, le=3600, description="Seconds before the first retry; each next "
                                    "waits twice as long, up to retry_max_s.")
     retry_max_s: float = Field(60, gt=0, le=86400, description="Cap of the doubling wait between retries.")
+    plan_window: int = Field(64, ge=1, le=2000, description="Tasks of one plan in Temporal at once (queued "
+                             "or running); the rest wait in the plan, most urgent first. Above the tasks "
+                             "all rigs run at once, it costs the engine work without adding speed.")
     cancel_grace_s: float = Field(10, ge=0, le=3600, description="Seconds a cancelled task's command gets "
                                   "after SIGTERM before SIGKILL to its whole process group; 0: SIGKILL at once.")
     starvation_s: float = Field(600, gt=0, le=86400, description="Seconds a task may wait on its queue behind "

@@ -29,7 +29,7 @@ class Activities:
     def __init__(self, rig, role: str, identity: str, api: ComputeApi, meter=None):
         self.rig, self.role, self.identity, self.api = rig, role, identity, api
         self.store = Store(rig.run_dir)
-        self.groups = self.store.groups(role)
+        self.owner = task_owner(rig, role)
         w = rig.work
         self.limits = {"script": asyncio.Semaphore(max(1, w.concurrency.script)),
                        "llm": asyncio.Semaphore(max(1, w.concurrency.llm))}
@@ -64,8 +64,7 @@ class Activities:
     # ---- one attempt -----------------------------------------------------------------------------
     async def _run(self, task: dict, ctx: dict, work, gpu) -> dict:
         attempt = ctx["attempt"]  # the workflow drives retries: each attempt is one activity
-        folder = self.store.attempt(ctx["plan_id"], task["name"], attempt)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.store.new_attempt(ctx["plan_id"], task["name"], attempt)
         event = {"task_id": f"{ctx['plan_id']}/{task['name']}", "worker_id": self.identity, "gpu_id": gpu,
                  "attempt": attempt, "class": task["cls"]}
         self._event("task_started", event)
@@ -131,11 +130,12 @@ class Activities:
 
     async def _command(self, task: dict, ctx: dict, folder: Path, gpus: str = "", beat=None) -> dict:
         env = commands.clean_env({"CUDA_VISIBLE_DEVICES": gpus, "LLAMARIG_PLAN": ctx["plan_id"],
-                                  "LLAMARIG_TASK": task["name"], "LLAMARIG_ATTEMPT": str(ctx["attempt"])}
+                                  "LLAMARIG_TASK": task["name"], "LLAMARIG_ATTEMPT": str(ctx["attempt"]),
+                                  commands.OWNER: self.owner}
                                  | _input_env(ctx["inputs"]), folder)
         timeout = task.get("timeout_s") or self.rig.work.task_timeout_s
         done = await commands.run(task["command"], folder, env, timeout, beat or self._beat, self.beat_every,
-                                  self.groups, ctx["cancel_grace_s"])
+                                  ctx["cancel_grace_s"])
         if done.exit_code != 0:
             raise ApplicationError(f"exit status {done.exit_code}; stderr: {done.stderr_tail}", type="CommandFailed")
         output = folder / "output"
@@ -219,6 +219,11 @@ class Activities:
         self.meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class and outcome").add(1, attrs)
         self.meter.create_histogram_float("llamarig_task_seconds", "Seconds a task attempt ran",
                                           "s").record(time.monotonic() - began, attrs)
+
+
+def task_owner(rig, role: str) -> str:
+    """What every command of this worker carries in its environment, for `commands.sweep`."""
+    return f"work-{role}:{rig.run_dir}"
 
 
 def _ms(began: float) -> int:

@@ -1,13 +1,15 @@
 """A task's command: its own process group and working folder, a clean environment, stdout and
 stderr to files, heartbeats while it runs, a timeout, and SIGTERM then SIGKILL to the whole
 group on cancel. It never outlives its worker: the kernel kills it when the worker dies
-(PR_SET_PDEATHSIG), and a worker's start kills any group a dead predecessor left (`sweep`)."""
+(PR_SET_PDEATHSIG), and a worker's start kills the groups of any process a dead predecessor
+left (`sweep`: found by the LLAMARIG_TASK_OWNER every command's environment carries)."""
 from __future__ import annotations
 
 import asyncio
 import ctypes
 import os
 import shlex
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -34,8 +36,19 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+# util-linux's setpriv sets the same death signal and execs the command, which lets Python
+# spawn with vfork: 1.7 ms a task against 5.5 ms with a preexec_fn (forks the whole worker).
+SETPRIV = shutil.which("setpriv")
+
+
 def argv_of(command: list[str] | str) -> list[str]:
     return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+
+
+def _spawn_args(argv: list[str]) -> tuple[list[str], dict]:
+    if SETPRIV:
+        return [SETPRIV, "--pdeathsig", "KILL", "--", *argv], {}
+    return argv, {"preexec_fn": _die_with_parent}
 
 
 def clean_env(extra: dict[str, str], folder: Path) -> dict[str, str]:
@@ -45,25 +58,34 @@ def clean_env(extra: dict[str, str], folder: Path) -> dict[str, str]:
 
 
 async def run(command: list[str] | str, folder: Path, env: dict[str, str], timeout_s: float,
-              beat, beat_every_s: float, groups: Path, grace_s: float = TERM_GRACE_S) -> Finished:
-    """Run to the end; `beat()` every beat_every_s. Cancelled: the group is stopped first."""
-    folder.mkdir(parents=True, exist_ok=True)
+              beat, beat_every_s: float, grace_s: float = TERM_GRACE_S) -> Finished:
+    """Run to the end in `folder` (made by the caller); `beat()` every beat_every_s. Cancelled:
+    the group is stopped first."""
     began = time.monotonic()
+    argv, how = _spawn_args(argv_of(command))
+    if SETPRIV and not _runnable(argv[4], env):
+        raise DefinitionError(f"cannot run {shlex.join(argv_of(command))[:120]}: No such file or directory")
     with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv_of(command), cwd=folder, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                *argv, cwd=folder, env=env, stdin=_devnull(), stdout=out, stderr=err, start_new_session=True, **how)
         except (FileNotFoundError, PermissionError) as e:
             raise DefinitionError(f"cannot run {shlex.join(argv_of(command))[:120]}: {e.strerror}") from None
-    mark = groups / str(proc.pid)
-    mark.touch()
     try:
         code = await _wait(proc, timeout_s, beat, beat_every_s)
     finally:
         await stop_group(proc, grace_s)
-        mark.unlink(missing_ok=True)
-    return Finished(code, time.monotonic() - began, tail(folder / "stderr"))
+    return Finished(code, time.monotonic() - began, "" if code == 0 else tail(folder / "stderr"))
+
+
+_DEVNULL: list[int] = []
+
+
+def _devnull() -> int:
+    """One /dev/null for every command's stdin (opening it per task cost a system call each)."""
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_RDONLY))
+    return _DEVNULL[0]
 
 
 async def _wait(proc, timeout_s: float, beat, every: float) -> int:
@@ -99,15 +121,33 @@ def _signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-def sweep(groups: Path) -> list[int]:
-    """At a worker's start: SIGKILL the groups its dead predecessor left (their marks remain)."""
-    groups.mkdir(parents=True, exist_ok=True)
-    killed = []
-    for mark in groups.iterdir():
-        if mark.name.isdigit() and _signal_group(int(mark.name), signal.SIGKILL):
-            killed.append(int(mark.name))
-        mark.unlink(missing_ok=True)
-    return killed
+def _runnable(program: str, env: dict[str, str]) -> bool:
+    """What exec would find: through setpriv, a missing program is only its exit status 127."""
+    if "/" in program:
+        return os.access(program, os.X_OK)
+    return shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+
+
+OWNER = "LLAMARIG_TASK_OWNER"
+
+
+def sweep(owner: str) -> list[int]:
+    """At a worker's start: SIGKILL the process group of every process its dead predecessor left
+    (their environment names the same owner)."""
+    mine, killed = f"{OWNER}={owner}".encode(), set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if mine not in f.read().split(b"\0"):
+                    continue
+            group = os.getpgid(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if group not in killed and _signal_group(group, signal.SIGKILL):
+            killed.add(group)
+    return sorted(killed)
 
 
 def tail(path: Path, chars: int = TAIL_CHARS) -> str:

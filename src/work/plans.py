@@ -20,7 +20,7 @@ def spec_of(rig, plan: Plan, plan_id: str) -> dict:
     return {"plan_id": plan_id, "plan": plan.model_dump(), "queues": engine.queues(w),
             "defaults": {"retries": w.retries, "timeout_s": w.task_timeout_s, "heartbeat_s": w.heartbeat_timeout_s,
                          "starvation_s": w.starvation_s, "retry_initial_s": w.retry_initial_s,
-                         "retry_max_s": w.retry_max_s, "cancel_grace_s": w.cancel_grace_s}}
+                         "retry_max_s": w.retry_max_s, "cancel_grace_s": w.cancel_grace_s, "window": w.plan_window}}
 
 
 async def submit(client, rig, plan: Plan) -> dict:

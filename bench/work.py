@@ -1,0 +1,119 @@
+"""The work layer on the embedded Temporal (one bundle, its workers), timed from the plan
+workflow's own history (the engine's timestamps, not the client's):
+
+- chain: N dependent no-op cpu tasks (`true`); overhead per dependent step = the next task's
+  start minus the previous task's completion, p50 (target <= 35 ms).
+- fan-out: N independent no-op cpu tasks; tasks/s from the first scheduled to the last
+  completed (target >= 350 tasks/s).
+- dag: a seeded random DAG of N sleeping tasks at the configured concurrency; makespan against
+  its lower bound max(critical path, total work / concurrency) (target within 10 %).
+- kill: kill -9 of work-cpu mid-task; time until the task starts again, against
+  work.heartbeat_timeout_s.
+
+    .venv/bin/python bench/run.py work        (or bench/work.py [--smoke])
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import model_entry, start_bundle, stop, wait_for, write_rig
+from helpers import plan_ended, plan_history, plan_view, submit_plan, work_section
+from llamarig.backend.models_make import make_gguf
+
+CONCURRENCY = 16
+
+
+def _times(events) -> dict[str, dict[str, float]]:
+    """activity id -> {scheduled, started, completed}: seconds since the epoch, from the history."""
+    ids, times = {}, {}
+    for e in events:
+        at = e.event_time.ToDatetime().timestamp()
+        if e.HasField("activity_task_scheduled_event_attributes"):
+            ids[e.event_id] = e.activity_task_scheduled_event_attributes.activity_id
+            times[ids[e.event_id]] = {"scheduled": at}
+        elif e.HasField("activity_task_started_event_attributes"):
+            times[ids[e.activity_task_started_event_attributes.scheduled_event_id]]["started"] = at
+        elif e.HasField("activity_task_completed_event_attributes"):
+            times[ids[e.activity_task_completed_event_attributes.scheduled_event_id]]["completed"] = at
+    return times
+
+
+def _run_plan(b, tasks: list[dict], name: str, timeout: float = 600) -> dict:
+    plan_id = submit_plan(b, tasks, name=name)
+    view = plan_ended(b, plan_id, timeout)
+    assert view["outcome"] == "succeeded", {n: t.get("error") for n, t in view["tasks"].items() if t.get("error")}
+    return _times(plan_history(b.rig, plan_id))
+
+
+def chain(b, n: int) -> dict:
+    times = _run_plan(b, [{"name": f"s{i}", "class": "cpu", "command": ["true"]} | ({"depends_on": [f"s{i - 1}"]} if i else {})
+                          for i in range(n)], "chain")
+    steps = [times[f"s{i}#1"]["started"] - times[f"s{i - 1}#1"]["completed"] for i in range(1, n)]
+    return {"tasks": n, "step_overhead_p50_ms": round(statistics.median(steps) * 1000, 1),
+            "step_overhead_max_ms": round(max(steps) * 1000, 1), "target": "<= 35 ms p50"}
+
+
+def fan_out(b, n: int) -> dict:
+    times = _run_plan(b, [{"name": f"f{i}", "class": "cpu", "command": ["true"]} for i in range(n)], "fanout")
+    span = max(t["completed"] for t in times.values()) - min(t["scheduled"] for t in times.values())
+    return {"tasks": n, "seconds": round(span, 2), "tasks_per_s": round(n / span, 1), "target": ">= 350 tasks/s"}
+
+
+def dag(b, n: int, seed: int = 7) -> dict:
+    rnd = random.Random(seed)
+    work = {f"d{i}": round(rnd.uniform(0.05, 0.3), 3) for i in range(n)}
+    deps = {f"d{i}": sorted({f"d{rnd.randrange(i)}" for _ in range(rnd.randint(0, 2))}) if i else [] for i in range(n)}
+    tasks = [{"name": k, "class": "cpu", "command": ["sleep", str(v)], "depends_on": deps[k]} for k, v in work.items()]
+    times = _run_plan(b, tasks, "dag")
+    finish: dict[str, float] = {}
+    for k in work:  # names are in a topological order
+        finish[k] = work[k] + max((finish[d] for d in deps[k]), default=0)
+    bound = max(max(finish.values()), sum(work.values()) / CONCURRENCY)
+    span = max(t["completed"] for t in times.values()) - min(t["scheduled"] for t in times.values())
+    return {"tasks": n, "concurrency": CONCURRENCY, "makespan_s": round(span, 2), "bound_s": round(bound, 2),
+            "over_bound_pct": round((span / bound - 1) * 100, 1), "target": "within 10 % of the bound"}
+
+
+def kill(b) -> dict:
+    command = "if [ $LLAMARIG_ATTEMPT = 1 ]; then sleep 300; fi"
+    plan_id = submit_plan(b, [{"name": "k", "class": "cpu", "command": command}], name="kill")
+    wait_for(lambda: plan_view(b, plan_id)["tasks"]["k"]["state"] == "running", 60, "the task running")
+    killed = time.time()
+    os.kill(b.pid("work-cpu"), signal.SIGKILL)
+    plan_ended(b, plan_id, 300)
+    again = _times(plan_history(b.rig, plan_id))["k#2"]["started"]
+    return {"rerun_after_s": round(again - killed, 2), "heartbeat_timeout_s": b.rig.work.heartbeat_timeout_s}
+
+
+def measure(smoke: bool) -> dict:
+    sizes = {"chain": 5, "fan_out": 20, "dag": 20} if smoke else {"chain": 50, "fan_out": 1000, "dag": 200}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rig = write_rig(folder, {"m": model_entry(make_gguf(folder / "tiny.gguf"), [0])},
+                        work=work_section(concurrency={"cpu": CONCURRENCY}, heartbeat_timeout_s=5))
+        b = start_bundle(folder, rig)
+        try:
+            b.wait_ready()
+            _run_plan(b, [{"name": "warm", "class": "cpu", "command": ["true"]}], "warm")
+            return {"chain": chain(b, sizes["chain"]), "fan_out": fan_out(b, sizes["fan_out"]),
+                    "dag": dag(b, sizes["dag"]), "kill": kill(b)}
+        finally:
+            stop(b)
+
+
+def run(smoke: bool) -> dict:
+    return measure(smoke)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true")
+    print(json.dumps(measure(p.parse_args().smoke), indent=2))
