@@ -18,6 +18,7 @@ from llamarig.work.slots import RigSlots
 
 log = logging.getLogger("llamarig.work")
 GRACEFUL_S = 10  # running tasks get this long to end after SIGTERM before they are cancelled
+STICKY_S = 2  # a plan whose cpu worker died moves to another after this (the SDK's default: 10 s)
 CONNECT_RETRY_MAX_S = 10  # the longest wait between two tries to reach Temporal
 
 
@@ -73,6 +74,7 @@ async def serve(rig, role: str) -> int:
     if role == "cpu":
         worker = Worker(client, task_queue=queue, workflows=[PlanWorkflow], activities=[acts.run_cpu, acts.record_plan],
                         max_concurrent_activities=w.concurrency.cpu, identity=identity,
+                        sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_S),
                         graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_S))
     else:
         slots = RigSlots(rig, api)
