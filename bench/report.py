@@ -97,10 +97,35 @@ def _gpu(r: dict) -> list[str]:
         _row(k.replace("_", " "), v) for k, v in r.items() if k != "wall_s"]
 
 
+def _work(r: dict) -> list[str]:
+    c = r.get("celery_redis", {})
+    def other(*keys):
+        return _dig(c, keys) if "chain" in c else "-"
+
+    rows = [_row("measure", "llamarig (Temporal, embedded)", "Celery + Redis", "target"), _row(*["---"] * 4),
+            _row(f"chain of {r['chain']['tasks']}: overhead per dependent step, p50 ms",
+                 r["chain"]["step_overhead_p50_ms"], other("chain", "step_overhead_p50_ms"), r["chain"]["target"]),
+            _row(f"fan-out of {r['fan_out']['tasks']}: tasks/s", r["fan_out"]["tasks_per_s"],
+                 other("fan_out", "tasks_per_s"), r["fan_out"]["target"]),
+            _row(f"DAG of {r['dag']['tasks']} at {r['dag']['concurrency']}: makespan s (bound s, over)",
+                 f"{r['dag']['makespan_s']} ({r['dag']['bound_s']}, +{r['dag']['over_bound_pct']} %)", "-",
+                 r["dag"]["target"]),
+            _row("kill -9 of a worker mid-task: runs again after s", r["kill"]["rerun_after_s"], "-",
+                 f"heartbeat_timeout_s {r['kill']['heartbeat_timeout_s']}")]
+    note = c.get("skipped") or c.get("failed")
+    return rows + (["", f"- Celery: {note}"] if note else [])
+
+
+def _dig(d: dict, keys) -> object:
+    for k in keys:
+        d = d.get(k, "-") if isinstance(d, dict) else "-"
+    return d
+
+
 SECTIONS = {"proxy": ("Proxy overhead", _proxy), "boot": ("Boot", _boot), "crash": ("Crash to ready", _crash),
             "verify": ("Verification cost", _verify), "churn": ("Churn", _churn),
             "switch": ("GPU switch, each way, against the same by hand", _switch),
-            "gpu": ("CUDA paths on a real GPU", _gpu)}
+            "work": ("The work layer", _work), "gpu": ("CUDA paths on a real GPU", _gpu)}
 
 
 def markdown(results: dict) -> str:

@@ -131,8 +131,23 @@ def measure(smoke: bool) -> dict:
             stop(b)
 
 
+CELERY = Path(__file__).resolve().parent / ".venv-celery" / "bin" / "python"
+
+
+def celery(smoke: bool) -> dict:
+    """The same chain and fan-out on Celery with Redis, where bench/setup-celery.sh installed it."""
+    if not CELERY.exists():
+        return {"skipped": "run bench/setup-celery.sh"}
+    import subprocess
+
+    sizes = ("5", "20") if smoke else ("50", "1000")
+    out = subprocess.run([str(CELERY), str(Path(__file__).with_name("celery_side.py")), *sizes],
+                         capture_output=True, text=True, timeout=900)
+    return json.loads(out.stdout) if out.returncode == 0 else {"failed": out.stderr[-300:]}
+
+
 def run(smoke: bool) -> dict:
-    return measure(smoke)
+    return measure(smoke) | {"celery_redis": celery(smoke)}
 
 
 if __name__ == "__main__":

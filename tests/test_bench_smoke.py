@@ -13,7 +13,10 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results["results"]) == {"proxy", "boot", "crash", "verify", "churn", "switch", "gpu"}
+    assert set(results["results"]) == {"proxy", "boot", "crash", "verify", "churn", "switch", "work", "gpu"}
+    work = results["results"]["work"]
+    assert work["chain"]["step_overhead_p50_ms"] > 0 and work["fan_out"]["tasks_per_s"] > 0
+    assert work["dag"]["bound_s"] > 0 and work["kill"]["rerun_after_s"] >= work["kill"]["heartbeat_timeout_s"]
     assert set(results["results"]["switch"]["median"]) == {"to_script", "to_llm"}
     assert results["smoke"] and results["machine"]["cpus"] >= 1
     proxy = results["results"]["proxy"]
@@ -28,5 +31,5 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     assert all(v["waves"] == 1 and v["loads_together_s"] > 0 for v in results["results"]["boot"]["variants"].values())
     assert "skipped" in results["results"]["gpu"]  # no NVML device here (CI)
     for title in ("## Proxy overhead", "## Boot", "## Crash to ready", "## Verification cost", "## Churn",
-                  "## GPU switch", "## CUDA paths on a real GPU"):
+                  "## GPU switch", "## The work layer", "## CUDA paths on a real GPU"):
         assert title in done.stdout
