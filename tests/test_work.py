@@ -20,7 +20,9 @@ def wb(tmp_path_factory, models):
     entries = {"m": model_entry(models["gguf"], [0], context_size=1024),
                "embed": model_entry(models["gguf_b"], [1], context_size=512, embeddings=True)}
     whisper = {"model_dir": str(models["whisper"]), "gpu": 2, "port": free_port()}
-    rig = write_rig(folder, entries, whisper, work=work_section())
+    work = work_section(metrics_port_gpu=free_port(), metrics_port_cpu=free_port())
+    work["embedded"]["metrics_port"] = free_port()
+    rig = write_rig(folder, entries, whisper, work=work)
     with running_bundle(folder, rig) as b:
         wait_for(lambda: all(w in b.ctl("status").stdout.split("work-gpu")[1][:40] for w in ["RUNNING"]), 60,
                  "the workers running")
@@ -264,3 +266,17 @@ def test_a_script_command_gets_a_whole_gpu_its_llm_unloaded_meanwhile(tmp_path, 
     finally:
         if b.shutdown():
             b.kill()
+
+
+def test_the_workers_and_the_engine_metrics_pass_through_the_compute_api(wb):
+    plan_id = submit_plan(wb, [_cpu("counted", "true"), {"name": "said", "class": "llm",
+                                                        "generate": {"prompt": "x", "model": "m", "max_tokens": 2}}])
+    plan_ended(wb, plan_id)
+    cpu, gpu = wb.get("/metrics/work/cpu").text, wb.get("/metrics/work/gpu").text
+    assert 'llamarig_tasks_total{class="cpu",gpu="",outcome="succeeded"' in cpu
+    assert 'llamarig_tasks_total{class="llm",gpu="0",outcome="succeeded"' in gpu
+    assert "temporal_activity_schedule_to_start_latency_bucket" in cpu and "temporal_num_pollers" in gpu
+    assert 'llamarig_task_seconds_bucket{class="cpu",gpu="",outcome="succeeded",service_name="temporal-core-sdk",le="1"}' in cpu
+    engine = wb.get("/metrics/work/temporal")
+    assert engine.status_code == 200 and "persistence_requests" in engine.text
+    assert wb.get("/metrics/work/nope").status_code == 404
