@@ -3,6 +3,7 @@ supervisord programs, plans submitted through /admin/plans."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import psutil
@@ -43,6 +44,22 @@ def test_the_programs_are_named_in_supervisorctl_status(wb):
         assert f"{program} " in status and "RUNNING" in status.split(program, 1)[1].splitlines()[0], status
     db = wb.rig.run_dir / "temporal.db"
     assert db.exists() and (db.parent / "temporal.db-wal").exists()  # SQLite in WAL mode, in the run folder
+    assert _retention_hours(wb.rig) == 720  # not the dev server's 24 h
+
+
+def _retention_hours(rig) -> float:
+    import asyncio
+
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+
+    from llamarig.work import engine
+
+    async def read():
+        client = await engine.connect(rig.work)
+        found = await client.workflow_service.describe_namespace(
+            DescribeNamespaceRequest(namespace=rig.work.embedded.namespace))
+        return found.config.workflow_execution_retention_ttl.ToTimedelta().total_seconds() / 3600
+    return wait_for(lambda: (h := asyncio.run(read())) != 24 and h, 30, "the retention set by work-cpu")
 
 
 def test_a_failed_task_fails_its_dependents_naming_it_and_other_branches_go_on(wb):
@@ -117,6 +134,8 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_runs_again_without_or
     assert str(wb.pid("work-cpu")) in t["result"]["worker"] and wb.pid("work-cpu") != worker
     failed = [e for e in plan_history(wb.rig, plan_id) if e.HasField("activity_task_timed_out_event_attributes")]
     assert len(failed) == 1  # the first attempt, noticed by its missing heartbeat
+    assert re.search(r'^llamarig_task_heartbeat_timeouts_total\{class="cpu"[^}]*\} [1-9]',
+                     wb.get("/metrics/work/cpu").text, re.M)  # counted by the plan, on the new worker
 
 
 def test_an_llm_task_sends_untrusted_inputs_in_a_marked_data_block(wb):

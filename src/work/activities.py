@@ -34,7 +34,9 @@ class Activities:
         self.limits = {"script": asyncio.Semaphore(max(1, w.concurrency.script)),
                        "llm": asyncio.Semaphore(max(1, w.concurrency.llm))}
         self.beat_every = w.heartbeat_timeout_s / 3
-        self.meter = meter
+        self.counted = meter and (
+            meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class, outcome and GPU"),
+            meter.create_histogram_float("llamarig_task_seconds", "Seconds a task attempt ran", "s"))
 
     # ---- the classes -----------------------------------------------------------------------------
     @activity.defn(name="run_cpu")
@@ -213,12 +215,11 @@ class Activities:
         log.info(event_type, extra={"event_type": event_type} | fields)
 
     def _count(self, cls: str, outcome: str, began: float, gpu=None) -> None:
-        if self.meter is None:
+        if not self.counted:
             return
         attrs = {"class": cls, "outcome": outcome, "gpu": "" if gpu is None else str(gpu)}
-        self.meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class and outcome").add(1, attrs)
-        self.meter.create_histogram_float("llamarig_task_seconds", "Seconds a task attempt ran",
-                                          "s").record(time.monotonic() - began, attrs)
+        self.counted[0].add(1, attrs)
+        self.counted[1].record(time.monotonic() - began, attrs)
 
 
 def task_owner(rig, role: str) -> str:
