@@ -48,7 +48,7 @@ def _script_on(m, gpu: int) -> list:
     return [a for slots in m.slots.values() for a in slots if a.unit.script and a.unit.gpus == (gpu,)]
 
 
-def _need(m, actor) -> dict[int, int]:
+def need_of(m, actor) -> dict[int, int]:
     est = m.estimate(actor.unit)
     return est.per_gpu if est else {}
 
@@ -61,7 +61,7 @@ async def place(m, name: str) -> None:
     margin = m.rig.lifecycle.vram_margin_mib * MIB
     free = await m.settle()
     roomy = [i for i, p in enumerate(slots) if m.modes.mode(p.unit.gpus[0]) != Mode.TO_LLM
-             and p.unit.gpus[0] not in m.leases and not shortfall(_need(m, p), free, margin)]
+             and p.unit.gpus[0] not in m.leases and not shortfall(need_of(m, p), free, margin)]
     if roomy:  # a GPU already in script mode first, then the order of preference
         i = min(roomy, key=lambda i: m.modes.mode(slots[i].unit.gpus[0]) != Mode.SCRIPT)
         await _start_placement(m, name, i, f"room on GPU {slots[i].unit.gpus[0]}")
@@ -92,20 +92,27 @@ def _switch_candidate(m, slots) -> int | None:
 
 async def _switch_to_script(m, name: str, i: int) -> None:
     placement = m.slots[name][i]
-    gpu, margin = placement.unit.gpus[0], m.rig.lifecycle.vram_margin_mib * MIB
-    llms = llms_on(m, gpu)
-    m.switched[gpu] = [a.unit.name for a in llms]
-    m.modes.set(gpu, Mode.TO_SCRIPT, name, f"{name}: requests wait and no placement has room; stopping "
-                f"{', '.join(m.switched[gpu]) or 'nothing'}")
-    for a in llms:
-        a.send(Stop(f"GPU {gpu} switched to {name}", drain=True))
-    for a in llms:
-        await a.wait_until(ENDED, m.modes.time_left(gpu))
-    if not await _memory_back(m, gpu, _need(m, placement), margin):
-        await back_to_llm(m, gpu, f"the memory of GPU {gpu} did not come back within the switch's time")
+    gpu = placement.unit.gpus[0]
+    if not await clear_gpu(m, gpu, name, f"{name}: requests wait and no placement has room", need_of(m, placement)):
         placement.send(Refuse(f"{name}: GPU {gpu} did not free its memory", permanent=False))
         return
     await _start_placement(m, name, i, f"GPU {gpu} switched from {', '.join(m.switched[gpu]) or 'nothing'}")
+
+
+async def clear_gpu(m, gpu: int, holder: str, why: str, need: dict[int, int]) -> bool:
+    """Stop `gpu`'s LLMs (drained) for `holder` and wait until `need` is free. False: the memory
+    did not come back within the switch's time, and the GPU went back to its LLMs."""
+    llms = llms_on(m, gpu)
+    m.switched[gpu] = [a.unit.name for a in llms]
+    m.modes.set(gpu, Mode.TO_SCRIPT, holder, f"{why}; stopping {', '.join(m.switched[gpu]) or 'nothing'}")
+    for a in llms:
+        a.send(Stop(f"GPU {gpu} switched to {holder}", drain=True))
+    for a in llms:
+        await a.wait_until(ENDED, m.modes.time_left(gpu))
+    if await _memory_back(m, gpu, need, m.rig.lifecycle.vram_margin_mib * MIB):
+        return True
+    await back_to_llm(m, gpu, f"the memory of GPU {gpu} did not come back within the switch's time")
+    return False
 
 
 async def _memory_back(m, gpu: int, need: dict[int, int], margin: int) -> bool:
@@ -163,7 +170,7 @@ async def back_to_llm(m, gpu: int, reason: str) -> None:
     actors = [m.actors[n] for n in names]
     need: dict[int, int] = {}
     for a in actors:
-        for g, n in _need(m, a).items():
+        for g, n in need_of(m, a).items():
             need[g] = need.get(g, 0) + n
     await _memory_back(m, gpu, {gpu: need.get(gpu, 0)}, m.rig.lifecycle.vram_margin_mib * MIB)
     for a in actors:
