@@ -309,3 +309,10 @@ def plan_history(rig, plan_id: str) -> list:
         client = await engine.connect(rig.work)
         return [e async for e in client.get_workflow_handle(plan_id).fetch_history_events()]
     return asyncio.run(fetch())
+
+
+def llamarig(rig_path, *args, timeout=180) -> subprocess.CompletedProcess:
+    """The `llamarig` command on a rig, as an operator runs it (this Python, the bundle's PATH)."""
+    return subprocess.run([sys.executable, "-m", "llamarig.cli", "--rig", str(rig_path), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PATH": PATH, "COLUMNS": "200"})

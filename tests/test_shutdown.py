@@ -2,25 +2,16 @@
 cannot fit refused and the rest loaded), `llamarig status`, `llamarig down`, and SIGTERM to
 supervisord while a stream is in flight."""
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import httpx
 import psutil
 import yaml
 
-from helpers import PATH, model_entry, write_rig
+from helpers import llamarig, model_entry, write_rig
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-def llamarig(rig_path, *args, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llamarig.cli", "--rig", str(rig_path), *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PATH": PATH, "COLUMNS": "200"})
 
 
 def supervisord_pid(rig_dir) -> int | None:

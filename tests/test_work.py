@@ -9,7 +9,7 @@ import signal
 import psutil
 import pytest
 
-from helpers import (free_port, model_entry, plan_ended, plan_history, plan_view, running_bundle, submit_plan, wait_for,
+from helpers import (free_port, llamarig, model_entry, plan_ended, plan_history, plan_view, running_bundle, submit_plan, wait_for,
                      work_section, write_rig)
 
 pytestmark = pytest.mark.slow
@@ -155,10 +155,9 @@ def test_an_llm_task_sends_untrusted_inputs_in_a_marked_data_block(wb):
 
 
 def test_plans_and_plan_views_from_the_cli(wb):
-    import subprocess
     plan_id = submit_plan(wb, [_cpu("one", "true")], name="cli")
     plan_ended(wb, plan_id)
-    run = lambda *a: subprocess.run(["llamarig", "--rig", str(wb.rig_path), *a], capture_output=True, text=True)
+    run = lambda *a: llamarig(wb.rig_path, *a)
     listing = run("plans").stdout
     assert plan_id in listing and "succeeded" in listing.split(plan_id)[1].splitlines()[0]
     shown = run("plan", plan_id).stdout
@@ -208,22 +207,19 @@ def test_the_whole_bundle_killed_mid_plan_goes_on_after_a_restart(tmp_path, mode
 
 
 def test_a_backup_taken_while_running_restores_the_plans(tmp_path, models):
-    import subprocess
     from helpers import start_bundle
 
-    def llamarig(*args):
-        return subprocess.run(["llamarig", "--rig", str(rig), *args], capture_output=True, text=True)
     rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, work=work_section())
     b = start_bundle(tmp_path, rig)
     try:
         b.wait_ready()
         kept = submit_plan(b, [_cpu("a", "echo kept > output")], name="kept")
         plan_ended(b, kept)
-        made = llamarig("backup", str(tmp_path / "backups"))
+        made = llamarig(rig, "backup", str(tmp_path / "backups"))
         assert made.returncode == 0, made.stderr
         after = submit_plan(b, [_cpu("a", "true")], name="after")
         plan_ended(b, after)
-        refused = llamarig("restore", made.stdout.split()[-1])
+        refused = llamarig(rig, "restore", made.stdout.split()[-1])
         assert refused.returncode == 2 and "bundle_running" in refused.stderr
     finally:
         if b.shutdown():
@@ -233,7 +229,7 @@ def test_a_backup_taken_while_running_restores_the_plans(tmp_path, models):
         p.unlink()
     import shutil
     shutil.rmtree(run / "work")
-    restored = llamarig("restore", made.stdout.split()[-1])
+    restored = llamarig(rig, "restore", made.stdout.split()[-1])
     assert restored.returncode == 0, restored.stderr
     b = start_bundle(tmp_path, rig)
     try:

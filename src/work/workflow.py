@@ -32,6 +32,7 @@ class PlanWorkflow:
         self.outcome = "running"
         self.ready: list[tuple] = []  # a heap of the tasks waiting for a place in the window
         self.in_flight = 0
+        self.order: dict[str, int] = {}  # each task's place in the plan: ties of priority go in plan order
 
     @workflow.query
     def state(self) -> dict:

@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 
 from llamarig.backend.lifecycle import switch
 from llamarig.backend.lifecycle.actor import NotAvailable
-from llamarig.backend.lifecycle.commands import Stop
 from llamarig.backend.lifecycle.gpu_modes import Mode
 from llamarig.backend.lifecycle.states import ENDED, LOADING
 
-MIB = 1024 * 1024
 log = logging.getLogger("llamarig.gpu_leases")
 
 
@@ -66,10 +64,10 @@ class LeaseExpired:
 def _candidates(m) -> list[int]:
     """GPUs that may be lent: every LLM on them switchable and none loading, no script service
     on them, not lent already; GPUs without an LLM first, then those whose LLMs are idle."""
-    scored = []
+    scored, pinned = [], _pinned(m)
     for gpu in sorted(m.modes.gpus):
         llms = switch.llms_on(m, gpu)
-        if gpu in m.leases or m.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE) or not llms and gpu in _pinned(m):
+        if gpu in m.leases or gpu in pinned or m.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE):
             continue
         if not all(a.unit.switchable for a in llms) or any(a.state in LOADING for a in llms):
             continue
@@ -89,16 +87,8 @@ async def take(m, c: TakeGpu) -> None:
                                            "not switchable or is loading, a script service, or another lease", 5))
         return
     gpu = choices[0]
-    llms = switch.llms_on(m, gpu)
-    m.switched[gpu] = [a.unit.name for a in llms]
-    m.modes.set(gpu, Mode.TO_SCRIPT, c.holder, f"lent to {c.holder}; stopping {', '.join(m.switched[gpu]) or 'nothing'}")
-    for a in llms:
-        a.send(Stop(f"GPU {gpu} lent to {c.holder}", drain=True))
-    for a in llms:
-        await a.wait_until(ENDED, m.modes.time_left(gpu))
-    need = {gpu: sum(switch._need(m, a).get(gpu, 0) for a in llms)}
-    if not await switch._memory_back(m, gpu, need, m.rig.lifecycle.vram_margin_mib * MIB):
-        await switch.back_to_llm(m, gpu, f"GPU {gpu} did not free its memory for {c.holder}")
+    need = {gpu: sum(switch.need_of(m, a).get(gpu, 0) for a in switch.llms_on(m, gpu))}
+    if not await switch.clear_gpu(m, gpu, c.holder, f"lent to {c.holder}", need):
         c.reply.set_exception(NotAvailable("gpu_memory_held", f"GPU {gpu} did not free its memory in time", 10))
         return
     lease = GpuLease(secrets.token_hex(8), c.holder, gpu, c.ttl_s, time.monotonic() + c.ttl_s)
