@@ -77,6 +77,16 @@ def test_a_failed_task_fails_its_dependents_naming_it_and_other_branches_go_on(w
     assert not os.path.exists(os.path.dirname(t["y"]["result"]["folder"]).replace("/y", "/b"))  # b never ran
 
 
+def test_an_output_missing_on_the_dependents_rig_travels_in_the_result(wb):
+    plan_id = submit_plan(wb, [_cpu("a", "echo carried > output"),
+                               _cpu("gone", 'rm "$INPUT_A"', depends_on=["a"], inputs={"a": "@a"}),
+                               _cpu("b", 'cat "$INPUT_X" > output', depends_on=["a", "gone"], inputs={"x": "@a"})])
+    t = plan_ended(wb, plan_id)["tasks"]
+    assert t["b"]["state"] == "succeeded", t["b"]
+    assert open(t["b"]["result"]["output"]).read() == "carried\n"  # written from the result's bytes
+    assert "output_data" not in t["a"]["result"]  # kept out of the plan's state
+
+
 def test_retries_back_off_exponentially_as_the_history_shows(wb):
     plan_id = submit_plan(wb, [_cpu("flaky", "echo attempt $LLAMARIG_ATTEMPT >&2; exit 1", retries=3)])
     view = plan_ended(wb, plan_id)

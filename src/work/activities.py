@@ -14,7 +14,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from llamarig.work import commands, prompts
+from llamarig.work import commands, outputs, prompts
 from llamarig.work.api_client import ApiRefused, ComputeApi
 from llamarig.work.store import Store
 
@@ -72,7 +72,7 @@ class Activities:
         self._event("task_started", event)
         began = time.monotonic()
         try:
-            result = await work(task, ctx, folder)
+            result = await work(task, outputs.localize(ctx, folder), folder)
         except asyncio.CancelledError:
             self._ended(task, event, began, "cancelled", "cancelled")
             raise
@@ -82,7 +82,7 @@ class Activities:
             self._ended(task, event, began, "failed", failure.message)
             raise failure from None
         result = {"gpu": gpu} | result | {"worker": self.identity, "attempt": attempt, "folder": str(folder),
-                                          "duration_ms": _ms(began)}
+                                          "duration_ms": _ms(began)} | outputs.carry(result.get("output"))
         self._event("task_succeeded", event | {"duration_ms": result["duration_ms"],
                                               "tokens_generated": result.get("tokens")})
         self._count(task["cls"], "succeeded", began, result.get("gpu"))
@@ -97,7 +97,7 @@ class Activities:
         compute API refusing the request itself (a 4xx but 408 and 429), is not retried."""
         if isinstance(e, ApplicationError):
             message, kind, final = e.message, e.type, e.non_retryable
-        elif isinstance(e, commands.DefinitionError):
+        elif isinstance(e, commands.DefinitionError):  # (outputs.localize raises it too)
             message, kind, final = str(e), "DefinitionError", True
         elif isinstance(e, ApiRefused):
             message, kind = e.reason, "ApiRefused"

@@ -33,6 +33,7 @@ class PlanWorkflow:
         self.ready: list[tuple] = []  # a heap of the tasks waiting for a place in the window
         self.in_flight = 0
         self.order: dict[str, int] = {}  # each task's place in the plan: ties of priority go in plan order
+        self.carried: dict[str, str] = {}  # small outputs' bytes (base64), for dependents on another rig
 
     @workflow.query
     def state(self) -> dict:
@@ -86,6 +87,8 @@ class PlanWorkflow:
                 raise asyncio.CancelledError() from None
             self._set(name, state="failed", error=_reason(e), ended_at=workflow.now().timestamp(), **_where(e))
             return
+        if "output_data" in result:
+            self.carried[name] = result.pop("output_data")
         self._set(name, state="succeeded", result=result, ended_at=workflow.now().timestamp())
 
     async def _attempts(self, t: dict) -> dict:
@@ -141,8 +144,9 @@ class PlanWorkflow:
         self._set(t["name"], attempt=attempt)
         inputs = {k: self._input(v) for k, v in t["inputs"].items()}
         outputs = {dep: self.tasks[dep]["result"]["output"] for dep in t["depends_on"]}
+        carried = {dep: self.carried[dep] for dep in t["depends_on"] if dep in self.carried}
         ctx = {"plan_id": spec["plan_id"], "attempt": attempt, "inputs": inputs, "outputs": outputs,
-               "cancel_grace_s": d["cancel_grace_s"]}
+               "carried": carried, "cancel_grace_s": d["cancel_grace_s"]}
         return await workflow.execute_activity(
             ACTIVITY[t["cls"]], args=[t, ctx], task_queue=spec["queues"][t["cls"]], activity_id=f"{t['name']}#{attempt}",
             start_to_close_timeout=timedelta(seconds=t["timeout_s"] or d["timeout_s"]),
