@@ -272,6 +272,10 @@ def test_a_script_command_gets_a_whole_gpu_its_llm_unloaded_meanwhile(tmp_path, 
         assert b.unit("w0")["state"] == "stopped"  # unloaded for the task's duration
         r = b.post("/v1/completions", json={"model": "w0", "prompt": "x", "max_tokens": 1}, timeout=30)
         assert r.status_code == 503 and "lent to" in r.json()["error"]["message"]
+        # The compute API restarted meanwhile: the lease is adopted, w0 is not loaded beside the command.
+        assert "compute-api: started" in b.ctl("restart", "compute-api").stdout
+        b.wait_ready()
+        assert b.get("/ready").json()["gpus"]["modes"]["0"] == "script" and b.unit("w0")["state"] == "stopped"
         release.touch()
         view = plan_ended(b, plan_id)
         assert view["tasks"]["job"]["state"] == "succeeded" and view["tasks"]["job"]["result"]["gpu"] == 0

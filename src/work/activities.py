@@ -31,7 +31,7 @@ class Activities:
         self.store = Store(rig.run_dir)
         self.owner = task_owner(rig, role)
         w = rig.work
-        self.limits = {"script": asyncio.Semaphore(max(1, w.concurrency.script)),
+        self.limits = {"script": asyncio.Semaphore(max(1, w.concurrency.script)),  # (0: refused in _takes)
                        "llm": asyncio.Semaphore(max(1, w.concurrency.llm))}
         self.beat_every = w.heartbeat_timeout_s / 3
         self.counted = meter and (
@@ -45,6 +45,7 @@ class Activities:
 
     @activity.defn(name="run_script")
     async def run_script(self, task: dict, ctx: dict) -> dict:
+        self._takes("script")
         async with self.limits["script"]:
             if task.get("command") is not None:
                 return await self._run(task, ctx, self._gpu_command, gpu=None)
@@ -53,6 +54,7 @@ class Activities:
 
     @activity.defn(name="run_llm")
     async def run_llm(self, task: dict, ctx: dict) -> dict:
+        self._takes("llm")
         async with self.limits["llm"]:
             return await self._run(task, ctx, self._generate, gpu=None)
 
@@ -62,6 +64,12 @@ class Activities:
         log.info("plan ended", extra={"event_type": "plan_ended", "plan_id": summary["plan_id"],
                                       "outcome": summary["outcome"]})
         return str(path)
+
+    def _takes(self, cls: str) -> None:
+        """work.concurrency.CLS 0: this rig runs none. The slot supplier cannot see a task's class
+        before taking it, so the attempt fails at once, retryable: another rig may take the retry."""
+        if getattr(self.rig.work.concurrency, cls) == 0:
+            raise ApplicationError(f"{self.identity} runs no {cls} tasks (work.concurrency.{cls}: 0)", type="NotHere")
 
     # ---- one attempt -----------------------------------------------------------------------------
     async def _run(self, task: dict, ctx: dict, work, gpu) -> dict:
