@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 
 import psutil
 import pytest
@@ -171,7 +172,9 @@ def test_plans_and_plan_views_from_the_cli(wb):
     listing = run("plans").stdout
     assert plan_id in listing and "succeeded" in listing.split(plan_id)[1].splitlines()[0]
     shown = run("plan", plan_id).stdout
-    assert "one" in shown and "succeeded" in shown and "work-cpu" in shown
+    row = next(line for line in shown.splitlines() if line.strip().startswith("one "))
+    assert row.split()[1:5] == ["succeeded", "1", f"{socket.gethostname()}:{wb.rig.api.port}", "cpu"], shown
+    assert all(len(line) <= 80 for line in shown.splitlines()), shown
     bad = run("plan", "no-such-plan")
     assert bad.returncode == 2 and "plan_not_found" in bad.stderr
 

@@ -86,13 +86,16 @@ def show(rig, plan_id: str, as_json: bool) -> int:
         print(json.dumps(body, indent=1))
         return 0
     print(f"{body['plan_id']}  {body.get('outcome')}")
+    print(f"  {'task':18} {'state':10} {'try':>3} {'rig':21} {'worker':8} {'gpu':3} {'time':>7}")
     for name, t in body["tasks"].items():
         r = t.get("result") or {}
         took = f"{r['duration_ms'] / 1000:.1f}s" if r.get("duration_ms") is not None else "-"
-        worker = (r.get("worker") or t.get("worker") or "-").split(":")[0]
+        worker, _, rig = (r.get("worker") or t.get("worker") or "-").partition("@")
         gpu = "-" if r.get("gpu") is None else str(r["gpu"])
         attempt = r.get("attempt") or t.get("attempt") or "-"
-        print(f"  {name[:20]:20} {t['state'][:10]:10} #{attempt!s:3} {worker[:22]:22} gpu {gpu:2} {took:>7}")
+        rig = rig.rsplit(":", 1)[0] or "-"  # host:apiport (the pid dropped)
+        print(f"  {name[:18]:18} {t['state'][:10]:10} {attempt!s:>3} {rig[:21]:21} {worker[5:][:8]:8} {gpu[:3]:3} "
+              f"{took:>7}")
         error = t.get("error") or t.get("last_error")
         if error:
             print(f"    {error[-150:]}")
