@@ -196,8 +196,7 @@ class Activities:
     async def _executor(self, executor: str) -> str:
         """brain: the unswitchable LLM; worker: the switchable LLM with the fewest requests now."""
         llms = {n: m for n, m in self.rig.models.items() if not m.embeddings}
-        want = [n for n, m in llms.items() if (m.switchable if m.switchable is not None else len(m.gpus) == 1)
-                == (executor == "worker")]
+        want = [n for n, m in llms.items() if m.may_switch == (executor == "worker")]
         if not want:
             raise definition_error(f"generate.executor: the rig has no {executor} model")
         load = await self.api.load()

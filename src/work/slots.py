@@ -20,8 +20,7 @@ def capacity(ready: dict | None, rig) -> int:
     c, comps = rig.work.concurrency, ready.get("components", {})
     llms = [n for n, m in rig.models.items() if not m.embeddings]
     llm = c.llm if any(comps.get(n, {}).get("state") in SERVING for n in llms) else 0
-    has_script = rig.whisper is not None or any(m.embeddings or m.switchable is not False and len(m.gpus) == 1
-                                                 for m in rig.models.values())
+    has_script = rig.whisper is not None or any(m.embeddings or m.may_switch for m in rig.models.values())
     return llm + (c.script if has_script else 0)
 
 
