@@ -41,22 +41,22 @@ class Activities:
     # ---- the classes -----------------------------------------------------------------------------
     @activity.defn(name="run_cpu")
     async def run_cpu(self, task: dict, ctx: dict) -> dict:
-        return await self._run(task, ctx, self._command, gpu=None)
+        return await self._run(task, ctx, self._command)
 
     @activity.defn(name="run_script")
     async def run_script(self, task: dict, ctx: dict) -> dict:
         self._takes("script")
         async with self.limits["script"]:
             if task.get("command") is not None:
-                return await self._run(task, ctx, self._gpu_command, gpu=None)
+                return await self._run(task, ctx, self._gpu_command)
             work = self._transcribe if task.get("transcribe") else self._embed
-            return await self._run(task, ctx, work, gpu=None)
+            return await self._run(task, ctx, work)
 
     @activity.defn(name="run_llm")
     async def run_llm(self, task: dict, ctx: dict) -> dict:
         self._takes("llm")
         async with self.limits["llm"]:
-            return await self._run(task, ctx, self._generate, gpu=None)
+            return await self._run(task, ctx, self._generate)
 
     @activity.defn(name="record_plan")
     async def record_plan(self, summary: dict) -> str:
@@ -72,10 +72,10 @@ class Activities:
             raise ApplicationError(f"{self.identity} runs no {cls} tasks (work.concurrency.{cls}: 0)", type="NotHere")
 
     # ---- one attempt -----------------------------------------------------------------------------
-    async def _run(self, task: dict, ctx: dict, work, gpu) -> dict:
+    async def _run(self, task: dict, ctx: dict, work) -> dict:
         attempt = ctx["attempt"]  # the workflow drives retries: each attempt is one activity
         folder = self.store.new_attempt(ctx["plan_id"], task["name"], attempt)
-        event = {"task_id": f"{ctx['plan_id']}/{task['name']}", "worker_id": self.identity, "gpu_id": gpu,
+        event = {"task_id": f"{ctx['plan_id']}/{task['name']}", "worker_id": self.identity, "gpu_id": None,
                  "attempt": attempt, "class": task["cls"]}
         self._event("task_started", event)
         began = time.monotonic()
@@ -85,11 +85,11 @@ class Activities:
             self._ended(task, event, began, "cancelled", "cancelled")
             raise
         except Exception as e:
-            failure = self._as_failure(e, {"worker": self.identity, "attempt": attempt, "gpu": gpu,
+            failure = self._as_failure(e, {"worker": self.identity, "attempt": attempt, "gpu": None,
                                            "folder": str(folder), "duration_ms": _ms(began)})
             self._ended(task, event, began, "failed", failure.message)
             raise failure from None
-        result = {"gpu": gpu} | result | {"worker": self.identity, "attempt": attempt, "folder": str(folder),
+        result = {"gpu": None} | result | {"worker": self.identity, "attempt": attempt, "folder": str(folder),
                                           "duration_ms": _ms(began)} | outputs.carry(result.get("output"))
         self._event("task_succeeded", event | {"duration_ms": result["duration_ms"],
                                               "tokens_generated": result.get("tokens")})

@@ -62,20 +62,25 @@ async def run(command: list[str] | str, folder: Path, env: dict[str, str], timeo
     """Run to the end in `folder` (made by the caller); `beat()` every beat_every_s. Cancelled:
     the group is stopped first."""
     began = time.monotonic()
-    argv, how = _spawn_args(argv_of(command))
-    if SETPRIV and not _runnable(argv[4], env):
-        raise DefinitionError(f"cannot run {shlex.join(argv_of(command))[:120]}: No such file or directory")
+    target = argv_of(command)
+    if SETPRIV and not _runnable(target[0], env):
+        raise _cannot_run(target, "No such file or directory")
+    argv, how = _spawn_args(target)
     with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=folder, env=env, stdin=_devnull(), stdout=out, stderr=err, start_new_session=True, **how)
         except (FileNotFoundError, PermissionError) as e:
-            raise DefinitionError(f"cannot run {shlex.join(argv_of(command))[:120]}: {e.strerror}") from None
+            raise _cannot_run(target, e.strerror) from None
     try:
         code = await _wait(proc, timeout_s, beat, beat_every_s)
     finally:
         await stop_group(proc, grace_s)
     return Finished(code, time.monotonic() - began, "" if code == 0 else tail(folder / "stderr"))
+
+
+def _cannot_run(argv: list[str], why: str) -> DefinitionError:
+    return DefinitionError(f"cannot run {shlex.join(argv)[:120]}: {why}")
 
 
 _DEVNULL: list[int] = []

@@ -47,8 +47,10 @@ async def list_plans(client, rig, limit: int = 100) -> dict:
         if r["status"] != "running" and outcome not in (None, "running"):
             r["status"] = outcome
     for plan_id in store.plan_ids():  # past retention: from the record
+        if plan_id in known:
+            continue  # (its record was read above)
         record = store.read_record(plan_id) or {}
-        if plan_id not in known and record.get("outcome") != "running":
+        if record.get("outcome") != "running":
             rows.append({"plan_id": plan_id, "status": record.get("outcome", "unknown"), "started_at":
                          record.get("submitted_at"), "closed_at": record.get("ended_at"), "from": "record"})
     return {"plans": sorted(rows, key=lambda r: r["started_at"] or 0, reverse=True)}
