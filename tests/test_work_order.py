@@ -57,3 +57,19 @@ def test_a_task_waiting_past_starvation_s_goes_ahead_of_later_urgent_ones(tmp_pa
     release.touch()
     assert plan_ended(b, first)["outcome"] == plan_ended(b, later)["outcome"] == "succeeded"
     assert order.read_text().split()[0] == "low"  # without the bound it would run last
+
+
+def test_within_a_priority_the_longer_chain_of_dependents_goes_first(tmp_path, models, bundle_factory):
+    """Critical path first: `head` has a task waiting on it, so it goes before `lone` though
+    `lone` comes first in the plan; a more urgent task still goes before both."""
+    b = _serial_bundle(tmp_path, models, bundle_factory)
+    release, order = tmp_path / "release", tmp_path / "order"
+    gate = submit_plan(b, [_gate(release)], name="gate")
+    wait_for(lambda: plan_view(b, gate)["tasks"]["gate"]["state"] == "running", 60, "the gate running")
+    tasks = [_marker("lone", order, 5), _marker("head", order, 5), _marker("tail", order, 5) | {"depends_on": ["head"]},
+             _marker("urgent", order, 6)]
+    plan_id = submit_plan(b, tasks)
+    wait_for(lambda: _waiting(b, plan_id, ["lone", "head", "urgent"]), 30, "the ready tasks waiting on the queue")
+    release.touch()
+    assert plan_ended(b, plan_id)["outcome"] == "succeeded"
+    assert order.read_text().split() == ["urgent", "head", "lone", "tail"]

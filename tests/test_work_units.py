@@ -18,3 +18,37 @@ def test_a_class_with_concurrency_0_is_refused_for_another_rig_to_take(tmp_path)
         acts._takes("llm")
     assert e.value.type == "NotHere" and not e.value.non_retryable and "work.concurrency.llm: 0" in e.value.message
     acts._takes("script")  # script: 1 here
+
+
+def test_the_priority_key_puts_priority_first_then_the_chain_of_dependents():
+    from llamarig.work import priority
+
+    tasks = [{"name": "a", "depends_on": []}, {"name": "b", "depends_on": ["a"]}, {"name": "c", "depends_on": ["b"]},
+             {"name": "d", "depends_on": ["a"]}, {"name": "e", "depends_on": []}]
+    assert priority.chains(tasks) == {"a": 3, "b": 2, "c": 1, "d": 1, "e": 1}
+    keys = [priority.key(10, 99), priority.key(10, 1), priority.key(9, 99), priority.key(1, 1)]
+    assert keys == sorted(keys) and len(set(keys)) == 4  # strictly: p10 long, p10 lone, p9 long, p1 lone
+    assert priority.STARVED < keys[0] and keys[-1] == priority.LEVELS
+    assert priority.key(5, priority.CHAIN_LEVELS) == priority.key(5, priority.CHAIN_LEVELS + 7)
+
+
+def test_chains_need_no_recursion_for_a_long_plan():
+    from llamarig.work import priority
+
+    n = 5000  # deeper than Python's recursion limit
+    tasks = [{"name": f"s{i}", "depends_on": [f"s{i - 1}"] if i else []} for i in range(n)]
+    assert priority.chains(tasks)["s0"] == n
+
+
+def test_the_cluster_dynamic_config_says_what_the_embedded_server_is_started_with():
+    """runtime/temporal-dynamic-config.yaml (docker-compose's Temporal) and EMBEDDED_DYNAMIC_CONFIG
+    are one setting written twice: a drift would order or pace tasks differently past one rig."""
+    from pathlib import Path
+
+    import yaml
+
+    from llamarig.work.engine import EMBEDDED_DYNAMIC_CONFIG
+
+    cluster = yaml.safe_load((Path(__file__).resolve().parents[1] / "runtime" / "temporal-dynamic-config.yaml").read_text())
+    assert {k: v[0]["value"] for k, v in cluster.items()} == {
+        k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in EMBEDDED_DYNAMIC_CONFIG.items()}

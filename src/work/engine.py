@@ -2,9 +2,9 @@
 command line, and the plan operations the CLI and the API use (submit, list, describe, cancel).
 
 Priority: Temporal orders waiting tasks by priority_key (1 first) within one task-queue
-partition, so the embedded server runs with 10 priority levels and one partition per queue
+partition, so the embedded server runs with priority.LEVELS levels and one partition per queue
 (`EMBEDDED_DYNAMIC_CONFIG`); a cluster needs the same dynamic config for a strict order
-(README, "Several rigs"). A task's priority p (10 most urgent) becomes key 11 - p.
+(README, "Several rigs"). work/priority.py maps a task to its key.
 """
 from __future__ import annotations
 
@@ -14,13 +14,17 @@ from datetime import timedelta
 
 from llamarig.shared.errors import LlamarigError
 from llamarig.shared.work_config import WorkConfig
+from llamarig.work import priority
 
 PLAN_WORKFLOW = "PlanWorkflow"
 EMBEDDED_DYNAMIC_CONFIG = {
-    "matching.priorityLevels": 10,
+    "matching.priorityLevels": priority.LEVELS,
     "matching.numTaskqueueReadPartitions": 1,
     "matching.numTaskqueueWritePartitions": 1,
     "matching.backlogMetricsEmitInterval": '"30s"',  # approximate_backlog_age_seconds, for the backlog alert
+    # The history service hands new tasks to matching at most 20 times a second by default: past
+    # its burst, every dependent task waited ~40 ms for its turn (bench/RESULTS.md, session 10).
+    "history.transferProcessorMaxPollRPS": 1000,
 }
 
 
@@ -32,10 +36,6 @@ def queues(work: WorkConfig) -> dict[str, str]:
     """The task queue of each class: GPU work on QUEUE@gpu, cpu work and plans on QUEUE@cpu."""
     gpu, cpu = f"{work.queue}@gpu", f"{work.queue}@cpu"
     return {"gpu": gpu, "cpu": cpu, "script": gpu, "llm": gpu, "plan": cpu}
-
-
-def priority_key(priority: int) -> int:
-    return 11 - priority
 
 
 def address(work: WorkConfig) -> tuple[str, str]:

@@ -19,9 +19,10 @@ from temporalio import workflow
 from temporalio.common import Priority, RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError, TimeoutError, TimeoutType
 
+from llamarig.work import priority
+
 ENDED = ("succeeded", "failed", "cancelled")
 ACTIVITY = {"cpu": "run_cpu", "script": "run_script", "llm": "run_llm"}
-MOST_URGENT = 1
 
 
 @workflow.defn(name="PlanWorkflow")
@@ -32,7 +33,7 @@ class PlanWorkflow:
         self.outcome = "running"
         self.ready: list[tuple] = []  # a heap of the tasks waiting for a place in the window
         self.in_flight = 0
-        self.order: dict[str, int] = {}  # each task's place in the plan: ties of priority go in plan order
+        self.keys: dict[str, tuple[int, int]] = {}  # (priority key, place in the plan): who goes first
         self.carried: dict[str, str] = {}  # small outputs' bytes (base64), for dependents on another rig
 
     @workflow.query
@@ -45,7 +46,8 @@ class PlanWorkflow:
         self.spec = spec
         tasks = spec["plan"]["tasks"]
         self.tasks = {t["name"]: {"state": "waiting", "class": t["cls"], "priority": t["priority"]} for t in tasks}
-        self.order = {t["name"]: i for i, t in enumerate(tasks)}
+        chains = priority.chains(tasks)
+        self.keys = {t["name"]: (priority.key(t["priority"], chains[t["name"]]), i) for i, t in enumerate(tasks)}
         jobs = [asyncio.ensure_future(self._task(t)) for t in tasks]
         try:
             await asyncio.gather(*jobs)
@@ -96,14 +98,14 @@ class PlanWorkflow:
         times), waiting retry_initial_s, then twice as long each time, up to retry_max_s."""
         d, name = self.spec["defaults"], t["name"]
         retries = d["retries"] if t["retries"] is None else t["retries"]
-        key, attempt = 11 - t["priority"], 1
+        key, attempt = self.keys[name][0], 1
         while True:
             try:
-                return await self._activity(t, attempt, key, starve=key != MOST_URGENT)
+                return await self._activity(t, attempt, key, starve=key != priority.STARVED)
             except ActivityError as e:
                 if _starved(e):
                     self._set(name, starved=True)
-                    key = MOST_URGENT  # waited past starvation_s: goes ahead of everything waiting
+                    key = priority.STARVED  # waited past starvation_s: goes ahead of everything waiting
                     continue
                 if isinstance(e.cause, TimeoutError) and e.cause.type == TimeoutType.HEARTBEAT:
                     workflow.metric_meter().create_counter(
@@ -124,11 +126,11 @@ class PlanWorkflow:
             self._grant()
 
     async def _window(self, t: dict) -> None:
-        """At most `window` activities of a plan are in Temporal at once, the most urgent first:
+        """At most `window` activities of a plan are in Temporal at once, in priority key order:
         the engine persists every pending activity at each step, so a plan of thousands scheduled
         at once cost it O(n) per step (measured: 9 ms of server CPU per task at 1000)."""
         turn = asyncio.get_running_loop().create_future()
-        heapq.heappush(self.ready, (-t["priority"], self.order[t["name"]], turn))
+        heapq.heappush(self.ready, (*self.keys[t["name"]], turn))
         self._grant()
         await turn
 
