@@ -1,5 +1,8 @@
-"""A small output travels in its task's result to a dependent on a rig without the file."""
+"""A task's output reaches a dependent on a rig without the file: carried in the result when
+small, else served by the compute API of the rig that made it (tests/test_work.py serves one)."""
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -7,26 +10,60 @@ from llamarig.work import outputs
 from llamarig.work.commands import DefinitionError
 
 
+async def _no_fetch(url, dest, sha256):
+    raise AssertionError("nothing should be fetched")
+
+
+def _attempt(root) -> object:
+    folder = root / "plans" / "p-20261130-000000-abcdef" / "tasks" / "a" / "attempt-2"
+    folder.mkdir(parents=True)
+    return folder
+
+
 def test_a_small_output_is_carried_and_written_where_it_is_missing(tmp_path):
-    produced = tmp_path / "a" / "output.srt"
-    produced.parent.mkdir()
+    folder = _attempt(tmp_path)
+    produced = folder / "output.srt"
     produced.write_bytes(b"1\n00:00 --> 00:01\nhello\n")
-    data = outputs.carry(str(produced))["output_data"]
+    data = outputs.carry(str(produced), folder, "http://rig-a:8000")["output_data"]
     produced.unlink()  # as on another rig
     here = tmp_path / "b"
     here.mkdir()
     ctx = {"outputs": {"a": str(produced)}, "inputs": {"doc": str(produced), "lang": "en"}, "carried": {"a": data}}
-    local = outputs.localize(ctx, here)
+    local = asyncio.run(outputs.localize(ctx, here, _no_fetch))
     assert local["outputs"]["a"] == local["inputs"]["doc"] == str(here / "inputs" / "a.srt")
     assert (here / "inputs" / "a.srt").read_bytes() == b"1\n00:00 --> 00:01\nhello\n" and local["inputs"]["lang"] == "en"
 
 
-def test_a_present_output_is_used_where_it_is_and_a_large_missing_one_is_a_definition_error(tmp_path):
-    big = tmp_path / "big"
+def test_a_large_output_is_served_with_its_sha256_and_fetched_where_it_is_missing(tmp_path):
+    folder = _attempt(tmp_path)
+    big = folder / "output"
     big.write_bytes(b"x" * (outputs.CARRY_BYTES + 1))
-    assert outputs.carry(str(big)) == {}
-    ctx = {"outputs": {"a": str(big)}, "inputs": {}, "carried": {}}
-    assert outputs.localize(ctx, tmp_path) is ctx
+    said = outputs.carry(str(big), folder, "http://rig-a:8000")
+    assert said == {"output_url": "http://rig-a:8000/admin/work/outputs/p-20261130-000000-abcdef/a/attempt-2/output",
+                    "output_sha256": outputs.sha256_of(big)}
+    ctx = {"outputs": {"a": str(big)}, "inputs": {}, "carried": {}, "served": {"a": {"url": said["output_url"],
+                                                                                    "sha256": said["output_sha256"]}}}
+    assert asyncio.run(outputs.localize(ctx, tmp_path, _no_fetch)) is ctx  # present: used where it is
     big.unlink()
-    with pytest.raises(DefinitionError, match="too large to carry"):
-        outputs.localize(ctx, tmp_path)
+    fetched = []
+
+    async def fetch(url, dest, sha256):
+        fetched.append((url, sha256))
+        dest.write_bytes(b"from rig a")
+    local = asyncio.run(outputs.localize(ctx, tmp_path, fetch))
+    assert fetched == [(said["output_url"], said["output_sha256"])]
+    assert open(local["outputs"]["a"], "rb").read() == b"from rig a"
+
+
+def test_an_output_neither_carried_nor_served_is_a_definition_error(tmp_path):
+    ctx = {"outputs": {"a": str(tmp_path / "nowhere" / "output")}, "inputs": {}, "carried": {}}
+    with pytest.raises(DefinitionError, match="neither carried nor served"):
+        asyncio.run(outputs.localize(ctx, tmp_path, _no_fetch))
+
+
+def test_only_an_attempts_own_output_files_are_offered(tmp_path):
+    folder = _attempt(tmp_path)
+    elsewhere = tmp_path / "output"
+    elsewhere.write_bytes(b"y" * (outputs.CARRY_BYTES + 1))
+    assert outputs.carry(str(elsewhere), folder, "http://rig-a:8000") == {}
+    assert outputs.carry(None, folder, "http://rig-a:8000") == {}

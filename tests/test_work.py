@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+from pathlib import Path
 
 import psutil
 import pytest
@@ -86,6 +87,45 @@ def test_an_output_missing_on_the_dependents_rig_travels_in_the_result(wb):
     assert t["b"]["state"] == "succeeded", t["b"]
     assert open(t["b"]["result"]["output"]).read() == "carried\n"  # written from the result's bytes
     assert "output_data" not in t["a"]["result"]  # kept out of the plan's state
+
+
+def test_a_large_output_is_served_by_its_rigs_api_and_fetched_by_another_rig(wb, tmp_path):
+    """Over 256 KiB the result carries a URL on this rig's compute API and the sha256; another
+    rig's worker (here: the fetch it runs, against a path this machine lacks) downloads and checks it."""
+    import asyncio
+
+    from llamarig.work import outputs
+    from llamarig.work.api_client import ApiRefused, ComputeApi
+
+    plan_id = submit_plan(wb, [_cpu("big", "head -c 300000 /dev/urandom > output")])
+    result = plan_ended(wb, plan_id)["tasks"]["big"]["result"]
+    made = open(result["output"], "rb").read()
+    assert "output_data" not in result and result["output_sha256"] == outputs.sha256_of(Path(result["output"]))
+    assert result["output_url"] == f"{wb.api}/admin/work/outputs/{plan_id}/big/attempt-1/output"
+    served = {"url": result["output_url"], "sha256": result["output_sha256"]}
+    ctx = {"outputs": {"big": "/on/rig-a/output"}, "inputs": {"doc": "/on/rig-a/output"}, "served": {"big": served}}
+
+    async def fetch(ctx, folder):
+        api = ComputeApi(wb.api, None, timeout_s=30, operator_key=wb.key)
+        try:
+            return await outputs.localize(ctx, folder, api.fetch_output)
+        finally:
+            await api.close()
+    local = asyncio.run(fetch(ctx, tmp_path))
+    assert open(local["inputs"]["doc"], "rb").read() == made
+    failures = {}
+    for case, change in {"damaged": {"sha256": "0" * 64}, "gone": {"url": served["url"].replace("big", "nope")},
+                         "unreachable": {"url": f"http://127.0.0.1:{free_port()}/x"}}.items():
+        (tmp_path / case).mkdir()
+        with pytest.raises(ApiRefused) as refused:
+            asyncio.run(fetch(ctx | {"served": {"big": served | change}}, tmp_path / case))
+        failures[case] = (refused.value.code, refused.value.status)
+        assert not (tmp_path / case / "inputs" / "big").exists()
+    assert failures == {"damaged": ("output_damaged", None), "gone": ("output_not_found", 404),
+                        "unreachable": ("output_unreachable", None)}
+    assert wb.get(f"/admin/work/outputs/{plan_id}/big/attempt-1/stderr").json()["error"]["code"] == "invalid_output_path"
+    from llamarig.api.compute.fastpath import route_group
+    assert route_group(served["url"].removeprefix(wb.api)) == "operator"  # the operator key, where the rig has keys
 
 
 def test_retries_back_off_exponentially_as_the_history_shows(wb):

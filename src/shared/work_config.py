@@ -71,6 +71,12 @@ class WorkConfig(Strict):
     metrics_port_gpu: OptionalPort = Field(0, description="Port of work-gpu's Prometheus /metrics (the SDK's "
                                            "and llamarig_task_*) on 127.0.0.1; 0: none.")
     metrics_port_cpu: OptionalPort = Field(0, description="Port of work-cpu's /metrics; 0: none.")
+    outputs_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d{1,5})?/?$", description="Base URL "
+                                    "of this rig's compute API as other rigs reach it: they download its "
+                                    "task outputs over 256 KiB from there (GET /admin/work/outputs/..., with "
+                                    "their operator key, so rigs sharing plans share one operator key). "
+                                    "null: http://<host name>:<api.port>, or http://127.0.0.1:<api.port> while "
+                                    "the API listens on loopback only.")
 
     @model_validator(mode="after")
     def _cluster_named(self):

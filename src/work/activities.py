@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class Activities:
         self.limits = {"script": asyncio.Semaphore(max(1, w.concurrency.script)),  # (0: refused in _takes)
                        "llm": asyncio.Semaphore(max(1, w.concurrency.llm))}
         self.beat_every = w.heartbeat_timeout_s / 3
+        self.served_from = outputs_url(rig)
         self.counted = meter and (
             meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class, outcome and GPU"),
             meter.create_histogram_float("llamarig_task_seconds", "Seconds a task attempt ran", "s"))
@@ -80,7 +82,7 @@ class Activities:
         self._event("task_started", event)
         began = time.monotonic()
         try:
-            result = await work(task, outputs.localize(ctx, folder), folder)
+            result = await work(task, await outputs.localize(ctx, folder, self._fetch), folder)
         except asyncio.CancelledError:
             self._ended(task, event, began, "cancelled", "cancelled")
             raise
@@ -90,7 +92,8 @@ class Activities:
             self._ended(task, event, began, "failed", failure.message)
             raise failure from None
         result = {"gpu": None} | result | {"worker": self.identity, "attempt": attempt, "folder": str(folder),
-                                          "duration_ms": _ms(began)} | outputs.carry(result.get("output"))
+                                          "duration_ms": _ms(began)} | outputs.carry(result.get("output"), folder,
+                                                                                     self.served_from)
         self._event("task_succeeded", event | {"duration_ms": result["duration_ms"],
                                               "tokens_generated": result.get("tokens")})
         self._count(task["cls"], "succeeded", began, result.get("gpu"))
@@ -203,6 +206,9 @@ class Activities:
         return min(want, key=lambda n: (load.get(n, {}).get("state") not in ("ready", "busy"),
                                         load.get(n, {}).get("inflight", 0) + load.get(n, {}).get("waiting", 0), n))
 
+    async def _fetch(self, url: str, dest: Path, sha256: str) -> None:
+        await self._beating(self.api.fetch_output(url, dest, sha256))
+
     async def _beating(self, call):
         """Await `call`, heartbeating meanwhile: a hung worker is noticed, a cancel reaches us."""
         job = asyncio.ensure_future(call)
@@ -232,6 +238,15 @@ class Activities:
 def task_owner(rig, role: str) -> str:
     """What every command of this worker carries in its environment, for `commands.sweep`."""
     return f"work-{role}:{rig.run_dir}"
+
+
+def outputs_url(rig) -> str:
+    """Where other rigs fetch this rig's large outputs: work.outputs_url, else this host by name
+    (or loopback while the API listens on loopback only) at api.port."""
+    if rig.work.outputs_url:
+        return rig.work.outputs_url.rstrip("/")
+    host = "127.0.0.1" if rig.api.host in ("127.0.0.1", "localhost", "::1") else socket.gethostname()
+    return f"http://{host}:{rig.api.port}"
 
 
 def _ms(began: float) -> int:

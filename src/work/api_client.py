@@ -1,7 +1,9 @@
 """The compute API as the workers use it: transcriptions, embeddings and chat completions with
-the rig's client key, and the load of each model (from /ready)."""
+the rig's client key, the load of each model (from /ready), GPU leases, and task outputs other
+rigs serve (with the operator key)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,15 @@ class ApiRefused(LlamarigError):
         self.status = status
 
 
+def _refused(path: str, r: httpx.Response) -> ApiRefused:
+    try:
+        err = r.json()["error"]
+        code, message = err.get("code") or str(r.status_code), f"{path}: {err.get('message')}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        code, message = str(r.status_code), f"{path}: {r.text[:200]}"
+    return ApiRefused(code, f"{r.status_code} {message}", r.status_code)
+
+
 class ComputeApi:
     def __init__(self, base: str, key: str | None, timeout_s: float, operator_key: str | None = None):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -29,13 +40,28 @@ class ComputeApi:
     async def _post(self, path: str, **kw) -> httpx.Response:
         r = await self.http.post(path, **kw)
         if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-                code, message = err.get("code") or str(r.status_code), f"{path}: {err.get('message')}"
-            except (ValueError, KeyError, TypeError, AttributeError):
-                code, message = str(r.status_code), f"{path}: {r.text[:200]}"
-            raise ApiRefused(code, f"{r.status_code} {message}", r.status_code)
+            raise _refused(path, r)
         return r
+
+    async def fetch_output(self, url: str, dest: Path, sha256: str) -> None:
+        """A task output another rig's compute API serves (work/outputs.py), into dest, checked
+        against its sha256; an unreachable rig or a damaged copy is retryable, a 4xx is not."""
+        digest = hashlib.sha256()
+        try:
+            async with self.http.stream("GET", url, headers=self.operator) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    raise _refused(url, r)
+                with open(dest, "wb") as f:
+                    async for chunk in r.aiter_bytes(1 << 20):
+                        digest.update(chunk)
+                        f.write(chunk)
+        except httpx.TransportError as e:
+            raise ApiRefused("output_unreachable", f"{url}: {type(e).__name__}: the rig that made this output does "
+                             "not answer (down, or its work.outputs_url is not reachable from here)") from None
+        if digest.hexdigest() != sha256:
+            dest.unlink()
+            raise ApiRefused("output_damaged", f"{url}: the copy's sha256 differs from the one its task recorded")
 
     async def transcribe(self, audio: Path, response_format: str, language: str | None) -> str:
         data = {"model": "whisper-1", "response_format": response_format} | ({"language": language} if language else {})

@@ -1,43 +1,69 @@
-"""A task's output file travels to its dependents on another rig: an output up to CARRY_BYTES
-rides in the task's result (base64, kept out of the plan's state and record); a dependent
-whose rig lacks the file writes those bytes into its own folder and reads them there. Larger
-outputs need a folder every rig mounts at the same path (the README's "Several rigs")."""
+"""A task's output file travels to its dependents on another rig. An output up to CARRY_BYTES
+rides in the task's result (base64, kept out of the plan's state and record); a larger one is
+served by the compute API of the rig that made it (ROUTE, operator key) and its result carries
+that URL and the file's sha256. A dependent whose rig lacks the file writes the carried bytes,
+or downloads and checks the served file, into its own folder and reads it there. A folder every
+rig mounts at the same path makes all of this unneeded: a present file is used where it is."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 from pathlib import Path
 
 from llamarig.work.commands import DefinitionError
 
 CARRY_BYTES = 256 * 1024  # a few pages of transcript; Temporal's payloads are limited to 2 MiB
+ROUTE = "/admin/work/outputs"
+SERVED_NAME = re.compile(r"^(output(\.[a-z0-9]{1,8})?|stdout)$")  # what an attempt's output may be called
 
 
-def carry(output: str | None) -> dict:
-    """{"output_data": ...} for an output small enough to travel, else {}."""
+def carry(output: str | None, folder: Path, served_from: str) -> dict:
+    """What the result says so that dependents on another rig get the output: its bytes
+    ({"output_data"}) when small, else where this rig serves it ({"output_url", "output_sha256"})."""
     if not output:
         return {}
     path = Path(output)
     try:
-        if path.stat().st_size > CARRY_BYTES:
+        size = path.stat().st_size
+        if size <= CARRY_BYTES:
+            return {"output_data": base64.b64encode(path.read_bytes()).decode()}
+        if path.parent != folder or not SERVED_NAME.match(path.name):
             return {}
-        return {"output_data": base64.b64encode(path.read_bytes()).decode()}
+        return {"output_url": served_from + served_path(folder, path.name), "output_sha256": sha256_of(path)}
     except OSError:
         return {}
 
 
-def localize(ctx: dict, folder: Path) -> dict:
-    """ctx with each dependency's output at a path this rig can read."""
+def served_path(folder: Path, name: str) -> str:
+    """ROUTE/PLAN/TASK/attempt-N/NAME for the attempt folder run/work/plans/PLAN/tasks/TASK/attempt-N."""
+    return f"{ROUTE}/{folder.parent.parent.parent.name}/{folder.parent.name}/{folder.name}/{name}"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+async def localize(ctx: dict, folder: Path, fetch) -> dict:
+    """ctx with each dependency's output at a path this rig can read. fetch(url, dest, sha256)
+    downloads a served output (api_client.ComputeApi.fetch_output)."""
     moved = {}
     for dep, path in ctx.get("outputs", {}).items():
         if Path(path).exists():
             continue
-        data = ctx.get("carried", {}).get(dep)
-        if data is None:
-            raise DefinitionError(f"the output of {dep!r} ({path}) is on another rig and too large to carry "
-                                  f"({CARRY_BYTES // 1024} KiB at most): give the rigs a shared folder")
         local = folder / "inputs" / f"{dep}{Path(path).suffix}"
         local.parent.mkdir(exist_ok=True)
-        local.write_bytes(base64.b64decode(data))
+        if (data := ctx.get("carried", {}).get(dep)) is not None:
+            local.write_bytes(base64.b64decode(data))
+        elif (served := ctx.get("served", {}).get(dep)) is not None:
+            await fetch(served["url"], local, served["sha256"])
+        else:
+            raise DefinitionError(f"the output of {dep!r} ({path}) is on another rig, which neither carried "
+                                  "nor served it: give the rigs a shared folder")
         moved[path] = str(local)
     if not moved:
         return ctx

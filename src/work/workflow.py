@@ -147,8 +147,10 @@ class PlanWorkflow:
         inputs = {k: self._input(v) for k, v in t["inputs"].items()}
         outputs = {dep: self.tasks[dep]["result"]["output"] for dep in t["depends_on"]}
         carried = {dep: self.carried[dep] for dep in t["depends_on"] if dep in self.carried}
+        served = {dep: {"url": r["output_url"], "sha256": r["output_sha256"]} for dep in t["depends_on"]
+                  if "output_url" in (r := self.tasks[dep]["result"])}
         ctx = {"plan_id": spec["plan_id"], "attempt": attempt, "inputs": inputs, "outputs": outputs,
-               "carried": carried, "cancel_grace_s": d["cancel_grace_s"]}
+               "carried": carried, "served": served, "cancel_grace_s": d["cancel_grace_s"]}
         return await workflow.execute_activity(
             ACTIVITY[t["cls"]], args=[t, ctx], task_queue=spec["queues"][t["cls"]], activity_id=f"{t['name']}#{attempt}",
             start_to_close_timeout=timedelta(seconds=t["timeout_s"] or d["timeout_s"]),

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
-from llamarig.api.compute import admin_routes, errors, openai_routes, openapi, plan_routes
+from llamarig.api.compute import admin_routes, errors, openai_routes, openapi, output_routes, plan_routes
 from llamarig.api.compute.model_limits import ModelLimitsCache
 from llamarig.api.compute.metrics import Metrics
 from llamarig.api.compute.fastpath import FastPath
@@ -123,6 +123,8 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
     app.include_router(openai_routes.build_router(state))
     app.include_router(admin_routes.build_router(state))
     app.include_router(plan_routes.build_router(state, rig))
+    if rig.work:
+        app.include_router(output_routes.build_router(rig))
     # Outside FastAPI's own middleware stack: the hot path pays for none of it.
     front = FastPath(app, state, keys, rig.api.keys.open_routes)
     openapi.install(app, state, front.open)
