@@ -259,6 +259,36 @@ def test_the_whole_bundle_killed_mid_plan_goes_on_after_a_restart(tmp_path, mode
     assert view["tasks"]["b"]["result"]["attempt"] == 2 and view["tasks"]["c"]["result"]["attempt"] == 1
 
 
+def test_an_llm_task_whose_compute_api_dies_mid_request_fails_and_runs_again(tmp_path, models):
+    """The model's server is frozen (SIGSTOP), so the task's request stands in the API; the API is
+    killed there. The attempt fails (retryable: the connection dropped), and the retry, once
+    supervisord started the API again, succeeds."""
+    from helpers import running_bundle
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, work=work_section(retry_initial_s=0.5),
+                    lifecycle={"health_interval_s": 5, "probe_timeout_s": 5})  # the frozen server stays "ready"
+    with running_bundle(tmp_path, rig) as b:
+        server = psutil.Process(b.pid("llama-m"))
+        server.suspend()
+        try:
+            plan_id = submit_plan(b, [{"name": "gen", "class": "llm", "retries": 5,
+                                       "generate": {"prompt": "Say hi.", "model": "m", "max_tokens": 4}}])
+            wait_for(lambda: b.unit("m")["inflight"] == 1, 60, "the task's request standing in the API")
+            api = b.pid("compute-api")
+            b.ctl("signal", "KILL", "compute-api")
+        finally:
+            server.resume()
+        wait_for(lambda: b.pid("compute-api") not in (0, api), 30, "the compute API started again")
+        b.wait_ready()
+        view = plan_ended(b, plan_id, timeout=120)
+        history = plan_history(b.rig, plan_id)
+    assert view["outcome"] == "succeeded", view["tasks"]["gen"]
+    failed = [e.activity_task_failed_event_attributes.failure for e in history
+              if e.HasField("activity_task_failed_event_attributes")]
+    assert view["tasks"]["gen"]["result"]["attempt"] == len(failed) + 1 and view["tasks"]["gen"]["result"]["tokens"] >= 1
+    assert failed[0].message.startswith("/v1/chat/completions: RemoteProtocolError: Server disconnected"), failed[0]
+    assert not any(f.application_failure_info.non_retryable for f in failed)
+
+
 def test_a_backup_taken_while_running_restores_the_plans(tmp_path, models):
     from helpers import start_bundle
 

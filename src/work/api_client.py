@@ -38,7 +38,11 @@ class ComputeApi:
         await self.http.aclose()
 
     async def _post(self, path: str, **kw) -> httpx.Response:
-        r = await self.http.post(path, **kw)
+        try:
+            r = await self.http.post(path, **kw)
+        except httpx.TransportError as e:
+            raise ApiRefused("api_unreachable", f"{path}: {type(e).__name__}: {e}: the compute API at "
+                             f"{self.http.base_url} dropped or refused the request (restarting?)") from None
         if r.status_code >= 400:
             raise _refused(path, r)
         return r
