@@ -2,6 +2,9 @@
 bench/setup-celery.sh): each task spawns `true` with stdout and stderr to files in a folder of
 its own, as a llamarig cpu task does; times come from the tasks' own clocks (start and end).
 Prints one JSON object. Celery has no dependency graph beyond chains and chords, so no DAG here.
+The kill: a late-acked task's worker killed with kill -9 (its whole process group) and a new
+worker started, with Redis' visibility timeout set to the heartbeat timeout llamarig's bench uses;
+the time until the task starts again, from the task's own clock.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from celery import Celery
 app = Celery("bench", broker=os.environ["BROKER"], backend=os.environ["BROKER"])
 app.conf.worker_prefetch_multiplier = 1
 app.conf.task_acks_late = True
+app.conf.task_reject_on_worker_lost = True
+app.conf.broker_transport_options = {"visibility_timeout": float(os.environ.get("VISIBILITY_S", 3600))}
 
 @app.task
 def run(_previous=None, folder="/tmp", name="t"):
@@ -39,7 +44,15 @@ def run(_previous=None, folder="/tmp", name="t"):
     with open(where / "stdout", "wb") as out, open(where / "stderr", "wb") as err:
         subprocess.run(["true"], stdout=out, stderr=err, start_new_session=True)
     return {"started": started, "ended": time.time()}
+
+@app.task
+def slow(starts):
+    with open(starts, "a") as f:
+        f.write(f"{time.time()}\\n")
+    if len(Path(starts).read_text().split()) == 1:
+        time.sleep(300)
 '''
+KILL_VISIBILITY_S = 5  # bench/work.py runs its kill with work.heartbeat_timeout_s 5
 
 
 def main(chain_n: int, fan_n: int) -> dict:
@@ -51,9 +64,7 @@ def main(chain_n: int, fan_n: int) -> dict:
         env = {**os.environ, "BROKER": broker, "PYTHONPATH": str(folder)}
         redis = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
                                  stdout=subprocess.DEVNULL)
-        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "benchtasks", "worker", "-c", str(CONCURRENCY),
-                                   "--pool", "prefork", "-l", "warning"], cwd=folder, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = _worker(folder, env)
         try:
             sys.path.insert(0, str(folder))
             os.environ["BROKER"] = broker
@@ -69,13 +80,49 @@ def main(chain_n: int, fan_n: int) -> dict:
             results = group(benchtasks.run.s(folder=str(folder / "f"), name=f"f{i}") for i in range(fan_n)).apply_async()
             ends = [r["ended"] for r in results.get(timeout=600)]
             span = max(ends) - began
-            return {"chain": {"tasks": chain_n, "step_overhead_p50_ms": round(overhead[len(overhead) // 2] * 1000, 1)},
-                    "fan_out": {"tasks": fan_n, "seconds": round(span, 2), "tasks_per_s": round(fan_n / span, 1)},
-                    "concurrency": CONCURRENCY}
-        finally:
+            measured = {"chain": {"tasks": chain_n, "step_overhead_p50_ms": round(overhead[len(overhead) // 2] * 1000, 1)},
+                        "fan_out": {"tasks": fan_n, "seconds": round(span, 2), "tasks_per_s": round(fan_n / span, 1)},
+                        "concurrency": CONCURRENCY}
             worker.terminate()
             worker.wait(timeout=30)
+            worker = _worker(folder, env | {"VISIBILITY_S": str(KILL_VISIBILITY_S)})
+            worker, measured["kill"] = _kill(folder, env, worker, benchtasks)
+            return measured
+        finally:
+            worker.kill()
+            worker.wait(timeout=30)
             redis.terminate()
+
+
+def _worker(folder: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "benchtasks", "worker", "-c", str(CONCURRENCY),
+                             "--pool", "prefork", "-l", "warning"], cwd=folder, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill(folder: Path, env: dict, worker, benchtasks) -> tuple[subprocess.Popen, dict]:
+    """kill -9 of the worker running a late-acked task (its pool too), a new worker started at
+    once (as supervisord would): seconds until the task starts again."""
+    import signal
+
+    starts = folder / "starts"
+    benchtasks.slow.delay(str(starts))
+    deadline = time.time() + 120
+    while not (starts.exists() and starts.read_text().strip()):
+        if time.time() > deadline:
+            return worker, {"failed": "the task never started"}
+        time.sleep(0.05)
+    killed = time.time()
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    worker = _worker(folder, env | {"VISIBILITY_S": str(KILL_VISIBILITY_S)})
+    deadline = killed + 120
+    while len(starts.read_text().split()) < 2:
+        if time.time() > deadline:
+            return worker, {"failed": "not started again within 120 s", "visibility_timeout_s": KILL_VISIBILITY_S}
+        time.sleep(0.05)
+    again = float(starts.read_text().split()[1])
+    return worker, {"rerun_after_s": round(again - killed, 2), "visibility_timeout_s": KILL_VISIBILITY_S}
 
 
 def _collect(result) -> list[dict]:
