@@ -221,6 +221,8 @@ def _work_parsers(sub) -> None:
     s = sub.add_parser("work", help="(supervisord program) a worker: gpu polls QUEUE@gpu, cpu QUEUE@cpu")
     s.add_argument("role", choices=["gpu", "cpu"])
     s.set_defaults(fn=lambda a: w.run_worker(_rig(a), a.role))
+    sub.add_parser("watchdog", help="(supervisord event listener) kills a worker hung past "
+                   "work.heartbeat_timeout_s").set_defaults(fn=lambda a: w.run_watchdog(_rig(a)))
     s = sub.add_parser("submit", help="validate a plan file and submit it")
     s.add_argument("plan")
     s.add_argument("--infer-class", action="store_true", help="give a task without a class the one its "

@@ -42,7 +42,7 @@ def _alive(pids: list[int]) -> list[int]:
 
 def test_the_programs_are_named_in_supervisorctl_status(wb):
     status = wb.ctl("status").stdout
-    for program in ("temporal", "work-cpu", "work-gpu"):
+    for program in ("temporal", "work-cpu", "work-gpu", "work-watchdog"):
         assert f"{program} " in status and "RUNNING" in status.split(program, 1)[1].splitlines()[0], status
     db = wb.rig.run_dir / "temporal.db"
     assert db.exists() and (db.parent / "temporal.db-wal").exists()  # SQLite in WAL mode, in the run folder
@@ -187,6 +187,27 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_runs_again_without_or
     assert len(failed) == 1  # the first attempt, noticed by its missing heartbeat
     assert re.search(r'^llamarig_task_heartbeat_timeouts_total\{class="cpu"[^}]*\} [1-9]',
                      wb.get("/metrics/work/cpu").text, re.M)  # counted by the plan, on the new worker
+
+
+def test_a_hung_worker_is_killed_and_its_task_runs_again_without_orphans(tmp_path, models):
+    """work-cpu frozen (SIGSTOP) mid-task: silent past heartbeat_timeout_s, the watchdog has
+    supervisord kill it; its command dies with it, and the task runs again on the new worker."""
+    from helpers import running_bundle
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, work=work_section(heartbeat_timeout_s=4))
+    with running_bundle(tmp_path, rig) as b:
+        hang = "if [ $LLAMARIG_ATTEMPT = 1 ]; then echo $$ > pid; sleep 300; fi"
+        plan_id = submit_plan(b, [_cpu("job", hang)])
+        wait_for(lambda: plan_view(b, plan_id)["tasks"]["job"]["state"] == "running", 60, "the task running")
+        folder = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "job" / "attempt-1"
+        command = int(wait_for(lambda: (folder / "pid").exists() and (folder / "pid").read_text().strip(), 30, "pid"))
+        worker = b.pid("work-cpu")
+        psutil.Process(worker).suspend()
+        wait_for(lambda: b.pid("work-cpu") not in (0, worker), 60, "the watchdog killing the hung worker")
+        wait_for(lambda: not _alive([command]), 10, "the hung attempt's command gone")
+        view = plan_ended(b, plan_id, timeout=120)
+        said = (b.rig.run_dir / "logs" / "work-watchdog.log").read_text()
+    assert view["outcome"] == "succeeded" and view["tasks"]["job"]["result"]["attempt"] == 2, view
+    assert '"killed a hung worker"' in said and '"program": "work-cpu"' in said, said
 
 
 def test_an_llm_task_sends_untrusted_inputs_in_a_marked_data_block(wb):

@@ -52,3 +52,37 @@ def test_the_cluster_dynamic_config_says_what_the_embedded_server_is_started_wit
     cluster = yaml.safe_load((Path(__file__).resolve().parents[1] / "runtime" / "temporal-dynamic-config.yaml").read_text())
     assert {k: v[0]["value"] for k, v in cluster.items()} == {
         k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in EMBEDDED_DYNAMIC_CONFIG.items()}
+
+
+def test_the_watchdog_counts_silence_from_the_last_alive_or_the_start_and_only_while_running(tmp_path):
+    import os
+
+    from llamarig.work import watchdog
+
+    rig = load_rig(write_rig(tmp_path, {"m": model_entry(tmp_path / "m.gguf", [0])},
+                             work=work_section(heartbeat_timeout_s=10)))
+    path = watchdog.alive_path(rig, "cpu")
+    path.parent.mkdir(parents=True)
+    running = {"statename": "RUNNING", "start": 1000}
+    assert watchdog.silent_for(rig, "cpu", running, 1009) is None  # no file yet: counted from its start
+    assert watchdog.silent_for(rig, "cpu", running, 1011) == 11
+    watchdog.say_alive(path)
+    os.utime(path, (1005, 1005))
+    assert watchdog.silent_for(rig, "cpu", running, 1014) is None and watchdog.silent_for(rig, "cpu", running, 1016) == 11
+    assert watchdog.silent_for(rig, "cpu", running | {"statename": "STARTING"}, 5000) is None
+
+
+def test_the_watchdog_speaks_supervisords_event_listener_protocol(tmp_path, monkeypatch):
+    import io
+
+    from llamarig.work import watchdog
+
+    rig = load_rig(write_rig(tmp_path, {"m": model_entry(tmp_path / "m.gguf", [0])}, work=work_section()))
+    checked = []
+    monkeypatch.setattr(watchdog, "check", lambda rig, supervisor: checked.append(1))
+    payload = "when:1 "
+    events = "".join(f"ver:3.0 server:supervisor serial:{i} pool:work-watchdog poolserial:{i} eventname:{name} "
+                     f"len:{len(payload)}\n{payload}" for i, name in enumerate(["TICK_5", "PROCESS_LOG", "TICK_5"]))
+    out = io.StringIO()
+    assert watchdog.serve(rig, io.StringIO(events), out) == 0
+    assert out.getvalue() == "READY\nRESULT 2\nOK" * 3 + "READY\n" and len(checked) == 2

@@ -16,6 +16,7 @@ from llamarig.shared.rig import Rig
 API_PROGRAM = "compute-api"
 WHISPER_PROGRAM = "whisper"
 TEMPORAL_PROGRAM = "temporal"
+WATCHDOG_PROGRAM = "work-watchdog"
 HEADER = "; Rendered by `llamarig render` from {rig}. Edit the rig and render again; do not edit by hand.\n"
 
 
@@ -134,7 +135,8 @@ def render(rig: Rig, conf_dir: Path | None) -> str:
 
 def _work_programs(rig: Rig, conf_dir: Path | None, rig_ref: str) -> list[str]:
     """The embedded Temporal first up and last down (priority 10); the workers last up and first
-    down (1000): they stop polling and finish or cancel their tasks while the API still serves."""
+    down (1000): they stop polling and finish or cancel their tasks while the API still serves;
+    the watchdog that kills a hung worker (work/watchdog.py)."""
     from llamarig.work.worker import GRACEFUL_S
 
     parts = []
@@ -147,6 +149,13 @@ def _work_programs(rig: Rig, conf_dir: Path | None, rig_ref: str) -> list[str]:
         parts.append(_program(rig, conf_dir, f"work-{role}", f"llamarig --rig {rig_ref} work {role}", {
             "autostart": "true", "autorestart": "true", "startsecs": 2, "priority": 1000,
             "stopwaitsecs": math.ceil(GRACEFUL_S + rig.work.cancel_grace_s) + 5, "environment": _env(env)}))
+    # An event listener: its stdout is supervisord's protocol, so its logs go to stderr's own file.
+    parts.append(_section(f"eventlistener:{WATCHDOG_PROGRAM}", {
+        "command": f"llamarig --rig {rig_ref} watchdog", "events": "TICK_5", "directory": _here(rig.root, conf_dir),
+        "autostart": "true", "autorestart": "true", "startsecs": 1, "priority": 1001,
+        "stderr_logfile": _here(rig.run_dir / "logs" / f"{WATCHDOG_PROGRAM}.log", conf_dir),
+        "stderr_logfile_maxbytes": "10MB", "stderr_logfile_backups": 3,
+        "environment": _env({"PYTHONUNBUFFERED": "1", "LLAMARIG_PROGRAM": WATCHDOG_PROGRAM})}))
     return parts
 
 

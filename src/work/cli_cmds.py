@@ -54,6 +54,15 @@ def run_worker(rig, role: str) -> int:
     return asyncio.run(serve(rig, role))
 
 
+def run_watchdog(rig) -> int:
+    from llamarig.shared.logs import setup_logging
+    from llamarig.work import watchdog
+
+    need_work(rig)
+    setup_logging()
+    return watchdog.serve(rig)
+
+
 def submit(rig, path: str, infer_class: bool) -> int:
     from llamarig.ops import Api
     from llamarig.work.plan import load_plan

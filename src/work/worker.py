@@ -11,7 +11,7 @@ import signal
 from datetime import timedelta
 
 from llamarig.shared.keys import load_keys
-from llamarig.work import commands, engine
+from llamarig.work import commands, engine, watchdog
 from llamarig.work.activities import Activities, task_owner
 from llamarig.work.api_client import ComputeApi
 from llamarig.work.slots import RigSlots
@@ -20,6 +20,7 @@ log = logging.getLogger("llamarig.work")
 GRACEFUL_S = 10  # running tasks get this long to end after SIGTERM before they are cancelled
 STICKY_S = 2  # a plan whose cpu worker died moves to another after this (the SDK's default: 10 s)
 CONNECT_RETRY_MAX_S = 10  # the longest wait between two tries to reach Temporal
+ALIVE_EVERY_S = 5  # how often a worker tells the watchdog it is alive (or a quarter of the heartbeat timeout)
 
 
 def _runtime(port: int):
@@ -59,6 +60,7 @@ async def serve(rig, role: str) -> int:
     from llamarig.work.workflow import PlanWorkflow
 
     identity = engine.worker_identity(f"work-{role}", rig.api.port)
+    alive = asyncio.ensure_future(_say_alive(watchdog.alive_path(rig, role), rig.work.heartbeat_timeout_s))
     _watch_children_by_pidfd()
     swept = commands.sweep(task_owner(rig, role))
     if swept:
@@ -87,9 +89,18 @@ async def serve(rig, role: str) -> int:
     _stop_on_term(worker)
     log.info("worker polling", extra={"queue": queue, "identity": identity})
     await worker.run()
+    alive.cancel()
     await api.close()
     log.info("worker stopped", extra={"queue": queue})
     return 0
+
+
+async def _say_alive(path, heartbeat_timeout_s: float) -> None:
+    """For the watchdog (work/watchdog.py): from the event loop, so a blocked loop falls silent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        watchdog.say_alive(path)
+        await asyncio.sleep(min(ALIVE_EVERY_S, heartbeat_timeout_s / 4))
 
 
 def _watch_children_by_pidfd() -> None:

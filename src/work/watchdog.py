@@ -1,0 +1,76 @@
+"""`llamarig watchdog`: a supervisord event listener (TICK_5) that ends a hung worker. Each worker
+touches run/work/alive-ROLE from its event loop (worker.py); one that has not for
+work.heartbeat_timeout_s (its loop blocked, or the process stopped) gets SIGKILL through
+supervisord, which starts it again. The kernel then ends its commands (PR_SET_PDEATHSIG), and
+Temporal gives its tasks to a live worker after the same heartbeat timeout: a hung worker
+leaves nothing running, as a dead one does."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from llamarig.backend.supervisor import SupervisorClient, SupervisorError
+from llamarig.backend.supervisor_conf import socket_path
+
+log = logging.getLogger("llamarig.work")
+ROLES = ("cpu", "gpu")
+
+
+def alive_path(rig, role: str) -> Path:
+    return rig.run_dir / "work" / f"alive-{role}"
+
+
+def say_alive(path: Path) -> None:
+    path.touch()
+
+
+def silent_for(rig, role: str, info: dict, now: float) -> float | None:
+    """Seconds the RUNNING worker has not said it is alive, where that passed heartbeat_timeout_s
+    (counted from its start at the earliest); else None."""
+    if info.get("statename") != "RUNNING":
+        return None
+    try:
+        said = os.stat(alive_path(rig, role)).st_mtime
+    except OSError:
+        said = 0.0
+    silent = now - max(said, float(info["start"]))
+    return silent if silent > rig.work.heartbeat_timeout_s else None
+
+
+def check(rig, supervisor: SupervisorClient) -> list[str]:
+    """Kill every hung worker; the programs killed."""
+    killed = []
+    for role in ROLES:
+        program = f"work-{role}"
+        try:
+            silent = silent_for(rig, role, supervisor.info(program), time.time())
+            if silent is None:
+                continue
+            supervisor.signal(program, "KILL")
+        except SupervisorError as e:
+            log.warning("watchdog could not check or kill a worker", extra={"program": program, "reason": e.reason})
+            continue
+        log.warning("killed a hung worker", extra={"program": program, "silent_s": round(silent, 1),
+                                                   "heartbeat_timeout_s": rig.work.heartbeat_timeout_s})
+        killed.append(program)
+    return killed
+
+
+def serve(rig, stdin=sys.stdin, stdout=sys.stdout) -> int:
+    """supervisord's event listener protocol: READY, one event (header, then its payload), RESULT."""
+    supervisor = SupervisorClient(socket_path(rig))
+    while True:
+        stdout.write("READY\n")
+        stdout.flush()
+        line = stdin.readline()
+        if not line:
+            return 0
+        header = dict(field.split(":", 1) for field in line.split())
+        stdin.read(int(header["len"]))
+        if header.get("eventname", "").startswith("TICK"):
+            check(rig, supervisor)
+        stdout.write("RESULT 2\nOK")
+        stdout.flush()
