@@ -24,7 +24,7 @@ def test_a_small_output_is_carried_and_written_where_it_is_missing(tmp_path):
     folder = _attempt(tmp_path)
     produced = folder / "output.srt"
     produced.write_bytes(b"1\n00:00 --> 00:01\nhello\n")
-    data = outputs.carry(str(produced), folder, "http://rig-a:8000")["output_data"]
+    data = asyncio.run(outputs.carry(str(produced), folder, "http://rig-a:8000"))["output_data"]
     produced.unlink()  # as on another rig
     here = tmp_path / "b"
     here.mkdir()
@@ -38,7 +38,7 @@ def test_a_large_output_is_served_with_its_sha256_and_fetched_where_it_is_missin
     folder = _attempt(tmp_path)
     big = folder / "output"
     big.write_bytes(b"x" * (outputs.CARRY_BYTES + 1))
-    said = outputs.carry(str(big), folder, "http://rig-a:8000")
+    said = asyncio.run(outputs.carry(str(big), folder, "http://rig-a:8000"))
     assert said == {"output_url": "http://rig-a:8000/admin/work/outputs/p-20261130-000000-abcdef/a/attempt-2/output",
                     "output_sha256": outputs.sha256_of(big)}
     ctx = {"outputs": {"a": str(big)}, "inputs": {}, "carried": {}, "served": {"a": {"url": said["output_url"],
@@ -65,5 +65,5 @@ def test_only_an_attempts_own_output_files_are_offered(tmp_path):
     folder = _attempt(tmp_path)
     elsewhere = tmp_path / "output"
     elsewhere.write_bytes(b"y" * (outputs.CARRY_BYTES + 1))
-    assert outputs.carry(str(elsewhere), folder, "http://rig-a:8000") == {}
-    assert outputs.carry(None, folder, "http://rig-a:8000") == {}
+    assert asyncio.run(outputs.carry(str(elsewhere), folder, "http://rig-a:8000")) == {}
+    assert asyncio.run(outputs.carry(None, folder, "http://rig-a:8000")) == {}

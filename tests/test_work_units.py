@@ -54,22 +54,27 @@ def test_the_cluster_dynamic_config_says_what_the_embedded_server_is_started_wit
         k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in EMBEDDED_DYNAMIC_CONFIG.items()}
 
 
-def test_the_watchdog_counts_silence_from_the_last_alive_or_the_start_and_only_while_running(tmp_path):
+def test_the_watchdog_counts_silence_from_the_last_alive_and_gives_a_start_its_time(tmp_path):
     import os
 
     from llamarig.work import watchdog
 
     rig = load_rig(write_rig(tmp_path, {"m": model_entry(tmp_path / "m.gguf", [0])},
-                             work=work_section(heartbeat_timeout_s=10)))
+                             work=work_section(heartbeat_timeout_s=20)))
     path = watchdog.alive_path(rig, "cpu")
     path.parent.mkdir(parents=True)
     running = {"statename": "RUNNING", "start": 1000}
-    assert watchdog.silent_for(rig, "cpu", running, 1009) is None  # no file yet: counted from its start
-    assert watchdog.silent_for(rig, "cpu", running, 1011) == 11
+    assert watchdog.silent_for(rig, "cpu", running, 1000 + watchdog.STARTUP_S) is None  # nothing said yet: starting
+    assert watchdog.silent_for(rig, "cpu", running, 1001 + watchdog.STARTUP_S) == watchdog.STARTUP_S + 1
     watchdog.say_alive(path)
     os.utime(path, (1005, 1005))
-    assert watchdog.silent_for(rig, "cpu", running, 1014) is None and watchdog.silent_for(rig, "cpu", running, 1016) == 11
+    assert watchdog.silent_for(rig, "cpu", running, 1025) is None and watchdog.silent_for(rig, "cpu", running, 1026) == 21
     assert watchdog.silent_for(rig, "cpu", running | {"statename": "STARTING"}, 5000) is None
+    short = load_rig(write_rig(tmp_path, {"m": model_entry(tmp_path / "m.gguf", [0])},
+                               work=work_section(heartbeat_timeout_s=3)))
+    watchdog.alive_path(short, "cpu").touch()
+    os.utime(watchdog.alive_path(short, "cpu"), (1005, 1005))
+    assert watchdog.silent_for(short, "cpu", running, 1005 + watchdog.SILENCE_FLOOR_S) is None  # the floor
 
 
 def test_the_watchdog_speaks_supervisords_event_listener_protocol(tmp_path, monkeypatch):

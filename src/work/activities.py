@@ -92,8 +92,8 @@ class Activities:
             self._ended(task, event, began, "failed", failure.message)
             raise failure from None
         result = {"gpu": None} | result | {"worker": self.identity, "attempt": attempt, "folder": str(folder),
-                                          "duration_ms": _ms(began)} | outputs.carry(result.get("output"), folder,
-                                                                                     self.served_from)
+                                          "duration_ms": _ms(began)}
+        result |= await outputs.carry(result.get("output"), folder, self.served_from)
         self._event("task_succeeded", event | {"duration_ms": result["duration_ms"],
                                               "tokens_generated": result.get("tokens")})
         self._count(task["cls"], "succeeded", began, result.get("gpu"))

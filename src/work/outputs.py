@@ -6,6 +6,7 @@ or downloads and checks the served file, into its own folder and reads it there.
 rig mounts at the same path makes all of this unneeded: a present file is used where it is."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -18,9 +19,10 @@ ROUTE = "/admin/work/outputs"
 SERVED_NAME = re.compile(r"^(output(\.[a-z0-9]{1,8})?|stdout)$")  # what an attempt's output may be called
 
 
-def carry(output: str | None, folder: Path, served_from: str) -> dict:
+async def carry(output: str | None, folder: Path, served_from: str) -> dict:
     """What the result says so that dependents on another rig get the output: its bytes
-    ({"output_data"}) when small, else where this rig serves it ({"output_url", "output_sha256"})."""
+    ({"output_data"}) when small, else where this rig serves it ({"output_url", "output_sha256"};
+    hashed in a thread: gigabytes must not stall the worker's heartbeats)."""
     if not output:
         return {}
     path = Path(output)
@@ -30,7 +32,8 @@ def carry(output: str | None, folder: Path, served_from: str) -> dict:
             return {"output_data": base64.b64encode(path.read_bytes()).decode()}
         if path.parent != folder or not SERVED_NAME.match(path.name):
             return {}
-        return {"output_url": served_from + served_path(folder, path.name), "output_sha256": sha256_of(path)}
+        digest = await asyncio.to_thread(sha256_of, path)
+        return {"output_url": served_from + served_path(folder, path.name), "output_sha256": digest}
     except OSError:
         return {}
 

@@ -1,6 +1,6 @@
 """`llamarig watchdog`: a supervisord event listener (TICK_5) that ends a hung worker. Each worker
 touches run/work/alive-ROLE from its event loop (worker.py); one that has not for
-work.heartbeat_timeout_s (its loop blocked, or the process stopped) gets SIGKILL through
+work.heartbeat_timeout_s (10 s at least; its loop blocked, or the process stopped) gets SIGKILL through
 supervisord, which starts it again. The kernel then ends its commands (PR_SET_PDEATHSIG), and
 Temporal gives its tasks to a live worker after the same heartbeat timeout: a hung worker
 leaves nothing running, as a dead one does."""
@@ -17,6 +17,8 @@ from llamarig.backend.supervisor_conf import socket_path
 
 log = logging.getLogger("llamarig.work")
 ROLES = ("cpu", "gpu")
+SILENCE_FLOOR_S = 10  # never less: a loaded 2-core host delays a busy loop's touch by seconds
+STARTUP_S = 60  # a worker that has not said anything since its start: imports, sandbox checks
 
 
 def alive_path(rig, role: str) -> Path:
@@ -29,15 +31,17 @@ def say_alive(path: Path) -> None:
 
 def silent_for(rig, role: str, info: dict, now: float) -> float | None:
     """Seconds the RUNNING worker has not said it is alive, where that passed heartbeat_timeout_s
-    (counted from its start at the earliest); else None."""
+    (SILENCE_FLOOR_S at least), or STARTUP_S for one that has said nothing since it started; else None."""
     if info.get("statename") != "RUNNING":
         return None
     try:
         said = os.stat(alive_path(rig, role)).st_mtime
     except OSError:
         said = 0.0
-    silent = now - max(said, float(info["start"]))
-    return silent if silent > rig.work.heartbeat_timeout_s else None
+    started = float(info["start"])
+    if said < started:
+        return now - started if now - started > max(STARTUP_S, rig.work.heartbeat_timeout_s) else None
+    return now - said if now - said > max(SILENCE_FLOOR_S, rig.work.heartbeat_timeout_s) else None
 
 
 def check(rig, supervisor: SupervisorClient) -> list[str]:
