@@ -24,7 +24,8 @@ CLIENT, OPERATOR = "client-key-0123456789", "operator-key-0123456789"
 KEYS = ["-e", f"LLAMARIG_CLIENT_KEYS={CLIENT}", "-e", f"LLAMARIG_OPERATOR_KEY={OPERATOR}"]
 MODELS = REPO / "models"  # made by runtime/setup.sh (`llamarig models make`)
 # The workers run (waiting for the cluster the image points them at: temporal:7233); no embedded Temporal.
-PROGRAMS = {"compute-api", "llama-brain", "llama-worker-1", "llama-worker-2", "llama-worker-3", "work-gpu", "work-cpu"}
+PROGRAMS = {"compute-api", "llama-brain", "llama-worker-1", "llama-worker-2", "llama-worker-3", "work-gpu", "work-cpu",
+            "work-watchdog"}
 # Whisper and the embeddings model, placed by the planner when their requests wait
 PLACEMENTS = {f"{service}@{gpu}" for service in ("whisper", "llama-embed") for gpu in (1, 2, 4)}
 USER = 10001  # the image's user
@@ -157,8 +158,9 @@ def test_docker_stop_lets_a_stream_finish_and_stops_every_program_in_order(box, 
     log = box.logs()
     assert "received SIGTERM" in log and "SIGKILL" not in log, log[-3000:]
     stopped = [m.group(1) for m in re.finditer(r"stopped: (\S+) ", log)]
-    # The workers stop polling first (their tasks may call the API), then the API drains.
-    assert set(stopped) >= PROGRAMS and stopped[:3] == ["work-gpu", "work-cpu", "compute-api"], stopped
+    # The watchdog first (a worker that is stopping is not hung), then the workers stop polling
+    # (their tasks may call the API), then the API drains.
+    assert set(stopped) >= PROGRAMS and stopped[:4] == ["work-watchdog", "work-gpu", "work-cpu", "compute-api"], stopped
     assert not [p for p in host_pids if psutil.pid_exists(p)], "a process of the container outlived it"
 
 
