@@ -79,6 +79,34 @@ def test_a_failed_task_fails_its_dependents_naming_it_and_other_branches_go_on(w
     assert not os.path.exists(os.path.dirname(t["y"]["result"]["folder"]).replace("/y", "/b"))  # b never ran
 
 
+def test_plan_histories_replay_deterministically(wb):
+    """The plan workflow runs unsandboxed (workflow.py): Temporal's Replayer runs the current code
+    against real histories (a cascade, retries with their timers, a carried output, a cancel) and
+    fails on any command that differs."""
+    import asyncio
+
+    from temporalio.worker import Replayer
+
+    from llamarig.work import engine
+    from llamarig.work.workflow import PlanWorkflow
+
+    cascade = submit_plan(wb, [_cpu("a", "exit 4", retries=1), _cpu("b", "true", depends_on=["a"]),
+                               _cpu("x", "echo fine > output", priority=9),
+                               _cpu("y", "cat $INPUT_X", depends_on=["x"], inputs={"x": "@x"})])
+    cancelled = submit_plan(wb, [_cpu("long", "sleep 300"), _cpu("after", "true", depends_on=["long"])])
+    wait_for(lambda: plan_view(wb, cancelled)["tasks"]["long"]["state"] == "running", 60, "long running")
+    assert wb.post(f"/admin/plans/{cancelled}/cancel").status_code == 202
+    for plan_id in (cascade, cancelled):
+        plan_ended(wb, plan_id)
+
+    async def replay():
+        client = await engine.connect(wb.rig.work)
+        for plan_id in (cascade, cancelled):
+            history = await client.get_workflow_handle(plan_id).fetch_history()
+            await Replayer(workflows=[PlanWorkflow]).replay_workflow(history)  # raises on nondeterminism
+    asyncio.run(replay())
+
+
 def test_an_output_missing_on_the_dependents_rig_travels_in_the_result(wb):
     plan_id = submit_plan(wb, [_cpu("a", "echo carried > output"),
                                _cpu("gone", 'rm "$INPUT_A"', depends_on=["a"], inputs={"a": "@a"}),
