@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from llamarig.shared.verify import hash_file
 from llamarig.work import outputs
 from llamarig.work.commands import DefinitionError
 
@@ -40,7 +41,7 @@ def test_a_large_output_is_served_with_its_sha256_and_fetched_where_it_is_missin
     big.write_bytes(b"x" * (outputs.CARRY_BYTES + 1))
     said = asyncio.run(outputs.carry(str(big), folder, "http://rig-a:8000"))
     assert said == {"output_url": "http://rig-a:8000/admin/work/outputs/p-20261130-000000-abcdef/a/attempt-2/output",
-                    "output_sha256": outputs.sha256_of(big)}
+                    "output_sha256": hash_file(big)}
     ctx = {"outputs": {"a": str(big)}, "inputs": {}, "carried": {}, "served": {"a": {"url": said["output_url"],
                                                                                     "sha256": said["output_sha256"]}}}
     assert asyncio.run(outputs.localize(ctx, tmp_path, _no_fetch)) is ctx  # present: used where it is

@@ -114,10 +114,10 @@ def test_unchanged_file_is_not_hashed_again(tmp_path, models, monkeypatch):
     first = cache.sha256(path, path.stat())
     import llamarig.shared.verify as verify_module
 
-    monkeypatch.setattr(verify_module, "_hash_file", lambda p: pytest.fail("re-hashed an unchanged file"))
+    monkeypatch.setattr(verify_module, "hash_file", lambda p: pytest.fail("re-hashed an unchanged file"))
     assert cache.sha256(path, path.stat()) == first
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched: must be hashed again
-    monkeypatch.setattr(verify_module, "_hash_file", lambda p: "new")
+    monkeypatch.setattr(verify_module, "hash_file", lambda p: "new")
     assert cache.sha256(path, path.stat()) == "new"
 
 

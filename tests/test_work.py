@@ -122,13 +122,14 @@ def test_a_large_output_is_served_by_its_rigs_api_and_fetched_by_another_rig(wb,
     rig's worker (here: the fetch it runs, against a path this machine lacks) downloads and checks it."""
     import asyncio
 
+    from llamarig.shared.verify import hash_file
     from llamarig.work import outputs
     from llamarig.work.api_client import ApiRefused, ComputeApi
 
     plan_id = submit_plan(wb, [_cpu("big", "head -c 300000 /dev/urandom > output")])
     result = plan_ended(wb, plan_id)["tasks"]["big"]["result"]
     made = open(result["output"], "rb").read()
-    assert "output_data" not in result and result["output_sha256"] == outputs.sha256_of(Path(result["output"]))
+    assert "output_data" not in result and result["output_sha256"] == hash_file(Path(result["output"]))
     assert result["output_url"] == f"{wb.api}/admin/work/outputs/{plan_id}/big/attempt-1/output"
     served = {"url": result["output_url"], "sha256": result["output_sha256"]}
     ctx = {"outputs": {"big": "/on/rig-a/output"}, "inputs": {"doc": "/on/rig-a/output"}, "served": {"big": served}}

@@ -122,7 +122,7 @@ class HashCache:
             saved = json.loads(entry.read_text())
             if saved.get("ident") == ident:
                 return saved["sha256"]
-        digest = _hash_file(path)
+        digest = hash_file(path)
         if entry:
             entry.parent.mkdir(parents=True, exist_ok=True)
             tmp = entry.with_suffix(f".{os.getpid()}.tmp")
@@ -131,7 +131,8 @@ class HashCache:
         return digest
 
 
-def _hash_file(path: Path) -> str:
+def hash_file(path: Path) -> str:
+    """The file's sha256 (hex), read in chunks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(HASH_CHUNK):

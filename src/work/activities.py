@@ -15,6 +15,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from llamarig.shared.keys import is_loopback
 from llamarig.work import commands, outputs, prompts
 from llamarig.work.api_client import ApiRefused, ComputeApi
 from llamarig.work.store import Store
@@ -245,7 +246,7 @@ def outputs_url(rig) -> str:
     (or loopback while the API listens on loopback only) at api.port."""
     if rig.work.outputs_url:
         return rig.work.outputs_url.rstrip("/")
-    host = "127.0.0.1" if rig.api.host in ("127.0.0.1", "localhost", "::1") else socket.gethostname()
+    host = "127.0.0.1" if is_loopback(rig.api.host) else socket.gethostname()
     return f"http://{host}:{rig.api.port}"
 
 

@@ -8,7 +8,6 @@ backed up with the cluster, not here.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sqlite3
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.errors import LlamarigError
+from llamarig.shared.verify import hash_file
 
 DB = "temporal.db"
 
@@ -36,7 +36,7 @@ def backup(rig, dest: Path) -> Path:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     (folder / "BACKUP.json").write_text(json.dumps({
         "made_at": time.time(), "rig": rig.source,
-        "files": {str(p.relative_to(folder)): _sha256(p) for p in files}}, indent=1))
+        "files": {str(p.relative_to(folder)): hash_file(p) for p in files}}, indent=1))
     return folder
 
 
@@ -76,7 +76,7 @@ def _check(source: Path) -> None:
         listed = json.loads((source / "BACKUP.json").read_text())["files"]
     except (OSError, ValueError, KeyError):
         raise LlamarigError("backup_invalid", f"{source}: no readable BACKUP.json (not a llamarig backup?)") from None
-    bad = [name for name, digest in listed.items() if not (source / name).is_file() or _sha256(source / name) != digest]
+    bad = [name for name, digest in listed.items() if not (source / name).is_file() or hash_file(source / name) != digest]
     if bad:
         raise LlamarigError("backup_invalid", f"{source}: files missing or changed since the backup: {bad[:5]}")
 
@@ -92,11 +92,3 @@ def _answers(sock: Path) -> bool:
         return False
     finally:
         s.close()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import re
 from pathlib import Path
 
+from llamarig.shared.verify import hash_file
 from llamarig.work.commands import DefinitionError
 
 CARRY_BYTES = 256 * 1024  # a few pages of transcript; Temporal's payloads are limited to 2 MiB
@@ -32,7 +32,7 @@ async def carry(output: str | None, folder: Path, served_from: str) -> dict:
             return {"output_data": base64.b64encode(path.read_bytes()).decode()}
         if path.parent != folder or not SERVED_NAME.match(path.name):
             return {}
-        digest = await asyncio.to_thread(sha256_of, path)
+        digest = await asyncio.to_thread(hash_file, path)
         return {"output_url": served_from + served_path(folder, path.name), "output_sha256": digest}
     except OSError:
         return {}
@@ -41,14 +41,6 @@ async def carry(output: str | None, folder: Path, served_from: str) -> dict:
 def served_path(folder: Path, name: str) -> str:
     """ROUTE/PLAN/TASK/attempt-N/NAME for the attempt folder run/work/plans/PLAN/tasks/TASK/attempt-N."""
     return f"{ROUTE}/{folder.parent.parent.parent.name}/{folder.parent.name}/{folder.name}/{name}"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 async def localize(ctx: dict, folder: Path, fetch) -> dict:

@@ -68,14 +68,12 @@ def build_router(state) -> APIRouter:
     @router.post("/gpus/lease/{lease_id}/renew")
     async def renew(lease_id: str) -> Response:
         record = state.manager.renew_gpu(lease_id)
-        if record is None:
-            return error_response(404, "unknown_lease", f"no lease {lease_id!r}: it expired or was returned")
-        return JSONResponse(record)
+        return _unknown_lease(lease_id) if record is None else JSONResponse(record)
 
     @router.delete("/gpus/lease/{lease_id}")
     async def give_back(lease_id: str, reason: str = "ended") -> Response:
         if not await state.manager.return_gpu(lease_id, reason[:200]):
-            return error_response(404, "unknown_lease", f"no lease {lease_id!r}: it expired or was returned")
+            return _unknown_lease(lease_id)
         return JSONResponse({"lease_id": lease_id, "returned": True})
 
     @router.post("/down")
@@ -84,3 +82,7 @@ def build_router(state) -> APIRouter:
         return JSONResponse({"units": [a.snapshot() for a in state.manager.actors.values()]})
 
     return router
+
+
+def _unknown_lease(lease_id: str) -> Response:
+    return error_response(404, "unknown_lease", f"no lease {lease_id!r}: it expired or was returned")

@@ -15,6 +15,7 @@ from llamarig.work.plan import TASK_NAME
 from llamarig.work.store import Store
 
 PLAN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,59}-\d{8}-\d{6}-[0-9a-f]{6}$")  # work/plans.py submit
+TASK = re.compile(TASK_NAME)
 ATTEMPT = re.compile(r"^attempt-([1-9]\d{0,3})$")
 
 
@@ -24,13 +25,13 @@ def build_router(rig) -> APIRouter:
 
     @router.get("/{plan_id}/{task}/{attempt}/{name}")
     async def output(plan_id: str, task: str, attempt: str, name: str) -> Response:
-        checks = (("plan_id", PLAN_ID, plan_id), ("task", re.compile(TASK_NAME), task),
+        checks = (("plan_id", PLAN_ID, plan_id), ("task", TASK, task),
                   ("attempt", ATTEMPT, attempt), ("name", SERVED_NAME, name))
         for field, pattern, value in checks:
             if not pattern.match(value):
                 return error_response(400, "invalid_output_path", f"{field} {value[:80]!r} is not one the work "
                                       f"layer writes ({pattern.pattern})", field)
-        path = store.attempt(plan_id, task, int(ATTEMPT.match(attempt).group(1))) / name
+        path = store.attempt(plan_id, task, int(attempt.removeprefix("attempt-"))) / name
         if not path.is_file():
             return error_response(404, "output_not_found", f"this rig has no {name} of {plan_id}/{task} "
                                   f"{attempt}: the run folder was cleaned or the task ran elsewhere", "name")
