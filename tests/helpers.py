@@ -135,6 +135,9 @@ class Bundle:
     def post(self, path: str, **kw) -> httpx.Response:
         return HTTP.post(self.api + path, timeout=kw.pop("timeout", 60), headers=self._headers(kw), **kw)
 
+    def delete(self, path: str, **kw) -> httpx.Response:
+        return HTTP.delete(self.api + path, timeout=kw.pop("timeout", 30), headers=self._headers(kw), **kw)
+
     def unit(self, name: str) -> dict:
         return self.get(f"/admin/units/{name}").json()
 

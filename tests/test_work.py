@@ -415,9 +415,26 @@ def test_a_script_command_gets_a_whole_gpu_its_llm_unloaded_meanwhile(tmp_path, 
         history = next(g for g in b.get("/admin/units").json()["gpus"] if g["index"] == 0)["mode_history"]
         assert any("stopped renewing its lease" in h["reason"] for h in history), history
         wait_for(lambda: b.get("/ready").json()["gpus"]["modes"]["0"] == "llm", 60, "GPU 0 back again")
+        # Its lease taken back mid-command: the next renew is refused, the command stopped, the task retried.
+        plan_id = submit_plan(b, [{"name": "job", "class": "script", "command": hang}])
+        pidfile = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "job" / "attempt-1" / "pid"
+        pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 60, "the command started")
+        lease_id = _lease_of(b, 0)
+        assert b.delete(f"/admin/gpus/lease/{lease_id}", params={"reason": "taken back"}).status_code == 200
+        view = plan_ended(b, plan_id, timeout=120)
+        job = view["tasks"]["job"]
+        assert job["state"] == "succeeded" and job["result"]["attempt"] == 2, job
+        assert f"its lease {lease_id} expired or was taken back" in job["last_error"], job
+        assert _alive([int(pid)]) == []
     finally:
         if b.shutdown():
             b.kill()
+
+
+def _lease_of(b, gpu: int) -> str:
+    """The lease id the planner wrote in the GPU's mode history when it lent it."""
+    history = next(g for g in b.get("/admin/units").json()["gpus"] if g["index"] == gpu)["mode_history"]
+    return re.search(r"\(lease ([0-9a-f]+)\)", [h["reason"] for h in history if "lent to" in h["reason"]][-1])[1]
 
 
 def test_the_workers_and_the_engine_metrics_pass_through_the_compute_api(wb):

@@ -123,13 +123,15 @@ class Activities:
         returned when the command ends however it ends."""
         holder = f"{ctx['plan_id']}/{task['name']}#{ctx['attempt']}"
         lease = await self._lease(holder)
+        renewal = LeaseRenewal(self.api, lease)
 
         def beat_and_renew():
             self._beat()
-            asyncio.ensure_future(self.api.renew_gpu(lease["lease_id"]))
+            renewal.renew()
         try:
             return await self._command(task, ctx, folder, str(lease["gpu"]), beat_and_renew) | {"gpu": lease["gpu"]}
         finally:
+            renewal.stop()
             await asyncio.shield(self.api.return_gpu(lease["lease_id"], "ended"))
 
     async def _lease(self, holder: str) -> dict:
@@ -234,6 +236,35 @@ class Activities:
         attrs = {"class": cls, "outcome": outcome, "gpu": "" if gpu is None else str(gpu)}
         self.counted[0].add(1, attrs)
         self.counted[1].record(time.monotonic() - began, attrs)
+
+
+class LeaseRenewal:
+    """Renews a GPU lease at each heartbeat, one request at a time. Once the API said the lease
+    is unknown (it expired, or an operator took it back: the planner gave the GPU back to its
+    LLMs), the next renew raises, which stops the command: it must not run on a GPU it lost.
+    Other failures (the API restarting) are logged; the lease's TTL covers a few of them."""
+
+    def __init__(self, api: ComputeApi, lease: dict):
+        self.api, self.lease, self.sent = api, lease, None
+
+    def renew(self) -> None:
+        if self.sent is not None:
+            if not self.sent.done():
+                return
+            self._check(self.sent.exception())
+        self.sent = asyncio.ensure_future(self.api.renew_gpu(self.lease["lease_id"]))
+
+    def stop(self) -> None:
+        """The command ended: a renew still in flight is moot, and so is its failure."""
+        if self.sent is not None and not self.sent.cancel() and not self.sent.cancelled():
+            self.sent.exception()
+
+    def _check(self, error: BaseException | None) -> None:
+        if isinstance(error, ApiRefused) and error.status == 404:
+            raise ApplicationError(f"lost GPU {self.lease['gpu']}: its lease {self.lease['lease_id']} expired or "
+                                   "was taken back, so the command was stopped", type="GpuLeaseLost")
+        if error is not None:
+            log.warning("a GPU lease renew failed", extra={"lease_id": self.lease["lease_id"], "error": str(error)})
 
 
 def task_owner(rig, role: str) -> str:
