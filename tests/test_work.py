@@ -446,6 +446,7 @@ def test_the_workers_and_the_engine_metrics_pass_through_the_compute_api(wb):
     assert 'llamarig_tasks_total{class="llm",gpu="0",outcome="succeeded"' in gpu
     assert "temporal_activity_schedule_to_start_latency_bucket" in cpu and "temporal_num_pollers" in gpu
     assert 'llamarig_task_seconds_bucket{class="cpu",gpu="",outcome="succeeded",service_name="temporal-core-sdk",le="1"}' in cpu
+    assert re.search(r'llamarig_task_held_seconds_bucket\{[^}]*taskqueue="[^"]+@gpu"[^}]*le="900"\} [1-9]', cpu), cpu
     engine = wb.get("/metrics/work/temporal")
     assert engine.status_code == 200 and "persistence_requests" in engine.text
     assert wb.get("/metrics/work/nope").status_code == 404

@@ -28,7 +28,8 @@ def _runtime(port: int):
         return None
     from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-    buckets = {"llamarig_task_seconds": [1, 5, 15, 60, 300, 900, 1800, 3600, 7200]}
+    buckets = {"llamarig_task_seconds": [1, 5, 15, 60, 300, 900, 1800, 3600, 7200],
+               "llamarig_task_held_seconds": [1, 10, 60, 300, 900, 1800, 3600]}  # 900: the backlog alert's bound
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}",
                                                                       histogram_bucket_overrides=buckets)))
 

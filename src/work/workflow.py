@@ -40,6 +40,7 @@ class PlanWorkflow:
         self.in_flight = 0
         self.keys: dict[str, tuple[int, int]] = {}  # (priority key, place in the plan): who goes first
         self.carried: dict[str, str] = {}  # small outputs' bytes (base64), for dependents on another rig
+        self.held_seconds = None  # the llamarig_task_held_seconds histogram, made at its first use
 
     @workflow.query
     def state(self) -> dict:
@@ -136,8 +137,19 @@ class PlanWorkflow:
         at once cost it O(n) per step (measured: 9 ms of server CPU per task at 1000)."""
         turn = asyncio.get_running_loop().create_future()
         heapq.heappush(self.ready, (*self.keys[t["name"]], turn))
+        held_at = workflow.now()
         self._grant()
         await turn
+        self._held(t, (workflow.now() - held_at).total_seconds())
+
+    def _held(self, t: dict, seconds: float) -> None:
+        """How long a task waited for the window, where Temporal's backlog age cannot see it (the
+        LlamarigWorkBacklog alert reads both). Not recorded while the SDK replays."""
+        if self.held_seconds is None:
+            self.held_seconds = workflow.metric_meter().create_histogram_float(
+                "llamarig_task_held_seconds", "Seconds a task waited for its plan's window before entering "
+                "Temporal's queue", "s")
+        self.held_seconds.record(seconds, {"taskqueue": self.spec["queues"][t["cls"]]})
 
     def _grant(self) -> None:
         while self.ready and self.in_flight < self.spec["defaults"]["window"]:
