@@ -107,6 +107,8 @@ def _work(r: dict) -> list[str]:
                  r["chain"]["step_overhead_p50_ms"], other("chain", "step_overhead_p50_ms"), r["chain"]["target"]),
             _row(f"fan-out of {r['fan_out']['tasks']}: tasks/s", r["fan_out"]["tasks_per_s"],
                  other("fan_out", "tasks_per_s"), r["fan_out"]["target"]),
+            _row(f"fan-out of {r['fan_out']['tasks']} on a plain SDK worker, same server: no-op / "
+                 "the same command and files, tasks/s", "{} / {}".format(*_floor(r)), "-", "(what this machine allows)"),
             _row(f"DAG of {r['dag']['tasks']} at {r['dag']['concurrency']}: makespan s (critical-path bound s, "
                  "over; over a zero-overhead list schedule in llamarig's order)",
                  f"{r['dag']['makespan_s']} ({r['dag']['bound_s']}, +{r['dag']['over_bound_pct']} %; "
@@ -116,6 +118,11 @@ def _work(r: dict) -> list[str]:
                  f"(Celery: Redis visibility_timeout {_dig(c, ('kill', 'visibility_timeout_s')) if 'kill' in c else '-'} s)")]
     note = c.get("skipped") or c.get("failed")
     return rows + (["", f"- Celery: {note}"] if note else [])
+
+
+def _floor(r: dict) -> tuple:
+    f = r.get("temporal_floor", {})
+    return f.get("noop_tasks_per_s", "-"), f.get("command_tasks_per_s", "-")
 
 
 def _dig(d: dict, keys) -> object:

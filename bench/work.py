@@ -11,6 +11,8 @@ workflow's own history (the engine's timestamps, not the client's):
   which tell the order's share from the overhead's.
 - kill: kill -9 of work-cpu mid-task; time until the task starts again, against
   work.heartbeat_timeout_s.
+- temporal_floor: the fan-out on the same server with a plain SDK worker, no-op and with the
+  command and files a cpu task has (bench/temporal_floor.py): what this machine allows now.
 
     .venv/bin/python bench/run.py work        (or bench/work.py [--smoke])
 """
@@ -155,8 +157,16 @@ def celery(smoke: bool) -> dict:
     return json.loads(out.stdout) if out.returncode == 0 else {"failed": out.stderr[-300:]}
 
 
+def floor(smoke: bool) -> dict:
+    """The same fan-out on a plain SDK worker and the same server (bench/temporal_floor.py)."""
+    import temporal_floor
+    from llamarig.work.cli_cmds import temporal_bin
+
+    return temporal_floor.measure(temporal_bin(), 20 if smoke else 1000)
+
+
 def run(smoke: bool) -> dict:
-    return measure(smoke) | {"celery_redis": celery(smoke)}
+    return measure(smoke) | {"temporal_floor": floor(smoke), "celery_redis": celery(smoke)}
 
 
 if __name__ == "__main__":
