@@ -113,6 +113,8 @@ def _work(r: dict) -> list[str]:
                  "over; over a zero-overhead list schedule in llamarig's order)",
                  f"{r['dag']['makespan_s']} ({r['dag']['bound_s']}, +{r['dag']['over_bound_pct']} %; "
                  f"+{r['dag'].get('over_list_schedule_pct', '-')} %)", "-", r["dag"]["target"]),
+            _row("the same DAG on a plain SDK worker, same server, same priority keys: makespan s (over the bound)",
+                 _floor_dag(r), "-", "(what this machine allows)"),
             _row("kill -9 of a worker mid-task: runs again after s", r["kill"]["rerun_after_s"],
                  other("kill", "rerun_after_s"), f"heartbeat_timeout_s {r['kill']['heartbeat_timeout_s']} "
                  f"(Celery: Redis visibility_timeout {_dig(c, ('kill', 'visibility_timeout_s')) if 'kill' in c else '-'} s)")]
@@ -123,6 +125,11 @@ def _work(r: dict) -> list[str]:
 def _floor(r: dict) -> tuple:
     f = r.get("temporal_floor", {})
     return f.get("noop_tasks_per_s", "-"), f.get("command_tasks_per_s", "-")
+
+
+def _floor_dag(r: dict) -> str:
+    span = r.get("temporal_floor", {}).get("dag_makespan_s")
+    return "-" if not span else f"{span} (+{round((span / r['dag']['bound_s'] - 1) * 100, 1)} %)"
 
 
 def _dig(d: dict, keys) -> object:

@@ -7,7 +7,10 @@ options a plan's task has (heartbeat, schedule-to-start, priority key, one attem
 - command: the activity does what a cpu task must: two folders, stdout and stderr files, `true`
   spawned through `setpriv --pdeathsig KILL` in its own session, waited for.
 
-Tasks/s from the workflow's history, first scheduled to last completed, as bench/work.py's.
+- dag: bench/work.py's DAG of sleeping commands, each scheduled once its dependencies completed,
+  with the priority key llamarig gives it (work/priority.py), nothing else: its makespan.
+
+Times from the workflow's history, first scheduled to last completed, as bench/work.py's.
 """
 from __future__ import annotations
 
@@ -38,12 +41,12 @@ async def noop(name: str) -> dict:
 
 
 @activity.defn
-async def command(name: str) -> dict:
+async def command(name: str, argv: tuple[str, ...] = ("true",)) -> dict:
     folder = Path(FOLDER[0]) / name / "attempt-1"
     folder.parent.mkdir()
     folder.mkdir()
     with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
-        proc = await asyncio.create_subprocess_exec(SETPRIV, "--pdeathsig", "KILL", "--", "true", cwd=folder,
+        proc = await asyncio.create_subprocess_exec(SETPRIV, "--pdeathsig", "KILL", "--", *argv, cwd=folder,
                                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                                     start_new_session=True)
     return {"name": name, "exit_code": await proc.wait(), "folder": str(folder)}
@@ -69,6 +72,36 @@ class FanOut:
         return n
 
 
+@workflow.defn(sandboxed=False)
+class Dag:
+    """Each task once its dependencies completed, with its priority key, at most WINDOW in Temporal."""
+
+    @workflow.run
+    async def run(self, tasks: list[dict]) -> int:
+        done: set[str] = set()
+        room = asyncio.Semaphore(WINDOW)
+
+        async def one(t: dict) -> None:
+            await workflow.wait_condition(lambda: all(d in done for d in t["deps"]))
+            async with room:
+                await workflow.execute_activity(
+                    "command", args=[t["name"], ["sleep", str(t["seconds"])]], activity_id=t["name"],
+                    start_to_close_timeout=timedelta(seconds=60), heartbeat_timeout=timedelta(seconds=5),
+                    retry_policy=RetryPolicy(maximum_attempts=1), priority=Priority(priority_key=t["key"]))
+            done.add(t["name"])
+        await asyncio.gather(*(one(t) for t in tasks))
+        return len(tasks)
+
+
+async def _dag(client: Client, tasks: list[dict]) -> float:
+    handle = await client.start_workflow(Dag.run, tasks, id="dag", task_queue="floor")
+    await handle.result()
+    times = [e.event_time.ToDatetime().timestamp() async for e in handle.fetch_history_events()
+             if e.HasField("activity_task_scheduled_event_attributes")
+             or e.HasField("activity_task_completed_event_attributes")]
+    return round(max(times) - min(times), 2)
+
+
 async def _fan_out(client: Client, kind: str, n: int) -> float:
     handle = await client.start_workflow(FanOut.run, args=[kind, n], id=f"{kind}-{n}", task_queue="floor")
     await handle.result()
@@ -78,36 +111,38 @@ async def _fan_out(client: Client, kind: str, n: int) -> float:
     return round(n / (max(times) - min(times)), 1)
 
 
-async def _measure(port: int, n: int) -> dict:
+async def _measure(port: int, n: int, dag: list[dict]) -> dict:
     client = await Client.connect(f"127.0.0.1:{port}", namespace="llamarig")
-    async with Worker(client, task_queue="floor", workflows=[FanOut], activities=[noop, command],
+    async with Worker(client, task_queue="floor", workflows=[FanOut, Dag], activities=[noop, command],
                       max_concurrent_activities=SLOTS):
         await _fan_out(client, "noop", 20)  # warm
         return {"tasks": n, "noop_tasks_per_s": await _fan_out(client, "noop", n),
-                "command_tasks_per_s": await _fan_out(client, "command", n)}
+                "command_tasks_per_s": await _fan_out(client, "command", n),
+                "dag_tasks": len(dag), "dag_makespan_s": await _dag(client, dag) if dag else None}
 
 
-def measure(temporal_bin: str, n: int) -> dict:
+def measure(temporal_bin: str, n: int, dag: list[dict] | None = None) -> dict:
+    """dag: [{name, deps, seconds, key}] in a topological order (bench/work.py's DAG), or none."""
     with tempfile.TemporaryDirectory() as tmp:
         FOLDER[:] = [tmp]
         work = WorkConfig(embedded={"port": free_port()})
         server = subprocess.Popen(engine.embedded_command(work, temporal_bin, f"{tmp}/temporal.db"),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            return asyncio.run(_connected(work.embedded.port, n))
+            return asyncio.run(_connected(work.embedded.port, n, dag or []))
         finally:
             server.terminate()
             server.wait(30)
 
 
-async def _connected(port: int, n: int) -> dict:
+async def _connected(port: int, n: int, dag: list[dict]) -> dict:
     for _ in range(150):
         try:
             await Client.connect(f"127.0.0.1:{port}", namespace="llamarig")
             break
         except RuntimeError:
             await asyncio.sleep(0.2)
-    return await _measure(port, n)
+    return await _measure(port, n, dag)
 
 
 if __name__ == "__main__":

@@ -72,10 +72,16 @@ def fan_out(b, n: int) -> dict:
     return {"tasks": n, "seconds": round(span, 2), "tasks_per_s": round(n / span, 1), "target": ">= 350 tasks/s"}
 
 
-def dag(b, n: int, seed: int = 7) -> dict:
+def dag_spec(n: int, seed: int = 7) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """A seeded random DAG: seconds of each task, its dependencies (names in a topological order)."""
     rnd = random.Random(seed)
     work = {f"d{i}": round(rnd.uniform(0.05, 0.3), 3) for i in range(n)}
     deps = {f"d{i}": sorted({f"d{rnd.randrange(i)}" for _ in range(rnd.randint(0, 2))}) if i else [] for i in range(n)}
+    return work, deps
+
+
+def dag(b, n: int) -> dict:
+    work, deps = dag_spec(n)
     tasks = [{"name": k, "class": "cpu", "command": ["sleep", str(v)], "depends_on": deps[k]} for k, v in work.items()]
     times = _run_plan(b, tasks, "dag")
     finish: dict[str, float] = {}
@@ -162,7 +168,10 @@ def floor(smoke: bool) -> dict:
     import temporal_floor
     from llamarig.work.cli_cmds import temporal_bin
 
-    return temporal_floor.measure(temporal_bin(), 20 if smoke else 1000)
+    work, deps = dag_spec(20 if smoke else 200)
+    chains = priority.chains([{"name": k, "depends_on": v} for k, v in deps.items()])
+    return temporal_floor.measure(temporal_bin(), 20 if smoke else 1000, [
+        {"name": k, "deps": deps[k], "seconds": v, "key": priority.key(5, chains[k])} for k, v in work.items()])
 
 
 def run(smoke: bool) -> dict:
