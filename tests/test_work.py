@@ -107,6 +107,27 @@ def test_plan_histories_replay_deterministically(wb):
     asyncio.run(replay())
 
 
+def test_histories_an_older_release_recorded_replay_with_this_code():
+    """A plan running across an upgrade of its workers is replayed by the new code: histories
+    recorded by commit b45bddb (tests/histories/record.py: a cascade, a cancel, tasks waiting
+    for the window) replay without a nondeterminism error."""
+    import asyncio
+
+    from temporalio.client import WorkflowHistory
+    from temporalio.worker import Replayer
+
+    from llamarig.work.workflow import PlanWorkflow
+
+    recorded = sorted((Path(__file__).parent / "histories").glob("*.json"))
+    assert len(recorded) >= 3
+
+    async def replay():
+        for path in recorded:
+            history = WorkflowHistory.from_json(path.stem, path.read_text())
+            await Replayer(workflows=[PlanWorkflow]).replay_workflow(history)  # raises on nondeterminism
+    asyncio.run(replay())
+
+
 def test_an_output_missing_on_the_dependents_rig_travels_in_the_result(wb):
     plan_id = submit_plan(wb, [_cpu("a", "echo carried > output"),
                                _cpu("gone", 'rm "$INPUT_A"', depends_on=["a"], inputs={"a": "@a"}),

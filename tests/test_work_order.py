@@ -31,6 +31,13 @@ def _waiting(b, plan_id: str, names: list[str]) -> bool:
     return all(tasks[n]["state"] == "scheduled" for n in names)
 
 
+def _states(b, plan_id: str, wanted: dict) -> dict | None:
+    """The tasks' states when they are `wanted`, else None (printed, for a failure's log)."""
+    states = {n: t["state"] for n, t in plan_view(b, plan_id)["tasks"].items()}
+    print(states)
+    return states if states == wanted else None
+
+
 def test_priority_orders_the_tasks_waiting_on_a_queue(tmp_path, models, bundle_factory):
     b = _serial_bundle(tmp_path, models, bundle_factory)
     release, order = tmp_path / "release", tmp_path / "order"
@@ -73,3 +80,20 @@ def test_within_a_priority_the_longer_chain_of_dependents_goes_first(tmp_path, m
     release.touch()
     assert plan_ended(b, plan_id)["outcome"] == "succeeded"
     assert order.read_text().split() == ["urgent", "head", "lone", "tail"]
+
+
+def test_a_plan_holds_what_exceeds_its_window_queued_and_lets_it_in_most_urgent_first(tmp_path, models,
+                                                                                     bundle_factory):
+    """work.plan_window 2, the one slot held by another plan: two tasks wait in Temporal
+    (scheduled), the most urgent; the others wait in the plan (queued) and go in by priority."""
+    b = _serial_bundle(tmp_path, models, bundle_factory, plan_window=2)
+    release, order = tmp_path / "release", tmp_path / "order"
+    gate = submit_plan(b, [_gate(release)], name="gate")
+    wait_for(lambda: plan_view(b, gate)["tasks"]["gate"]["state"] == "running", 60, "the gate running")
+    priorities = {"a": 1, "b": 9, "c": 5, "d": 7, "e": 3}
+    plan_id = submit_plan(b, [_marker(n, order, p) for n, p in priorities.items()])
+    wanted = {"a": "queued", "b": "scheduled", "c": "queued", "d": "scheduled", "e": "queued"}
+    wait_for(lambda: _states(b, plan_id, wanted), 60, f"the states {wanted}")
+    release.touch()
+    assert plan_ended(b, plan_id)["outcome"] == "succeeded"
+    assert order.read_text().split() == ["b", "d", "c", "e", "a"]

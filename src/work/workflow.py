@@ -41,6 +41,8 @@ class PlanWorkflow:
         self.keys: dict[str, tuple[int, int]] = {}  # (priority key, place in the plan): who goes first
         self.carried: dict[str, str] = {}  # small outputs' bytes (base64), for dependents on another rig
         self.held_seconds = None  # the llamarig_task_held_seconds histogram, made at its first use
+        self.grants_deferred = False  # (set in run: workflow.patched)
+        self.grant_due = False  # a deferred grant is on the loop
 
     @workflow.query
     def state(self) -> dict:
@@ -50,6 +52,7 @@ class PlanWorkflow:
     @workflow.run
     async def run(self, spec: dict) -> dict:
         self.spec = spec
+        self.grants_deferred = workflow.patched("window-grants-after-the-activation")
         tasks = spec["plan"]["tasks"]
         self.tasks = {t["name"]: {"state": "waiting", "class": t["cls"], "priority": t["priority"]} for t in tasks}
         chains = priority.chains(tasks)
@@ -129,7 +132,7 @@ class PlanWorkflow:
             return await self._execute(t, attempt, priority_key, starve)
         finally:
             self.in_flight -= 1
-            self._grant()
+            self._grant_soon()
 
     async def _window(self, t: dict) -> None:
         """At most `window` activities of a plan are in Temporal at once, in priority key order:
@@ -138,7 +141,7 @@ class PlanWorkflow:
         turn = asyncio.get_running_loop().create_future()
         heapq.heappush(self.ready, (*self.keys[t["name"]], turn))
         held_at = workflow.now()
-        self._grant()
+        self._grant_soon()
         await turn
         self._held(t, (workflow.now() - held_at).total_seconds())
 
@@ -150,6 +153,20 @@ class PlanWorkflow:
                 "llamarig_task_held_seconds", "Seconds a task waited for its plan's window before entering "
                 "Temporal's queue", "s")
         self.held_seconds.record(seconds, {"taskqueue": self.spec["queues"][t["cls"]]})
+
+    def _grant_soon(self) -> None:
+        """Grant once every task this activation made ready has joined the heap: granting at each
+        push gave the first places to the first tasks in plan order, whatever their priority.
+        (Plans started before this change replay the old way: workflow.patched.)"""
+        if not self.grants_deferred:
+            self._grant()
+        elif not self.grant_due:
+            self.grant_due = True
+            asyncio.get_running_loop().call_soon(self._grant_due)
+
+    def _grant_due(self) -> None:
+        self.grant_due = False
+        self._grant()
 
     def _grant(self) -> None:
         while self.ready and self.in_flight < self.spec["defaults"]["window"]:

@@ -1,0 +1,60 @@
+"""Record plan workflow histories with the code checked out now, for test_work.py's replay of
+histories an older release made (a running plan must survive an upgrade of its workers).
+
+    .venv/bin/python tests/histories/record.py RELEASE     (writes tests/histories/RELEASE-*.json)
+
+Plans: a cascade with a retry, a carried output and priorities; a cancel; and, with
+work.plan_window 2, a plan whose tasks wait for the window."""
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from helpers import (model_entry, plan_ended, plan_view, running_bundle, submit_plan, wait_for,  # noqa: E402
+                     work_section, write_rig)
+from llamarig.backend.models_make import make_gguf  # noqa: E402
+from llamarig.work import engine  # noqa: E402
+
+
+def _cpu(name: str, command, **more) -> dict:
+    return {"name": name, "class": "cpu", "command": command, **more}
+
+
+def plans(b) -> dict[str, str]:
+    cascade = submit_plan(b, [_cpu("a", "exit 4", retries=1), _cpu("b", "true", depends_on=["a"]),
+                              _cpu("x", "echo fine > output", priority=9),
+                              _cpu("y", "cat $INPUT_X", depends_on=["x"], inputs={"x": "@x"})])
+    windowed = submit_plan(b, [_cpu(f"w{i}", "true", priority=1 + i % 10) for i in range(8)]
+                           + [_cpu("last", "true", priority=10, depends_on=["w0", "w7"])])
+    cancelled = submit_plan(b, [_cpu("long", "sleep 300"), _cpu("after", "true", depends_on=["long"])])
+    wait_for(lambda: plan_view(b, cancelled)["tasks"]["long"]["state"] == "running", 60, "long running")
+    assert b.post(f"/admin/plans/{cancelled}/cancel").status_code == 202
+    for plan_id in (cascade, windowed, cancelled):
+        plan_ended(b, plan_id)
+    return {"cascade": cascade, "windowed": windowed, "cancelled": cancelled}
+
+
+async def save(rig, ids: dict[str, str], release: str) -> None:
+    client = await engine.connect(rig.work)
+    for name, plan_id in ids.items():
+        history = await client.get_workflow_handle(plan_id).fetch_history()
+        (HERE / f"{release}-{name}.json").write_text(history.to_json())
+
+
+def main(release: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rig = write_rig(folder, {"m": model_entry(make_gguf(folder / "tiny.gguf"), [0])},
+                        work=work_section(plan_window=2))
+        with running_bundle(folder, rig) as b:
+            b.wait_ready()
+            asyncio.run(save(b.rig, plans(b), release))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
