@@ -97,3 +97,15 @@ def test_a_plan_holds_what_exceeds_its_window_queued_and_lets_it_in_most_urgent_
     release.touch()
     assert plan_ended(b, plan_id)["outcome"] == "succeeded"
     assert order.read_text().split() == ["b", "d", "c", "e", "a"]
+
+
+def test_a_place_freed_in_the_window_goes_to_the_most_urgent_task_its_end_made_ready(tmp_path, models,
+                                                                                    bundle_factory):
+    """work.plan_window 1: when `first` ends, `urgent` (its dependent) and `low` both wait for
+    the one place; `urgent` gets it, though `low` was waiting before."""
+    b = _serial_bundle(tmp_path, models, bundle_factory, plan_window=1)
+    order = tmp_path / "order"
+    tasks = [_marker("first", order, 5), _marker("low", order, 1),
+             _marker("urgent", order, 10) | {"depends_on": ["first"]}]
+    assert plan_ended(b, submit_plan(b, tasks))["outcome"] == "succeeded"
+    assert order.read_text().split() == ["first", "urgent", "low"]

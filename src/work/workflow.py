@@ -42,7 +42,7 @@ class PlanWorkflow:
         self.carried: dict[str, str] = {}  # small outputs' bytes (base64), for dependents on another rig
         self.held_seconds = None  # the llamarig_task_held_seconds histogram, made at its first use
         self.grants_deferred = False  # (set in run: workflow.patched)
-        self.grant_due = False  # a deferred grant is on the loop
+        self.grant_due = False  # a place may be free: for _grants
 
     @workflow.query
     def state(self) -> dict:
@@ -58,6 +58,8 @@ class PlanWorkflow:
         chains = priority.chains(tasks)
         self.keys = {t["name"]: (priority.key(t["priority"], chains[t["name"]]), i) for i, t in enumerate(tasks)}
         jobs = [asyncio.ensure_future(self._task(t)) for t in tasks]
+        if self.grants_deferred:
+            asyncio.ensure_future(self._grants())  # (ends with the workflow)
         try:
             await asyncio.gather(*jobs)
         except asyncio.CancelledError:
@@ -155,18 +157,22 @@ class PlanWorkflow:
         self.held_seconds.record(seconds, {"taskqueue": self.spec["queues"][t["cls"]]})
 
     def _grant_soon(self) -> None:
-        """Grant once every task this activation made ready has joined the heap: granting at each
-        push gave the first places to the first tasks in plan order, whatever their priority.
-        (Plans started before this change replay the old way: workflow.patched.)"""
-        if not self.grants_deferred:
-            self._grant()
-        elif not self.grant_due:
+        """Grant once every task this activation made ready has joined the heap (`_grants`):
+        granting at each push gave the first places to the first tasks in plan order, and a
+        freed place to a waiting task before the dependents its end made ready, whatever their
+        priority. (Plans started before this change replay the old way: workflow.patched.)"""
+        if self.grants_deferred:
             self.grant_due = True
-            asyncio.get_running_loop().call_soon(self._grant_due)
+        else:
+            self._grant()
 
-    def _grant_due(self) -> None:
-        self.grant_due = False
-        self._grant()
+    async def _grants(self) -> None:
+        """Its condition is checked after those of the tasks (registered later, each time), so
+        the tasks made ready in one activation have all joined the heap when it grants."""
+        while True:
+            await workflow.wait_condition(lambda: self.grant_due)
+            self.grant_due = False
+            self._grant()
 
     def _grant(self) -> None:
         while self.ready and self.in_flight < self.spec["defaults"]["window"]:
