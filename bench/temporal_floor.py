@@ -112,7 +112,7 @@ async def _fan_out(client: Client, kind: str, n: int) -> float:
 
 
 async def _measure(port: int, n: int, dag: list[dict]) -> dict:
-    client = await Client.connect(f"127.0.0.1:{port}", namespace="llamarig")
+    client = await connected(port)
     async with Worker(client, task_queue="floor", workflows=[FanOut, Dag], activities=[noop, command],
                       max_concurrent_activities=SLOTS):
         await _fan_out(client, "noop", 20)  # warm
@@ -129,20 +129,20 @@ def measure(temporal_bin: str, n: int, dag: list[dict] | None = None) -> dict:
         server = subprocess.Popen(engine.embedded_command(work, temporal_bin, f"{tmp}/temporal.db"),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            return asyncio.run(_connected(work.embedded.port, n, dag or []))
+            return asyncio.run(_measure(work.embedded.port, n, dag or []))
         finally:
             server.terminate()
             server.wait(30)
 
 
-async def _connected(port: int, n: int, dag: list[dict]) -> dict:
+async def connected(port: int) -> Client:
+    """A client once the server answers (it starts in a few seconds)."""
     for _ in range(150):
         try:
-            await Client.connect(f"127.0.0.1:{port}", namespace="llamarig")
-            break
+            return await Client.connect(f"127.0.0.1:{port}", namespace="llamarig")
         except RuntimeError:
             await asyncio.sleep(0.2)
-    return await _measure(port, n, dag)
+    raise RuntimeError(f"no Temporal server on 127.0.0.1:{port} after 30 s")
 
 
 if __name__ == "__main__":
