@@ -30,15 +30,8 @@ SLOTS, N = 16, 1000
 class LocalFanOut:
     @workflow.run
     async def run(self, kind: str, n: int) -> int:
-        pending, i = set(), 0
-        while i < n or pending:
-            while i < n and len(pending) < SLOTS:
-                pending.add(asyncio.ensure_future(workflow.execute_local_activity(
-                    kind, f"f{i}", start_to_close_timeout=timedelta(seconds=60))))
-                i += 1
-            _, left = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            pending = set(left)
-        return n
+        return await temporal_floor.windowed(n, SLOTS, lambda i: workflow.execute_local_activity(
+            kind, f"f{i}", start_to_close_timeout=timedelta(seconds=60)))
 
 
 async def _measure(port: int) -> dict:

@@ -55,21 +55,26 @@ async def command(name: str, argv: tuple[str, ...] = ("true",)) -> dict:
 FOLDER: list[str] = []
 
 
+async def windowed(n: int, window: int, start) -> int:
+    """In a workflow: start(i) for i in range(n), at most `window` of them pending at once."""
+    pending, i = set(), 0
+    while i < n or pending:
+        while i < n and len(pending) < window:
+            pending.add(asyncio.ensure_future(start(i)))
+            i += 1
+        _, left = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        pending = set(left)
+    return n
+
+
 @workflow.defn(sandboxed=False)
 class FanOut:
     @workflow.run
     async def run(self, kind: str, n: int) -> int:
-        pending, i = set(), 0
-        while i < n or pending:
-            while i < n and len(pending) < WINDOW:
-                pending.add(asyncio.ensure_future(workflow.execute_activity(
-                    kind, f"f{i}", start_to_close_timeout=timedelta(seconds=60),
-                    heartbeat_timeout=timedelta(seconds=5), schedule_to_start_timeout=timedelta(seconds=600),
-                    retry_policy=RetryPolicy(maximum_attempts=1), priority=Priority(priority_key=27))))
-                i += 1
-            _, left = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            pending = set(left)
-        return n
+        return await windowed(n, WINDOW, lambda i: workflow.execute_activity(
+            kind, f"f{i}", start_to_close_timeout=timedelta(seconds=60),
+            heartbeat_timeout=timedelta(seconds=5), schedule_to_start_timeout=timedelta(seconds=600),
+            retry_policy=RetryPolicy(maximum_attempts=1), priority=Priority(priority_key=27)))
 
 
 @workflow.defn(sandboxed=False)
