@@ -81,27 +81,22 @@ def test_a_failed_task_fails_its_dependents_naming_it_and_other_branches_go_on(w
 
 def test_plan_histories_replay_deterministically(wb):
     """The plan workflow runs unsandboxed (workflow.py): Temporal's Replayer runs the current code
-    against real histories (a cascade, retries with their timers, a carried output, a cancel) and
-    fails on any command that differs."""
+    against real histories (the plans tests/histories/record.py records: a cascade, retries with
+    their timers, a carried output, tasks waiting for the window, a cancel) and fails on any
+    command that differs."""
     import asyncio
 
     from temporalio.worker import Replayer
 
+    from histories.record import plans
     from llamarig.work import engine
     from llamarig.work.workflow import PlanWorkflow
 
-    cascade = submit_plan(wb, [_cpu("a", "exit 4", retries=1), _cpu("b", "true", depends_on=["a"]),
-                               _cpu("x", "echo fine > output", priority=9),
-                               _cpu("y", "cat $INPUT_X", depends_on=["x"], inputs={"x": "@x"})])
-    cancelled = submit_plan(wb, [_cpu("long", "sleep 300"), _cpu("after", "true", depends_on=["long"])])
-    wait_for(lambda: plan_view(wb, cancelled)["tasks"]["long"]["state"] == "running", 60, "long running")
-    assert wb.post(f"/admin/plans/{cancelled}/cancel").status_code == 202
-    for plan_id in (cascade, cancelled):
-        plan_ended(wb, plan_id)
+    recorded = plans(wb)
 
     async def replay():
         client = await engine.connect(wb.rig.work)
-        for plan_id in (cascade, cancelled):
+        for plan_id in recorded.values():
             history = await client.get_workflow_handle(plan_id).fetch_history()
             await Replayer(workflows=[PlanWorkflow]).replay_workflow(history)  # raises on nondeterminism
     asyncio.run(replay())

@@ -4,13 +4,16 @@ error tail), cancel one. A plan past the engine's retention is still shown from 
 under the run folder."""
 from __future__ import annotations
 
+import re
 import secrets
 import time
 
 from llamarig.work import engine
-from llamarig.work.plan import Plan
+from llamarig.work.plan import TASK_NAME, Plan
 from llamarig.work.store import Store
 
+# A plan's id: its name, when it was submitted (UTC) and 6 hex digits (`submit`).
+PLAN_ID = re.compile(TASK_NAME.removesuffix("$") + r"-\d{8}-\d{6}-[0-9a-f]{6}$")
 PENDING_STATES = {1: "scheduled", 2: "running", 3: "cancel requested", 4: "paused", 5: "pause requested"}
 
 

@@ -12,9 +12,9 @@ from starlette.responses import FileResponse, Response
 from llamarig.shared.api_errors import error_response
 from llamarig.work.outputs import ROUTE, SERVED_NAME
 from llamarig.work.plan import TASK_NAME
+from llamarig.work.plans import PLAN_ID
 from llamarig.work.store import Store
 
-PLAN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,59}-\d{8}-\d{6}-[0-9a-f]{6}$")  # work/plans.py submit
 TASK = re.compile(TASK_NAME)
 ATTEMPT = re.compile(r"^attempt-([1-9]\d{0,3})$")
 
