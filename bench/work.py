@@ -11,8 +11,9 @@ workflow's own history (the engine's timestamps, not the client's):
   which tell the order's share from the overhead's.
 - kill: kill -9 of work-cpu mid-task; time until the task starts again, against
   work.heartbeat_timeout_s.
-- temporal_floor: the fan-out on the same server with a plain SDK worker, no-op and with the
-  command and files a cpu task has (bench/temporal_floor.py): what this machine allows now.
+- temporal_floor: the fan-out (no-op, and with the command and files a cpu task has) and the
+  DAG on the same server with a plain SDK worker (bench/temporal_floor.py): what this machine
+  allows now.
 
     .venv/bin/python bench/run.py work        (or bench/work.py [--smoke])
 """
@@ -80,6 +81,12 @@ def dag_spec(n: int, seed: int = 7) -> tuple[dict[str, float], dict[str, list[st
     return work, deps
 
 
+def dag_keys(deps: dict[str, list[str]]) -> dict[str, int]:
+    """The priority key llamarig gives each task of the DAG (all at priority 5)."""
+    chains = priority.chains([{"name": k, "depends_on": v} for k, v in deps.items()])
+    return {k: priority.key(5, chains[k]) for k in deps}
+
+
 def dag(b, n: int) -> dict:
     work, deps = dag_spec(n)
     tasks = [{"name": k, "class": "cpu", "command": ["sleep", str(v)], "depends_on": deps[k]} for k, v in work.items()]
@@ -88,8 +95,8 @@ def dag(b, n: int) -> dict:
     for k in work:  # names are in a topological order
         finish[k] = work[k] + max((finish[d] for d in deps[k]), default=0)
     bound = max(max(finish.values()), sum(work.values()) / CONCURRENCY)
-    chains = priority.chains([{"name": k, "depends_on": v} for k, v in deps.items()])
-    ours = _list_schedule(work, deps, CONCURRENCY, lambda k: priority.key(5, chains[k]))
+    keys = dag_keys(deps)
+    ours = _list_schedule(work, deps, CONCURRENCY, keys.get)
     in_plan_order = _list_schedule(work, deps, CONCURRENCY, lambda k: 0)
     span = max(t["completed"] for t in times.values()) - min(t["scheduled"] for t in times.values())
     return {"tasks": n, "concurrency": CONCURRENCY, "makespan_s": round(span, 2), "bound_s": round(bound, 2),
@@ -164,14 +171,14 @@ def celery(smoke: bool) -> dict:
 
 
 def floor(smoke: bool) -> dict:
-    """The same fan-out on a plain SDK worker and the same server (bench/temporal_floor.py)."""
+    """The same fan-out and DAG on a plain SDK worker and the same server (bench/temporal_floor.py)."""
     import temporal_floor
     from llamarig.work.cli_cmds import temporal_bin
 
     work, deps = dag_spec(20 if smoke else 200)
-    chains = priority.chains([{"name": k, "depends_on": v} for k, v in deps.items()])
+    keys = dag_keys(deps)
     return temporal_floor.measure(temporal_bin(), 20 if smoke else 1000, [
-        {"name": k, "deps": deps[k], "seconds": v, "key": priority.key(5, chains[k])} for k, v in work.items()])
+        {"name": k, "deps": deps[k], "seconds": v, "key": keys[k]} for k, v in work.items()])
 
 
 def run(smoke: bool) -> dict:
