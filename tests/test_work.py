@@ -36,6 +36,12 @@ def _cpu(name: str, command, **more) -> dict:
     return {"name": name, "class": "cpu", "command": command, **more}
 
 
+def _attempt_file(b, plan_id: str, task: str, name: str = "") -> Path:
+    """A file of a task's first attempt folder, at the path the README documents (or the folder itself)."""
+    folder = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / task / "attempt-1"
+    return folder / name if name else folder
+
+
 def _alive(pids: list[int]) -> list[int]:
     return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
@@ -204,7 +210,7 @@ def test_commands_see_no_gpu_and_no_keys(wb):
 def test_cancel_stops_a_command_that_ignores_sigterm(wb):
     stubborn = "trap '' TERM; echo $$ > pid; sleep 300 & echo $! >> pid; wait"
     plan_id = submit_plan(wb, [_cpu("stubborn", stubborn), _cpu("after", "true", depends_on=["stubborn"])])
-    pidfile = wb.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "stubborn" / "attempt-1" / "pid"
+    pidfile = _attempt_file(wb, plan_id, "stubborn", "pid")
     pids = wait_for(lambda: pidfile.exists() and len(p := pidfile.read_text().split()) == 2 and list(map(int, p)),
                     30, "the command running")
     r = wb.post(f"/admin/plans/{plan_id}/cancel", timeout=30)
@@ -218,7 +224,7 @@ def test_cancel_stops_a_command_that_ignores_sigterm(wb):
 def test_a_worker_killed_mid_task_is_replaced_and_the_task_runs_again_without_orphans(wb):
     once = "if [ $LLAMARIG_ATTEMPT = 1 ]; then echo $$ > pid; sleep 300 & echo $! >> pid; wait; fi; echo done > output"
     plan_id = submit_plan(wb, [_cpu("long", once)])
-    pidfile = wb.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "long" / "attempt-1" / "pid"
+    pidfile = _attempt_file(wb, plan_id, "long", "pid")
     pids = wait_for(lambda: pidfile.exists() and len(p := pidfile.read_text().split()) == 2 and list(map(int, p)),
                     30, "the command running")
     worker = wb.pid("work-cpu")
@@ -243,7 +249,7 @@ def test_a_hung_worker_is_killed_and_its_task_runs_again_without_orphans(tmp_pat
         hang = "if [ $LLAMARIG_ATTEMPT = 1 ]; then echo $$ > pid; sleep 300; fi"
         plan_id = submit_plan(b, [_cpu("job", hang)])
         wait_for(lambda: plan_view(b, plan_id)["tasks"]["job"]["state"] == "running", 60, "the task running")
-        folder = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "job" / "attempt-1"
+        folder = _attempt_file(b, plan_id, "job")
         command = int(wait_for(lambda: (folder / "pid").exists() and (folder / "pid").read_text().strip(), 30, "pid"))
         worker = b.pid("work-cpu")
         psutil.Process(worker).suspend()
@@ -403,7 +409,7 @@ def test_a_script_command_gets_a_whole_gpu_its_llm_unloaded_meanwhile(tmp_path, 
         b.wait_ready()
         command = f"echo $CUDA_VISIBLE_DEVICES > output; while [ ! -f {release} ]; do sleep 0.05; done"
         plan_id = submit_plan(b, [{"name": "job", "class": "script", "command": command}])
-        out = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "job" / "attempt-1" / "output"
+        out = _attempt_file(b, plan_id, "job", "output")
         gpu = wait_for(lambda: out.exists() and out.read_text().strip(), 60, "the command started")
         assert gpu == "0"  # the lowest of the idle switchable GPUs; never the brain's 1 and 2
         modes = b.get("/ready").json()["gpus"]["modes"]
@@ -423,7 +429,7 @@ def test_a_script_command_gets_a_whole_gpu_its_llm_unloaded_meanwhile(tmp_path, 
         # Its worker killed mid-command: the lease expires, the GPU comes back, the task runs again.
         hang = "if [ $LLAMARIG_ATTEMPT = 1 ]; then echo $$ > pid; sleep 300; fi"
         plan_id = submit_plan(b, [{"name": "job", "class": "script", "command": hang}])
-        pidfile = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "job" / "attempt-1" / "pid"
+        pidfile = _attempt_file(b, plan_id, "job", "pid")
         pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 60, "the command started")
         os.kill(b.pid("work-gpu"), signal.SIGKILL)
         view = plan_ended(b, plan_id, timeout=120)
@@ -433,7 +439,7 @@ def test_a_script_command_gets_a_whole_gpu_its_llm_unloaded_meanwhile(tmp_path, 
         wait_for(lambda: b.get("/ready").json()["gpus"]["modes"]["0"] == "llm", 60, "GPU 0 back again")
         # Its lease taken back mid-command: the next renew is refused, the command stopped, the task retried.
         plan_id = submit_plan(b, [{"name": "job", "class": "script", "command": hang}])
-        pidfile = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "job" / "attempt-1" / "pid"
+        pidfile = _attempt_file(b, plan_id, "job", "pid")
         pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 60, "the command started")
         lease_id = _lease_of(b, 0)
         assert b.delete(f"/admin/gpus/lease/{lease_id}", params={"reason": "taken back"}).status_code == 200
