@@ -164,7 +164,8 @@ def test_the_compute_api_killed_during_a_switch_ends_in_a_consistent_mode(tmp_pa
     if cut != "to_llm":
         threading.Thread(target=_cut_transcription, args=(b, wav), daemon=True).start()
     else:
-        assert _transcribe(b, wav).status_code == 200
+        r = _transcribe(b, wav)
+        assert r.status_code == 200, r.text  # (once 503 under CI's load, reason not kept: session 11)
     caught = _kill_api_when(b, cut)
     report(f"compute API killed in {cut} ({caught}): GPU 2 ended in {_consistent(b, wav)}")
 
