@@ -314,6 +314,22 @@ def plan_history(rig, plan_id: str) -> list:
     return asyncio.run(fetch())
 
 
+def forget_plan(rig, plan_id: str) -> None:
+    """Delete a plan's workflow from Temporal, as its retention ending does."""
+    import asyncio
+
+    from temporalio.api.common.v1 import WorkflowExecution
+    from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+
+    from llamarig.work import engine
+
+    async def delete():
+        client = await engine.connect(rig.work)
+        await client.workflow_service.delete_workflow_execution(DeleteWorkflowExecutionRequest(
+            namespace=client.namespace, workflow_execution=WorkflowExecution(workflow_id=plan_id)))
+    asyncio.run(delete())
+
+
 def llamarig(rig_path, *args, timeout=180) -> subprocess.CompletedProcess:
     """The `llamarig` command on a rig, as an operator runs it (this Python, the bundle's PATH)."""
     return subprocess.run([sys.executable, "-m", "llamarig.cli", "--rig", str(rig_path), *args],

@@ -2,6 +2,7 @@
 supervisord programs, plans submitted through /admin/plans."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import (free_port, llamarig, model_entry, plan_ended, plan_history, plan_view, running_bundle, submit_plan, wait_for,
-                     work_section, write_rig)
+from helpers import (forget_plan, free_port, llamarig, model_entry, plan_ended, plan_history, plan_view, running_bundle,
+                     submit_plan, wait_for, work_section, write_rig)
 
 pytestmark = pytest.mark.slow
 
@@ -270,7 +271,6 @@ def test_an_llm_task_sends_untrusted_inputs_in_a_marked_data_block(wb):
     t = plan_ended(wb, plan_id)["tasks"]["sum"]
     assert t["state"] == "succeeded", t
     assert t["result"]["model"] == "m" and t["result"]["tokens"] >= 1 and t["result"]["gpu"] == "0"
-    import json
     system, user = json.load(open(os.path.join(t["result"]["folder"], "messages.json")))
     marker = system["content"].split("'<<")[1].split("'")[0]
     block = user["content"][user["content"].index(f"<<{marker} doc"):]
@@ -291,6 +291,22 @@ def test_plans_and_plan_views_from_the_cli(wb):
     assert bad.returncode == 2 and "plan_not_found" in bad.stderr
 
 
+def test_a_plan_past_the_engines_retention_is_shown_from_its_record(wb):
+    plan_id = submit_plan(wb, [_cpu("a", "echo kept > output")], name="old")
+    ended = plan_ended(wb, plan_id)
+    forget_plan(wb.rig, plan_id)
+    view = wait_for(lambda: (v := plan_view(wb, plan_id)).get("from") == "record" and v, 120,
+                    "the plan forgotten (the dev server deletes in the background: about 30 s)")
+    assert view["outcome"] == "succeeded" and view["tasks"]["a"] == ended["tasks"]["a"]
+    assert open(view["tasks"]["a"]["result"]["output"]).read() == "kept\n"
+    listed = lambda: next((r for r in json.loads(llamarig(wb.rig_path, "plans", "--json").stdout)
+                           if r["plan_id"] == plan_id and r.get("from") == "record"), None)
+    row = wait_for(listed, 30, "the plan listed from its record")
+    assert row["status"] == "succeeded" and row["started_at"] <= row["closed_at"], row
+    shown = llamarig(wb.rig_path, "plan", plan_id).stdout
+    assert "succeeded" in shown.split(plan_id)[1].splitlines()[0], shown
+
+
 def test_script_tasks_transcribe_and_embed_through_the_placed_services(wb, wav, tmp_path):
     lines = tmp_path / "lines.txt"
     lines.write_text("first line\nsecond line\n")
@@ -301,7 +317,6 @@ def test_script_tasks_transcribe_and_embed_through_the_placed_services(wb, wav, 
     t = plan_ended(wb, plan_id, timeout=120)["tasks"]
     assert [t[n]["state"] for n in ("hear", "vec", "again")] == ["succeeded"] * 3, t
     assert t["hear"]["result"]["output"].endswith(".srt") and "-->" in open(t["hear"]["result"]["output"]).read()
-    import json
     vectors = json.load(open(t["vec"]["result"]["output"]))
     assert vectors["model"] == "embed" and len(vectors["vectors"]) == 2 and len(vectors["vectors"][0]) > 8
     assert "work-gpu" in t["vec"]["result"]["worker"]

@@ -69,7 +69,7 @@ async def show(client, rig, plan_id: str) -> dict:
         record = Store(rig.run_dir).read_record(plan_id)
         if record is None or "tasks" not in record:
             raise engine.WorkError("plan_not_found", f"no plan {plan_id!r} in Temporal nor under the run folder")
-        return record | {"from": "record"}
+        return {k: v for k, v in record.items() if k != "spec"} | {"from": "record"}
     state = await handle.query("state")
     _merge_pending(state["tasks"], desc.raw_description.pending_activities)
     return state | {"status": desc.status.name.lower() if desc.status else "unknown"}

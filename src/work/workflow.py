@@ -209,7 +209,10 @@ class PlanWorkflow:
         self.tasks[name] = self.tasks[name] | fields
 
     async def _record(self) -> None:
-        summary = self.state() | {"ended_at": workflow.now().timestamp()}
+        """The plan's record under the run folder of the rig that ran it, whole (its spec too, for
+        `llamarig retry` past the engine's retention), replacing the one `submit` wrote."""
+        summary = self.state() | {"submitted_at": workflow.info().start_time.timestamp(), "spec": self.spec,
+                                  "ended_at": workflow.now().timestamp()}
         await workflow.execute_local_activity("record_plan", summary, start_to_close_timeout=timedelta(seconds=60))
 
 
