@@ -26,6 +26,17 @@ def test_unknown_and_cyclic_dependencies():
     assert found == ["tasks.a.depends_on: unknown task 'ghost'", "tasks.a.depends_on: cycle a -> c -> b -> a"]
 
 
+def test_a_plan_of_10000_tasks_listed_dependents_first_validates_and_its_cycle_is_named():
+    n = 10000  # the most a plan may hold; as deep as it is long
+    chain = [{"name": f"s{i}", "class": "cpu", "command": "true", "depends_on": [f"s{i - 1}"] if i else []}
+             for i in reversed(range(n))]
+    assert len(parse_plan({"name": "p", "tasks": chain}, "plan.yaml").tasks) == n
+    chain[-1]["depends_on"] = ["s9999"]  # s0 now waits on the chain's end
+    found = _problems(chain)
+    assert len(found) == 1 and found[0].startswith("tasks.s9999.depends_on: cycle s9999 -> s9998 -> ")
+    assert found[0].endswith("s1 -> s0 -> s9999")
+
+
 def test_unknown_models_are_refused_with_the_rigs_models():
     found = _problems([{"name": "g", "class": "llm", "generate": {"prompt": "x", "model": "gpt-4"}}])
     assert found == ["tasks.g.generate.model: unknown model 'gpt-4' (the rig has brain, worker)"]

@@ -7,6 +7,7 @@ records it on the task (`class_inferred: true`).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Literal
 
 import yaml
@@ -150,14 +151,14 @@ def _where(data: dict, err: dict) -> str:
 
 
 def _cross_check(plan: Plan, models: set[str] | None) -> list[str]:
-    names = [t.name for t in plan.tasks]
-    problems = [f"tasks.{n}.name: appears twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    counts = Counter(t.name for t in plan.tasks)
+    problems = [f"tasks.{n}.name: appears twice" for n in sorted(n for n, c in counts.items() if c > 1)]
     for t in plan.tasks:
-        problems += _task_problems(t, set(names), models)
+        problems += _task_problems(t, counts.keys(), models)
     return problems + _cycles(plan)
 
 
-def _task_problems(t: Task, names: set[str], models: set[str] | None) -> list[str]:
+def _task_problems(t: Task, names, models: set[str] | None) -> list[str]:
     where, what = f"tasks.{t.name}", t.what()
     problems = [f"{where}.depends_on: unknown task '{d}'" for d in t.depends_on if d not in names]
     if what is None:
@@ -181,24 +182,25 @@ def _task_problems(t: Task, names: set[str], models: set[str] | None) -> list[st
 
 
 def _cycles(plan: Plan) -> list[str]:
-    deps = {t.name: [d for d in t.depends_on] for t in plan.tasks}
+    """The first cycle met, depth first. Without recursion: a plan of thousands of tasks listed
+    dependents first went that deep (a RecursionError at 2000)."""
+    deps = {t.name: t.depends_on for t in plan.tasks}
     state: dict[str, int] = {}  # 1: on the path, 2: done
-
-    def visit(name: str, path: list[str]) -> list[str] | None:
-        if state.get(name) == 1:
-            return path[path.index(name):] + [name]
-        if state.get(name) == 2 or name not in deps:
-            return None
-        state[name] = 1
-        for d in deps[name]:
-            cycle = visit(d, path + [name])
-            if cycle:
-                return cycle
-        state[name] = 2
-        return None
-
-    for name in deps:
-        cycle = visit(name, [])
-        if cycle:
-            return [f"tasks.{cycle[0]}.depends_on: cycle {' -> '.join(cycle)}"]
+    for root in deps:
+        if state.get(root):
+            continue
+        path, stack = [root], [iter(deps[root])]
+        state[root] = 1
+        while stack:
+            d = next(stack[-1], None)
+            if d is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(d) == 1:
+                cycle = path[path.index(d):] + [d]
+                return [f"tasks.{cycle[0]}.depends_on: cycle {' -> '.join(cycle)}"]
+            elif d in deps and not state.get(d):
+                state[d] = 1
+                path.append(d)
+                stack.append(iter(deps[d]))
     return []
