@@ -223,11 +223,20 @@ def _work_parsers(sub) -> None:
     s.set_defaults(fn=lambda a: w.run_worker(_rig(a), a.role))
     sub.add_parser("watchdog", help="(supervisord event listener) kills a worker hung past "
                    "work.heartbeat_timeout_s").set_defaults(fn=lambda a: w.run_watchdog(_rig(a)))
+    _plan_parsers(sub, w)
+
+
+def _plan_parsers(sub, w) -> None:
     s = sub.add_parser("submit", help="validate a plan file and submit it")
     s.add_argument("plan")
     s.add_argument("--infer-class", action="store_true", help="give a task without a class the one its "
                    "command suggests, recorded on the task")
-    s.set_defaults(fn=lambda a: w.submit(_rig(a), a.plan, a.infer_class))
+    s.add_argument("--reuse", metavar="PLAN_ID", help="an ended plan: its tasks that succeeded with the same "
+                   "definition (and dependencies) are not run again")
+    s.set_defaults(fn=lambda a: w.submit(_rig(a), a.plan, a.infer_class, a.reuse))
+    s = sub.add_parser("retry", help="run an ended plan again: what failed or was cancelled, and its dependents")
+    s.add_argument("plan_id")
+    s.set_defaults(fn=lambda a: w.retry(_rig(a), a.plan_id))
     s = sub.add_parser("plans", help="the plans, newest first")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=lambda a: w.plans(_rig(a), a.json))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from helpers import (forget_plan, free_port, llamarig, model_entry, plan_ended, plan_history, plan_view, running_bundle,
                      submit_plan, wait_for, work_section, write_rig)
@@ -305,6 +306,47 @@ def test_a_plan_past_the_engines_retention_is_shown_from_its_record(wb):
     assert row["status"] == "succeeded" and row["started_at"] <= row["closed_at"], row
     shown = llamarig(wb.rig_path, "plan", plan_id).stdout
     assert "succeeded" in shown.split(plan_id)[1].splitlines()[0], shown
+
+
+def test_retry_runs_what_failed_and_its_dependents_and_reuses_what_succeeded(wb, tmp_path):
+    fixed, runs = tmp_path / "fixed", tmp_path / "runs"
+    tasks = [_cpu("a", f"echo a >> {runs}; echo from-a > output"), _cpu("x", f"echo x >> {runs}"),
+             _cpu("b", f"cat {fixed} && cat $INPUT_A > output", depends_on=["a"], inputs={"a": "@a"}, retries=0),
+             _cpu("c", "true", depends_on=["b"])]
+    first = submit_plan(wb, tasks, name="again")
+    assert plan_ended(wb, first)["outcome"] == "failed"
+    slow = submit_plan(wb, [_cpu("s", f"while [ ! -f {fixed} ]; do sleep 0.05; done")], name="slow")
+    r = wb.post(f"/admin/plans/{slow}/retry")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "plan_running", r.text
+    fixed.write_text("")
+    (wb.rig.run_dir / "work" / "plans" / first / "plan.json").unlink()  # as if submitted on another rig
+    done = llamarig(wb.rig_path, "retry", first)
+    assert done.returncode == 0 and f"2 reused from {first}: a, x" in done.stdout, done.stdout + done.stderr
+    second = done.stdout.split()[1]
+    view = plan_ended(wb, second)
+    assert view["outcome"] == "succeeded" and sorted(runs.read_text().split()) == ["a", "x"]  # each once
+    assert view["tasks"]["a"]["reused_from"] == first
+    assert open(view["tasks"]["b"]["result"]["output"]).read() == "from-a\n"  # a's output, from the first plan
+    assert view["tasks"]["b"]["result"]["folder"] == str(_attempt_file(wb, second, "b"))
+    shown = llamarig(wb.rig_path, "plan", second).stdout
+    states = dict(line.split()[:2] for line in shown.splitlines()[2:] if not line.startswith("    "))
+    assert states == {"a": "reused", "x": "reused", "b": "succeeded", "c": "succeeded"}, shown
+    again = wb.post(f"/admin/plans/{second}/retry")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "nothing_to_run", again.text
+    edited = tmp_path / "edited.yaml"  # a's command changed: a and what waits on it run; x is reused again
+    edited.write_text(yaml.safe_dump({"name": "again", "tasks": [_cpu("a", f"echo a2 >> {runs}; echo from-a2 > output")]
+                                      + tasks[1:]}))
+    third = llamarig(wb.rig_path, "submit", str(edited), "--reuse", second)
+    assert f"1 reused from {second}: x" in third.stdout, third.stdout + third.stderr
+    view = plan_ended(wb, third.stdout.split()[1])
+    assert view["outcome"] == "succeeded" and view["tasks"]["x"]["reused_from"] == first  # where it ran
+    assert open(view["tasks"]["b"]["result"]["output"]).read() == "from-a2\n"
+    assert sorted(runs.read_text().split()) == ["a", "a2", "x"]
+    for reuse, status in (("nope", 400), ("again-20260101-000000-abcdef", 404)):
+        r = wb.post("/admin/plans", json={"plan": {"name": "again", "tasks": tasks}, "reuse": reuse})
+        assert r.status_code == status, r.text
+    r = wb.post("/admin/plans/..plan.json/retry")  # not an id submit makes: no file is looked for
+    assert r.status_code == 404 and "plan ids look like" in r.json()["error"]["message"], r.text
 
 
 def test_script_tasks_transcribe_and_embed_through_the_placed_services(wb, wav, tmp_path):

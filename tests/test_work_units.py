@@ -91,3 +91,32 @@ def test_the_watchdog_speaks_supervisords_event_listener_protocol(tmp_path, monk
     out = io.StringIO()
     assert watchdog.serve(rig, io.StringIO(events), out) == 0
     assert out.getvalue() == "READY\nRESULT 2\nOK" * 3 + "READY\n" and len(checked) == 2
+
+
+def test_reuse_takes_what_succeeded_with_the_same_definition_and_reused_dependencies():
+    from llamarig.work.reuse import reusable
+
+    def task(name, command="true", deps=(), **more):
+        return {"name": name, "cls": "cpu", "command": command, "depends_on": list(deps), "priority": 5,
+                "retries": None, "timeout_s": None, "class_inferred": False, "inputs": {}, **more}
+    old = [task("a"), task("b", deps=["a"]), task("c", deps=["b"]), task("x"), task("y", deps=["x"]), task("z")]
+    ok = {"state": "succeeded", "result": {"output": "here"}}
+    states = {"a": ok, "b": {"state": "failed"}, "c": {"state": "failed"}, "x": ok, "y": ok,
+              "z": {"state": "succeeded", "result": {"output": "gone"}}}
+    present = lambda result: result.get("output") == "here"
+    assert reusable(old, old, states, present) == ["a", "x", "y"]  # z's output is gone: it runs again
+    changed = [task("a", "echo new")] + old[1:]
+    assert reusable(changed, old, states, present) == ["x", "y"]  # a changed, and b and c wait on it anyway
+    when = old[:4] + [task("y", deps=["x"], priority=9, retries=0, timeout_s=5.0), task("z"), task("w")]
+    assert reusable(when, old, states, present) == ["a", "x", "y"]  # how and when, not what; w is new
+    input_changed = old[:4] + [task("y", deps=["x"], inputs={"k": "v"})]
+    assert reusable(input_changed, old, states, present) == ["a", "x"]
+
+
+def test_reuse_needs_no_recursion_for_a_long_plan():
+    from llamarig.work.reuse import reusable
+
+    n = 5000  # deeper than Python's recursion limit, listed dependents first
+    tasks = [{"name": f"s{i}", "command": "true", "depends_on": [f"s{i - 1}"] if i else []} for i in reversed(range(n))]
+    states = {t["name"]: {"state": "succeeded", "result": {}} for t in tasks}
+    assert len(reusable(tasks, tasks, states, lambda r: True)) == n

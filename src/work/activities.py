@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from pathlib import Path
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from llamarig.shared.keys import is_loopback
 from llamarig.work import commands, outputs, prompts
 from llamarig.work.api_client import ApiRefused, ComputeApi
 from llamarig.work.store import Store
@@ -36,7 +34,7 @@ class Activities:
         self.limits = {"script": asyncio.Semaphore(max(1, w.concurrency.script)),  # (0: refused in _takes)
                        "llm": asyncio.Semaphore(max(1, w.concurrency.llm))}
         self.beat_every = w.heartbeat_timeout_s / 3
-        self.served_from = outputs_url(rig)
+        self.served_from = outputs.base_url(rig)
         self.counted = meter and (
             meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class, outcome and GPU"),
             meter.create_histogram_float("llamarig_task_seconds", "Seconds a task attempt ran", "s"))
@@ -270,15 +268,6 @@ class LeaseRenewal:
 def task_owner(rig, role: str) -> str:
     """What every command of this worker carries in its environment, for `commands.sweep`."""
     return f"work-{role}:{rig.run_dir}"
-
-
-def outputs_url(rig) -> str:
-    """Where other rigs fetch this rig's large outputs: work.outputs_url, else this host by name
-    (or loopback while the API listens on loopback only) at api.port."""
-    if rig.work.outputs_url:
-        return rig.work.outputs_url.rstrip("/")
-    host = "127.0.0.1" if is_loopback(rig.api.host) else socket.gethostname()
-    return f"http://{host}:{rig.api.port}"
 
 
 def _ms(began: float) -> int:

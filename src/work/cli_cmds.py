@@ -1,5 +1,5 @@
 """The work layer's commands: the supervisord programs (`temporal`, `work gpu|cpu`) and the
-operator's (`submit`, `plans`, `plan`, `cancel`), which go through the compute API's
+operator's (`submit`, `retry`, `plans`, `plan`, `cancel`), which go through the compute API's
 /admin/plans with the operator key, as every operator command does."""
 from __future__ import annotations
 
@@ -63,15 +63,28 @@ def run_watchdog(rig) -> int:
     return watchdog.serve(rig)
 
 
-def submit(rig, path: str, infer_class: bool) -> int:
+def submit(rig, path: str, infer_class: bool, reusing: str | None = None) -> int:
     from llamarig.ops import Api
     from llamarig.work.plan import load_plan
 
     need_work(rig)
     plan = load_plan(path, infer_class, set(rig.models))  # refused here before anything is sent
-    body = Api(rig).post_json("/admin/plans", {"plan": plan.model_dump(by_alias=True)})
-    print(f"submitted {body['plan_id']} ({body['tasks']} tasks)")
+    sent = {"plan": plan.model_dump(by_alias=True)} | ({"reuse": reusing} if reusing else {})
+    _submitted(Api(rig).post_json("/admin/plans", sent), reusing)
     return 0
+
+
+def retry(rig, plan_id: str) -> int:
+    from llamarig.ops import Api
+
+    need_work(rig)
+    _submitted(Api(rig).post(f"/admin/plans/{plan_id}/retry"), plan_id)
+    return 0
+
+
+def _submitted(body: dict, reusing: str | None) -> None:
+    reused = f"; {len(body['reused'])} reused from {reusing}: {', '.join(body['reused'])}" if body["reused"] else ""
+    print(f"submitted {body['plan_id']} ({body['tasks']} tasks{reused})")
 
 
 def plans(rig, as_json: bool) -> int:
@@ -103,7 +116,8 @@ def show(rig, plan_id: str, as_json: bool) -> int:
         gpu = "-" if r.get("gpu") is None else str(r["gpu"])
         attempt = r.get("attempt") or t.get("attempt") or "-"
         rig = rig.rsplit(":", 1)[0] or "-"  # host:apiport (the pid dropped)
-        print(f"  {name[:18]:18} {t['state'][:10]:10} {attempt!s:>3} {rig[:21]:21} {worker[5:][:8]:8} {gpu[:3]:3} "
+        state = "reused" if t.get("reused_from") else t["state"]  # (succeeded in an earlier plan)
+        print(f"  {name[:18]:18} {state[:10]:10} {attempt!s:>3} {rig[:21]:21} {worker[5:][:8]:8} {gpu[:3]:3} "
               f"{took:>7}")
         error = t.get("error") or t.get("last_error")
         if error:

@@ -9,14 +9,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import socket
 from pathlib import Path
 
+from llamarig.shared.keys import is_loopback
 from llamarig.shared.verify import hash_file
 from llamarig.work.commands import DefinitionError
 
 CARRY_BYTES = 256 * 1024  # a few pages of transcript; Temporal's payloads are limited to 2 MiB
 ROUTE = "/admin/work/outputs"
 SERVED_NAME = re.compile(r"^(output(\.[a-z0-9]{1,8})?|stdout)$")  # what an attempt's output may be called
+
+
+def base_url(rig) -> str:
+    """Where other rigs fetch this rig's outputs: work.outputs_url, else this host by name (or
+    loopback while the API listens on loopback only) at api.port."""
+    if rig.work.outputs_url:
+        return rig.work.outputs_url.rstrip("/")
+    host = "127.0.0.1" if is_loopback(rig.api.host) else socket.gethostname()
+    return f"http://{host}:{rig.api.port}"
 
 
 async def carry(output: str | None, folder: Path, served_from: str) -> dict:
@@ -30,12 +41,17 @@ async def carry(output: str | None, folder: Path, served_from: str) -> dict:
         size = path.stat().st_size
         if size <= CARRY_BYTES:
             return {"output_data": base64.b64encode(path.read_bytes()).decode()}
-        if path.parent != folder or not SERVED_NAME.match(path.name):
-            return {}
-        digest = await asyncio.to_thread(hash_file, path)
-        return {"output_url": served_from + served_path(folder, path.name), "output_sha256": digest}
+        return await asyncio.to_thread(served, path, folder, served_from)
     except OSError:
         return {}
+
+
+def served(path: Path, folder: Path, served_from: str) -> dict:
+    """Where this rig's compute API serves an attempt's output, and its sha256 (hashed here: call
+    it in a thread); {} for a file the route does not serve."""
+    if path.parent != folder or not SERVED_NAME.match(path.name) or not folder.name.startswith("attempt-"):
+        return {}
+    return {"output_url": served_from + served_path(folder, path.name), "output_sha256": hash_file(path)}
 
 
 def served_path(folder: Path, name: str) -> str:

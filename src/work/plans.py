@@ -1,6 +1,6 @@
 """Plan operations over Temporal, for the compute API's /admin/plans and the CLI: submit a
-validated plan, list plans, show one (per task: state, attempt, rig, worker, GPU, duration,
-error tail), cancel one. A plan past the engine's retention is still shown from its record
+validated plan (reusing what an ended one did, work/reuse.py), list plans, show one (per task:
+state, attempt, rig, worker, GPU, duration, error tail), retry one, cancel one. A plan past the engine's retention is still shown from its record
 under the run folder."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import secrets
 import time
 
-from llamarig.work import engine
+from llamarig.work import engine, outputs, reuse
 from llamarig.work.plan import TASK_NAME, Plan
 from llamarig.work.store import Store
 
@@ -26,14 +26,54 @@ def spec_of(rig, plan: Plan, plan_id: str) -> dict:
                          "retry_max_s": w.retry_max_s, "cancel_grace_s": w.cancel_grace_s, "window": w.plan_window}}
 
 
-async def submit(client, rig, plan: Plan) -> dict:
+async def submit(client, rig, plan: Plan, reusing: str | None = None) -> dict:
+    """reusing: an ended plan whose succeeded tasks this one takes as done (work/reuse.py)."""
     plan_id = f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     spec = spec_of(rig, plan, plan_id)
+    if reusing is not None:
+        spec["reused"] = await _reused(client, rig, plan, reusing)
     await client.start_workflow(engine.PLAN_WORKFLOW, spec, id=plan_id, task_queue=spec["queues"]["plan"],
                                 memo={"name": plan.name, "tasks": len(plan.tasks)})
     Store(rig.run_dir).write_record(plan_id, {"plan_id": plan_id, "name": plan.name, "outcome": "running",
                                               "submitted_at": time.time(), "spec": spec})
-    return {"plan_id": plan_id, "tasks": len(plan.tasks)}
+    return {"plan_id": plan_id, "tasks": len(plan.tasks), "reused": list(spec.get("reused", {}))}
+
+
+async def retry(client, rig, plan_id: str) -> dict:
+    """The same plan again, its succeeded tasks reused: what failed or was cancelled runs."""
+    await _ended(client, rig, plan_id)
+    plan = Plan.model_validate((await _spec(client, rig, plan_id))["plan"])
+    return await submit(client, rig, plan, reusing=plan_id)
+
+
+async def _reused(client, rig, plan: Plan, old_id: str) -> dict:
+    old = await _ended(client, rig, old_id)
+    old_tasks = (await _spec(client, rig, old_id))["plan"]["tasks"]
+    names = reuse.reusable(plan.model_dump()["tasks"], old_tasks, old["tasks"], reuse.present_here)
+    if len(names) == len(plan.tasks):
+        raise engine.WorkError("nothing_to_run", f"every task of the plan succeeded in {old_id} as defined "
+                               "now: nothing would run")
+    base = outputs.base_url(rig)
+    return {name: await reuse.entry(old_id, old["tasks"][name], base) for name in names}
+
+
+async def _ended(client, rig, plan_id: str) -> dict:
+    view = await show(client, rig, plan_id)
+    if view["outcome"] == "running":
+        raise engine.WorkError("plan_running", f"{plan_id} is still running: wait for it to end, or cancel it "
+                               f"(llamarig cancel {plan_id}), then retry")
+    return view
+
+
+async def _spec(client, rig, plan_id: str) -> dict:
+    """What the plan was submitted with: from its record, else from its start in the engine (a
+    plan submitted on another rig)."""
+    record = Store(rig.run_dir).read_record(plan_id) or {}
+    if "spec" in record:
+        return record["spec"]
+    async for event in client.get_workflow_handle(plan_id).fetch_history_events():
+        return (await client.data_converter.decode(event.workflow_execution_started_event_attributes.input.payloads))[0]
+    raise engine.WorkError("plan_not_found", f"no history of {plan_id!r} in Temporal")
 
 
 async def list_plans(client, rig, limit: int = 100) -> dict:
@@ -59,9 +99,17 @@ async def list_plans(client, rig, limit: int = 100) -> dict:
     return {"plans": sorted(rows, key=lambda r: r["started_at"] or 0, reverse=True)}
 
 
+def _shaped(plan_id: str) -> None:
+    """An id `submit` could have made, before it names a file under the run folder."""
+    if not PLAN_ID.match(plan_id):
+        raise engine.WorkError("plan_not_found", f"no plan {plan_id!r}: plan ids look like NAME-YYYYMMDD-HHMMSS-"
+                               "xxxxxx (llamarig plans lists them)")
+
+
 async def show(client, rig, plan_id: str) -> dict:
     from temporalio.service import RPCError
 
+    _shaped(plan_id)
     handle = client.get_workflow_handle(plan_id)
     try:
         desc = await handle.describe()
@@ -91,6 +139,7 @@ def _merge_pending(tasks: dict, pending) -> None:
 async def cancel(client, plan_id: str) -> dict:
     from temporalio.service import RPCError
 
+    _shaped(plan_id)
     try:
         await client.get_workflow_handle(plan_id).cancel()
     except RPCError as e:

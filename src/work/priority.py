@@ -17,14 +17,25 @@ def key(priority: int, chain: int) -> int:
 
 def chains(tasks: list[dict]) -> dict[str, int]:
     """name -> the longest chain of dependents starting at it (1: nothing waits on it)."""
-    waiting: dict[str, list[str]] = {t["name"]: [] for t in tasks}
-    for t in tasks:
-        for d in t["depends_on"]:
-            waiting[d].append(t["name"])
+    waiting = _waiting(tasks)
     length: dict[str, int] = {}
     for name in _dependents_first(tasks, waiting):
         length[name] = 1 + max((length[w] for w in waiting[name]), default=0)
     return length
+
+
+def dependencies_first(tasks: list[dict]) -> list[str]:
+    """Every name after all the tasks it depends on."""
+    return _dependents_first(tasks, _waiting(tasks))[::-1]
+
+
+def _waiting(tasks: list[dict]) -> dict[str, list[str]]:
+    """name -> the tasks that depend on it."""
+    waiting: dict[str, list[str]] = {t["name"]: [] for t in tasks}
+    for t in tasks:
+        for d in t["depends_on"]:
+            waiting[d].append(t["name"])
+    return waiting
 
 
 def _dependents_first(tasks: list[dict], waiting: dict[str, list[str]]) -> list[str]:

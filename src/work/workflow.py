@@ -6,7 +6,8 @@ back off exponentially (work.retry_initial_s, doubling, up to work.retry_max_s),
 that every attempt is its own activity in the history, with its own times; a DefinitionError is
 not retried. A task that waits on its queue past work.starvation_s behind
 more urgent ones (Temporal's schedule-to-start timeout, which is never retried) is sent again
-as the most urgent, so low priority means later, never never. Deterministic: no I/O here; the
+as the most urgent, so low priority means later, never never. Tasks an earlier plan did
+(spec["reused"]: `llamarig retry`, work/reuse.py) are succeeded from the start. Deterministic: no I/O here; the
 final summary is written under the run folder by the record_plan activity.
 
 It runs outside the SDK's sandbox: the sandbox cost a third of each workflow task's time (6.5
@@ -53,11 +54,12 @@ class PlanWorkflow:
     async def run(self, spec: dict) -> dict:
         self.spec = spec
         self.grants_deferred = workflow.patched("window-grants-after-the-activation")
-        tasks = spec["plan"]["tasks"]
-        self.tasks = {t["name"]: {"state": "waiting", "class": t["cls"], "priority": t["priority"]} for t in tasks}
+        tasks, reused = spec["plan"]["tasks"], spec.get("reused", {})  # (reused: done by an earlier plan)
+        self.tasks = {t["name"]: {"state": "waiting", "class": t["cls"], "priority": t["priority"]}
+                      | reused.get(t["name"], {}) for t in tasks}
         chains = priority.chains(tasks)
         self.keys = {t["name"]: (priority.key(t["priority"], chains[t["name"]]), i) for i, t in enumerate(tasks)}
-        jobs = [asyncio.ensure_future(self._task(t)) for t in tasks]
+        jobs = [asyncio.ensure_future(self._task(t)) for t in tasks if t["name"] not in reused]
         if self.grants_deferred:
             asyncio.ensure_future(self._grants())  # (ends with the workflow)
         try:

@@ -1,6 +1,6 @@
 """Operator routes of the work layer: /admin/plans (list, submit), /admin/plans/{id} (show),
-/admin/plans/{id}/cancel. The Temporal client is made on first use: the API serves models
-whether or not Temporal is up, and says so here with a 503."""
+/admin/plans/{id}/retry, /admin/plans/{id}/cancel. The Temporal client is made on first use:
+the API serves models whether or not Temporal is up, and says so here with a 503."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +10,9 @@ from starlette.responses import JSONResponse, Response
 
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.errors import LlamarigError
+
+
+STATUS = {"plan_not_found": 404, "plan_invalid": 400, "plan_running": 409, "nothing_to_run": 409}  # else 503
 
 
 class TemporalLink:
@@ -39,7 +42,7 @@ def build_router(state, rig) -> APIRouter:
         try:
             return JSONResponse(await getattr(plans, op)(await link.get(), *args), status_code=status)
         except LlamarigError as e:
-            code = {"plan_not_found": 404, "plan_invalid": 400}.get(e.code, 503)
+            code = STATUS.get(e.code, 503)
             return error_response(code, e.code, e.reason, retry_after=5 if code == 503 else None)
 
     @router.get("")
@@ -49,6 +52,7 @@ def build_router(state, rig) -> APIRouter:
     @router.post("")
     async def submit(request: Request, infer_class: bool = False) -> Response:
         from llamarig.work.plan import PlanError, parse_plan
+        from llamarig.work.plans import PLAN_ID
 
         try:
             body = await request.json()
@@ -56,15 +60,23 @@ def build_router(state, rig) -> APIRouter:
             return error_response(400, "invalid_json", "the body must be JSON: {\"plan\": {...}}")
         if not isinstance(body, dict) or not isinstance(body.get("plan"), dict):
             return error_response(400, "plan_invalid", "the body must be {\"plan\": {name, tasks}}", "plan")
+        reusing = body.get("reuse")
+        if reusing is not None and not (isinstance(reusing, str) and PLAN_ID.match(reusing)):
+            return error_response(400, "plan_invalid", "reuse: the id of an ended plan (NAME-YYYYMMDD-HHMMSS-xxxxxx)",
+                                  "reuse")
         try:
             plan = parse_plan(body["plan"], "plan", infer_class, set(rig.models))
         except PlanError as e:
             return error_response(400, e.code, e.reason, "plan")
-        return await call("submit", rig, plan, status=201)
+        return await call("submit", rig, plan, reusing, status=201)
 
     @router.get("/{plan_id}")
     async def show(plan_id: str) -> Response:
         return await call("show", rig, plan_id)
+
+    @router.post("/{plan_id}/retry")
+    async def retry(plan_id: str) -> Response:
+        return await call("retry", rig, plan_id, status=201)
 
     @router.post("/{plan_id}/cancel")
     async def cancel(plan_id: str) -> Response:
