@@ -112,8 +112,8 @@ def test_plan_histories_replay_deterministically(wb):
 
 def test_histories_an_older_release_recorded_replay_with_this_code():
     """A plan running across an upgrade of its workers is replayed by the new code: histories
-    recorded by commit b45bddb (tests/histories/record.py: a cascade, a cancel, tasks waiting
-    for the window) replay without a nondeterminism error."""
+    recorded by commits b45bddb and ad70cdc (tests/histories/record.py: a cascade, a cancel, tasks
+    waiting for the window; and a retry reusing tasks) replay without a nondeterminism error."""
     import asyncio
 
     from temporalio.client import WorkflowHistory
@@ -122,7 +122,7 @@ def test_histories_an_older_release_recorded_replay_with_this_code():
     from llamarig.work.workflow import PlanWorkflow
 
     recorded = sorted((Path(__file__).parent / "histories").glob("*.json"))
-    assert len(recorded) >= 3
+    assert len(recorded) >= 7
 
     async def replay():
         for path in recorded:

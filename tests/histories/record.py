@@ -3,8 +3,9 @@ histories an older release made (a running plan must survive an upgrade of its w
 
     .venv/bin/python tests/histories/record.py RELEASE     (writes tests/histories/RELEASE-*.json)
 
-Plans: a cascade with a retry, a carried output and priorities; a cancel; and, with
-work.plan_window 2, a plan whose tasks wait for the window."""
+Plans: a cascade with a retry, a carried output and priorities; a cancel; with
+work.plan_window 2, a plan whose tasks wait for the window; and (since ad70cdc) the cascade
+retried, reusing what succeeded (`llamarig retry`)."""
 from __future__ import annotations
 
 import asyncio
@@ -36,7 +37,10 @@ def plans(b) -> dict[str, str]:
     assert b.post(f"/admin/plans/{cancelled}/cancel").status_code == 202
     for plan_id in (cascade, windowed, cancelled):
         plan_ended(b, plan_id)
-    return {"cascade": cascade, "windowed": windowed, "cancelled": cancelled}
+    r = b.post(f"/admin/plans/{cascade}/retry")  # x and y reused; a fails again, b is not run
+    assert r.status_code == 201, r.text
+    retried = plan_ended(b, r.json()["plan_id"])["plan_id"]
+    return {"cascade": cascade, "windowed": windowed, "cancelled": cancelled, "retried": retried}
 
 
 async def save(rig, ids: dict[str, str], release: str) -> None:
