@@ -223,7 +223,17 @@ def _work_parsers(sub) -> None:
     s.set_defaults(fn=lambda a: w.run_worker(_rig(a), a.role))
     sub.add_parser("watchdog", help="(supervisord event listener) kills a worker hung past "
                    "work.heartbeat_timeout_s").set_defaults(fn=lambda a: w.run_watchdog(_rig(a)))
+    s = sub.add_parser("backup", help="a consistent copy, while the bundle runs: rig, manifest, engine database, "
+                       "plan results")
+    s.add_argument("dest", help="folder to write the backup folder into")
+    s.set_defaults(fn=lambda a: w.backup(_rig(a), a.dest))
+    s = sub.add_parser("restore", help="put a backup's engine database and plan results back (bundle stopped)")
+    s.add_argument("source", help="a backup folder made by llamarig backup")
+    s.set_defaults(fn=lambda a: w.restore(_rig(a), a.source))
     _plan_parsers(sub, w)
+
+
+WAIT = "wait until the plan ends, show it, and exit 0 if it succeeded, else 1 (Ctrl-C leaves it running)"
 
 
 def _plan_parsers(sub, w) -> None:
@@ -233,24 +243,20 @@ def _plan_parsers(sub, w) -> None:
                    "command suggests, recorded on the task")
     s.add_argument("--reuse", metavar="PLAN_ID", help="an ended plan: its tasks that succeeded with the same "
                    "definition (and dependencies) are not run again")
-    s.set_defaults(fn=lambda a: w.submit(_rig(a), a.plan, a.infer_class, a.reuse))
+    s.add_argument("--wait", action="store_true", help=WAIT)
+    s.set_defaults(fn=lambda a: w.submit(_rig(a), a.plan, a.infer_class, a.reuse, a.wait))
     s = sub.add_parser("retry", help="run an ended plan again: what failed or was cancelled, and its dependents")
     s.add_argument("plan_id")
-    s.set_defaults(fn=lambda a: w.retry(_rig(a), a.plan_id))
+    s.add_argument("--wait", action="store_true", help=WAIT)
+    s.set_defaults(fn=lambda a: w.retry(_rig(a), a.plan_id, a.wait))
     s = sub.add_parser("plans", help="the plans, newest first")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=lambda a: w.plans(_rig(a), a.json))
     s = sub.add_parser("plan", help="one plan: each task's state, attempt, worker, GPU, duration, error")
     s.add_argument("plan_id")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(fn=lambda a: w.show(_rig(a), a.plan_id, a.json))
-    s = sub.add_parser("backup", help="a consistent copy, while the bundle runs: rig, manifest, engine database, "
-                       "plan results")
-    s.add_argument("dest", help="folder to write the backup folder into")
-    s.set_defaults(fn=lambda a: w.backup(_rig(a), a.dest))
-    s = sub.add_parser("restore", help="put a backup's engine database and plan results back (bundle stopped)")
-    s.add_argument("source", help="a backup folder made by llamarig backup")
-    s.set_defaults(fn=lambda a: w.restore(_rig(a), a.source))
+    s.add_argument("--wait", action="store_true", help=WAIT)
+    s.set_defaults(fn=lambda a: w.show(_rig(a), a.plan_id, a.json, a.wait))
     s = sub.add_parser("cancel", help="cancel a plan (its commands get SIGTERM, then SIGKILL)")
     s.add_argument("plan_id")
     s.set_defaults(fn=lambda a: w.cancel(_rig(a), a.plan_id))

@@ -290,6 +290,18 @@ def test_plans_and_plan_views_from_the_cli(wb):
     assert all(len(line) <= 80 for line in shown.splitlines()), shown
     bad = run("plan", "no-such-plan")
     assert bad.returncode == 2 and "plan_not_found" in bad.stderr
+    assert run("plan", plan_id, "--wait").returncode == 0  # ended already: succeeded
+
+
+def test_submit_wait_exits_with_the_plans_outcome(wb, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"name": "waited", "tasks": [_cpu("ok", "true"),
+                                                                _cpu("bad", "exit 3", depends_on=["ok"], retries=0)]}))
+    waited = llamarig(wb.rig_path, "submit", str(plan), "--wait")
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    plan_id = waited.stdout.split()[1]
+    assert f"{plan_id}  failed" in waited.stdout and "exit status 3" in waited.stdout
+    assert plan_view(wb, plan_id)["outcome"] == "failed"  # it ended before the command did
 
 
 def test_a_plan_past_the_engines_retention_is_shown_from_its_record(wb):

@@ -63,28 +63,27 @@ def run_watchdog(rig) -> int:
     return watchdog.serve(rig)
 
 
-def submit(rig, path: str, infer_class: bool, reusing: str | None = None) -> int:
+def submit(rig, path: str, infer_class: bool, reusing: str | None = None, wait: bool = False) -> int:
     from llamarig.ops import Api
     from llamarig.work.plan import load_plan
 
     need_work(rig)
     plan = load_plan(path, infer_class, set(rig.models))  # refused here before anything is sent
     sent = {"plan": plan.model_dump(by_alias=True)} | ({"reuse": reusing} if reusing else {})
-    _submitted(Api(rig).post_json("/admin/plans", sent), reusing)
-    return 0
+    return _submitted(rig, Api(rig).post_json("/admin/plans", sent), reusing, wait)
 
 
-def retry(rig, plan_id: str) -> int:
+def retry(rig, plan_id: str, wait: bool = False) -> int:
     from llamarig.ops import Api
 
     need_work(rig)
-    _submitted(Api(rig).post(f"/admin/plans/{plan_id}/retry"), plan_id)
-    return 0
+    return _submitted(rig, Api(rig).post(f"/admin/plans/{plan_id}/retry"), plan_id, wait)
 
 
-def _submitted(body: dict, reusing: str | None) -> None:
+def _submitted(rig, body: dict, reusing: str | None, wait: bool) -> int:
     reused = f"; {len(body['reused'])} reused from {reusing}: {', '.join(body['reused'])}" if body["reused"] else ""
-    print(f"submitted {body['plan_id']} ({body['tasks']} tasks{reused})")
+    print(f"submitted {body['plan_id']} ({body['tasks']} tasks{reused})", flush=True)
+    return show(rig, body["plan_id"], False, True) if wait else 0
 
 
 def plans(rig, as_json: bool) -> int:
@@ -100,13 +99,24 @@ def plans(rig, as_json: bool) -> int:
     return 0
 
 
-def show(rig, plan_id: str, as_json: bool) -> int:
+def show(rig, plan_id: str, as_json: bool, wait: bool = False) -> int:
+    """wait: until the plan ends, then exit 0 if it succeeded, else 1 (interrupting the wait
+    leaves the plan running)."""
     from llamarig.ops import Api
 
-    body = Api(rig).get(f"/admin/plans/{plan_id}")
+    api = Api(rig)
+    body = api.get(f"/admin/plans/{plan_id}")
+    while wait and body["outcome"] == "running":
+        time.sleep(1)
+        body = api.get(f"/admin/plans/{plan_id}")
     if as_json:
         print(json.dumps(body, indent=1))
-        return 0
+    else:
+        _print_view(body)
+    return int(wait and body["outcome"] != "succeeded")
+
+
+def _print_view(body: dict) -> None:
     print(f"{body['plan_id']}  {body.get('outcome')}")
     print(f"  {'task':18} {'state':10} {'try':>3} {'rig':21} {'worker':8} {'gpu':3} {'time':>7}")
     for name, t in body["tasks"].items():
@@ -122,7 +132,6 @@ def show(rig, plan_id: str, as_json: bool) -> int:
         error = t.get("error") or t.get("last_error")
         if error:
             print(f"    {error[-150:]}")
-    return 0
 
 
 def cancel(rig, plan_id: str) -> int:
