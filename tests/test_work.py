@@ -293,6 +293,27 @@ def test_plans_and_plan_views_from_the_cli(wb):
     assert run("plan", plan_id, "--wait").returncode == 0  # ended already: succeeded
 
 
+def test_a_plan_terminated_in_temporal_counts_as_ended(wb):
+    """As an operator may end one from Temporal's UI: its view still says running (the workflow
+    never finished), but waiting ends and a retry reuses what succeeded."""
+    import asyncio
+
+    from llamarig.work import engine
+
+    plan_id = submit_plan(wb, [_cpu("first", "true"), _cpu("hang", "sleep 300", depends_on=["first"])], name="term")
+    wait_for(lambda: plan_view(wb, plan_id)["tasks"]["hang"]["state"] == "running", 60, "hang running")
+
+    async def terminate():
+        await (await engine.connect(wb.rig.work)).get_workflow_handle(plan_id).terminate("by hand")
+    asyncio.run(terminate())
+    waited = llamarig(wb.rig_path, "plan", plan_id, "--wait", timeout=60)
+    assert waited.returncode == 1 and f"{plan_id}  running" in waited.stdout, waited.stdout + waited.stderr
+    r = wb.post(f"/admin/plans/{plan_id}/retry")
+    assert r.status_code == 201 and r.json()["reused"] == ["first"], r.text
+    assert wb.post(f"/admin/plans/{r.json()['plan_id']}/cancel").status_code == 202
+    plan_ended(wb, r.json()["plan_id"])
+
+
 def test_submit_wait_exits_with_the_plans_outcome(wb, tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({"name": "waited", "tasks": [_cpu("ok", "true"),

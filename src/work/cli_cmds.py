@@ -103,10 +103,11 @@ def show(rig, plan_id: str, as_json: bool, wait: bool = False) -> int:
     """wait: until the plan ends, then exit 0 if it succeeded, else 1 (interrupting the wait
     leaves the plan running)."""
     from llamarig.ops import Api
+    from llamarig.work.plans import running
 
     api = Api(rig)
     body = api.get(f"/admin/plans/{plan_id}")
-    while wait and body["outcome"] == "running":
+    while wait and running(body):
         time.sleep(1)
         body = api.get(f"/admin/plans/{plan_id}")
     if as_json:

@@ -1,7 +1,7 @@
 """Plan operations over Temporal, for the compute API's /admin/plans and the CLI: submit a
 validated plan (reusing what an ended one did, work/reuse.py), list plans, show one (per task:
-state, attempt, rig, worker, GPU, duration, error tail), retry one, cancel one. A plan past the engine's retention is still shown from its record
-under the run folder."""
+state, attempt, rig, worker, GPU, duration, error tail), retry one, cancel one. A plan past the
+engine's retention is still shown from its record under the run folder."""
 from __future__ import annotations
 
 import re
@@ -28,10 +28,20 @@ def spec_of(rig, plan: Plan, plan_id: str) -> dict:
 
 async def submit(client, rig, plan: Plan, reusing: str | None = None) -> dict:
     """reusing: an ended plan whose succeeded tasks this one takes as done (work/reuse.py)."""
+    return await _submit(client, rig, plan, await _ended(client, rig, reusing) if reusing else None)
+
+
+async def retry(client, rig, plan_id: str) -> dict:
+    """The same plan again, its succeeded tasks reused: what failed or was cancelled runs."""
+    old = await _ended(client, rig, plan_id)
+    return await _submit(client, rig, Plan.model_validate(old["spec"]["plan"]), old)
+
+
+async def _submit(client, rig, plan: Plan, old: dict | None) -> dict:
     plan_id = f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     spec = spec_of(rig, plan, plan_id)
-    if reusing is not None:
-        spec["reused"] = await _reused(client, rig, plan, reusing)
+    if old is not None:
+        spec["reused"] = await _reused(rig, plan, old)
     await client.start_workflow(engine.PLAN_WORKFLOW, spec, id=plan_id, task_queue=spec["queues"]["plan"],
                                 memo={"name": plan.name, "tasks": len(plan.tasks)})
     Store(rig.run_dir).write_record(plan_id, {"plan_id": plan_id, "name": plan.name, "outcome": "running",
@@ -39,30 +49,27 @@ async def submit(client, rig, plan: Plan, reusing: str | None = None) -> dict:
     return {"plan_id": plan_id, "tasks": len(plan.tasks), "reused": list(spec.get("reused", {}))}
 
 
-async def retry(client, rig, plan_id: str) -> dict:
-    """The same plan again, its succeeded tasks reused: what failed or was cancelled runs."""
-    await _ended(client, rig, plan_id)
-    plan = Plan.model_validate((await _spec(client, rig, plan_id))["plan"])
-    return await submit(client, rig, plan, reusing=plan_id)
-
-
-async def _reused(client, rig, plan: Plan, old_id: str) -> dict:
-    old = await _ended(client, rig, old_id)
-    old_tasks = (await _spec(client, rig, old_id))["plan"]["tasks"]
-    names = reuse.reusable(plan.model_dump()["tasks"], old_tasks, old["tasks"], reuse.present_here)
+async def _reused(rig, plan: Plan, old: dict) -> dict:
+    names = reuse.reusable(plan.model_dump()["tasks"], old["spec"]["plan"]["tasks"], old["tasks"], reuse.present_here)
     if len(names) == len(plan.tasks):
-        raise engine.WorkError("nothing_to_run", f"every task of the plan succeeded in {old_id} as defined "
-                               "now: nothing would run")
+        raise engine.WorkError("nothing_to_run", f"every task of the plan succeeded in {old['plan_id']} as "
+                               "defined now: nothing would run")
     base = outputs.base_url(rig)
-    return {name: await reuse.entry(old_id, old["tasks"][name], base) for name in names}
+    return {name: await reuse.entry(old["plan_id"], old["tasks"][name], base) for name in names}
+
+
+def running(view: dict) -> bool:
+    """Whether the engine still runs the plan (a view from a record: no longer in the engine)."""
+    return view.get("status") == "running"
 
 
 async def _ended(client, rig, plan_id: str) -> dict:
+    """An ended plan's view, with the spec it was submitted with."""
     view = await show(client, rig, plan_id)
-    if view["outcome"] == "running":
+    if running(view):
         raise engine.WorkError("plan_running", f"{plan_id} is still running: wait for it to end, or cancel it "
                                f"(llamarig cancel {plan_id}), then retry")
-    return view
+    return view | {"spec": await _spec(client, rig, plan_id)}
 
 
 async def _spec(client, rig, plan_id: str) -> dict:
