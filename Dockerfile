@@ -45,6 +45,7 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY runtime/rig.yaml runtime/entrypoint.sh runtime/
+COPY runtime/plans runtime/plans
 # In a container the API must listen beyond loopback. Rendering once here fails the build on a
 # rig that does not validate; the entrypoint renders again at each start (a mounted rig) into
 # run/, and the link lets `docker exec NAME supervisorctl status` find it from /app.

@@ -37,6 +37,17 @@ def test_a_plan_of_10000_tasks_listed_dependents_first_validates_and_its_cycle_i
     assert found[0].endswith("s1 -> s0 -> s9999")
 
 
+def test_the_demo_plan_validates_against_the_demo_rig():
+    from pathlib import Path
+
+    from llamarig.shared.rig import load_rig
+    from llamarig.work.plan import load_plan
+
+    root = Path(__file__).resolve().parent.parent
+    plan = load_plan(str(root / "runtime" / "plans" / "demo.yaml"), models=set(load_rig(root / "runtime" / "rig.yaml").models))
+    assert {t.cls for t in plan.tasks} == {"cpu", "script", "llm"}
+
+
 def test_unknown_models_are_refused_with_the_rigs_models():
     found = _problems([{"name": "g", "class": "llm", "generate": {"prompt": "x", "model": "gpt-4"}}])
     assert found == ["tasks.g.generate.model: unknown model 'gpt-4' (the rig has brain, worker)"]

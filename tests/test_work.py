@@ -17,6 +17,7 @@ from helpers import (forget_plan, free_port, llamarig, model_entry, plan_ended, 
                      submit_plan, wait_for, work_section, write_rig)
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -395,6 +396,16 @@ def test_script_tasks_transcribe_and_embed_through_the_placed_services(wb, wav, 
     vectors = json.load(open(t["vec"]["result"]["output"]))
     assert vectors["model"] == "embed" and len(vectors["vectors"]) == 2 and len(vectors["vectors"][0]) > 8
     assert "work-gpu" in t["vec"]["result"]["worker"]
+
+
+def test_the_demo_plan_runs_one_task_of_each_kind(wb):
+    """runtime/plans/demo.yaml, as the README tells a user to submit it."""
+    done = llamarig(wb.rig_path, "submit", str(ROOT / "runtime" / "plans" / "demo.yaml"), "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = plan_view(wb, done.stdout.split()[1])["tasks"]["report"]["result"]["output"]
+    summary, vectors = open(report).read().splitlines()[:2]
+    assert summary.startswith("summary: ") and len(summary) > len("summary: "), summary
+    assert vectors.startswith("vectors: ") and int(vectors.split()[1]) > 100, vectors
 
 
 def test_the_whole_bundle_killed_mid_plan_goes_on_after_a_restart(tmp_path, models):
