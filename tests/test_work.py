@@ -197,9 +197,13 @@ def test_retries_back_off_exponentially_as_the_history_shows(wb):
 
 
 def test_a_definition_error_is_not_retried(wb):
-    plan_id = submit_plan(wb, [_cpu("missing", ["/no/such/program"], retries=3)])
-    t = plan_ended(wb, plan_id)["tasks"]["missing"]
-    assert t["state"] == "failed" and t["result"]["attempt"] == 1 and "No such file" in t["error"]
+    plan_id = submit_plan(wb, [_cpu("missing", ["/no/such/program"], retries=3),
+                               _cpu("two", "touch output.wav output.srt", retries=3)])
+    t = plan_ended(wb, plan_id)["tasks"]
+    assert t["missing"]["state"] == "failed" and t["missing"]["result"]["attempt"] == 1, t
+    assert "No such file" in t["missing"]["error"]
+    assert t["two"]["state"] == "failed" and t["two"]["result"]["attempt"] == 1, t  # which output is meant?
+    assert "2 outputs (output.srt, output.wav)" in t["two"]["error"]
 
 
 def test_commands_see_no_gpu_and_no_keys(wb):
@@ -402,7 +406,9 @@ def test_the_demo_plan_runs_one_task_of_each_kind(wb):
     """runtime/plans/demo.yaml, as the README tells a user to submit it."""
     done = llamarig(wb.rig_path, "submit", str(ROOT / "runtime" / "plans" / "demo.yaml"), "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
-    report = plan_view(wb, done.stdout.split()[1])["tasks"]["report"]["result"]["output"]
+    tasks = plan_view(wb, done.stdout.split()[1])["tasks"]
+    assert tasks["speech"]["result"]["output"].endswith("/output.wav")
+    report = tasks["report"]["result"]["output"]
     summary, vectors = open(report).read().splitlines()[:2]
     assert summary.startswith("summary: ") and len(summary) > len("summary: "), summary
     assert vectors.startswith("vectors: ") and int(vectors.split()[1]) > 100, vectors

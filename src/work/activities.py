@@ -152,8 +152,7 @@ class Activities:
                                   ctx["cancel_grace_s"])
         if done.exit_code != 0:
             raise ApplicationError(f"exit status {done.exit_code}; stderr: {done.stderr_tail}", type="CommandFailed")
-        output = folder / "output"
-        return {"exit_code": 0, "output": str(output if output.exists() else folder / "stdout")}
+        return {"exit_code": 0, "output": str(outputs.of_command(folder))}
 
     async def _transcribe(self, task: dict, ctx: dict, folder: Path) -> dict:
         spec = task["transcribe"]

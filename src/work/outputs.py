@@ -21,6 +21,19 @@ ROUTE = "/admin/work/outputs"
 SERVED_NAME = re.compile(r"^(output(\.[a-z0-9]{1,8})?|stdout)$")  # what an attempt's output may be called
 
 
+def of_command(folder: Path) -> Path:
+    """A command's output: its file `output`, else its one `output.EXT` (output.wav, output.srt),
+    else its stdout. Several output.EXT files are a definition error: which one is meant?"""
+    named = folder / "output"
+    if named.exists():
+        return named
+    found = sorted(p.name for p in folder.glob("output.*") if SERVED_NAME.match(p.name))
+    if len(found) > 1:
+        raise DefinitionError(f"the command left {len(found)} outputs ({', '.join(found[:4])}): write one, or "
+                              "name it output")
+    return folder / (found[0] if found else "stdout")
+
+
 def base_url(rig) -> str:
     """Where other rigs fetch this rig's outputs: work.outputs_url, else this host by name (or
     loopback while the API listens on loopback only) at api.port."""
