@@ -332,6 +332,16 @@ def forget_plan(rig, plan_id: str) -> None:
 
 def llamarig(rig_path, *args, timeout=180) -> subprocess.CompletedProcess:
     """The `llamarig` command on a rig, as an operator runs it (this Python, the bundle's PATH)."""
-    return subprocess.run([sys.executable, "-m", "llamarig.cli", "--rig", str(rig_path), *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PATH": PATH, "COLUMNS": "200"})
+    argv, env = _cli(rig_path, args)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def llamarig_started(rig_path, *args) -> subprocess.Popen:
+    """The same, left running (its stdout and stderr piped)."""
+    argv, env = _cli(rig_path, args)
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _cli(rig_path, args) -> tuple[list[str], dict]:
+    return ([sys.executable, "-m", "llamarig.cli", "--rig", str(rig_path), *args],
+            {**os.environ, "PATH": PATH, "COLUMNS": "200"})

@@ -13,8 +13,8 @@ import psutil
 import pytest
 import yaml
 
-from helpers import (forget_plan, free_port, llamarig, model_entry, plan_ended, plan_history, plan_view, running_bundle,
-                     submit_plan, wait_for, work_section, write_rig)
+from helpers import (forget_plan, free_port, llamarig, llamarig_started, model_entry, plan_ended, plan_history, plan_view,
+                     running_bundle, submit_plan, wait_for, work_section, write_rig)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,6 +328,17 @@ def test_submit_wait_exits_with_the_plans_outcome(wb, tmp_path):
     plan_id = waited.stdout.split()[1]
     assert f"{plan_id}  failed" in waited.stdout and "exit status 3" in waited.stdout
     assert plan_view(wb, plan_id)["outcome"] == "failed"  # it ended before the command did
+    release = tmp_path / "release"
+    held = _cpu("s", f"while [ ! -f {release} ]; do sleep 0.05; done")
+    plan.write_text(yaml.safe_dump({"name": "waited", "tasks": [held]}))
+    waiting = llamarig_started(wb.rig_path, "submit", str(plan), "--wait")
+    plan_id = waiting.stdout.readline().split()[1]  # "submitted ID (...)", then it waits
+    waiting.send_signal(signal.SIGINT)
+    _, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 130 and f"{plan_id} goes on" in err, err
+    assert plan_view(wb, plan_id)["outcome"] == "running"
+    release.write_text("")
+    assert plan_ended(wb, plan_id)["outcome"] == "succeeded"
 
 
 def test_a_plan_past_the_engines_retention_is_shown_from_its_record(wb):

@@ -82,8 +82,11 @@ def retry(rig, plan_id: str, wait: bool = False) -> int:
 
 def _submitted(rig, body: dict, reusing: str | None, wait: bool) -> int:
     reused = f"; {len(body['reused'])} reused from {reusing}: {', '.join(body['reused'])}" if body["reused"] else ""
-    print(f"submitted {body['plan_id']} ({body['tasks']} tasks{reused})", flush=True)
-    return show(rig, body["plan_id"], False, True) if wait else 0
+    line = f"submitted {body['plan_id']} ({body['tasks']} tasks{reused})"
+    if wait:
+        return _waiting(rig, body["plan_id"], False, lambda: print(line, flush=True))
+    print(line)
+    return 0
 
 
 def plans(rig, as_json: bool) -> int:
@@ -100,21 +103,40 @@ def plans(rig, as_json: bool) -> int:
 
 
 def show(rig, plan_id: str, as_json: bool, wait: bool = False) -> int:
-    """wait: until the plan ends, then exit 0 if it succeeded, else 1 (interrupting the wait
-    leaves the plan running)."""
     from llamarig.ops import Api
-    from llamarig.work.plans import running
 
-    api = Api(rig)
-    body = api.get(f"/admin/plans/{plan_id}")
-    while wait and running(body):
-        time.sleep(1)
+    if wait:
+        return _waiting(rig, plan_id, as_json)
+    _print(Api(rig).get(f"/admin/plans/{plan_id}"), as_json)
+    return 0
+
+
+def _waiting(rig, plan_id: str, as_json: bool, first=None) -> int:
+    """Until the plan ends, then its view: exit 0 if it succeeded, else 1; 130 when interrupted
+    (from `first()` on: the plan goes on)."""
+    try:
+        if first:
+            first()
+        from llamarig.ops import Api
+        from llamarig.work.plans import running
+
+        api = Api(rig)
         body = api.get(f"/admin/plans/{plan_id}")
+        while running(body):
+            time.sleep(1)
+            body = api.get(f"/admin/plans/{plan_id}")
+    except KeyboardInterrupt:
+        print(f"stopped waiting; {plan_id} goes on (llamarig plan {plan_id})", file=sys.stderr)
+        return 130
+    _print(body, as_json)
+    return int(body["outcome"] != "succeeded")
+
+
+def _print(body: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(body, indent=1))
     else:
         _print_view(body)
-    return int(wait and body["outcome"] != "succeeded")
 
 
 def _print_view(body: dict) -> None:
