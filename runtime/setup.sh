@@ -20,6 +20,7 @@ fi
 if $with_docker; then  # the image tests: a daemon they start themselves, and a base made offline
   command -v dockerd >/dev/null || need+=(docker.io)
   command -v debootstrap >/dev/null || need+=(debootstrap)
+  command -v docker-compose >/dev/null || need+=(docker-compose)  # checks docker-compose.yml (config)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"

@@ -1,6 +1,7 @@
 """The operations files, checked without a running bundle: alert rules (promtool), their unit
 tests, Alertmanager (amtool), runbooks, the Grafana dashboard, the Dockerfile and compose file."""
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -221,6 +222,18 @@ def test_compose_mounts_files_that_exist_and_ports_agree():
             assert (ROOT / host).exists(), f"{name}: {host} does not exist"
     prom = compose["services"]["prometheus"]["volumes"]
     assert any(v.startswith("./alerts/llamarig-rules.yml:") for v in prom)
+
+
+def test_docker_compose_takes_the_compose_file_and_asks_for_the_keys():
+    """Debian's docker-compose checks the file against the Compose schema and resolves it
+    (no image is pulled: none can be here)."""
+    keys = {"LLAMARIG_CLIENT_KEYS": "client-key-0123456789", "LLAMARIG_OPERATOR_KEY": "operator-key-0123456789"}
+    env = {k: v for k, v in os.environ.items() if k not in keys}
+    check = ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"]
+    ok = subprocess.run(check, env=env | keys, capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+    refused = subprocess.run(check, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode != 0 and "set LLAMARIG_CLIENT_KEYS" in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize("path", ["alerts/prometheus.yml", "alerts/alertmanager.yml",
