@@ -355,6 +355,12 @@ def test_a_plan_past_the_engines_retention_is_shown_from_its_record(wb):
     assert row["status"] == "succeeded" and row["started_at"] <= row["closed_at"], row
     shown = llamarig(wb.rig_path, "plan", plan_id).stdout
     assert "succeeded" in shown.split(plan_id)[1].splitlines()[0], shown
+    r = wb.post(f"/admin/plans/{plan_id}/retry")  # its tasks as submitted are in the record: all done
+    assert r.status_code == 409 and r.json()["error"]["code"] == "nothing_to_run", r.text
+    record = wb.rig.run_dir / "work" / "plans" / plan_id / "plan.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "spec"}))
+    r = wb.post(f"/admin/plans/{plan_id}/retry")  # as an older release recorded it
+    assert r.status_code == 410 and r.json()["error"]["code"] == "plan_spec_gone", r.text
 
 
 def test_retry_runs_what_failed_and_its_dependents_and_reuses_what_succeeded(wb, tmp_path):

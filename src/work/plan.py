@@ -153,12 +153,13 @@ def _where(data: dict, err: dict) -> str:
 def _cross_check(plan: Plan, models: set[str] | None) -> list[str]:
     counts = Counter(t.name for t in plan.tasks)
     problems = [f"tasks.{n}.name: appears twice" for n in sorted(n for n, c in counts.items() if c > 1)]
+    names = set(counts)
     for t in plan.tasks:
-        problems += _task_problems(t, counts.keys(), models)
+        problems += _task_problems(t, names, models)
     return problems + _cycles(plan)
 
 
-def _task_problems(t: Task, names, models: set[str] | None) -> list[str]:
+def _task_problems(t: Task, names: set[str], models: set[str] | None) -> list[str]:
     where, what = f"tasks.{t.name}", t.what()
     problems = [f"{where}.depends_on: unknown task '{d}'" for d in t.depends_on if d not in names]
     if what is None:

@@ -75,12 +75,20 @@ async def _ended(client, rig, plan_id: str) -> dict:
 async def _spec(client, rig, plan_id: str) -> dict:
     """What the plan was submitted with: from its record, else from its start in the engine (a
     plan submitted on another rig)."""
+    from temporalio.service import RPCError
+
     record = Store(rig.run_dir).read_record(plan_id) or {}
     if "spec" in record:
         return record["spec"]
-    async for event in client.get_workflow_handle(plan_id).fetch_history_events():
-        return (await client.data_converter.decode(event.workflow_execution_started_event_attributes.input.payloads))[0]
-    raise engine.WorkError("plan_not_found", f"no history of {plan_id!r} in Temporal")
+    try:
+        async for event in client.get_workflow_handle(plan_id).fetch_history_events():
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            return (await client.data_converter.decode(payloads))[0]
+    except RPCError:
+        pass
+    raise engine.WorkError("plan_spec_gone", f"{plan_id}'s tasks as submitted are gone: it is past the engine's "
+                           "retention and its record (written by an older release) does not keep them; submit "
+                           "the plan file again")
 
 
 async def list_plans(client, rig, limit: int = 100) -> dict:

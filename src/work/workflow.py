@@ -7,8 +7,8 @@ that every attempt is its own activity in the history, with its own times; a Def
 not retried. A task that waits on its queue past work.starvation_s behind
 more urgent ones (Temporal's schedule-to-start timeout, which is never retried) is sent again
 as the most urgent, so low priority means later, never never. Tasks an earlier plan did
-(spec["reused"]: `llamarig retry`, work/reuse.py) are succeeded from the start. Deterministic: no I/O here; the
-final summary is written under the run folder by the record_plan activity.
+(spec["reused"]: `llamarig retry`, work/reuse.py) are succeeded from the start. Deterministic:
+no I/O here; the final summary is written under the run folder by the record_plan activity.
 
 It runs outside the SDK's sandbox: the sandbox cost a third of each workflow task's time (6.5
 against 4.4 ms, p50, in bench/work.py's DAG) and this code touches no global state, no clock

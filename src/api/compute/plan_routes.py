@@ -12,7 +12,8 @@ from llamarig.shared.api_errors import error_response
 from llamarig.shared.errors import LlamarigError
 
 
-STATUS = {"plan_not_found": 404, "plan_invalid": 400, "plan_running": 409, "nothing_to_run": 409}  # else 503
+STATUS = {"plan_not_found": 404, "plan_invalid": 400, "plan_running": 409, "nothing_to_run": 409,
+          "plan_spec_gone": 410}  # else 503
 
 
 class TemporalLink:
