@@ -2,6 +2,7 @@
 supervisord programs, plans submitted through /admin/plans."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -383,6 +384,11 @@ def test_retry_runs_what_failed_and_its_dependents_and_reuses_what_succeeded(wb,
     assert view["tasks"]["a"]["reused_from"] == first
     assert open(view["tasks"]["b"]["result"]["output"]).read() == "from-a\n"  # a's output, from the first plan
     assert view["tasks"]["b"]["result"]["folder"] == str(_attempt_file(wb, second, "b"))
+    reused = view["tasks"]["a"]["result"]  # served by this rig to dependents on another one
+    assert reused["output_url"] == f"{wb.api}/admin/work/outputs/{first}/a/attempt-1/output"
+    served = wb.get(reused["output_url"].removeprefix(wb.api))
+    assert served.status_code == 200 and served.text == "from-a\n"
+    assert hashlib.sha256(served.content).hexdigest() == reused["output_sha256"]
     shown = llamarig(wb.rig_path, "plan", second).stdout
     states = dict(line.split()[:2] for line in shown.splitlines()[2:] if not line.startswith("    "))
     assert states == {"a": "reused", "x": "reused", "b": "succeeded", "c": "succeeded"}, shown
