@@ -197,6 +197,13 @@ def test_retries_back_off_exponentially_as_the_history_shows(wb):
     assert timers == [0.5, 1.0, 2.0]  # retry_initial_s, doubling (retry_max_s 4)
 
 
+def test_a_plan_over_temporals_payload_limit_is_refused_with_413(wb):
+    tasks = [_cpu(f"t{i}", "echo " + "x" * 1000) for i in range(3000)]  # 3 MB: Temporal takes 2 MiB
+    r = wb.post("/admin/plans", json={"plan": {"name": "big", "tasks": tasks}}, timeout=120)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "plan_too_large", r.text
+    assert "Blob data size exceeds limit" in r.text and "split the plan" in r.text
+
+
 def test_a_definition_error_is_not_retried(wb):
     plan_id = submit_plan(wb, [_cpu("missing", ["/no/such/program"], retries=3),
                                _cpu("two", "touch output.wav output.srt", retries=3)])
@@ -435,6 +442,34 @@ def test_the_demo_plan_runs_one_task_of_each_kind(wb):
     summary, vectors = open(report).read().splitlines()[:2]
     assert summary.startswith("summary: ") and len(summary) > len("summary: "), summary
     assert vectors.startswith("vectors: ") and int(vectors.split()[1]) > 100, vectors
+
+
+def test_plan_routes_answer_503_while_temporal_is_down_and_recover(tmp_path, models):
+    """As runbooks/LlamarigTemporalUnreachable.md says: 503 temporal_unreachable with Retry-After
+    (not a 500, not a 404 for a plan Temporal cannot be asked about), until it is back."""
+    from helpers import start_bundle
+
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, work=work_section())
+    b = start_bundle(tmp_path, rig)
+    try:
+        b.wait_ready()
+        plan_id = submit_plan(b, [_cpu("a", "true")])
+        plan_ended(b, plan_id)
+        assert "temporal: stopped" in b.ctl("stop", "temporal").stdout
+        calls = {"list": lambda: b.get("/admin/plans"), "show": lambda: b.get(f"/admin/plans/{plan_id}"),
+                 "submit": lambda: b.post("/admin/plans", json={"plan": {"name": "t", "tasks": [_cpu("a", "true")]}}),
+                 "cancel": lambda: b.post(f"/admin/plans/{plan_id}/cancel"),
+                 "retry": lambda: b.post(f"/admin/plans/{plan_id}/retry")}
+        for name, call in calls.items():
+            r = call()
+            assert r.status_code == 503 and r.json()["error"]["code"] == "temporal_unreachable", (name, r.text)
+            assert "supervisorctl status temporal" in r.text and int(r.headers["retry-after"]) > 0, (name, r.text)
+        assert "temporal: started" in b.ctl("start", "temporal").stdout
+        wait_for(lambda: b.get("/admin/plans").status_code == 200, 60, "plans listed again")
+        assert plan_view(b, plan_id)["outcome"] == "succeeded"
+    finally:
+        if b.shutdown():
+            b.kill()
 
 
 def test_the_whole_bundle_killed_mid_plan_goes_on_after_a_restart(tmp_path, models):

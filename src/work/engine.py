@@ -32,6 +32,18 @@ class WorkError(LlamarigError):
     """Temporal refused or could not be reached, or a plan is not known."""
 
 
+def failed_call(e, what: str) -> WorkError:
+    """A Temporal call that failed (an RPCError) as the API answers it: the request refused (too
+    large, not valid), else Temporal not answering (503, to retry)."""
+    from temporalio.service import RPCStatusCode
+
+    if e.status == RPCStatusCode.INVALID_ARGUMENT:
+        code = "plan_too_large" if "size" in e.message.lower() else "plan_refused"
+        return WorkError(code, f"Temporal refused {what}: {e.message}")
+    return WorkError("temporal_unreachable", f"Temporal did not answer {what}: {e.message} ({e.status.name}); is "
+                     "it running (supervisorctl status temporal, or the cluster's address in work.cluster)?")
+
+
 def queues(work: WorkConfig) -> dict[str, str]:
     """The task queue of each class: GPU work on QUEUE@gpu, cpu work and plans on QUEUE@cpu."""
     gpu, cpu = f"{work.queue}@gpu", f"{work.queue}@cpu"

@@ -4,6 +4,7 @@ state, attempt, rig, worker, GPU, duration, error tail), retry one, cancel one. 
 engine's retention is still shown from its record under the run folder."""
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -42,11 +43,25 @@ async def _submit(client, rig, plan: Plan, old: dict | None) -> dict:
     spec = spec_of(rig, plan, plan_id)
     if old is not None:
         spec["reused"] = await _reused(rig, plan, old)
-    await client.start_workflow(engine.PLAN_WORKFLOW, spec, id=plan_id, task_queue=spec["queues"]["plan"],
-                                memo={"name": plan.name, "tasks": len(plan.tasks)})
+    await _start(client, spec, plan)
     Store(rig.run_dir).write_record(plan_id, {"plan_id": plan_id, "name": plan.name, "outcome": "running",
                                               "submitted_at": time.time(), "spec": spec})
     return {"plan_id": plan_id, "tasks": len(plan.tasks), "reused": list(spec.get("reused", {}))}
+
+
+async def _start(client, spec: dict, plan: Plan) -> None:
+    from temporalio.service import RPCError
+
+    try:
+        await client.start_workflow(engine.PLAN_WORKFLOW, spec, id=spec["plan_id"], task_queue=spec["queues"]["plan"],
+                                    memo={"name": plan.name, "tasks": len(plan.tasks)})
+    except RPCError as e:
+        size = len(json.dumps(spec)) // 1024
+        error = engine.failed_call(e, f"the plan ({size} KiB as submitted)")
+        if error.code == "plan_too_large":
+            error = engine.WorkError(error.code, error.reason + " (the embedded server takes 2 MiB): split the "
+                                     "plan, or put long commands in script files")
+        raise error from None
 
 
 async def _reused(rig, plan: Plan, old: dict) -> dict:
@@ -122,13 +137,15 @@ def _shaped(plan_id: str) -> None:
 
 
 async def show(client, rig, plan_id: str) -> dict:
-    from temporalio.service import RPCError
+    from temporalio.service import RPCError, RPCStatusCode
 
     _shaped(plan_id)
     handle = client.get_workflow_handle(plan_id)
     try:
         desc = await handle.describe()
-    except RPCError:
+    except RPCError as e:
+        if e.status != RPCStatusCode.NOT_FOUND:
+            raise engine.failed_call(e, f"about {plan_id}") from None
         record = Store(rig.run_dir).read_record(plan_id)
         if record is None or "tasks" not in record:
             raise engine.WorkError("plan_not_found", f"no plan {plan_id!r} in Temporal nor under the run folder")
@@ -152,11 +169,13 @@ def _merge_pending(tasks: dict, pending) -> None:
 
 
 async def cancel(client, plan_id: str) -> dict:
-    from temporalio.service import RPCError
+    from temporalio.service import RPCError, RPCStatusCode
 
     _shaped(plan_id)
     try:
         await client.get_workflow_handle(plan_id).cancel()
     except RPCError as e:
+        if e.status != RPCStatusCode.NOT_FOUND:
+            raise engine.failed_call(e, f"the cancel of {plan_id}") from None
         raise engine.WorkError("plan_not_found", f"cannot cancel {plan_id!r}: {e.message}") from None
     return {"plan_id": plan_id, "cancel_requested": True}

@@ -12,8 +12,8 @@ from llamarig.shared.api_errors import error_response
 from llamarig.shared.errors import LlamarigError
 
 
-STATUS = {"plan_not_found": 404, "plan_invalid": 400, "plan_running": 409, "nothing_to_run": 409,
-          "plan_spec_gone": 410}  # else 503
+STATUS = {"plan_not_found": 404, "plan_invalid": 400, "plan_refused": 400, "plan_running": 409, "nothing_to_run": 409,
+          "plan_spec_gone": 410, "plan_too_large": 413}  # else 503 (temporal_unreachable)
 
 
 class TemporalLink:
@@ -40,8 +40,15 @@ def build_router(state, rig) -> APIRouter:
 
         if link is None:
             return error_response(404, "work_off", "this rig has no work section: plans are off")
+        from temporalio.service import RPCError
+
+        from llamarig.work.engine import failed_call
+
         try:
-            return JSONResponse(await getattr(plans, op)(await link.get(), *args), status_code=status)
+            try:
+                return JSONResponse(await getattr(plans, op)(await link.get(), *args), status_code=status)
+            except RPCError as e:  # (what the plan operations do not map themselves: Temporal gone)
+                raise failed_call(e, op.replace("_", " ")) from None
         except LlamarigError as e:
             code = STATUS.get(e.code, 503)
             return error_response(code, e.code, e.reason, retry_after=5 if code == 503 else None)
