@@ -472,6 +472,43 @@ def test_plan_routes_answer_503_while_temporal_is_down_and_recover(tmp_path, mod
             b.kill()
 
 
+_JUNK = ["", "x", "..", "%2e%2e", "a" * 300, "ä", "%00", "-1", "0", "1e309", "null", "[]", "{}", "output",
+         "t-20261130-000000-abcdef", "attempt-1", "stdout", "m", "whisper", "99999999999999999999"]
+_TASK = '{"name": "a", "class": "cpu", "command": "true"'
+_BODIES = [None, b"", b"{", b"[]", b"null", b"1", b'{"holder": 5}', b'{"holder": "x", "ttl_s": -1}',
+           b'{"holder": "x", "ttl_s": "a"}', b'{"ttl_s": 1e400}', b'{"plan": []}', b'{"plan": {"name": 5}}',
+           b'{"plan": {"name": "a", "tasks": [5]}}',
+           ('{"plan": {"name": "a", "tasks": [' + _TASK + '}]}, "reuse": 5}').encode(),
+           ('{"plan": {"name": "a", "tasks": [' + _TASK + ', "inputs": {"a": 5}}]}}').encode(),
+           b'{"plan": {"name": "a", "tasks": [{"name": "a", "class": "cpu", "command": ["true", 5]}]}}',
+           b'{"plan": {"name": "a", "tasks": [{"name": "a", "class": "llm", "generate": {"prompt": "x", "model": "m", '
+           b'"max_tokens": 1e9}}]}}']
+_ROUTES = [("GET", "/admin/units/{}"), ("POST", "/admin/units/{}/{}"), ("POST", "/admin/gpus/lease"),
+           ("POST", "/admin/gpus/lease/{}/renew"), ("DELETE", "/admin/gpus/lease/{}"), ("GET", "/admin/plans/{}"),
+           ("POST", "/admin/plans/{}/retry"), ("POST", "/admin/plans/{}/cancel"), ("POST", "/admin/plans"),
+           ("GET", "/admin/work/outputs/{}/{}/{}/{}"), ("GET", "/metrics/engines/{}"), ("GET", "/metrics/work/{}")]
+
+
+def test_admin_routes_answer_malformed_requests_below_500(wb):
+    """Junk ids, bodies and parameters on every operator route (seeded): a 4xx, never a 5xx."""
+    import random
+
+    from helpers import HTTP
+
+    rng = random.Random(1)
+    bad = []
+    for _ in range(600):
+        method, route = rng.choice(_ROUTES)
+        path = route.format(*[rng.choice(_JUNK) for _ in range(route.count("{}"))])
+        body = rng.choice(_BODIES) if method == "POST" else None
+        params = {"infer_class": rng.choice(["true", "x", "1"])} if rng.random() < 0.2 else None
+        r = HTTP.request(method, wb.api + path, content=body, params=params, timeout=60,
+                         headers=wb._headers({"headers": {"content-type": "application/json"}}))
+        if r.status_code >= 500:
+            bad.append((method, path, body, r.status_code, r.text[:200]))
+    assert not bad, bad[:10]
+
+
 def test_the_whole_bundle_killed_mid_plan_goes_on_after_a_restart(tmp_path, models):
     from helpers import start_bundle
     counter, release = tmp_path / "a-runs", tmp_path / "release"
