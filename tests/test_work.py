@@ -14,8 +14,8 @@ import psutil
 import pytest
 import yaml
 
-from helpers import (forget_plan, free_port, llamarig, llamarig_started, model_entry, plan_ended, plan_history, plan_view,
-                     running_bundle, submit_plan, wait_for, work_section, write_rig)
+from helpers import (forget_plan, free_port, llamarig, llamarig_started, model_entry, plan_ended, plan_history,
+                     plan_view, running_bundle, submit_plan, wait_for, work_section, write_rig)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
