@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llamarig.work import prompts
-from llamarig.work.plan import PlanError, parse_plan
+from llamarig.work.plan import MAX_TASKS, PlanError, parse_plan
 
 
 def _problems(tasks: list[dict], models=frozenset({"brain", "worker"}), **kw) -> list[str]:
@@ -26,15 +26,17 @@ def test_unknown_and_cyclic_dependencies():
     assert found == ["tasks.a.depends_on: unknown task 'ghost'", "tasks.a.depends_on: cycle a -> c -> b -> a"]
 
 
-def test_a_plan_of_10000_tasks_listed_dependents_first_validates_and_its_cycle_is_named():
-    n = 10000  # the most a plan may hold; as deep as it is long
+def test_a_plan_of_5000_tasks_listed_dependents_first_validates_and_its_cycle_is_named():
+    n = MAX_TASKS  # the most a plan may hold; as deep as it is long
     chain = [{"name": f"s{i}", "class": "cpu", "command": "true", "depends_on": [f"s{i - 1}"] if i else []}
              for i in reversed(range(n))]
     assert len(parse_plan({"name": "p", "tasks": chain}, "plan.yaml").tasks) == n
-    chain[-1]["depends_on"] = ["s9999"]  # s0 now waits on the chain's end
+    chain[-1]["depends_on"] = ["s4999"]  # s0 now waits on the chain's end
     found = _problems(chain)
-    assert len(found) == 1 and found[0].startswith("tasks.s9999.depends_on: cycle s9999 -> s9998 -> ")
-    assert found[0].endswith("s1 -> s0 -> s9999")
+    assert len(found) == 1 and found[0].startswith("tasks.s4999.depends_on: cycle s4999 -> s4998 -> ")
+    assert found[0].endswith("s1 -> s0 -> s4999")
+    assert _problems(chain + [{"name": "one-more", "class": "cpu", "command": "true"}]) == [
+        "tasks: List should have at most 5000 items after validation, not 5001"]
 
 
 def test_the_demo_plan_validates_against_the_demo_rig():

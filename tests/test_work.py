@@ -197,6 +197,43 @@ def test_retries_back_off_exponentially_as_the_history_shows(wb):
     assert timers == [0.5, 1.0, 2.0]  # retry_initial_s, doubling (retry_max_s 4)
 
 
+def test_a_plan_of_the_most_tasks_ends_and_is_shown_whole_while_it_runs(wb):
+    """5000 tasks: the state of such a plan is far over Temporal's 2 MiB for one payload; the
+    engine refused the workflow's completion with it as the result, and a view with it as a query
+    answer (a 500), from about 4000 tasks on."""
+    import asyncio
+
+    from temporalio.client import WorkflowQueryFailedError
+
+    from llamarig.work import engine, plans
+    from llamarig.work.plan import MAX_TASKS
+
+    plan_id = submit_plan(wb, [_cpu(f"task-number-{i:05d}", "true") for i in range(MAX_TASKS)], name="most")
+    def view():
+        r = wb.get(f"/admin/plans/{plan_id}", timeout=120)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def half_done():
+        shown = view()
+        return sum(t["state"] == "succeeded" for t in shown["tasks"].values()) > MAX_TASKS // 2 and shown
+    busy = wait_for(half_done, 300, "more than half the tasks done")
+    assert busy["status"] == "running" and len(busy["tasks"]) == MAX_TASKS  # paged through the engine
+
+    wait_for(lambda: view()["outcome"] != "running", 300, "the plan ended")
+    ended = view()
+    assert ended["outcome"] == "succeeded" and len(ended["tasks"]) == MAX_TASKS
+
+    async def at_once():  # one page of all is over 2 MiB: refused, so the pages shrink until they fit
+        handle = (await engine.connect(wb.rig.work)).get_workflow_handle(plan_id)
+        with pytest.raises(WorkflowQueryFailedError, match="size"):
+            await handle.query("page", args=[0, MAX_TASKS])
+        return await plans._state(handle, page=MAX_TASKS)
+    assert asyncio.run(at_once())["tasks"] == ended["tasks"]
+    completed = plan_history(wb.rig, plan_id)[-1].workflow_execution_completed_event_attributes
+    assert completed.result.payloads and len(completed.result.payloads[0].data) < 1000  # counts, not the state
+
+
 def test_a_plan_over_temporals_payload_limit_is_refused_with_413(wb):
     tasks = [_cpu(f"t{i}", "echo " + "x" * 1000) for i in range(3000)]  # 3 MB: Temporal takes 2 MiB
     r = wb.post("/admin/plans", json={"plan": {"name": "big", "tasks": tasks}}, timeout=120)

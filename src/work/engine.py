@@ -32,6 +32,11 @@ class WorkError(LlamarigError):
     """Temporal refused or could not be reached, or a plan is not known."""
 
 
+def unanswered(what: str, why: str) -> WorkError:
+    return WorkError("plan_unanswered", f"Temporal could not ask the workflow {what}: {why}; its worker fails "
+                     "it (supervisorctl tail -8000 work-cpu)")
+
+
 def failed_call(e, what: str) -> WorkError:
     """A Temporal call that failed (an RPCError) as the API answers it: the request refused (too
     large, not valid), else Temporal not answering (503, to retry)."""
@@ -40,6 +45,8 @@ def failed_call(e, what: str) -> WorkError:
     if e.status == RPCStatusCode.INVALID_ARGUMENT:
         code = "plan_too_large" if "size" in e.message.lower() else "plan_refused"
         return WorkError(code, f"Temporal refused {what}: {e.message}")
+    if e.status == RPCStatusCode.FAILED_PRECONDITION:
+        return unanswered(what, e.message)
     return WorkError("temporal_unreachable", f"Temporal did not answer {what}: {e.message} ({e.status.name}); is "
                      "it running (supervisorctl status temporal, or the cluster's address in work.cluster)?")
 

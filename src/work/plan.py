@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from llamarig.shared.errors import LlamarigError
 
 TASK_NAME = r"^[a-z0-9][a-z0-9_-]{0,59}$"
+MAX_TASKS = 5000
 CLASSES = ("cpu", "script", "llm")
 # What a command's text suggests, first match wins ("whisper" before "generate").
 HINTS = (("script", ("whisper", "transcrib", "embed", "cuda", "gpu")), ("llm", ("generate", "llm")))
@@ -89,7 +90,9 @@ class Task(Strict):
 
 class Plan(Strict):
     name: str = Field(pattern=TASK_NAME)
-    tasks: list[Task] = Field(min_length=1, max_length=10000)
+    # Its history holds about 5 events a task (more with retries); Temporal ends a workflow at
+    # 51,200 events. Larger work: several plans.
+    tasks: list[Task] = Field(min_length=1, max_length=MAX_TASKS)
 
 
 def suggest_class(task: dict) -> str:

@@ -137,22 +137,54 @@ def _shaped(plan_id: str) -> None:
 
 
 async def show(client, rig, plan_id: str) -> dict:
+    """From the engine while it runs; once it ended, from its record here (the same final state,
+    without replaying thousands of tasks), else from the engine; past retention, the record."""
     from temporalio.service import RPCError, RPCStatusCode
 
     _shaped(plan_id)
     handle = client.get_workflow_handle(plan_id)
+    record = Store(rig.run_dir).read_record(plan_id) or {}
     try:
         desc = await handle.describe()
     except RPCError as e:
         if e.status != RPCStatusCode.NOT_FOUND:
             raise engine.failed_call(e, f"about {plan_id}") from None
-        record = Store(rig.run_dir).read_record(plan_id)
-        if record is None or "tasks" not in record:
+        if "tasks" not in record:
             raise engine.WorkError("plan_not_found", f"no plan {plan_id!r} in Temporal nor under the run folder")
-        return {k: v for k, v in record.items() if k != "spec"} | {"from": "record"}
-    state = await handle.query("state")
+        return _without_spec(record) | {"from": "record"}
+    status = desc.status.name.lower() if desc.status else "unknown"
+    if status != "running" and record.get("outcome") not in (None, "running"):
+        return _without_spec(record) | {"status": status}
+    state = await _state(handle)
     _merge_pending(state["tasks"], desc.raw_description.pending_activities)
-    return state | {"status": desc.status.name.lower() if desc.status else "unknown"}
+    return state | {"status": status}
+
+
+def _without_spec(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "spec"}
+
+
+async def _state(handle, page: int = 2000) -> dict:
+    """The workflow's state, `page` tasks at a time, fewer when an answer would be over Temporal's
+    2 MiB (about 500 bytes a task that ran; more with long errors). A worker of a release without
+    the page query answers the whole state."""
+    from temporalio.client import WorkflowQueryFailedError
+
+    state: dict = {"tasks": {}, "task_count": 1}
+    while len(state["tasks"]) < state["task_count"]:
+        try:
+            more = await handle.query("page", args=[len(state["tasks"]), page])
+        except WorkflowQueryFailedError as e:
+            if "page" in str(e) and not state["tasks"]:
+                return await handle.query("state")
+            if "size" not in str(e) or page < 100:
+                raise
+            page //= 4
+            continue
+        if not more["tasks"]:
+            break
+        state = more | {"tasks": state["tasks"] | more["tasks"]}
+    return state
 
 
 def _merge_pending(tasks: dict, pending) -> None:

@@ -40,15 +40,18 @@ def build_router(state, rig) -> APIRouter:
 
         if link is None:
             return error_response(404, "work_off", "this rig has no work section: plans are off")
+        from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
         from temporalio.service import RPCError
 
-        from llamarig.work.engine import failed_call
+        from llamarig.work.engine import failed_call, unanswered
 
         try:
             try:
                 return JSONResponse(await getattr(plans, op)(await link.get(), *args), status_code=status)
             except RPCError as e:  # (what the plan operations do not map themselves: Temporal gone)
                 raise failed_call(e, op.replace("_", " ")) from None
+            except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as e:
+                raise unanswered(op.replace("_", " "), str(e)) from None
         except LlamarigError as e:
             code = STATUS.get(e.code, 503)
             return error_response(code, e.code, e.reason, retry_after=5 if code == 503 else None)
