@@ -143,21 +143,25 @@ async def show(client, rig, plan_id: str) -> dict:
 
     _shaped(plan_id)
     handle = client.get_workflow_handle(plan_id)
-    record = Store(rig.run_dir).read_record(plan_id) or {}
     try:
         desc = await handle.describe()
     except RPCError as e:
         if e.status != RPCStatusCode.NOT_FOUND:
             raise engine.failed_call(e, f"about {plan_id}") from None
-        if "tasks" not in record:
+        if "tasks" not in (kept := _kept(rig, plan_id)):
             raise engine.WorkError("plan_not_found", f"no plan {plan_id!r} in Temporal nor under the run folder")
-        return _without_spec(record) | {"from": "record"}
+        return _without_spec(kept) | {"from": "record"}
     status = desc.status.name.lower() if desc.status else "unknown"
-    if status != "running" and record.get("outcome") not in (None, "running"):
-        return _without_spec(record) | {"status": status}
+    if status != "running" and (kept := _kept(rig, plan_id)).get("outcome") not in (None, "running"):
+        return _without_spec(kept) | {"status": status}
     state = await _state(handle)
     _merge_pending(state["tasks"], desc.raw_description.pending_activities)
     return state | {"status": status}
+
+
+def _kept(rig, plan_id: str) -> dict:
+    """The plan's record under this rig's run folder ({} if none), read only when needed."""
+    return Store(rig.run_dir).read_record(plan_id) or {}
 
 
 def _without_spec(record: dict) -> dict:
