@@ -209,6 +209,7 @@ def test_a_plan_of_the_most_tasks_ends_and_is_shown_whole_while_it_runs(wb):
     from llamarig.work.plan import MAX_TASKS
 
     plan_id = submit_plan(wb, [_cpu(f"task-number-{i:05d}", "true") for i in range(MAX_TASKS)], name="most")
+
     def view():
         r = wb.get(f"/admin/plans/{plan_id}", timeout=120)
         assert r.status_code == 200, r.text
