@@ -233,6 +233,10 @@ def test_a_plan_of_the_most_tasks_ends_and_is_shown_whole_while_it_runs(wb):
     assert asyncio.run(at_once())["tasks"] == ended["tasks"]
     completed = plan_history(wb.rig, plan_id)[-1].workflow_execution_completed_event_attributes
     assert completed.result.payloads and len(completed.result.payloads[0].data) < 1000  # counts, not the state
+    kept = wb.rig.run_dir / "work" / "plans" / plan_id
+    assert (kept / "plan.json").stat().st_size > 2_000_000 and (kept / "plan.summary.json").stat().st_size < 1000
+    listed = next(r for r in wb.get("/admin/plans").json()["plans"] if r["plan_id"] == plan_id)
+    assert listed["status"] == "succeeded"  # from the summary: a list does not read megabytes a plan
 
 
 def test_a_plan_over_temporals_payload_limit_is_refused_with_413(wb):

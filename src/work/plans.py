@@ -116,13 +116,13 @@ async def list_plans(client, rig, limit: int = 100) -> dict:
     known = {r["plan_id"] for r in rows}
     store = Store(rig.run_dir)
     for r in rows:  # an ended plan's outcome (succeeded, failed, cancelled) is in its record
-        outcome = (store.read_record(r["plan_id"]) or {}).get("outcome")
+        outcome = (store.read_summary(r["plan_id"]) or {}).get("outcome")
         if r["status"] != "running" and outcome not in (None, "running"):
             r["status"] = outcome
     for plan_id in store.plan_ids():  # past retention: from the record
         if plan_id in known:
             continue  # (its record was read above)
-        record = store.read_record(plan_id) or {}
+        record = store.read_summary(plan_id) or {}
         if record.get("outcome") != "running":
             rows.append({"plan_id": plan_id, "status": record.get("outcome", "unknown"), "started_at":
                          record.get("submitted_at"), "closed_at": record.get("ended_at"), "from": "record"})

@@ -31,20 +31,39 @@ class Store:
         return self.root / "plans" / plan_id / "plan.json"
 
     def write_record(self, plan_id: str, record: dict) -> Path:
-        """Atomically: a reader never sees half a file."""
+        """Atomically (a reader never sees half a file), with its summary beside it: a plan's list
+        reads only that (a record of thousands of tasks is megabytes)."""
         path = self.record_path(plan_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        _replace(path.with_name(SUMMARY), {k: record.get(k) for k in SUMMARY_FIELDS})
+        _replace(path, record)
         return path
 
     def read_record(self, plan_id: str) -> dict | None:
-        try:
-            return json.loads(self.record_path(plan_id).read_text())
-        except (OSError, ValueError):
-            return None
+        return _read(self.record_path(plan_id))
+
+    def read_summary(self, plan_id: str) -> dict | None:
+        """plan_id, name, outcome, submitted_at, ended_at (from the record itself, if written by a
+        release without summaries)."""
+        return _read(self.record_path(plan_id).with_name(SUMMARY)) or self.read_record(plan_id)
 
     def plan_ids(self) -> list[str]:
         plans = self.root / "plans"
         return sorted(p.name for p in plans.iterdir()) if plans.is_dir() else []
+
+
+SUMMARY = "plan.summary.json"
+SUMMARY_FIELDS = ("plan_id", "name", "outcome", "submitted_at", "ended_at")
+
+
+def _replace(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
