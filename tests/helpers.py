@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,25 +30,47 @@ HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
 
 _HANDED_OUT: set[int] = set()
+_RANDOM = random.Random()  # (its own: a test that seeds the global one must not repeat ports)
+
+
+def _below_ephemeral() -> tuple[int, int]:
+    """[10000, the first ephemeral port): Linux hands client connections ports from
+    ip_local_port_range (32768 to 60999 by default), never from below it."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    return 10000, max(first, 12000)
+
+
+PORTS = _below_ephemeral()
 
 
 def free_port() -> int:
-    """A loopback port free now and not handed out before in this process: the kernel may give
-    a just-closed ephemeral port again, and one rig then named the same port twice (seen in CI:
-    whisper.port and a model's port)."""
+    """A loopback port free now, not handed out before in this process, and below the kernel's
+    ephemeral range: a port the kernel handed out (bind to 0) could be taken again by any client
+    connection before the server meant to listen on it started (seen in CI: Whisper's port, taken
+    by a connection of the bundle, so Whisper exited with EADDRINUSE and a request got a 503)."""
+    low, high = PORTS
     while True:
+        port = _RANDOM.randrange(low, high)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def free_ports_in_a_row(n: int) -> int:
     """The first of n consecutive loopback ports free now (Whisper's placements take port + i)."""
     while True:
         first = free_port()
+        if first + n > PORTS[1]:
+            continue  # (the rest would be in the ephemeral range)
         try:
             for port in range(first + 1, first + n):
                 with socket.socket() as s:
