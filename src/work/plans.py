@@ -79,12 +79,12 @@ def running(view: dict) -> bool:
 
 
 async def _ended(client, rig, plan_id: str) -> dict:
-    """An ended plan's view, with the spec it was submitted with."""
-    view = await show(client, rig, plan_id)
+    """An ended plan's view, with the spec it was submitted with (its record is read once)."""
+    view = await _view(client, rig, plan_id)
     if running(view):
         raise engine.WorkError("plan_running", f"{plan_id} is still running: wait for it to end, or cancel it "
                                f"(llamarig cancel {plan_id}), then retry")
-    return view | {"spec": await _spec(client, rig, plan_id)}
+    return view if "spec" in view else view | {"spec": await _spec(client, rig, plan_id)}
 
 
 async def _spec(client, rig, plan_id: str) -> dict:
@@ -115,13 +115,13 @@ async def list_plans(client, rig, limit: int = 100) -> dict:
                      "closed_at": wf.close_time.timestamp() if wf.close_time else None})
     known = {r["plan_id"] for r in rows}
     store = Store(rig.run_dir)
-    for r in rows:  # an ended plan's outcome (succeeded, failed, cancelled) is in its record
+    for r in rows:  # an ended plan's outcome (succeeded, failed, cancelled) is in its record's summary
         outcome = (store.read_summary(r["plan_id"]) or {}).get("outcome")
         if r["status"] != "running" and outcome not in (None, "running"):
             r["status"] = outcome
-    for plan_id in store.plan_ids():  # past retention: from the record
+    for plan_id in store.plan_ids():  # past retention: from the record's summary
         if plan_id in known:
-            continue  # (its record was read above)
+            continue  # (its summary was read above)
         record = store.read_summary(plan_id) or {}
         if record.get("outcome") != "running":
             rows.append({"plan_id": plan_id, "status": record.get("outcome", "unknown"), "started_at":
@@ -139,6 +139,11 @@ def _shaped(plan_id: str) -> None:
 async def show(client, rig, plan_id: str) -> dict:
     """From the engine while it runs; once it ended, from its record here (the same final state,
     without replaying thousands of tasks), else from the engine; past retention, the record."""
+    return _without_spec(await _view(client, rig, plan_id))
+
+
+async def _view(client, rig, plan_id: str) -> dict:
+    """show's view, with the spec when it came from a record that keeps it."""
     from temporalio.service import RPCError, RPCStatusCode
 
     _shaped(plan_id)
@@ -150,10 +155,10 @@ async def show(client, rig, plan_id: str) -> dict:
             raise engine.failed_call(e, f"about {plan_id}") from None
         if "tasks" not in (kept := _kept(rig, plan_id)):
             raise engine.WorkError("plan_not_found", f"no plan {plan_id!r} in Temporal nor under the run folder")
-        return _without_spec(kept) | {"from": "record"}
+        return kept | {"from": "record"}
     status = desc.status.name.lower() if desc.status else "unknown"
     if status != "running" and (kept := _kept(rig, plan_id)).get("outcome") not in (None, "running"):
-        return _without_spec(kept) | {"status": status}
+        return kept | {"status": status}
     state = await _state(handle)
     _merge_pending(state["tasks"], desc.raw_description.pending_activities)
     return state | {"status": status}

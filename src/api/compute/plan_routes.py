@@ -45,13 +45,14 @@ def build_router(state, rig) -> APIRouter:
 
         from llamarig.work.engine import failed_call, unanswered
 
+        what = op.replace("_", " ")
         try:
             try:
                 return JSONResponse(await getattr(plans, op)(await link.get(), *args), status_code=status)
             except RPCError as e:  # (what the plan operations do not map themselves: Temporal gone)
-                raise failed_call(e, op.replace("_", " ")) from None
+                raise failed_call(e, what) from None
             except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as e:
-                raise unanswered(op.replace("_", " "), str(e)) from None
+                raise unanswered(what, str(e)) from None
         except LlamarigError as e:
             code = STATUS.get(e.code, 503)
             return error_response(code, e.code, e.reason, retry_after=5 if code == 503 else None)
