@@ -78,6 +78,7 @@ def stop_dockerd(docker: Docker) -> None:
     leftovers = docker("ps", "-aq", "--filter", f"label={TEST_LABEL}", check=False).stdout.split()
     if leftovers:
         docker("rm", "-f", "-v", *leftovers, check=False)
+    docker("network", "prune", "-f", "--filter", f"label={TEST_LABEL}", check=False)
     docker("image", "prune", "-f", check=False)  # earlier builds' layers; the current image's stay cached
     docker.proc.send_signal(signal.SIGTERM)
     try:

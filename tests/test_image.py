@@ -1,7 +1,8 @@
 """The image built and run for real: the CPU build of the one Dockerfile, run by a real dockerd
 with the generated models mounted read-only and a run volume. The tests share one container and
-run in file order: client routes, supervisorctl, `docker kill` and a new run on the same volumes,
-then `docker stop` with a stream in flight. The refusals each run a container of their own."""
+run in file order: client routes, supervisorctl, a plan run by the image's workers through a
+Temporal beside it, `docker kill` and a new run on the same volumes, then `docker stop` with a
+stream in flight. The refusals each run a container of their own."""
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from dockerd import REPO, TEST_LABEL
+from llamarig.work.cli_cmds import temporal_bin
 from helpers import HTTP, free_port, openai_client_round, stream_while, wait_for
 
 pytestmark = pytest.mark.slow
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.slow
 CLIENT, OPERATOR = "client-key-0123456789", "operator-key-0123456789"
 KEYS = ["-e", f"LLAMARIG_CLIENT_KEYS={CLIENT}", "-e", f"LLAMARIG_OPERATOR_KEY={OPERATOR}"]
 MODELS = REPO / "models"  # made by runtime/setup.sh (`llamarig models make`)
-# The workers run (waiting for the cluster the image points them at: temporal:7233); no embedded Temporal.
+# The workers poll the cluster the image points them at (temporal:7233); no embedded Temporal.
 PROGRAMS = {"compute-api", "llama-brain", "llama-worker-1", "llama-worker-2", "llama-worker-3", "work-gpu", "work-cpu",
             "work-watchdog"}
 # Whisper and the embeddings model, placed by the planner when their requests wait
@@ -35,8 +37,8 @@ class Container:
     """One named container of the image on a published loopback port, with a run volume that
     outlives it (so a second run meets what the first left)."""
 
-    def __init__(self, docker, image: str, name: str):
-        self.docker, self.image, self.name = docker, image, name
+    def __init__(self, docker, image: str, name: str, network: str):
+        self.docker, self.image, self.name, self.network = docker, image, name, network
         self.port, self.volume = free_port(), f"{name}-run"
         self.started = 0.0
 
@@ -47,6 +49,7 @@ class Container:
     def run(self) -> None:
         self.started = time.monotonic()
         self.docker("run", "-d", "--name", self.name, "--label", TEST_LABEL, "--stop-timeout", "120",
+                    "--network", self.network,
                     "-p", f"127.0.0.1:{self.port}:8000", "-v", f"{MODELS}:/app/models:ro",
                     "-v", f"{self.volume}:/app/run", *KEYS, self.image)
 
@@ -67,8 +70,12 @@ class Container:
         options = [f"--env={k}={v}" for k, v in (env or {}).items()]
         return self.docker("exec", *options, self.name, *args, check=False)
 
-    def admin(self, path: str) -> dict:
-        return HTTP.get(self.api + path, headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=10).json()
+    def admin(self, path: str, body: dict | None = None) -> dict:
+        """An operator route: GET, or POST of a JSON body."""
+        headers = {"Authorization": f"Bearer {OPERATOR}"}
+        if body is None:
+            return HTTP.get(self.api + path, headers=headers, timeout=10).json()
+        return HTTP.post(self.api + path, headers=headers, json=body, timeout=30).json()
 
     def logs(self) -> str:
         result = self.docker("logs", self.name)
@@ -76,8 +83,24 @@ class Container:
 
 
 @pytest.fixture(scope="module")
-def box(docker, image, report):
-    c = Container(docker, image.tag, f"llamarig-test-{os.getpid()}")
+def cluster(docker):
+    """Temporal beside the image on a network of their own, answering as `temporal` as in
+    docker-compose.yml. No Temporal image can be pulled here: the pinned CLI's dev server, the
+    binary the bundle embeds, runs on the Debian base. Yields the network's name."""
+    network, name = f"llamarig-test-{os.getpid()}", f"llamarig-test-temporal-{os.getpid()}"
+    docker("network", "create", "--label", TEST_LABEL, network)
+    docker("run", "-d", "--name", name, "--label", TEST_LABEL, "--network", network, "--network-alias", "temporal",
+           "-v", f"{temporal_bin()}:/usr/local/bin/temporal:ro", "local/debian:bookworm",
+           "temporal", "server", "start-dev", "--ip", "0.0.0.0", "--headless", "--log-level", "warn",
+           "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000")
+    yield network
+    docker("rm", "-f", name, check=False)
+    docker("network", "rm", network, check=False)
+
+
+@pytest.fixture(scope="module")
+def box(docker, image, cluster, report):
+    c = Container(docker, image.tag, f"llamarig-test-{os.getpid()}", cluster)
     c.run()
     ready = c.wait_ready()
     report(f"image {image.tag}: {image.size_bytes / 2**20:.0f} MiB, built in {image.seconds:.0f} s; "
@@ -122,6 +145,23 @@ def test_supervisorctl_status_names_every_program_running(box):
     assert llamarig_status.returncode == 0 and "worker-3" in llamarig_status.stdout, llamarig_status.stderr
 
 
+def test_the_image_s_workers_run_the_demo_plan_through_temporal_beside_it(box, report):
+    """runtime/plans/demo.yaml (a command, Whisper, a worker LLM, embeddings, a command) submitted
+    inside the container, as the README says, and run by its work-cpu and work-gpu."""
+    started = time.monotonic()
+    done = box.exec("llamarig", "submit", "runtime/plans/demo.yaml", "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    view = box.admin(f"/admin/plans/{done.stdout.split()[1]}")
+    report(f"the demo plan in the image, submit to succeeded: {time.monotonic() - started:.1f} s")
+    tasks = view["tasks"]
+    assert {t["state"] for t in tasks.values()} == {"succeeded"}, tasks
+    assert "work-gpu" in tasks["words"]["result"]["worker"] and "work-cpu" in tasks["report"]["result"]["worker"]
+    out = box.exec("cat", tasks["report"]["result"]["output"])
+    assert out.returncode == 0, (out.stderr, tasks["report"])
+    summary, vectors = out.stdout.splitlines()[0], out.stdout.splitlines()[-1]
+    assert summary.startswith("summary: ") and int(vectors.split()[1]) > 100, out.stdout
+
+
 def test_supervisorctl_restart_of_a_model_is_seen_by_the_lifecycle_manager(box):
     before = box.exec("supervisorctl", "pid", "llama-worker-1").stdout.strip()
     restart = box.exec("supervisorctl", "restart", "llama-worker-1")
@@ -136,6 +176,14 @@ def test_supervisorctl_restart_of_a_model_is_seen_by_the_lifecycle_manager(box):
 
 
 def test_after_docker_kill_a_new_run_on_the_same_volumes_comes_back_ready(box, docker, report):
+    """And a plan that was running goes on: its engine is the cluster, its files are on the volume."""
+    tasks = [{"name": "first", "class": "cpu", "command": "echo one"},
+             {"name": "slow", "class": "cpu", "command": "sleep 3; echo two", "depends_on": ["first"]},
+             {"name": "last", "class": "cpu", "command": "cat \"$INPUT_SLOW\"", "depends_on": ["slow"],
+              "inputs": {"slow": "@slow"}}]
+    plan_id = box.admin("/admin/plans", {"plan": {"name": "through-a-kill", "tasks": tasks}})["plan_id"]
+    wait_for(lambda: box.admin(f"/admin/plans/{plan_id}")["tasks"]["slow"]["state"] == "running", 30,
+             "the slow task to run")
     box.docker("kill", box.name)
     wait_for(lambda: not box.state()["Running"], 30, "the container to die")
     left = docker("run", "--rm", "--entrypoint", "ls", "-v", f"{box.volume}:/app/run", box.image, "/app/run").stdout
@@ -144,6 +192,13 @@ def test_after_docker_kill_a_new_run_on_the_same_volumes_comes_back_ready(box, d
     box.run()
     ready = box.wait_ready()
     report(f"docker run to /ready 200 after docker kill, on the same run volume: {ready:.1f} s")
+    # The killed attempt is noticed at the rig's heartbeat timeout (30 s), then runs again.
+    view = wait_for(lambda: (v := box.admin(f"/admin/plans/{plan_id}"))["outcome"] != "running" and v, 120,
+                    "the plan to end after the kill")
+    assert view["outcome"] == "succeeded", view
+    attempts = {name: t["attempt"] for name, t in view["tasks"].items()}
+    assert attempts == {"first": 1, "slow": 2, "last": 1}, attempts
+    report(f"a plan through docker kill and a new run: ended {time.monotonic() - box.started:.1f} s after the run")
 
 
 def test_docker_stop_lets_a_stream_finish_and_stops_every_program_in_order(box, docker):

@@ -481,7 +481,8 @@ def test_the_demo_plan_runs_one_task_of_each_kind(wb):
     tasks = plan_view(wb, done.stdout.split()[1])["tasks"]
     assert tasks["speech"]["result"]["output"].endswith("/output.wav")
     report = tasks["report"]["result"]["output"]
-    summary, vectors = open(report).read().splitlines()[:2]
+    lines = open(report).read().splitlines()  # the random model's summary may hold line breaks
+    summary, vectors = lines[0], lines[-1]
     assert summary.startswith("summary: ") and len(summary) > len("summary: "), summary
     assert vectors.startswith("vectors: ") and int(vectors.split()[1]) > 100, vectors
 
