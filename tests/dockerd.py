@@ -33,8 +33,10 @@ class Docker:
     def __post_init__(self):
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
 
-    def __call__(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, env=self.env)
+    def __call__(self, *args: str, timeout: float = 120, check: bool = True,
+                 input: str | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, env=self.env,
+                                input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} -> {result.returncode}: {result.stderr.strip()}")
         return result
@@ -104,3 +106,29 @@ def build_cpu_image(docker: Docker, tag: str) -> Build:
     docker("build", "--network", "host", "-t", tag, *CPU_BUILD_ARGS, str(REPO), timeout=1800)
     took = time.monotonic() - began
     return Build(tag, took, docker.inspect(tag)["Size"])
+
+
+def temporal_beside() -> tuple[list[str], list[str]]:
+    """What stands in for the cluster's Temporal (no Temporal image can be pulled here): the
+    pinned CLI's dev server, the binary the bundle embeds, on the Debian base, listening on the
+    container's network with the metrics port the cluster's (9091) and the embedded server's
+    dynamic config. (bind mount, command)."""
+    from llamarig.shared.rig import load_rig
+    from llamarig.work.cli_cmds import temporal_bin
+    from llamarig.work.engine import embedded_command
+
+    work = load_rig(REPO / "runtime" / "rig.yaml").work
+    work = work.model_copy(update={"embedded": work.embedded.model_copy(update={"ui_port": 0, "metrics_port": 9091})})
+    command = embedded_command(work, "/usr/local/bin/temporal", "/tmp/temporal.db")
+    command[command.index("127.0.0.1")] = "0.0.0.0"
+    return [f"{temporal_bin()}:/usr/local/bin/temporal:ro"], command
+
+
+def build_monitoring_image(docker: Docker, tag: str = "local/prometheus-debian:bookworm") -> str:
+    """Prometheus and Alertmanager from Debian's packages (no prom/* image can be pulled here), on
+    the Debian base; each service names its binary as the entrypoint."""
+    dockerfile = ("FROM local/debian:bookworm\n"
+                  "RUN apt-get update && apt-get install -y --no-install-recommends prometheus "
+                  "prometheus-alertmanager && rm -rf /var/lib/apt/lists/*\nWORKDIR /var/lib/monitoring\n")
+    docker("build", "--network", "host", "-t", tag, "-", input=dockerfile, timeout=900)
+    return tag

@@ -16,8 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from dockerd import REPO, TEST_LABEL
-from llamarig.work.cli_cmds import temporal_bin
+from dockerd import REPO, TEST_LABEL, temporal_beside
 from helpers import HTTP, free_port, openai_client_round, stream_while, wait_for
 
 pytestmark = pytest.mark.slow
@@ -85,14 +84,12 @@ class Container:
 @pytest.fixture(scope="module")
 def cluster(docker):
     """Temporal beside the image on a network of their own, answering as `temporal` as in
-    docker-compose.yml. No Temporal image can be pulled here: the pinned CLI's dev server, the
-    binary the bundle embeds, runs on the Debian base. Yields the network's name."""
+    docker-compose.yml (dockerd.temporal_beside). Yields the network's name."""
     network, name = f"llamarig-test-{os.getpid()}", f"llamarig-test-temporal-{os.getpid()}"
     docker("network", "create", "--label", TEST_LABEL, network)
+    mounts, command = temporal_beside()
     docker("run", "-d", "--name", name, "--label", TEST_LABEL, "--network", network, "--network-alias", "temporal",
-           "-v", f"{temporal_bin()}:/usr/local/bin/temporal:ro", "local/debian:bookworm",
-           "temporal", "server", "start-dev", "--ip", "0.0.0.0", "--headless", "--log-level", "warn",
-           "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000")
+           *[f"--volume={m}" for m in mounts], "local/debian:bookworm", *command)
     yield network
     docker("rm", "-f", name, check=False)
     docker("network", "rm", network, check=False)
