@@ -65,7 +65,7 @@ def test_up_shows_waves_refuses_what_cannot_fit_and_down_stops_everything(tmp_pa
 
 
 def test_sigterm_to_supervisord_lets_a_stream_finish_then_everything_exits(one_model):
-    b = one_model(context_size=4096)
+    b = one_model(context_size=4096, sections={"lifecycle": {"health_interval_s": 0.1}})  # ticks during the drain
     tree = b.tree()
     assert len(tree) >= 3  # supervisord, compute API, server
     body = {"model": "m", "prompt": "hi", "max_tokens": 1500, "stream": True, "ignore_eos": True}
@@ -81,3 +81,10 @@ def test_sigterm_to_supervisord_lets_a_stream_finish_then_everything_exits(one_m
     b.proc.wait(timeout=60)
     left = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes outlived supervisord: {left}"
+    # While the stream drained, health ticks met supervisord stopping everything: expected, so
+    # not an error an on-call person reads in the log after every clean stop.
+    records = [json.loads(line) for line in (b.rig.run_dir / "logs" / "compute-api.log").read_text().splitlines()
+               if line.startswith("{")]
+    assert any(r["msg"] == "health tick: supervisord is shutting down" for r in records)
+    errors = [r["msg"] for r in records if r["level"] in ("error", "critical")]
+    assert not errors, errors

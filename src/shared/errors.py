@@ -24,3 +24,8 @@ class RigError(LlamarigError):
 
 class SupervisorError(LlamarigError):
     """supervisord refused or could not be reached."""
+
+    @property
+    def shutting_down(self) -> bool:
+        """supervisord refused because it is stopping every program (its SHUTDOWN_STATE fault)."""
+        return self.code == "supervisor_shutdown_state"

@@ -37,8 +37,17 @@ from llamarig.shared.verify import wait_until_verified
 from llamarig.shared.vram import Estimate, estimate, estimate_folder
 
 log = logging.getLogger("llamarig.manager")
+
 MIB = 1024 * 1024
 SCRIPT_ENDING = frozenset({State.DRAINING, State.STOPPING, State.STOPPED, State.FAILED})  # its GPU goes back
+
+
+def supervisor_refused(what: str, e: SupervisorError) -> None:
+    """While supervisord stops everything its refusals are expected (info); otherwise an error."""
+    if e.shutting_down:
+        log.info(f"{what}: supervisord is shutting down", extra={"reason": e.reason})
+    else:
+        log.error(f"{what}: supervisord unreachable", extra={"reason": e.reason})
 
 
 class UnknownModel(LlamarigError):
@@ -242,7 +251,7 @@ class Manager(Events):
         try:
             await self._adopt_active_slots()
         except SupervisorError as e:
-            log.error("boot: supervisord unreachable", extra={"reason": e.reason})
+            supervisor_refused("boot", e)
         pending = []
         for unit in self.units.values():
             if not unit.warm or any(g in self.switched for g in unit.gpus):
@@ -256,7 +265,7 @@ class Manager(Events):
             while pending:
                 pending = await self._boot_wave(pending)
         except SupervisorError as e:
-            log.error("boot stopped: supervisord unreachable", extra={"reason": e.reason})
+            supervisor_refused("boot stopped", e)
         finally:
             self.booted.set()
 
@@ -327,7 +336,10 @@ class Manager(Events):
             try:
                 await self._plan(command)
             except Exception as e:  # one bad plan must not stop the later ones
-                log.exception("planner command failed", extra={"command": type(command).__name__})
+                if isinstance(e, SupervisorError) and e.shutting_down:
+                    supervisor_refused(f"planner: {type(command).__name__}", e)
+                else:
+                    log.exception("planner command failed", extra={"command": type(command).__name__})
                 reply = getattr(command, "reply", None)
                 if reply is not None and not reply.done():
                     reply.set_exception(e)
@@ -412,7 +424,7 @@ class Manager(Events):
             try:
                 await self._health_tick()
             except SupervisorError as e:
-                log.error("health tick: supervisord unreachable", extra={"reason": e.reason})
+                supervisor_refused("health tick", e)
             except Exception:
                 log.exception("health tick failed")
             await asyncio.sleep(interval)
@@ -454,7 +466,7 @@ class Manager(Events):
             if info["statename"] not in ALIVE_STATES:
                 actor.send(Exited(await self._exit_cause(info), taken))
         except SupervisorError as e:
-            log.error("check: supervisord unreachable", extra={"reason": e.reason})
+            supervisor_refused("check", e)
         finally:
             self._suspected.discard(actor.unit.program)
 
@@ -488,7 +500,11 @@ class Manager(Events):
         asyncio.ensure_future(self._record_actual(unit))
 
     async def _record_actual(self, unit: Unit) -> None:
-        await self.settle()
+        try:
+            await self.settle()
+        except SupervisorError as e:  # (a task of its own: nothing else would see the error)
+            supervisor_refused(f"memory after load of {unit.name}", e)
+            return
         self.actuals[unit.name] = self.actual(unit)
         est = self.estimate(unit)
         log.info("memory after load", extra={"model": unit.name, "gpus": unit.gpu_label,
