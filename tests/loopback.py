@@ -28,8 +28,8 @@ class Server:
                 self.requests.append((head, body))
                 if await self.answer(head, body, reader, writer) == "close":
                     break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass  # (ValueError: a chunked body cut short)
         writer.close()
 
 

@@ -178,3 +178,24 @@ async def test_a_body_without_a_length_ends_when_the_server_closes():
         assert await answer.read() == b"all of it"
         assert not upstream.idle[server.port]  # a closed connection is not pooled
     upstream.close()
+
+
+async def test_an_upload_that_fails_midway_leaves_no_error_unretrieved(caplog):
+    """The client's body failing mid-upload aborts the connection; the answer's head, which no
+    one awaits any more, must not carry the loss into asyncio's 'never retrieved' error log."""
+    import gc
+
+    async def parts():
+        yield b"first part"
+        raise ConnectionResetError("the client went away mid-upload")
+
+    upstream = Upstream()
+    async with Server(_json) as server:
+        with pytest.raises(ConnectionResetError):
+            await upstream.request("POST", server.port, "/v1/audio/transcriptions", [], parts())
+        conn_lost = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(conn_lost.set_result, None)  # after the abort's connection_lost
+        await conn_lost
+    gc.collect()
+    assert "never retrieved" not in caplog.text, caplog.text
+    upstream.close()

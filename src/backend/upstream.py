@@ -173,7 +173,9 @@ class _Connection(asyncio.Protocol):
             return await self.head
         except BaseException:
             # The caller went away, or the body it was sending failed: the server must not go
-            # on with a request cut short, nor the connection be used again.
+            # on with a request cut short, nor the connection be used again. No one will await
+            # the head: cancelled, the connection's loss is not set on it to be logged unretrieved.
+            self.head.cancel()
             self.abort()
             raise
 
