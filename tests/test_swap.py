@@ -1,4 +1,5 @@
 """Reload: blue-green when the new server fits beside the old one, drain-first otherwise."""
+import json
 import threading
 
 import httpx
@@ -128,6 +129,12 @@ def test_reload_without_swap_port_and_with_a_changed_port(one_model):
     refused = b.post("/admin/units/m/reload")
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "rig_changed" and "port" in refused.json()["error"]["message"]
+    # An answer to the operator, logged as such: not an error with a traceback.
+    log = [json.loads(line) for line in (b.rig.run_dir / "logs" / "compute-api.log").read_text().splitlines()
+           if line.startswith("{")]
+    refusal = next(r for r in log if r["msg"] == "planner command refused")
+    assert refusal["level"] == "info" and refusal["code"] == "rig_changed" and "exc" not in refusal
+    assert not [r for r in log if r["level"] == "error"], log
 
 
 def test_a_reload_candidate_claims_the_files_hash_only_when_nothing_else_changed(tmp_path, models):

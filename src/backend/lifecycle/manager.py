@@ -50,6 +50,19 @@ def supervisor_refused(what: str, e: SupervisorError) -> None:
         log.error(f"{what}: supervisord unreachable", extra={"reason": e.reason})
 
 
+def _log_not_done(command, e: Exception, answered: bool) -> None:
+    """A refusal with a code is an answer (info when whoever asked gets it, else a warning); an
+    unexpected exception is a bug (error, with its traceback)."""
+    name = type(command).__name__
+    if isinstance(e, SupervisorError):
+        supervisor_refused(f"planner: {name}", e)
+    elif isinstance(e, LlamarigError):
+        (log.info if answered else log.warning)("planner command refused",
+                                                extra={"command": name, "code": e.code, "reason": e.reason})
+    else:
+        log.exception("planner command failed", extra={"command": name})
+
+
 class UnknownModel(LlamarigError):
     pass
 
@@ -336,11 +349,8 @@ class Manager(Events):
             try:
                 await self._plan(command)
             except Exception as e:  # one bad plan must not stop the later ones
-                if isinstance(e, SupervisorError) and e.shutting_down:
-                    supervisor_refused(f"planner: {type(command).__name__}", e)
-                else:
-                    log.exception("planner command failed", extra={"command": type(command).__name__})
                 reply = getattr(command, "reply", None)
+                _log_not_done(command, e, answered=reply is not None)
                 if reply is not None and not reply.done():
                     reply.set_exception(e)
 
