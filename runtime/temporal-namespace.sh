@@ -1,0 +1,14 @@
+#!/bin/sh
+# The namespace of docker-compose.yml's Temporal, made by its temporal-namespace one-shot
+# (temporalio/admin-tools) once the server answers: `default`, kept 30 days, as the rig's
+# work.cluster names it. The address is resolved to an IP first, as Temporal's own compose
+# samples do: the CLI's gRPC resolver also asks for an SRV record, which Docker's DNS forwards
+# out, and on a host with no reachable DNS server that lookup outlasts the CLI's deadline.
+set -eu
+host=${TEMPORAL_ADDRESS%:*} port=${TEMPORAL_ADDRESS##*:}
+until ip=$(getent hosts "$host" | awk '{print $1; exit}') && [ -n "$ip" ] \
+    && temporal operator cluster health --address "$ip:$port"; do
+  sleep 2
+done
+temporal operator namespace describe -n default --address "$ip:$port" \
+  || temporal operator namespace create -n default --retention 720h --address "$ip:$port"
