@@ -247,6 +247,34 @@ def running_bundle(folder: Path, rig_path: Path, env: dict[str, str] | None = No
             b.kill()
 
 
+@contextlib.contextmanager
+def temporal_cluster(folder: Path):
+    """A bare Temporal dev server of the pinned CLI on free loopback ports, standing in for a
+    cluster no rig embeds; yields its address."""
+    from llamarig.work.cli_cmds import temporal_bin
+
+    port = free_port()
+    cmd = [temporal_bin(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless",
+           "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--log-level", "error",
+           "--db-filename", str(folder / "cluster.db")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(folder / "cluster.log", "wb"))
+    try:
+        wait_for(lambda: proc.poll() is not None or port_open(port), 60, "the dev server to listen")
+        assert proc.poll() is None, (folder / "cluster.log").read_text()
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def edit_model(rig_path, **changes):
     """Change model m's settings in the rig file (as an operator edits it before a reload)."""
     data = yaml.safe_load(rig_path.read_text())

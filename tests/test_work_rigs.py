@@ -1,5 +1,6 @@
 """Past one rig: two bundles on this machine (their own rigs, ports and run folders, as two
-hosts would have) whose workers poll one Temporal, the first bundle's embedded server."""
+hosts would have) whose workers poll one Temporal, the first bundle's embedded server; and a rig
+whose cluster does not have its namespace yet."""
 from __future__ import annotations
 
 import os
@@ -7,8 +8,8 @@ import signal
 
 import pytest
 
-from helpers import (model_entry, plan_ended, plan_history, plan_view, start_bundle, submit_plan, wait_for,
-                     work_section, write_rig)
+from helpers import (model_entry, plan_ended, plan_history, plan_view, start_bundle, submit_plan,
+                     temporal_cluster, wait_for, work_section, write_rig)
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +66,35 @@ def test_a_plan_spreads_over_two_rigs_and_survives_a_gpu_worker_killed_mid_task(
     events = plan_history(a.rig, plan_id)
     completed = [e for e in events if e.HasField("activity_task_completed_event_attributes")]
     assert len(completed) == len(tasks)  # nothing completed twice, nothing lost
+
+
+def test_workers_wait_for_a_namespace_the_cluster_makes_after_they_start(tmp_path, models):
+    """As docker-compose.yml starts: Temporal answers before its one-shot has made the namespace.
+    The workers wait and say why (they used to fail their validation and exit), the plan routes
+    answer 503 naming it, and once it exists plans run."""
+    import subprocess
+
+    from llamarig.work.cli_cmds import temporal_bin
+
+    with temporal_cluster(tmp_path) as address:
+        work = {**work_section(), "temporal": "cluster", "cluster": {"address": address, "namespace": "later"}}
+        b = start_bundle(tmp_path, write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, work=work))
+        try:
+            b.wait_ready()
+            logs = {role: b.rig.run_dir / "logs" / f"work-{role}.log" for role in ("cpu", "gpu")}
+            said = lambda text: all(p.exists() and text in p.read_text() for p in logs.values())  # noqa: E731
+            wait_for(lambda: said("has no namespace 'later' (yet)"), 60, "both workers to say what they wait for")
+            refused = b.post("/admin/plans", json={"plan": {"name": "t", "tasks": [{"name": "a", "class": "cpu",
+                                                                                    "command": "true"}]}})
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "temporal_namespace_missing"
+            # Alive past supervisord's startsecs while they wait (not BACKOFF, then FATAL).
+            wait_for(lambda: b.ctl("status", "work-cpu", "work-gpu").stdout.count("RUNNING") == 2, 30,
+                     "both workers RUNNING")
+            subprocess.run([temporal_bin(), "operator", "namespace", "create", "-n", "later", "--address", address],
+                           check=True, capture_output=True, timeout=60)
+            wait_for(lambda: said("worker polling"), 60, "both workers to poll")
+            assert plan_ended(b, submit_plan(b, [{"name": "a", "class": "cpu", "command": "true"}]))["outcome"] \
+                == "succeeded"
+        finally:
+            if b.shutdown():
+                b.kill()

@@ -90,11 +90,29 @@ async def connect(work: WorkConfig, identity: str | None = None, runtime=None):
             tls = TLSConfig(server_root_ca_cert=open(c.ca_file, "rb").read()) if c.ca_file else True
         api_key = os.environ.get(c.api_key_env) if c.api_key_env else None
     try:
-        return await Client.connect(target, namespace=namespace, tls=tls, api_key=api_key, identity=identity,
-                                    runtime=runtime)
+        client = await Client.connect(target, namespace=namespace, tls=tls, api_key=api_key, identity=identity,
+                                      runtime=runtime)
     except RuntimeError as e:
         raise WorkError("temporal_unreachable", f"cannot reach Temporal at {target} ({namespace}): {e}; "
                         "is the temporal program running (supervisorctl status temporal)?") from None
+    await _namespace_exists(client, target, namespace)
+    return client
+
+
+async def _namespace_exists(client, target: str, namespace: str) -> None:
+    """A cluster answers before its namespace is made (docker-compose.yml's one-shot), and a
+    worker started then would fail its validation and exit: the caller waits and says why."""
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
+    except RPCError as e:
+        if e.status != RPCStatusCode.NOT_FOUND:
+            raise failed_call(e, "describe the namespace") from None
+        raise WorkError("temporal_namespace_missing", f"Temporal at {target} has no namespace {namespace!r} (yet): "
+                        f"create it (temporal operator namespace create -n {namespace} --address {target}), "
+                        "or name one it has in work.cluster.namespace") from None
 
 
 async def ensure_retention(client, work: WorkConfig) -> None:
