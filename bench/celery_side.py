@@ -21,9 +21,20 @@ CONCURRENCY = 16
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range, as the tests take theirs (this
+    runs in Celery's own venv, without tests/helpers.py): a port the kernel hands out could be
+    taken by a client connection before Redis listens on it."""
+    import random
+
+    first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(10000, max(first, 12000))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 TASKS = '''
