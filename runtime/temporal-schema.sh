@@ -1,9 +1,9 @@
 #!/bin/sh
 # The PostgreSQL schemas of docker-compose.yml's Temporal, run by its temporal-schema one-shot
 # (temporalio/admin-tools) before the server starts; the steps of Temporal's own compose samples.
-# At each start, as temporalio/auto-setup ran the same steps (under set -e) at each of its starts:
-# on a set-up database they change nothing, and update-schema applies the versions a newer server
-# brings.
+# At each start, and safe to: `create` ignores a database that exists, `setup-schema -v 0.0` keeps
+# a version above 0.0, and `update-schema` applies only the versions a newer server brings (read in
+# Temporal's sql tool: sqlplugin/postgresql/admin.go, tools/common/schema/setuptask.go).
 set -eu
 sql() { temporal-sql-tool --plugin postgres12 --ep temporal-db -u temporal -p 5432 "$@"; }
 for db in temporal visibility; do
