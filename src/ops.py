@@ -67,10 +67,23 @@ class Api:
 
 
 def status(rig: Rig, wide: bool = False, as_json: bool = False) -> int:
-    body = Api(rig).get("/admin/units")
-    print(json.dumps(body, indent=2) if as_json else status_view.render(body, wide))
+    api = Api(rig)
+    body = api.get("/admin/units")
+    work = _work(api) if rig.work else None
+    if as_json:
+        print(json.dumps(body | ({"work": work} if work else {}), indent=2))
+    else:
+        print(status_view.render(body, wide) + (f"\n\n{status_view.render_work(work, wide)}" if work else ""))
     units = body["units"]
     return 0 if all(u["state"] in ("ready", "busy") for u in units if u["required"] and u["warm"]) else 1
+
+
+def _work(api: Api) -> dict:
+    """GET /admin/work, or the error it answered (Temporal down is shown, not raised)."""
+    try:
+        return api.get("/admin/work")
+    except LlamarigError as e:
+        return {"error": {"code": e.code, "message": e.reason}}
 
 
 def up(rig: Rig, started: bool, timeout: float) -> int:

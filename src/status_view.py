@@ -1,6 +1,6 @@
-"""`llamarig status` as a person reads it: one line per unit and per GPU, fitting 80 columns;
-the reason cut to fit (whole with --wide). Plain text, so it reads the same through a pipe,
-`docker exec` without a terminal, or a narrow window."""
+"""`llamarig status` as a person reads it: one line per unit, per GPU and per work queue,
+fitting 80 columns; the reason cut to fit (whole with --wide). Plain text, so it reads the same
+through a pipe, `docker exec` without a terminal, or a narrow window."""
 from __future__ import annotations
 
 WIDTH = 80
@@ -37,4 +37,17 @@ def render(body: dict, wide: bool = False) -> str:
         lines += ["", GPU_COLUMNS.format(index="GPU", mode="MODE", memory="MEMORY", units="UNITS") +
                   (" (simulated)" if body.get("gpus_simulated") else "")]
         lines += [_gpu_line(g, wide) for g in body["gpus"]]
+    return "\n".join(lines)
+
+
+def render_work(work: dict, wide: bool = False) -> str:
+    """GET /admin/work as text: the engine, then each queue with who polls it (or its error)."""
+    if "error" in work:
+        return f"work: {work['error']['code']}: {work['error']['message']}"
+    t = work["temporal"]
+    lines = [f"work: Temporal at {t['address']}, namespace {t['namespace']}"]
+    for queue, q in work["queues"].items():
+        pollers = ", ".join(f"{p['identity']} ({p['seen_s_ago']:g} s ago)" for p in q["pollers"]) or "NO POLLER"
+        line = f"  {queue:<14} "
+        lines.append(line + (pollers if wide else _cut(pollers, WIDTH - len(line))))
     return "\n".join(lines)

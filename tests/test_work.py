@@ -487,6 +487,22 @@ def test_the_demo_plan_runs_one_task_of_each_kind(wb):
     assert vectors.startswith("vectors: ") and int(vectors.split()[1]) > 100, vectors
 
 
+def test_admin_work_and_status_name_who_polls_each_queue(wb):
+    """Temporal's own view of the queues (DescribeTaskQueue): each worker of the rig, by pid."""
+    work = wait_for(lambda: (w := wb.get("/admin/work").json()) and all(q["pollers"] for q in w["queues"].values())
+                    and w, 30, "both queues polled")
+    assert work["temporal"] == {"address": f"127.0.0.1:{wb.rig.work.embedded.port}",
+                                "namespace": wb.rig.work.embedded.namespace}
+    queue = wb.rig.work.queue
+    for role in ("cpu", "gpu"):
+        identities = [p["identity"] for p in work["queues"][f"{queue}@{role}"]["pollers"]]
+        assert any(i.startswith(f"work-{role}@") and i.endswith(f":{wb.pid(f'work-{role}')}") for i in identities), \
+            identities
+    shown = llamarig(wb.rig_path, "status", "--wide")
+    assert f"work: Temporal at 127.0.0.1:{wb.rig.work.embedded.port}" in shown.stdout, shown.stdout + shown.stderr
+    assert f"{queue}@gpu" in shown.stdout and "work-gpu@" in shown.stdout and "NO POLLER" not in shown.stdout
+
+
 def test_plan_routes_answer_503_while_temporal_is_down_and_recover(tmp_path, models):
     """As runbooks/LlamarigTemporalUnreachable.md says: 503 temporal_unreachable with Retry-After
     (not a 500, not a 404 for a plan Temporal cannot be asked about), until it is back."""
@@ -502,11 +518,13 @@ def test_plan_routes_answer_503_while_temporal_is_down_and_recover(tmp_path, mod
         calls = {"list": lambda: b.get("/admin/plans"), "show": lambda: b.get(f"/admin/plans/{plan_id}"),
                  "submit": lambda: b.post("/admin/plans", json={"plan": {"name": "t", "tasks": [_cpu("a", "true")]}}),
                  "cancel": lambda: b.post(f"/admin/plans/{plan_id}/cancel"),
-                 "retry": lambda: b.post(f"/admin/plans/{plan_id}/retry")}
+                 "retry": lambda: b.post(f"/admin/plans/{plan_id}/retry"), "work": lambda: b.get("/admin/work")}
         for name, call in calls.items():
             r = call()
             assert r.status_code == 503 and r.json()["error"]["code"] == "temporal_unreachable", (name, r.text)
             assert "supervisorctl status temporal" in r.text and int(r.headers["retry-after"]) > 0, (name, r.text)
+        shown = llamarig(b.rig_path, "status")  # the units still shown, the engine's absence said
+        assert "work: temporal_unreachable: " in shown.stdout and "UNIT" in shown.stdout, shown.stdout + shown.stderr
         assert "temporal: started" in b.ctl("start", "temporal").stdout
         wait_for(lambda: b.get("/admin/plans").status_code == 200, 60, "plans listed again")
         assert plan_view(b, plan_id)["outcome"] == "succeeded"
@@ -529,7 +547,8 @@ _BODIES = [None, b"", b"{", b"[]", b"null", b"1", b'{"holder": 5}', b'{"holder":
 _ROUTES = [("GET", "/admin/units/{}"), ("POST", "/admin/units/{}/{}"), ("POST", "/admin/gpus/lease"),
            ("POST", "/admin/gpus/lease/{}/renew"), ("DELETE", "/admin/gpus/lease/{}"), ("GET", "/admin/plans/{}"),
            ("POST", "/admin/plans/{}/retry"), ("POST", "/admin/plans/{}/cancel"), ("POST", "/admin/plans"),
-           ("GET", "/admin/work/outputs/{}/{}/{}/{}"), ("GET", "/metrics/engines/{}"), ("GET", "/metrics/work/{}")]
+           ("GET", "/admin/work/outputs/{}/{}/{}/{}"), ("GET", "/admin/work"), ("GET", "/metrics/engines/{}"),
+           ("GET", "/metrics/work/{}")]
 
 
 def test_admin_routes_answer_malformed_requests_below_500(wb):

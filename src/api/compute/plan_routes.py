@@ -1,5 +1,5 @@
 """Operator routes of the work layer: /admin/plans (list, submit), /admin/plans/{id} (show),
-/admin/plans/{id}/retry, /admin/plans/{id}/cancel. The Temporal client is made on first use:
+/admin/plans/{id}/retry, /admin/plans/{id}/cancel, and /admin/work (who polls the queues). The Temporal client is made on first use:
 the API serves models whether or not Temporal is up, and says so here with a 503."""
 from __future__ import annotations
 
@@ -31,31 +31,47 @@ class TemporalLink:
             return self.client
 
 
-def build_router(state, rig) -> APIRouter:
+async def _answer(link: TemporalLink | None, op, what: str, *args, status: int = 200) -> Response:
+    """op(client, *args) as a JSON answer; Temporal's failures as the errors they mean."""
+    if link is None:
+        return error_response(404, "work_off", "this rig has no work section: plans are off")
+    from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
+    from temporalio.service import RPCError
+
+    from llamarig.work.engine import failed_call, unanswered
+
+    try:
+        try:
+            return JSONResponse(await op(await link.get(), *args), status_code=status)
+        except RPCError as e:  # (what the plan operations do not map themselves: Temporal gone)
+            raise failed_call(e, what) from None
+        except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as e:
+            raise unanswered(what, str(e)) from None
+    except LlamarigError as e:
+        code = STATUS.get(e.code, 503)
+        return error_response(code, e.code, e.reason, retry_after=5 if code == 503 else None)
+
+
+def build_work_router(rig, link: TemporalLink | None) -> APIRouter:
+    """GET /admin/work: the engine the rig uses, and who polls its queues."""
+    router = APIRouter(prefix="/admin/work")
+
+    @router.get("")
+    async def work() -> Response:
+        from llamarig.work import pollers
+
+        return await _answer(link, pollers.describe, "describe the queues", rig.work)
+
+    return router
+
+
+def build_router(state, rig, link: TemporalLink | None) -> APIRouter:
     router = APIRouter(prefix="/admin/plans")
-    link = TemporalLink(rig) if rig.work else None
 
     async def call(op, *args, status: int = 200) -> Response:
         from llamarig.work import plans
 
-        if link is None:
-            return error_response(404, "work_off", "this rig has no work section: plans are off")
-        from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
-        from temporalio.service import RPCError
-
-        from llamarig.work.engine import failed_call, unanswered
-
-        what = op.replace("_", " ")
-        try:
-            try:
-                return JSONResponse(await getattr(plans, op)(await link.get(), *args), status_code=status)
-            except RPCError as e:  # (what the plan operations do not map themselves: Temporal gone)
-                raise failed_call(e, what) from None
-            except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as e:
-                raise unanswered(what, str(e)) from None
-        except LlamarigError as e:
-            code = STATUS.get(e.code, 503)
-            return error_response(code, e.code, e.reason, retry_after=5 if code == 503 else None)
+        return await _answer(link, getattr(plans, op), op.replace("_", " "), *args, status=status)
 
     @router.get("")
     async def list_all() -> Response:
