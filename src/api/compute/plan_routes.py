@@ -1,6 +1,7 @@
 """Operator routes of the work layer: /admin/plans (list, submit), /admin/plans/{id} (show),
-/admin/plans/{id}/retry, /admin/plans/{id}/cancel, and /admin/work (who polls the queues). The Temporal client is made on first use:
-the API serves models whether or not Temporal is up, and says so here with a 503."""
+/admin/plans/{id}/retry, /admin/plans/{id}/cancel, and /admin/work (who polls the queues). The
+Temporal client is made on first use: the API serves models whether or not Temporal is up, and
+says so here with a 503."""
 from __future__ import annotations
 
 import asyncio
