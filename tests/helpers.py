@@ -251,6 +251,7 @@ def running_bundle(folder: Path, rig_path: Path, env: dict[str, str] | None = No
 def temporal_cluster(folder: Path):
     """A bare Temporal dev server of the pinned CLI on free loopback ports, standing in for a
     cluster no rig embeds; yields its address."""
+    from llamarig.backend.lifecycle.jobs import port_in_use
     from llamarig.work.cli_cmds import temporal_bin
 
     port = free_port()
@@ -260,7 +261,7 @@ def temporal_cluster(folder: Path):
     with open(folder / "cluster.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     try:
-        wait_for(lambda: proc.poll() is not None or port_open(port), 60, "the dev server to listen")
+        wait_for(lambda: proc.poll() is not None or port_in_use(port), 60, "the dev server to listen")
         assert proc.poll() is None, (folder / "cluster.log").read_text()
         yield f"127.0.0.1:{port}"
     finally:
@@ -269,11 +270,6 @@ def temporal_cluster(folder: Path):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def edit_model(rig_path, **changes):
@@ -343,8 +339,8 @@ def submit_plan(b, tasks: list[dict], name: str = "t", **params) -> str:
     return r.json()["plan_id"]
 
 
-def plan_view(b, plan_id: str) -> dict:
-    r = b.get(f"/admin/plans/{plan_id}", timeout=30)
+def plan_view(b, plan_id: str, timeout: float = 30) -> dict:
+    r = b.get(f"/admin/plans/{plan_id}", timeout=timeout)
     assert r.status_code == 200, r.text
     return r.json()
 
