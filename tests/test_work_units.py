@@ -120,3 +120,18 @@ def test_reuse_needs_no_recursion_for_a_long_plan():
     tasks = [{"name": f"s{i}", "command": "true", "depends_on": [f"s{i - 1}"] if i else []} for i in reversed(range(n))]
     states = {t["name"]: {"state": "succeeded", "result": {}} for t in tasks}
     assert len(reusable(tasks, tasks, states, lambda r: True)) == n
+
+
+def test_a_pending_attempt_read_before_the_state_does_not_mark_a_task_that_ended_since():
+    """show reads the engine's pending activities, then the workflow's state: a task that ended in
+    between keeps its own attempt and worker (seen in CI: ended tasks shown with a worker key)."""
+    from types import SimpleNamespace
+
+    from llamarig.work.plans import _merge_pending
+
+    pending = [SimpleNamespace(activity_id=f"{n}#2", state=2, attempt=1, last_worker_identity="work-cpu@h:1:2",
+                               HasField=lambda field: False) for n in ("done", "busy")]
+    tasks = {"done": {"state": "succeeded", "attempt": 1}, "busy": {"state": "queued", "attempt": 1}}
+    _merge_pending(tasks, pending)
+    assert tasks["done"] == {"state": "succeeded", "attempt": 1}
+    assert tasks["busy"] == {"state": "running", "attempt": 2, "worker": "work-cpu@h:1:2"}

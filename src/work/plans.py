@@ -197,12 +197,13 @@ async def _state(handle, page: int = 2000) -> dict:
 
 
 def _merge_pending(tasks: dict, pending) -> None:
-    """A task being run: its attempt and worker as the engine sees them now."""
+    """A task being run: its attempt and worker as the engine sees them now. The pending list is
+    read before the state: a task the state shows ended since keeps its own attempt and worker."""
     for p in pending:
         t = tasks.get(p.activity_id.split("#")[0])
-        if t is None:
+        if t is None or t["state"] != "queued":
             continue
-        t["state"] = PENDING_STATES.get(p.state, t["state"]) if t["state"] == "queued" else t["state"]
+        t["state"] = PENDING_STATES.get(p.state, t["state"])
         t["attempt"] = int(p.activity_id.split("#")[1]) if "#" in p.activity_id else p.attempt
         t["worker"] = p.last_worker_identity or None
         if p.HasField("last_failure"):
