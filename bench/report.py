@@ -105,7 +105,8 @@ def _work(r: dict) -> list[str]:
     rows = [_row("measure", "llamarig (Temporal, embedded)", "Celery + Redis", "target"), _row(*["---"] * 4),
             _row(f"chain of {r['chain']['tasks']}: overhead per dependent step, p50 ms",
                  r["chain"]["step_overhead_p50_ms"], other("chain", "step_overhead_p50_ms"), r["chain"]["target"]),
-            _row(f"fan-out of {r['fan_out']['tasks']}: tasks/s", r["fan_out"]["tasks_per_s"],
+            _row(f"fan-out of {r['fan_out']['tasks']} ({r['fan_out'].get('cpu_processes', 1)} cpu processes): tasks/s",
+                 r["fan_out"]["tasks_per_s"],
                  other("fan_out", "tasks_per_s"), r["fan_out"]["target"]),
             _row(f"fan-out of {r['fan_out']['tasks']} on a plain SDK worker, same server: no-op / "
                  "the same command and files, tasks/s", "{} / {}".format(*_floor(r)), "-", "(what this machine allows)"),

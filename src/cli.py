@@ -220,7 +220,9 @@ def _work_parsers(sub) -> None:
         fn=lambda a: w.run_temporal(_rig(a)))
     s = sub.add_parser("work", help="(supervisord program) a worker: gpu polls QUEUE@gpu, cpu QUEUE@cpu")
     s.add_argument("role", choices=["gpu", "cpu"])
-    s.set_defaults(fn=lambda a: w.run_worker(_rig(a), a.role))
+    s.add_argument("--index", type=int, default=None, help="which of work.cpu_processes this is (supervisord's "
+                   "process_num)")
+    s.set_defaults(fn=lambda a: w.run_worker(_rig(a), a.role, a.index))
     sub.add_parser("watchdog", help="(supervisord event listener) kills a worker hung past "
                    "work.heartbeat_timeout_s").set_defaults(fn=lambda a: w.run_watchdog(_rig(a)))
     s = sub.add_parser("backup", help="a consistent copy, while the bundle runs: rig, manifest, engine database, "

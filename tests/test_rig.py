@@ -50,6 +50,10 @@ def test_good_rig_loads(tmp_path):
     (lambda d: d.update(timeouts={"stop_s": 0}), "timeouts.stop_s: Input should be greater than 0"),
     (lambda d: d.update(whisper={"model_dir": "w", "gpu": 9, "port": 9100}), "whisper.gpu: GPU 9 not in gpus.simulated"),
     (lambda d: d["gpus"].update(source="cuda"), "gpus.source: Input should be 'auto', 'nvml' or 'simulated'"),
+    (lambda d: d.update(work={"cpu_processes": 5, "concurrency": {"cpu": 4}}),
+     "work: cpu_processes: 5 processes cannot share concurrency.cpu 4"),
+    (lambda d: d.update(work={"cpu_processes": 3, "metrics_port_cpu": 9000}),
+     "work.metrics_port_cpu (+1, cpu_processes): port 9001 already used by models.brain.port"),
 ])
 def test_each_broken_field_is_named(tmp_path, change, expected):
     import copy

@@ -1,6 +1,7 @@
 """Past one rig: two bundles on this machine (their own rigs, ports and run folders, as two
-hosts would have) whose workers poll one Temporal, the first bundle's embedded server; and a rig
-whose cluster does not have its namespace yet."""
+hosts would have) whose workers poll one Temporal, the first bundle's embedded server; a rig
+whose cluster does not have its namespace yet; and past one process: a rig whose cpu tasks are
+shared by several worker processes (work.cpu_processes)."""
 from __future__ import annotations
 
 import os
@@ -8,8 +9,8 @@ import signal
 
 import pytest
 
-from helpers import (model_entry, plan_ended, plan_history, plan_view, start_bundle, submit_plan,
-                     temporal_cluster, wait_for, work_section, write_rig)
+from helpers import (free_ports_in_a_row, model_entry, plan_ended, plan_history, plan_view, start_bundle,
+                     submit_plan, temporal_cluster, wait_for, work_section, write_rig)
 
 pytestmark = pytest.mark.slow
 
@@ -98,3 +99,45 @@ def test_workers_wait_for_a_namespace_the_cluster_makes_after_they_start(tmp_pat
         finally:
             if b.shutdown():
                 b.kill()
+
+
+def test_cpu_processes_share_the_queue_and_one_killed_leaves_the_others_tasks_alone(tmp_path, models):
+    """work.cpu_processes 2: supervisord's group work-cpu of work-cpu-0 and work-cpu-1, each with
+    half of concurrency.cpu. Four waiting tasks run on both at once. kill -9 of work-cpu-1: its
+    tasks run again elsewhere; its successor's sweep kills only what its own predecessor left, so
+    work-cpu-0's tasks end at their first attempt. /metrics/work/cpu is both, labelled."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    release = tmp_path / "release"
+    work = work_section(cpu_processes=2, concurrency={"cpu": 4}, metrics_port_cpu=free_ports_in_a_row(2))
+    b = start_bundle(tmp_path, write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, work=work))
+    try:
+        b.wait_ready()
+        wait_for(lambda: b.ctl("status", "work-cpu:*").stdout.count("RUNNING") == 2, 30, "both cpu processes")
+        wait_cmd = f"[ $LLAMARIG_ATTEMPT = 1 ] && while [ ! -f {release} ]; do sleep 0.05; done; echo ok > output"
+        plan_id = submit_plan(b, [{"name": f"t{i}", "class": "cpu", "command": wait_cmd} for i in range(4)])
+
+        def all_running():
+            view = plan_view(b, plan_id)["tasks"]
+            return view if all(t["state"] == "running" and t.get("worker") for t in view.values()) else None
+        on = {n: t["worker"].split("@")[0] for n, t in wait_for(all_running, 60, "four tasks running").items()}
+        assert sorted(on.values()) == ["work-cpu-0"] * 2 + ["work-cpu-1"] * 2, on  # two slots each
+        killed = b.pid("work-cpu:work-cpu-1")
+        os.kill(killed, signal.SIGKILL)
+        log = b.rig.run_dir / "logs" / "work-cpu-1.log"
+        wait_for(lambda: b.pid("work-cpu:work-cpu-1") not in (0, killed) and log.read_text().count("worker polling")
+                 == 2, 60, "work-cpu-1 started again and polling (after its sweep)")
+        release.touch()
+        view = plan_ended(b, plan_id, 120)
+        assert view["outcome"] == "succeeded"
+        attempts = {n: t["attempt"] for n, t in view["tasks"].items()}
+        assert attempts == {n: 1 if p == "work-cpu-0" else 2 for n, p in on.items()}, (attempts, on)
+
+        text = b.get("/metrics/work/cpu").text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert {s.labels["process"] for f in families.values() for s in f.samples} == {"0", "1"}
+        ended = [s for s in families["llamarig_tasks"].samples if s.name == "llamarig_tasks_total"]
+        assert sum(s.value for s in ended if s.labels["outcome"] == "succeeded") == 4, ended
+    finally:
+        if b.shutdown():
+            b.kill()

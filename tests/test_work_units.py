@@ -8,12 +8,13 @@ from helpers import model_entry, work_section, write_rig
 from llamarig.shared.rig import load_rig
 from llamarig.work.activities import Activities
 from llamarig.work.api_client import ComputeApi
+from llamarig.work.processes import WorkerProcess
 
 
 def test_a_class_with_concurrency_0_is_refused_for_another_rig_to_take(tmp_path):
     rig = load_rig(write_rig(tmp_path, {"m": model_entry(tmp_path / "m.gguf", [0])},
                              work=work_section(concurrency={"llm": 0})))
-    acts = Activities(rig, "gpu", "work-gpu@here", ComputeApi("http://127.0.0.1:9", None, 5))
+    acts = Activities(rig, WorkerProcess("gpu"), "work-gpu@here", ComputeApi("http://127.0.0.1:9", None, 5))
     with pytest.raises(ApplicationError) as e:
         acts._takes("llm")
     assert e.value.type == "NotHere" and not e.value.non_retryable and "work.concurrency.llm: 0" in e.value.message
@@ -75,6 +76,35 @@ def test_the_watchdog_counts_silence_from_the_last_alive_and_gives_a_start_its_t
     watchdog.alive_path(short, "cpu").touch()
     os.utime(watchdog.alive_path(short, "cpu"), (1005, 1005))
     assert watchdog.silent_for(short, "cpu", running, 1005 + watchdog.SILENCE_FLOOR_S) is None  # the floor
+
+
+def test_the_watchdog_checks_each_cpu_process_by_its_own_alive_file(tmp_path):
+    """work.cpu_processes 2: the silent one is killed by its namespec, the others are left."""
+    import time
+
+    from llamarig.work import watchdog
+
+    rig = load_rig(write_rig(tmp_path, {"m": model_entry(tmp_path / "m.gguf", [0])},
+                             work=work_section(cpu_processes=2)))
+    started = time.time() - watchdog.STARTUP_S - 5
+    for key in ("cpu-0", "gpu"):
+        path = watchdog.alive_path(rig, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        watchdog.say_alive(path)
+
+    class Supervisor:
+        asked, signalled = [], []
+
+        def info(self, name):
+            self.asked.append(name)
+            return {"statename": "RUNNING", "start": started}
+
+        def signal(self, name, sig):
+            self.signalled.append((name, sig))
+    s = Supervisor()
+    assert watchdog.check(rig, s) == ["work-cpu:work-cpu-1"]
+    assert s.asked == ["work-cpu:work-cpu-0", "work-cpu:work-cpu-1", "work-gpu"]
+    assert s.signalled == [("work-cpu:work-cpu-1", "KILL")]
 
 
 def test_the_watchdog_speaks_supervisords_event_listener_protocol(tmp_path, monkeypatch):

@@ -145,10 +145,15 @@ def _work_programs(rig: Rig, conf_dir: Path | None, rig_ref: str) -> list[str]:
             "autostart": "true", "autorestart": "true", "startsecs": 2, "priority": 10, "stopwaitsecs": 30,
             "environment": _env({"LLAMARIG_PROGRAM": TEMPORAL_PROGRAM})}))
     for role in ("cpu", "gpu"):
-        env = {"PYTHONUNBUFFERED": "1", "LLAMARIG_PROGRAM": f"work-{role}"}
-        parts.append(_program(rig, conf_dir, f"work-{role}", f"llamarig --rig {rig_ref} work {role}", {
+        name, command, extra = f"work-{role}", f"llamarig --rig {rig_ref} work {role}", {}
+        if role == "cpu" and rig.work.cpu_processes > 1:  # work-cpu:work-cpu-0 .. (work/processes.py)
+            name, command = f"{name}-%(process_num)d", f"{command} --index %(process_num)d"
+            extra = {"numprocs": rig.work.cpu_processes, "process_name": "%(program_name)s-%(process_num)d",
+                     "stdout_logfile": _here(rig.run_dir / "logs" / f"{name}.log", conf_dir)}
+        env = {"PYTHONUNBUFFERED": "1", "LLAMARIG_PROGRAM": name}
+        parts.append(_program(rig, conf_dir, f"work-{role}", command, {
             "autostart": "true", "autorestart": "true", "startsecs": 2, "priority": 1000,
-            "stopwaitsecs": math.ceil(GRACEFUL_S + rig.work.cancel_grace_s) + 5, "environment": _env(env)}))
+            "stopwaitsecs": math.ceil(GRACEFUL_S + rig.work.cancel_grace_s) + 5, "environment": _env(env)} | extra))
     # An event listener: its stdout is supervisord's protocol, so its logs go to stderr's own file.
     parts.append(_section(f"eventlistener:{WATCHDOG_PROGRAM}", {
         "command": f"llamarig --rig {rig_ref} watchdog", "events": "TICK_5", "directory": _here(rig.root, conf_dir),

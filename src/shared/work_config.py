@@ -70,7 +70,13 @@ class WorkConfig(Strict):
                                 "more urgent ones before it is sent again as the most urgent.")
     metrics_port_gpu: OptionalPort = Field(0, description="Port of work-gpu's Prometheus /metrics (the SDK's "
                                            "and llamarig_task_*) on 127.0.0.1; 0: none.")
-    metrics_port_cpu: OptionalPort = Field(0, description="Port of work-cpu's /metrics; 0: none.")
+    metrics_port_cpu: OptionalPort = Field(0, description="Port of work-cpu's /metrics; 0: none. With "
+                                           "cpu_processes N, process i takes this port + i.")
+    cpu_processes: int = Field(1, ge=1, le=64, description="Processes polling QUEUE@cpu on this rig, each a "
+                               "whole worker (plans and cpu tasks) with its share of concurrency.cpu: 1 is "
+                               "work-cpu; N above 1 is the supervisord group work-cpu of work-cpu-0 .. "
+                               "work-cpu-(N-1). One Python process runs a few hundred short tasks a second "
+                               "(bench/RESULTS.md); more use more cores. 1 to 64, at most concurrency.cpu.")
     outputs_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d{1,5})?/?$", description="Base URL "
                                     "of this rig's compute API as other rigs reach it: they download its "
                                     "task outputs over 256 KiB from there (GET /admin/work/outputs/..., with "
@@ -84,11 +90,20 @@ class WorkConfig(Strict):
             raise ValueError("cluster: temporal is 'cluster' but no cluster address is given")
         if self.cluster and self.cluster.ca_file and not self.cluster.tls:
             raise ValueError("cluster.ca_file: set only with cluster.tls: true")
+        if self.cpu_processes > self.concurrency.cpu:
+            raise ValueError(f"cpu_processes: {self.cpu_processes} processes cannot share "
+                             f"concurrency.cpu {self.concurrency.cpu}: each needs a task at least")
+        if self.metrics_port_cpu and self.metrics_port_cpu + self.cpu_processes - 1 > 65535:
+            raise ValueError("metrics_port_cpu: process i takes this port + i, past 65535 with "
+                             f"cpu_processes {self.cpu_processes}")
         return self
 
     def ports(self) -> dict[int, str]:
         """Fixed loopback ports this section claims, by field path."""
         named = {"work.metrics_port_gpu": self.metrics_port_gpu, "work.metrics_port_cpu": self.metrics_port_cpu}
+        if self.metrics_port_cpu:
+            named |= {f"work.metrics_port_cpu (+{i}, cpu_processes)": self.metrics_port_cpu + i
+                      for i in range(1, self.cpu_processes)}
         if self.temporal == "embedded":
             e = self.embedded
             named |= {"work.embedded.port": e.port, "work.embedded.ui_port": e.ui_port,

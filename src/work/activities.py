@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from llamarig.work import commands, outputs, prompts
 from llamarig.work.api_client import ApiRefused, ComputeApi
+from llamarig.work.processes import WorkerProcess
 from llamarig.work.store import Store
 
 log = logging.getLogger("llamarig.work")
@@ -26,10 +27,10 @@ def definition_error(message: str) -> ApplicationError:
 
 
 class Activities:
-    def __init__(self, rig, role: str, identity: str, api: ComputeApi, meter=None):
-        self.rig, self.role, self.identity, self.api = rig, role, identity, api
+    def __init__(self, rig, proc: WorkerProcess, identity: str, api: ComputeApi, meter=None):
+        self.rig, self.role, self.identity, self.api = rig, proc.role, identity, api
         self.store = Store(rig.run_dir)
-        self.owner = task_owner(rig, role)
+        self.owner = task_owner(rig, proc.key)
         w = rig.work
         self.limits = {"script": asyncio.Semaphore(max(1, w.concurrency.script)),  # (0: refused in _takes)
                        "llm": asyncio.Semaphore(max(1, w.concurrency.llm))}
@@ -264,9 +265,10 @@ class LeaseRenewal:
             log.warning("a GPU lease renew failed", extra={"lease_id": self.lease["lease_id"], "error": str(error)})
 
 
-def task_owner(rig, role: str) -> str:
-    """What every command of this worker carries in its environment, for `commands.sweep`."""
-    return f"work-{role}:{rig.run_dir}"
+def task_owner(rig, key: str) -> str:
+    """What every command of this worker process (its key: cpu, cpu-1, gpu) carries in its
+    environment, for `commands.sweep`: a process kills only what its own predecessor left."""
+    return f"work-{key}:{rig.run_dir}"
 
 
 def _ms(began: float) -> int:

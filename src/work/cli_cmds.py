@@ -43,15 +43,20 @@ def run_temporal(rig) -> int:
     os.execv(cmd[0], cmd)
 
 
-def run_worker(rig, role: str) -> int:
+def run_worker(rig, role: str, index: int | None = None) -> int:
     import asyncio
 
     from llamarig.shared.logs import setup_logging
+    from llamarig.work.processes import WorkerProcess, of_rig
     from llamarig.work.worker import serve
 
     need_work(rig)
+    proc = WorkerProcess(role, index)
+    if proc not in of_rig(rig):
+        raise LlamarigError("no_such_worker", f"{rig.source} runs no {proc.name} (work.cpu_processes: "
+                            f"{rig.work.cpu_processes}; --index only for cpu, 0 to cpu_processes - 1, above 1)")
     setup_logging()
-    return asyncio.run(serve(rig, role))
+    return asyncio.run(serve(rig, proc))
 
 
 def run_watchdog(rig) -> int:

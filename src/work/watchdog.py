@@ -1,5 +1,6 @@
 """`llamarig watchdog`: a supervisord event listener (TICK_5) that ends a hung worker. Each worker
-touches run/work/alive-ROLE from its event loop (worker.py); one that has not for
+process touches run/work/alive-KEY (cpu, cpu-1, gpu: processes.py) from its event loop
+(worker.py); one that has not for
 work.heartbeat_timeout_s (10 s at least; its loop blocked, or the process stopped) gets SIGKILL through
 supervisord, which starts it again. The kernel then ends its commands (PR_SET_PDEATHSIG), and
 Temporal gives its tasks to a live worker after the same heartbeat timeout: a hung worker
@@ -14,28 +15,28 @@ from pathlib import Path
 
 from llamarig.backend.supervisor import SupervisorClient, SupervisorError
 from llamarig.backend.supervisor_conf import socket_path
+from llamarig.work.processes import of_rig
 
 log = logging.getLogger("llamarig.work")
-ROLES = ("cpu", "gpu")
 SILENCE_FLOOR_S = 10  # never less: a loaded 2-core host delays a busy loop's touch by seconds
 STARTUP_S = 60  # a worker that has not said anything since its start: imports, sandbox checks
 
 
-def alive_path(rig, role: str) -> Path:
-    return rig.run_dir / "work" / f"alive-{role}"
+def alive_path(rig, key: str) -> Path:
+    return rig.run_dir / "work" / f"alive-{key}"
 
 
 def say_alive(path: Path) -> None:
     path.touch()
 
 
-def silent_for(rig, role: str, info: dict, now: float) -> float | None:
+def silent_for(rig, key: str, info: dict, now: float) -> float | None:
     """Seconds the RUNNING worker has not said it is alive, where that passed heartbeat_timeout_s
     (SILENCE_FLOOR_S at least), or STARTUP_S for one that has said nothing since it started; else None."""
     if info.get("statename") != "RUNNING":
         return None
     try:
-        said = os.stat(alive_path(rig, role)).st_mtime
+        said = os.stat(alive_path(rig, key)).st_mtime
     except OSError:
         said = 0.0
     started = float(info["start"])
@@ -47,10 +48,10 @@ def silent_for(rig, role: str, info: dict, now: float) -> float | None:
 def check(rig, supervisor: SupervisorClient) -> list[str]:
     """Kill every hung worker; the programs killed."""
     killed = []
-    for role in ROLES:
-        program = f"work-{role}"
+    for proc in of_rig(rig):
+        program = proc.namespec
         try:
-            silent = silent_for(rig, role, supervisor.info(program), time.time())
+            silent = silent_for(rig, proc.key, supervisor.info(program), time.time())
             if silent is None:
                 continue
             supervisor.signal(program, "KILL")

@@ -14,6 +14,7 @@ from llamarig.shared.keys import load_keys
 from llamarig.work import commands, engine, watchdog
 from llamarig.work.activities import Activities, task_owner
 from llamarig.work.api_client import ComputeApi
+from llamarig.work.processes import WorkerProcess, cpu_slots, metrics_port
 from llamarig.work.slots import RigSlots
 
 log = logging.getLogger("llamarig.work")
@@ -55,28 +56,29 @@ def _api(rig) -> ComputeApi:
                       operator_key=keys.operator.decode() if keys.operator else None)
 
 
-async def serve(rig, role: str) -> int:
+async def serve(rig, proc: WorkerProcess) -> int:
     from temporalio.worker import FixedSizeSlotSupplier, Worker, WorkerTuner
 
     from llamarig.work.workflow import PlanWorkflow
 
-    identity = engine.worker_identity(f"work-{role}", rig.api.port)
-    alive = asyncio.ensure_future(_say_alive(watchdog.alive_path(rig, role), rig.work.heartbeat_timeout_s))
+    role = proc.role
+    identity = engine.worker_identity(proc.name, rig.api.port)
+    alive = asyncio.ensure_future(_say_alive(watchdog.alive_path(rig, proc.key), rig.work.heartbeat_timeout_s))
     _watch_children_by_pidfd()
-    swept = commands.sweep(task_owner(rig, role))
+    swept = commands.sweep(task_owner(rig, proc.key))
     if swept:
         log.warning("killed the process groups a dead worker left", extra={"groups": swept})
     w = rig.work
-    runtime = _runtime(w.metrics_port_gpu if role == "gpu" else w.metrics_port_cpu)
+    runtime = _runtime(metrics_port(w, proc))
     client = await _connect(rig, identity, runtime)
-    if role == "cpu" and w.temporal == "embedded":
+    if role == "cpu" and w.temporal == "embedded" and not proc.index:
         await engine.ensure_retention(client, w)
     api = _api(rig)
-    acts = Activities(rig, role, identity, api, runtime.metric_meter if runtime else None)
+    acts = Activities(rig, proc, identity, api, runtime.metric_meter if runtime else None)
     queue = engine.queues(w)[role]
     if role == "cpu":
         worker = Worker(client, task_queue=queue, workflows=[PlanWorkflow], activities=[acts.run_cpu, acts.record_plan],
-                        max_concurrent_activities=w.concurrency.cpu, identity=identity,
+                        max_concurrent_activities=cpu_slots(w, proc.index), identity=identity,
                         sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_S),
                         graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_S))
     else:

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from llamarig.api.compute import admin_routes, errors, openai_routes, openapi, output_routes, plan_routes
 from llamarig.api.compute.model_limits import ModelLimitsCache
 from llamarig.api.compute.metrics import Metrics
+from llamarig.api.compute.metrics_merge import merge
 from llamarig.api.compute.fastpath import FastPath
 from llamarig.api.compute.proxy import Proxy
 from llamarig.backend.upstream import Upstream
@@ -27,13 +28,15 @@ DESCRIPTION = ("OpenAI-compatible compute API of a llamarig bundle. Keys: a clie
                "says otherwise. Errors: {\"error\": {\"message\", \"type\", \"code\", \"param\"}}.")
 
 
-def work_metric_ports(rig: Rig) -> dict[str, int]:
+def work_metric_ports(rig: Rig) -> dict[str, list[int]]:
+    """gpu, cpu (one port per work.cpu_processes), temporal: the loopback ports behind /metrics/work/NAME."""
     w = rig.work
     if w is None:
         return {}
-    ports = {"gpu": w.metrics_port_gpu, "cpu": w.metrics_port_cpu,
-             "temporal": w.embedded.metrics_port if w.temporal == "embedded" else 0}
-    return {name: port for name, port in ports.items() if port}
+    cpu = [w.metrics_port_cpu + i for i in range(w.cpu_processes)] if w.metrics_port_cpu else []
+    ports = {"gpu": [w.metrics_port_gpu] if w.metrics_port_gpu else [], "cpu": cpu,
+             "temporal": [w.embedded.metrics_port] if w.temporal == "embedded" and w.embedded.metrics_port else []}
+    return {name: found for name, found in ports.items() if found}
 
 
 def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -> FastPath:
@@ -99,13 +102,19 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
     @app.get("/metrics/work/{name}")
     async def work_metrics(name: str) -> Response:
         """The work layer's own metrics, passed through unchanged from loopback: `gpu` and `cpu`
-        (each worker's SDK metrics and llamarig_task_*), `temporal` (the embedded server's)."""
+        (each worker's SDK metrics and llamarig_task_*), `temporal` (the embedded server's). With
+        work.cpu_processes above 1, `cpu` is all of them, each sample labelled process="i"."""
         ports = work_metric_ports(rig)
         if name not in ports:
             return error_response(404, "no_work_metrics", f"no metrics named {name!r}: this rig exports "
                                   f"{sorted(ports) or 'none'} (work.metrics_port_gpu, metrics_port_cpu, "
                                   "embedded.metrics_port)", "name")
-        return await _pass_metrics(ports[name], "/metrics", f"work {name!r}")
+        if len(ports[name]) == 1:
+            return await _pass_metrics(ports[name][0], "/metrics", f"work {name!r}")
+        answers = [await _pass_metrics(port, "/metrics", f"work {name!r} process {i}")
+                   for i, port in enumerate(ports[name])]
+        failed = next((a for a in answers if a.status_code != 200), None)
+        return failed or Response(merge([a.body for a in answers]), media_type=CONTENT_TYPE_LATEST)
 
     async def _pass_metrics(port: int, path: str, what: str) -> Response:
         try:
