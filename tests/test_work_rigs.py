@@ -136,6 +136,11 @@ def test_cpu_processes_share_the_queue_and_one_killed_leaves_the_others_tasks_al
         text = b.get("/metrics/work/cpu").text
         families = {f.name: f for f in text_string_to_metric_families(text)}
         assert {s.labels["process"] for f in families.values() for s in f.samples} == {"0", "1"}
+        assert [s.value for s in families["llamarig_work_process_up"].samples] == [1, 1]
+        b.ctl("stop", "work-cpu:work-cpu-1")  # one down: the scrape still answers, and says which
+        r = b.get("/metrics/work/cpu")
+        up = next(f for f in text_string_to_metric_families(r.text) if f.name == "llamarig_work_process_up")
+        assert r.status_code == 200 and [(s.labels["process"], s.value) for s in up.samples] == [("0", 1), ("1", 0)]
         ended = [s for s in families["llamarig_tasks"].samples if s.name == "llamarig_tasks_total"]
         assert sum(s.value for s in ended if s.labels["outcome"] == "succeeded") == 4, ended
     finally:

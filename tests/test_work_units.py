@@ -165,3 +165,21 @@ def test_a_pending_attempt_read_before_the_state_does_not_mark_a_task_that_ended
     _merge_pending(tasks, pending)
     assert tasks["done"] == {"state": "succeeded", "attempt": 1}
     assert tasks["busy"] == {"state": "running", "attempt": 2, "worker": "work-cpu@h:1:2"}
+
+
+def test_merged_metrics_keep_families_together_label_each_process_and_say_which_did_not_answer():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from llamarig.api.compute.metrics_merge import merge
+
+    one = (b'# HELP t_total Tasks\n# TYPE t_total counter\nt_total{cls="cpu"} 3\nt_total{} 1\n'
+           b'# HELP h Seconds\n# TYPE h histogram\nh_bucket{le="1"} 2\nh_sum 1.5\nh_count 2\n')
+    two = b'# HELP t_total Tasks\n# TYPE t_total counter\nt_total{cls="cpu"} 5\n'
+    text = merge([one, None, two]).decode()
+    assert text.count("# TYPE t_total counter") == 1 and 't_total{process="0"} 1' in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert [(s.labels, s.value) for s in families["t"].samples] == [
+        ({"process": "0", "cls": "cpu"}, 3), ({"process": "0"}, 1), ({"process": "2", "cls": "cpu"}, 5)]
+    assert [s.name for s in families["h"].samples] == ["h_bucket", "h_sum", "h_count"]
+    assert {s.labels["process"]: s.value for s in families["llamarig_work_process_up"].samples} == {
+        "0": 1, "1": 0, "2": 1}

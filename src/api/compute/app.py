@@ -103,7 +103,8 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
     async def work_metrics(name: str) -> Response:
         """The work layer's own metrics, passed through unchanged from loopback: `gpu` and `cpu`
         (each worker's SDK metrics and llamarig_task_*), `temporal` (the embedded server's). With
-        work.cpu_processes above 1, `cpu` is all of them, each sample labelled process="i"."""
+        work.cpu_processes above 1, `cpu` is all of them, each sample labelled process="i", and
+        503 only when none answers (metrics_merge.py)."""
         ports = work_metric_ports(rig)
         if name not in ports:
             return error_response(404, "no_work_metrics", f"no metrics named {name!r}: this rig exports "
@@ -113,8 +114,10 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
             return await _pass_metrics(ports[name][0], "/metrics", f"work {name!r}")
         answers = [await _pass_metrics(port, "/metrics", f"work {name!r} process {i}")
                    for i, port in enumerate(ports[name])]
-        failed = next((a for a in answers if a.status_code != 200), None)
-        return failed or Response(merge([a.body for a in answers]), media_type=CONTENT_TYPE_LATEST)
+        if all(a.status_code != 200 for a in answers):
+            return answers[0]
+        return Response(merge([a.body if a.status_code == 200 else None for a in answers]),
+                        media_type=CONTENT_TYPE_LATEST)
 
     async def _pass_metrics(port: int, path: str, what: str) -> Response:
         try:

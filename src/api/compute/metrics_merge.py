@@ -1,13 +1,21 @@
 """Several processes' Prometheus text as one exposition (work.cpu_processes above 1, all under
 /metrics/work/cpu): each family's HELP and TYPE once, then every process's samples with a
-`process` label, kept together by family as the text format requires."""
+`process` label, kept together by family as the text format requires; and
+llamarig_work_process_up, 0 for a process that did not answer (the scrape itself stays up
+while any does: LlamarigQueueNoPoller means every worker of a queue)."""
 from __future__ import annotations
 
+UP = "llamarig_work_process_up"
 
-def merge(texts: list[bytes], label: str = "process") -> bytes:
-    heads: dict[str, list[str]] = {}
-    samples: dict[str, list[str]] = {}
+
+def merge(texts: list[bytes | None], label: str = "process") -> bytes:
+    """texts[i]: process i's exposition, None where it did not answer."""
+    heads: dict[str, list[str]] = {UP: [f"# HELP {UP} 1 if this worker process answered the scrape, else 0",
+                                        f"# TYPE {UP} gauge"]}
+    samples: dict[str, list[str]] = {UP: [f'{UP}{{{label}="{i}"}} {0 if t is None else 1}' for i, t in enumerate(texts)]}
     for index, text in enumerate(texts):
+        if text is None:
+            continue
         family = None
         for line in text.decode().splitlines():
             if line.startswith("#"):
