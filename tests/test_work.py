@@ -294,6 +294,21 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_runs_again_without_or
                      wb.get("/metrics/work/cpu").text, re.M)  # counted by the plan, on the new worker
 
 
+def test_a_worker_restarted_mid_task_stops_it_and_the_task_runs_again(wb):
+    """supervisorctl restart work-cpu (a render applied, an upgrade): the worker stops polling,
+    gives the running task GRACEFUL_S, then cancels it (its command stopped); the task is not
+    counted as cancelled by a person: it runs again and the plan goes on."""
+    once = "if [ $LLAMARIG_ATTEMPT = 1 ]; then echo $$ > pid; exec sleep 300; fi; echo done > output"
+    plan_id = submit_plan(wb, [_cpu("long", once)])
+    pidfile = _attempt_file(wb, plan_id, "long", "pid")
+    pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the command running")
+    assert "work-cpu: started" in wb.ctl("restart", "work-cpu").stdout
+    assert _alive([int(pid)]) == []
+    t = plan_ended(wb, plan_id, timeout=120)["tasks"]["long"]
+    assert t["state"] == "succeeded" and t["result"]["attempt"] == 2, t
+    assert "Worker is shutting down" in t["last_error"], t
+
+
 def test_a_hung_worker_is_killed_and_its_task_runs_again_without_orphans(tmp_path, models):
     """work-cpu frozen (SIGSTOP) mid-task: silent past heartbeat_timeout_s, the watchdog has
     supervisord kill it; its command dies with it, and the task runs again on the new worker."""
