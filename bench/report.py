@@ -142,7 +142,8 @@ def _dig(d: dict, keys) -> object:
 SECTIONS = {"proxy": ("Proxy overhead", _proxy), "boot": ("Boot", _boot), "crash": ("Crash to ready", _crash),
             "verify": ("Verification cost", _verify), "churn": ("Churn", _churn),
             "switch": ("GPU switch, each way, against the same by hand", _switch),
-            "work": ("The work layer", _work), "gpu": ("CUDA paths on a real GPU", _gpu)}
+            "work": ("The work layer", _work), "gpu": ("CUDA paths on a real GPU", _gpu),
+            "gpu_lend": ("A script command lent the real GPU", _gpu)}
 
 
 def markdown(results: dict) -> str:

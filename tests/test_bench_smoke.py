@@ -13,7 +13,7 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results["results"]) == {"proxy", "boot", "crash", "verify", "churn", "switch", "work", "gpu"}
+    assert set(results["results"]) == {"proxy", "boot", "crash", "verify", "churn", "switch", "work", "gpu", "gpu_lend"}
     work = results["results"]["work"]
     assert work["chain"]["step_overhead_p50_ms"] > 0 and work["fan_out"]["tasks_per_s"] > 0
     assert work["dag"]["bound_s"] > 0 and work["kill"]["rerun_after_s"] >= work["kill"]["heartbeat_timeout_s"]
@@ -30,7 +30,7 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     assert set(proxy["share_of_direct"]["64"]) == set(proxy["targets"]) - {"direct"}
     assert results["results"]["verify"]["unchanged_reads_within_1_kib_across_sizes"] is True
     assert all(v["waves"] == 1 and v["loads_together_s"] > 0 for v in results["results"]["boot"]["variants"].values())
-    assert "skipped" in results["results"]["gpu"]  # no NVML device here (CI)
+    assert "skipped" in results["results"]["gpu"] and "skipped" in results["results"]["gpu_lend"]  # no NVML device here (CI)
     for title in ("## Proxy overhead", "## Boot", "## Crash to ready", "## Verification cost", "## Churn",
                   "## GPU switch", "## The work layer", "## CUDA paths on a real GPU"):
         assert title in done.stdout
