@@ -43,6 +43,14 @@ def _lent(b) -> str | None:
     return next((g for g, mode in b.get("/ready").json()["gpus"]["modes"].items() if mode == "script"), None)
 
 
+def _diagnosis(b, plan_id: str) -> dict:
+    """What a failed run saw (the first run on a lent H200 timed out here with no more than that)."""
+    logs = b.rig.run_dir / "logs"
+    return {"ready": b.get("/ready").json(), "unit": b.unit("w0"), "plan": b.get(f"/admin/plans/{plan_id}").json(),
+            "logs": {f.name: f.read_text()[-3000:] for f in sorted(logs.glob("*.log"))
+                     if f.name.startswith(("work-gpu", "compute-api", "llama-w0"))}}
+
+
 def run(smoke: bool) -> dict:
     if not ON_GPU:
         return {"skipped": "runs with LLAMARIG_BENCH_GPU=nvml, on a machine with a GPU"}
@@ -61,7 +69,10 @@ def run(smoke: bool) -> dict:
         started = time.perf_counter()
         plan_id = submit_plan(b, [{"name": "cuda", "class": "script", "command": [sys.executable, "-c", CUDA_WORK,
                                                                                  str(release)]}])
-        out["submit_to_gpu_lent_s"] = round(timed_until(lambda: _lent(b), 120, 0.01), 3)
+        try:
+            out["submit_to_gpu_lent_s"] = round(timed_until(lambda: _lent(b), 120, 0.01), 3)
+        except AssertionError as e:
+            return out | {"failed": str(e), "seen": _diagnosis(b, plan_id)}
         out["gpu_lent"] = _lent(b)
         out["model_state_while_lent"] = b.unit("w0")["state"]
         holding = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "cuda" / "attempt-1"

@@ -93,6 +93,8 @@ def _switch(r: dict) -> list[str]:
 def _gpu(r: dict) -> list[str]:
     if "skipped" in r:
         return [f"Skipped: {r['skipped']}"]
+    if "failed" in r:
+        return [f"Failed: {r['failed']} (what it saw: the JSON's `seen`)"]
     return [_row("measure", "value"), _row("---", "---")] + [
         _row(k.replace("_", " "), v) for k, v in r.items() if k != "wall_s"]
 
