@@ -24,7 +24,7 @@ class WorkerProcess:
 
     @property
     def key(self) -> str:
-        """cpu, cpu-1: the alive file's suffix and the name under /metrics/work/."""
+        """cpu, cpu-1: the alive file's suffix (watchdog.py) and its commands' owner (commands.sweep)."""
         return self.name.removeprefix("work-")
 
 

@@ -1,8 +1,7 @@
 """`llamarig watchdog`: a supervisord event listener (TICK_5) that ends a hung worker. Each worker
 process touches run/work/alive-KEY (cpu, cpu-1, gpu: processes.py) from its event loop
-(worker.py); one that has not for
-work.heartbeat_timeout_s (10 s at least; its loop blocked, or the process stopped) gets SIGKILL through
-supervisord, which starts it again. The kernel then ends its commands (PR_SET_PDEATHSIG), and
+(worker.py); one that has not for work.heartbeat_timeout_s (10 s at least; its loop blocked, or
+the process stopped) gets SIGKILL through supervisord, which starts it again. The kernel then ends its commands (PR_SET_PDEATHSIG), and
 Temporal gives its tasks to a live worker after the same heartbeat timeout: a hung worker
 leaves nothing running, as a dead one does."""
 from __future__ import annotations
