@@ -35,3 +35,29 @@ def test_no_early_start_when_the_rig_asks_for_the_simulated_inventory(monkeypatc
     calls = _counting_nvml_starts(monkeypatch)
     _start_early_and_wait(GpusConfig(source="simulated", simulated=ONE_GPU))
     assert calls == []
+
+
+def test_with_nvml_the_modes_and_the_gpus_to_lend_are_nvmls_not_the_declared_list(tmp_path):
+    """Seen on a lent one-GPU host: the rig declared five simulated GPUs (its fallback), NVML
+    found one, and the planner lent GPU 1, which did not exist, so a script command never got a
+    GPU. The modes are the inventory's GPUs (and any a unit names); a GPU NVML does not show is
+    never lent."""
+    from helpers import model_entry, write_rig
+    from llamarig.backend.lifecycle import gpu_leases
+    from llamarig.backend.lifecycle.manager import Manager
+    from llamarig.backend.llama_http import ServerHttp
+    from llamarig.backend.supervisor import SupervisorClient
+    from llamarig.shared.gpus import GpuReading
+    from llamarig.shared.rig import load_rig
+
+    class OneGpu:  # what NvmlInventory reads on that host
+        simulated, reason = False, "NVML: 1 device(s)"
+
+        def read(self):
+            return [GpuReading(0, "NVIDIA H200", 140 * 2**30, 2**30)]
+    rig = load_rig(write_rig(tmp_path, {"w0": model_entry(tmp_path / "m.gguf", [0]),
+                                        "w3": model_entry(tmp_path / "m.gguf", [3])}, gpus={"source": "nvml"}))
+    assert len(rig.gpus.simulated) == 5
+    m = Manager(rig, SupervisorClient(tmp_path / "none.sock"), ServerHttp(), inventory=OneGpu())
+    assert sorted(m.modes.gpus) == [0, 3]  # 3: named by w3, which cannot load here
+    assert gpu_leases._candidates(m) == [0]

@@ -62,12 +62,13 @@ class LeaseExpired:
 
 
 def _candidates(m) -> list[int]:
-    """GPUs that may be lent: every LLM on them switchable and none loading, no script service
-    on them, not lent already; GPUs without an LLM first, then those whose LLMs are idle."""
-    scored, pinned = [], _pinned(m)
+    """GPUs that may be lent: present in the inventory, every LLM on them switchable and none
+    loading, no script service on them, not lent already; GPUs without an LLM first, then those
+    whose LLMs are idle."""
+    scored, pinned, present = [], _pinned(m), set(m.free_bytes())
     for gpu in sorted(m.modes.gpus):
         llms = switch.llms_on(m, gpu)
-        if gpu in m.leases or gpu in pinned or m.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE):
+        if gpu not in present or gpu in m.leases or gpu in pinned or m.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE):
             continue
         if not all(a.unit.switchable for a in llms) or any(a.state in LOADING for a in llms):
             continue

@@ -106,10 +106,10 @@ class Manager(Events):
         self.swaps: dict[str, dict] = {}
         self.reloading: dict[str, Rig] = {}  # program -> the rig with its model's new settings, until committed
         self.kept: set[str] = set()  # models whose reload failed: their plans keep the settings that worked
+        self.pids: dict[str, int] = {}  # (before the first reading: a simulated one sums their memory)
+        self.pids_read_at = 0.0  # monotonic time `pids` was asked for
         self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used)
         self.modes = GpuModes(self._initial_modes(), rig.timeouts.stop_budget_s + rig.timeouts.load_budget_s, self)
-        self.pids: dict[str, int] = {}
-        self.pids_read_at = 0.0  # monotonic time `pids` was asked for
         self._causes: dict[str, tuple[int, str]] = {}  # program -> (its last exit's time, how it ended)
         self.program_states: dict[str, str] = {}
         self.estimates: dict[str, Estimate] = {}  # by program
@@ -153,9 +153,10 @@ class Manager(Events):
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _initial_modes(self) -> dict[int, tuple[Mode, str]]:
-        """LLM on a GPU a model is pinned to, IDLE on the others (the declared ones, and any a unit names)."""
+        """LLM on a GPU a model is pinned to, IDLE on the others: the inventory's (NVML's devices,
+        not the rig's declared simulated list, once NVML answers), and any a unit names."""
         units = [a.unit for a in self.all_actors()]
-        gpus = {g.index for g in self.rig.gpus.simulated} | {g for u in units for g in u.gpus}
+        gpus = {g.index for g in self.inventory.read()} | {g for u in units for g in u.gpus}
         modes = {}
         for gpu in sorted(gpus):
             llms = [u.name for u in self.units.values() if u.is_llm and gpu in u.gpus]
