@@ -28,11 +28,14 @@ MIB = 2**20
 SIZE = GgufSize(layers=16, width=2048, heads=16, kv_heads=8)
 
 
-def _inventory():
+def inventory_or_skip():
+    """(NVML's inventory, None), or (None, why this benchmark skips itself here)."""
+    if not ON_GPU:
+        return None, {"skipped": "runs with LLAMARIG_BENCH_GPU=nvml, on a machine with a GPU"}
     try:
-        return open_inventory(GpusConfig(source="nvml", simulated=[]))
+        return open_inventory(GpusConfig(source="nvml", simulated=[])), None
     except LlamarigError as e:
-        return e
+        return None, {"skipped": e.reason}
 
 
 def _metric(text: str, name: str, model_name: str) -> float | None:
@@ -56,11 +59,9 @@ def _released(inv, pid: int, used_before: int) -> bool:
 
 
 def run(smoke: bool) -> dict:
-    if not ON_GPU:
-        return {"skipped": "runs with LLAMARIG_BENCH_GPU=nvml, on a machine with a GPU"}
-    inv = _inventory()
-    if isinstance(inv, LlamarigError):
-        return {"skipped": inv.reason}
+    inv, skipped = inventory_or_skip()
+    if skipped:
+        return skipped
     base = inv.read()[0]
     folder = Path(tempfile.mkdtemp(prefix="llamarig-bench-gpu-"))
     size = GgufSize() if smoke else SIZE

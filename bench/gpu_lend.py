@@ -11,11 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ON_GPU, model_entry, start_bundle, stop, timed_until, wait_for, write_rig
-from gpu import MIB, _inventory
+from common import model_entry, start_bundle, stop, timed_until, wait_for, write_rig
+from gpu import MIB, inventory_or_skip
 from helpers import plan_ended, submit_plan, work_section
 from llamarig.backend.models_make import make_gguf
-from llamarig.shared.errors import LlamarigError
 
 CUDA_WORK = r"""
 import json, os, sys, time
@@ -52,11 +51,9 @@ def _diagnosis(b, plan_id: str) -> dict:
 
 
 def run(smoke: bool) -> dict:
-    if not ON_GPU:
-        return {"skipped": "runs with LLAMARIG_BENCH_GPU=nvml, on a machine with a GPU"}
-    inv = _inventory()
-    if isinstance(inv, LlamarigError):
-        return {"skipped": inv.reason}
+    inv, skipped = inventory_or_skip()
+    if skipped:
+        return skipped
     folder = Path(tempfile.mkdtemp(prefix="llamarig-bench-lend-"))
     release = folder / "release"
     rig = write_rig(folder, {"w0": model_entry(make_gguf(folder / "tiny.gguf"), [0])},
