@@ -21,6 +21,7 @@ from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.keys import load_keys
 from llamarig.shared.rig import Rig
+from llamarig.work.processes import metrics_port, of_rig
 
 VERSION = "0.1.0"
 DESCRIPTION = ("OpenAI-compatible compute API of a llamarig bundle. Keys: a client key for /v1/* and the "
@@ -29,14 +30,15 @@ DESCRIPTION = ("OpenAI-compatible compute API of a llamarig bundle. Keys: a clie
 
 
 def work_metric_ports(rig: Rig) -> dict[str, list[int]]:
-    """gpu, cpu (one port per work.cpu_processes), temporal: the loopback ports behind /metrics/work/NAME."""
+    """gpu, cpu (one port per worker process, in process order), temporal: the loopback ports
+    behind /metrics/work/NAME."""
     w = rig.work
     if w is None:
         return {}
-    cpu = [w.metrics_port_cpu + i for i in range(w.cpu_processes)] if w.metrics_port_cpu else []
-    ports = {"gpu": [w.metrics_port_gpu] if w.metrics_port_gpu else [], "cpu": cpu,
-             "temporal": [w.embedded.metrics_port] if w.temporal == "embedded" and w.embedded.metrics_port else []}
-    return {name: found for name, found in ports.items() if found}
+    ports = {"gpu": [], "cpu": [], "temporal": [w.embedded.metrics_port] if w.temporal == "embedded" else []}
+    for proc in of_rig(rig):
+        ports[proc.role].append(metrics_port(w, proc))
+    return {name: found for name, found in ports.items() if found and 0 not in found}  # 0: none
 
 
 def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -> FastPath:
