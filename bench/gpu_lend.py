@@ -6,6 +6,7 @@ GPU's memory read by NVML while the command holds it. (On the simulated inventor
 tests' rig an idle GPU is lent instead.)"""
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -75,7 +76,7 @@ def run(smoke: bool) -> dict:
         holding = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "cuda" / "attempt-1"
         wait_for(lambda: (holding / "holding").exists(), 300, "the command holding the GPU")
         out["submit_to_command_done_s"] = round(time.perf_counter() - started, 3)
-        out["command"] = __import__("json").loads((holding / "output").read_text())
+        out["command"] = json.loads((holding / "output").read_text())
         out["used_while_held_mib"] = inv.read()[0].used_bytes // MIB
         out["processes_on_gpu_while_held"] = len(inv.pids_on(0))
         released = time.perf_counter()
