@@ -5,10 +5,11 @@ workflow's own history (the engine's timestamps, not the client's):
   start minus the previous task's completion, p50 (target <= 35 ms).
 - fan-out: N independent no-op cpu tasks; tasks/s from the first scheduled to the last
   completed (target >= 350 tasks/s).
-- dag: a seeded random DAG of N sleeping tasks at the configured concurrency; makespan against
-  its critical-path bound max(critical path, total work / concurrency) (target within 10 %),
-  and against zero-overhead list schedules of the same DAG (llamarig's order, and plan order),
-  which tell the order's share from the overhead's.
+- dag: a seeded random DAG of N sleeping tasks at the configured concurrency, each with its
+  expected_s; makespan against its critical-path bound max(critical path, total work /
+  concurrency) (target within 10 %), and against zero-overhead list schedules of the same DAG
+  (llamarig's order, and plan order), which tell the order's share from the overhead's.
+  dag_without_expected_s: the same DAG, ordered by the chains of dependents alone.
 - kill: kill -9 of work-cpu mid-task; time until the task starts again, against
   work.heartbeat_timeout_s.
 - temporal_floor: the fan-out (no-op, and with the command and files a cpu task has) and the
@@ -85,26 +86,27 @@ def dag_spec(n: int, seed: int = 7) -> tuple[dict[str, float], dict[str, list[st
     return work, deps
 
 
-def dag_keys(deps: dict[str, list[str]]) -> dict[str, int]:
-    """The priority key llamarig gives each task of the DAG (all at priority 5)."""
-    chains = priority.chains([{"name": k, "depends_on": v} for k, v in deps.items()])
-    return {k: priority.key(5, chains[k]) for k in deps}
+def dag_order(work: dict[str, float], deps: dict[str, list[str]], expected: bool) -> dict[str, tuple]:
+    """The order llamarig gives each task of the DAG (all at priority 5), with or without expected_s."""
+    return priority.order([{"name": k, "depends_on": v, "priority": 5} | ({"expected_s": work[k]} if expected else {})
+                           for k, v in deps.items()])
 
 
-def dag(b, n: int) -> dict:
+def dag(b, n: int, expected: bool) -> dict:
+    """The DAG with each task's expected_s (its sleep), or without (the chains of dependents order it)."""
     work, deps = dag_spec(n)
-    tasks = [{"name": k, "class": "cpu", "command": ["sleep", str(v)], "depends_on": deps[k]} for k, v in work.items()]
+    tasks = [{"name": k, "class": "cpu", "command": ["sleep", str(v)], "depends_on": deps[k]}
+             | ({"expected_s": v} if expected else {}) for k, v in work.items()]
     times = _run_plan(b, tasks, "dag")
     finish: dict[str, float] = {}
     for k in work:  # names are in a topological order
         finish[k] = work[k] + max((finish[d] for d in deps[k]), default=0)
     bound = max(max(finish.values()), sum(work.values()) / CONCURRENCY)
-    keys = dag_keys(deps)
-    ours = _list_schedule(work, deps, CONCURRENCY, keys.get)
+    ours = _list_schedule(work, deps, CONCURRENCY, dag_order(work, deps, expected).get)
     in_plan_order = _list_schedule(work, deps, CONCURRENCY, lambda k: 0)
     span = max(t["completed"] for t in times.values()) - min(t["scheduled"] for t in times.values())
-    return {"tasks": n, "concurrency": CONCURRENCY, "makespan_s": round(span, 2), "bound_s": round(bound, 2),
-            "critical_path_s": round(max(finish.values()), 2),
+    return {"tasks": n, "expected_s_given": expected, "concurrency": CONCURRENCY, "makespan_s": round(span, 2),
+            "bound_s": round(bound, 2), "critical_path_s": round(max(finish.values()), 2),
             "work_over_slots_s": round(sum(work.values()) / CONCURRENCY, 2),
             "over_bound_pct": round((span / bound - 1) * 100, 1), "target": "within 10 % of the bound",
             "list_schedule_s": {"llamarig_order": round(ours, 2), "plan_order": round(in_plan_order, 2)},
@@ -159,7 +161,8 @@ def measure(smoke: bool) -> dict:
             b.wait_ready()
             _run_plan(b, [{"name": "warm", "class": "cpu", "command": ["true"]}], "warm")
             return {"chain": chain(b, sizes["chain"]), "fan_out": fan_out(b, sizes["fan_out"]),
-                    "dag": dag(b, sizes["dag"]), "kill": kill(b)}
+                    "dag": dag(b, sizes["dag"], expected=True),
+                    "dag_without_expected_s": dag(b, sizes["dag"], expected=False), "kill": kill(b)}
         finally:
             stop(b)
 
@@ -185,9 +188,9 @@ def floor(smoke: bool) -> dict:
     from llamarig.work.cli_cmds import temporal_bin
 
     work, deps = dag_spec(20 if smoke else 200)
-    keys = dag_keys(deps)
+    order = dag_order(work, deps, expected=True)
     return temporal_floor.measure(temporal_bin(), 20 if smoke else 1000, [
-        {"name": k, "deps": deps[k], "seconds": v, "key": keys[k]} for k, v in work.items()])
+        {"name": k, "deps": deps[k], "seconds": v, "key": order[k][0]} for k, v in work.items()])
 
 
 def run(smoke: bool) -> dict:

@@ -89,6 +89,16 @@ def test_what_a_class_can_run_and_references_to_dependencies():
                      "tasks.d: set exactly one of command, transcribe, embed, generate"]
 
 
+def test_expected_s_is_positive_and_within_the_tasks_timeout():
+    found = _problems([{"name": "a", "class": "cpu", "command": "true", "expected_s": 0},
+                       {"name": "b", "class": "cpu", "command": "true", "expected_s": 120, "timeout_s": 60},
+                       {"name": "c", "class": "cpu", "command": "true", "expected_s": 59, "timeout_s": 60}])
+    assert found == ["tasks.a.expected_s: Input should be greater than 0"]
+    found = _problems([{"name": "b", "class": "cpu", "command": "true", "expected_s": 120, "timeout_s": 60},
+                       {"name": "c", "class": "cpu", "command": "true", "expected_s": 59, "timeout_s": 60}])
+    assert found == ["tasks.b.expected_s: 120 s is longer than its timeout_s (60 s)"]
+
+
 def test_a_generate_names_a_model_or_an_executor():
     found = _problems([{"name": "g", "class": "llm", "generate": {"prompt": "x", "model": "brain", "executor": "worker"}}])
     assert found == ["tasks.g.generate: set exactly one of model and executor"]

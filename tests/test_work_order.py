@@ -82,6 +82,22 @@ def test_within_a_priority_the_longer_chain_of_dependents_goes_first(tmp_path, m
     assert order.read_text().split() == ["urgent", "head", "lone", "tail"]
 
 
+def test_within_a_priority_the_most_expected_work_left_goes_first(tmp_path, models, bundle_factory):
+    """With expected_s: `lone` (expected 30 s) goes before `head` (1 s, then `tail` 1 s), though
+    head has the longer chain; the markers run in no time, expected_s only orders them."""
+    b = _serial_bundle(tmp_path, models, bundle_factory)
+    release, order = tmp_path / "release", tmp_path / "order"
+    gate = submit_plan(b, [_gate(release)], name="gate")
+    wait_for(lambda: plan_view(b, gate)["tasks"]["gate"]["state"] == "running", 60, "the gate running")
+    tasks = [_marker("head", order, 5) | {"expected_s": 1}, _marker("tail", order, 5) | {"depends_on": ["head"], "expected_s": 1},
+             _marker("lone", order, 5) | {"expected_s": 30}]
+    plan_id = submit_plan(b, tasks)
+    wait_for(lambda: _waiting(b, plan_id, ["head", "lone"]), 30, "the ready tasks waiting on the queue")
+    release.touch()
+    assert plan_ended(b, plan_id)["outcome"] == "succeeded"
+    assert order.read_text().split() == ["lone", "head", "tail"]
+
+
 def test_a_plan_holds_what_exceeds_its_window_queued_and_lets_it_in_most_urgent_first(tmp_path, models,
                                                                                      bundle_factory):
     """work.plan_window 2, the one slot held by another plan: two tasks wait in Temporal

@@ -21,24 +21,54 @@ def test_a_class_with_concurrency_0_is_refused_for_another_rig_to_take(tmp_path)
     acts._takes("script")  # script: 1 here
 
 
-def test_the_priority_key_puts_priority_first_then_the_chain_of_dependents():
+def test_the_priority_key_puts_priority_first_then_the_chain_of_dependents_when_no_task_says_how_long():
     from llamarig.work import priority
 
-    tasks = [{"name": "a", "depends_on": []}, {"name": "b", "depends_on": ["a"]}, {"name": "c", "depends_on": ["b"]},
-             {"name": "d", "depends_on": ["a"]}, {"name": "e", "depends_on": []}]
-    assert priority.chains(tasks) == {"a": 3, "b": 2, "c": 1, "d": 1, "e": 1}
-    keys = [priority.key(10, 99), priority.key(10, 1), priority.key(9, 99), priority.key(1, 1)]
-    assert keys == sorted(keys) and len(set(keys)) == 4  # strictly: p10 long, p10 lone, p9 long, p1 lone
+    tasks = [{"name": "a", "depends_on": [], "priority": 5}, {"name": "b", "depends_on": ["a"], "priority": 5},
+             {"name": "c", "depends_on": ["b"], "priority": 5}, {"name": "d", "depends_on": ["a"], "priority": 5},
+             {"name": "e", "depends_on": [], "priority": 5}, {"name": "u", "depends_on": [], "priority": 6}]
+    assert priority.remaining(tasks) == {"a": 3, "b": 2, "c": 1, "d": 1, "e": 1, "u": 1}
+    order = priority.order(tasks)
+    assert sorted(order, key=order.get) == ["u", "a", "b", "c", "d", "e"]  # c, d, e: one place, plan order
+    keys = [priority.key(10, priority.RANK_LEVELS), priority.key(10, 1), priority.key(9, priority.RANK_LEVELS),
+            priority.key(1, 1)]
+    assert keys == sorted(keys) and len(set(keys)) == 4  # strictly: p10 most left, p10 least, p9 most, p1 least
     assert priority.STARVED < keys[0] and keys[-1] == priority.LEVELS
-    assert priority.key(5, priority.CHAIN_LEVELS) == priority.key(5, priority.CHAIN_LEVELS + 7)
 
 
-def test_chains_need_no_recursion_for_a_long_plan():
+def test_within_a_priority_the_most_expected_work_left_goes_first():
+    """`lone` (10 s) before `head` (1 s, then `tail` 1 s: 2 s left), though head has the longer
+    chain; `guess` gives no expected_s and counts as the plan's mean (4 s); the keys in
+    Temporal keep that order too."""
+    from llamarig.work import priority
+
+    tasks = [{"name": "head", "depends_on": [], "priority": 5, "expected_s": 1},
+             {"name": "tail", "depends_on": ["head"], "priority": 5, "expected_s": 1},
+             {"name": "lone", "depends_on": [], "priority": 5, "expected_s": 10},
+             {"name": "guess", "depends_on": [], "priority": 5}]
+    assert priority.remaining(tasks) == {"head": 2, "tail": 1, "lone": 10, "guess": 4}
+    order = priority.order(tasks)
+    assert sorted(order, key=order.get) == ["lone", "guess", "head", "tail"]
+    assert order["lone"][0] < order["guess"][0] < order["head"][0] < order["tail"][0]
+
+
+def test_plans_started_before_remaining_work_order_keep_their_keys():
+    """Their history was recorded with these keys and this order; replay must meet the same."""
+    from llamarig.work import priority
+
+    tasks = [{"name": f"s{i}", "depends_on": [f"s{i - 1}"] if i else [], "priority": 5, "expected_s": 9 - i}
+             for i in range(7)] + [{"name": "x", "depends_on": [], "priority": 10}]
+    legacy = priority.legacy_order(tasks)
+    assert [legacy[f"s{i}"][0] for i in range(7)] == [27, 27, 27, 28, 29, 30, 31]  # 2 + 5 * 5 + 5 - min(chain, 5)
+    assert legacy["x"] == (6, 0, 7)
+
+
+def test_remaining_work_needs_no_recursion_for_a_long_plan():
     from llamarig.work import priority
 
     n = 5000  # deeper than Python's recursion limit
-    tasks = [{"name": f"s{i}", "depends_on": [f"s{i - 1}"] if i else []} for i in range(n)]
-    assert priority.chains(tasks)["s0"] == n
+    tasks = [{"name": f"s{i}", "depends_on": [f"s{i - 1}"] if i else [], "priority": 5} for i in range(n)]
+    assert priority.remaining(tasks)["s0"] == n
 
 
 def test_the_cluster_dynamic_config_says_what_the_embedded_server_is_started_with():

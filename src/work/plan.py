@@ -77,6 +77,9 @@ class Task(Strict):
                                 "work.retries.")
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="Seconds one attempt may run; "
                                     "null: work.task_timeout_s.")
+    expected_s: float | None = Field(None, gt=0, le=7 * 86400, description="Seconds one attempt usually "
+                                     "runs; orders tasks of one priority, most work left after them first "
+                                     "(priority.py). null: the mean of the plan's given ones.")
     inputs: dict[str, str] = Field(default_factory=dict, description="Named values: text, or @TASK (a "
                                    "dependency's output file).")
     untrusted: list[str] = Field(default_factory=list, description="Names of inputs that are data from "
@@ -178,6 +181,8 @@ def _task_problems(t: Task, names: set[str], models: set[str] | None) -> list[st
         ref = REFERENCE.match(value or "")
         if ref and ref.group(1) not in t.depends_on:
             problems.append(f"{where}.{field}: {value} is not in depends_on")
+    if t.expected_s and t.timeout_s and t.expected_s > t.timeout_s:
+        problems.append(f"{where}.expected_s: {t.expected_s:g} s is longer than its timeout_s ({t.timeout_s:g} s)")
     problems += [f"{where}.untrusted: '{u}' is not an input" for u in t.untrusted if u not in t.inputs]
     target = (t.generate and t.generate.model) or (t.embed and t.embed.model)
     if models is not None and target and target not in models:

@@ -2,7 +2,7 @@
 PLAN --reuse ID`): a task is not run again when it succeeded there with the same definition,
 its output is still there, and every task it depends on is reused too (so a task whose input
 changes runs again, and so do its dependents). Priority, retries and timeout_s say when and how
-long, not what: changing them does not make a task run again."""
+long, not what (so does expected_s): changing them does not make a task run again."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llamarig.work import outputs, priority
 
-HOW_NOT_WHAT = ("priority", "retries", "timeout_s", "class_inferred")
+HOW_NOT_WHAT = ("priority", "expected_s", "retries", "timeout_s", "class_inferred")
 
 
 def reusable(tasks: list[dict], old_tasks: list[dict], old_states: dict[str, dict], present) -> list[str]:

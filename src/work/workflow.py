@@ -40,7 +40,7 @@ class PlanWorkflow:
         self.outcome = "running"
         self.ready: list[tuple] = []  # a heap of the tasks waiting for a place in the window
         self.in_flight = 0
-        self.keys: dict[str, tuple[int, int]] = {}  # (priority key, place in the plan): who goes first
+        self.keys: dict[str, tuple] = {}  # (priority key, minus remaining work, place in the plan): who goes first
         self.carried: dict[str, str] = {}  # small outputs' bytes (base64), for dependents on another rig
         self.held_seconds = None  # the llamarig_task_held_seconds histogram, made at its first use
         self.grants_deferred = False  # (set in run: workflow.patched)
@@ -71,8 +71,8 @@ class PlanWorkflow:
         tasks, reused = spec["plan"]["tasks"], spec.get("reused", {})  # (reused: done by an earlier plan)
         self.tasks = {t["name"]: {"state": "waiting", "class": t["cls"], "priority": t["priority"]}
                       | reused.get(t["name"], {}) for t in tasks}
-        chains = priority.chains(tasks)
-        self.keys = {t["name"]: (priority.key(t["priority"], chains[t["name"]]), i) for i, t in enumerate(tasks)}
+        remaining_first = workflow.patched("longest-remaining-work-first")  # (else: the chain, 5 levels)
+        self.keys = (priority.order if remaining_first else priority.legacy_order)(tasks)
         jobs = [asyncio.ensure_future(self._task(t)) for t in tasks if t["name"] not in reused]
         if self.grants_deferred:
             asyncio.ensure_future(self._grants())  # (ends with the workflow)
@@ -192,7 +192,7 @@ class PlanWorkflow:
 
     def _grant(self) -> None:
         while self.ready and self.in_flight < self.spec["defaults"]["window"]:
-            turn = heapq.heappop(self.ready)[2]
+            turn = heapq.heappop(self.ready)[-1]
             if not turn.done():  # (a cancelled plan's waiter)
                 self.in_flight += 1
                 turn.set_result(None)
