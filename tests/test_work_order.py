@@ -96,6 +96,7 @@ def test_within_a_priority_the_most_expected_work_left_goes_first(tmp_path, mode
     release.touch()
     assert plan_ended(b, plan_id)["outcome"] == "succeeded"
     assert order.read_text().split() == ["lone", "head", "tail"]
+    assert plan_view(b, plan_id)["tasks"]["lone"]["expected_s"] == 30  # the view shows what the order used
 
 
 def test_a_plan_holds_what_exceeds_its_window_queued_and_lets_it_in_most_urgent_first(tmp_path, models,

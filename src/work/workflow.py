@@ -70,6 +70,7 @@ class PlanWorkflow:
         self.grants_deferred = workflow.patched("window-grants-after-the-activation")
         tasks, reused = spec["plan"]["tasks"], spec.get("reused", {})  # (reused: done by an earlier plan)
         self.tasks = {t["name"]: {"state": "waiting", "class": t["cls"], "priority": t["priority"]}
+                      | ({"expected_s": t["expected_s"]} if t.get("expected_s") else {})
                       | reused.get(t["name"], {}) for t in tasks}
         remaining_first = workflow.patched("longest-remaining-work-first")  # (else: the chain, 5 levels)
         self.keys = (priority.order if remaining_first else priority.legacy_order)(tasks)
