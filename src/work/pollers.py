@@ -3,6 +3,7 @@
 (the LlamarigQueueNoPoller alert)."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 from llamarig.work import engine
@@ -12,7 +13,9 @@ async def describe(client, work) -> dict:
     """{"temporal": {address, namespace}, "queues": {QUEUE: {"pollers": [{identity, seen_s_ago}]}}}."""
     address, namespace = engine.address(work)
     names = engine.queues(work)
-    queues = {q: {"pollers": await _pollers(client, namespace, q)} for q in sorted({names["gpu"], names["cpu"]})}
+    ordered = sorted({names["gpu"], names["cpu"]})
+    answers = await asyncio.gather(*(_pollers(client, namespace, q) for q in ordered))  # (a slow engine: once)
+    queues = {q: {"pollers": pollers} for q, pollers in zip(ordered, answers)}
     return {"temporal": {"address": address, "namespace": namespace}, "queues": queues}
 
 
@@ -23,10 +26,10 @@ async def _pollers(client, namespace: str, queue: str) -> list[dict]:
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
     latest: dict[str, float] = {}
-    for kind in (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY):
-        answer = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
-            namespace=namespace, task_queue=TaskQueue(name=queue, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL),
-            task_queue_type=kind))
+    answers = await asyncio.gather(*(client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+        namespace=namespace, task_queue=TaskQueue(name=queue, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL),
+        task_queue_type=kind)) for kind in (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)))
+    for answer in answers:
         for p in answer.pollers:
             latest[p.identity] = max(latest.get(p.identity, 0.0), p.last_access_time.ToMicroseconds() / 1e6)
     now = time.time()
