@@ -346,8 +346,10 @@ def plan_view(b, plan_id: str, timeout: float = 30) -> dict:
 
 
 def plan_ended(b, plan_id: str, timeout: float = 90) -> dict:
-    return wait_for(lambda: (v := plan_view(b, plan_id))["outcome"] != "running" and v, timeout,
-                    f"plan {plan_id} to end")
+    """Its outcome known and its workflow closed (so its record is written, and what it taught
+    the rig's learned durations)."""
+    return wait_for(lambda: (v := plan_view(b, plan_id))["outcome"] != "running" and v.get("status") != "running"
+                    and v, timeout, f"plan {plan_id} to end")
 
 
 def plan_history(rig, plan_id: str) -> list:

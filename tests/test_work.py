@@ -16,6 +16,7 @@ import yaml
 
 from helpers import (forget_plan, free_port, llamarig, llamarig_started, model_entry, plan_ended, plan_history,
                      plan_view, running_bundle, submit_plan, wait_for, work_section, write_rig)
+from llamarig.work import durations
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,6 +329,19 @@ def test_a_hung_worker_is_killed_and_its_task_runs_again_without_orphans(tmp_pat
         said = (b.rig.run_dir / "logs" / "work-watchdog.log").read_text()
     assert view["outcome"] == "succeeded" and view["tasks"]["job"]["result"]["attempt"] == 2, view
     assert '"killed a hung worker"' in said and '"program": "work-cpu"' in said, said
+
+
+def test_a_task_that_ran_before_gets_its_learned_duration_and_a_given_one_wins(wb):
+    """Learned on this rig once a plan ended (work/durations.py): the same command in a later plan,
+    under another name, is ordered by how long it took; a task's own expected_s is kept."""
+    first = submit_plan(wb, [_cpu("nap", "sleep 0.3"), _cpu("blink", "true")], name="learn")
+    assert plan_ended(wb, first)["outcome"] == "succeeded"
+    later = submit_plan(wb, [_cpu("nap-again", "sleep 0.3"), _cpu("blink", "true", expected_s=9),
+                             _cpu("new", "sleep 0.01")], name="learned")
+    tasks = plan_ended(wb, later)["tasks"]
+    assert tasks["nap-again"]["expected_from"] == "learned" and 0.3 <= tasks["nap-again"]["expected_s"] < 10, tasks
+    assert (tasks["blink"]["expected_from"], tasks["blink"]["expected_s"]) == ("plan", 9)
+    assert "expected_s" not in tasks["new"]  # never ran here
 
 
 def test_an_llm_task_sends_untrusted_inputs_in_a_marked_data_block(wb):
@@ -669,6 +683,7 @@ def test_a_backup_taken_while_running_restores_the_plans(tmp_path, models):
         assert view["outcome"] == "succeeded" and "from" not in view  # from the engine itself, not a record
         assert open(view["tasks"]["a"]["result"]["output"]).read() == "kept\n"
         assert b.get(f"/admin/plans/{after}").status_code == 404  # made after the backup
+        assert len(json.loads(durations.path(run).read_text())) == 1  # learned from `kept` only, as backed up
     finally:
         if b.shutdown():
             b.kill()

@@ -14,7 +14,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from llamarig.work import commands, outputs, prompts
+from llamarig.work import commands, durations, outputs, prompts
 from llamarig.work.api_client import ApiRefused, ComputeApi
 from llamarig.work.processes import WorkerProcess
 from llamarig.work.store import Store
@@ -63,6 +63,7 @@ class Activities:
     @activity.defn(name="record_plan")
     async def record_plan(self, summary: dict) -> str:
         path = self.store.write_record(summary["plan_id"], summary)
+        await asyncio.to_thread(durations.learn, self.rig.run_dir, summary)
         log.info("plan ended", extra={"event_type": "plan_ended", "plan_id": summary["plan_id"],
                                       "outcome": summary["outcome"]})
         return str(path)

@@ -2,7 +2,8 @@
 
 Kept: the rig file, the manifest it names, the embedded engine's database (copied with SQLite's
 online backup API: a consistent snapshot while the server writes, WAL included), and the plan
-records and results under run/work/plans. Not kept: keys (secrets: keep them where they are
+records and results under run/work/plans, and the task durations learned from them
+(work/durations.py). Not kept: keys (secrets: keep them where they are
 kept), model files (large, and verified against the manifest), logs. A cluster's database is
 backed up with the cluster, not here.
 """
@@ -17,8 +18,10 @@ from pathlib import Path
 from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.errors import LlamarigError
 from llamarig.shared.verify import hash_file
+from llamarig.work import durations
 
 DB = "temporal.db"
+LEARNED = "durations.json"
 
 
 def backup(rig, dest: Path) -> Path:
@@ -33,6 +36,8 @@ def backup(rig, dest: Path) -> Path:
     plans = rig.run_dir / "work" / "plans"
     if plans.is_dir():
         shutil.copytree(plans, folder / "plans", ignore=shutil.ignore_patterns("*.tmp"))
+    if durations.path(rig.run_dir).is_file():  # (replaced whole when it changes: a copy is one version)
+        shutil.copy2(durations.path(rig.run_dir), folder / LEARNED)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     (folder / "BACKUP.json").write_text(json.dumps({
         "made_at": time.time(), "rig": rig.source,
@@ -58,6 +63,10 @@ def restore(rig, source: Path) -> list[str]:
         target = rig.run_dir / "work" / "plans"
         shutil.copytree(source / "plans", target, dirs_exist_ok=True)
         done.append(str(target))
+    if (source / LEARNED).is_file():
+        durations.path(rig.run_dir).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / LEARNED, durations.path(rig.run_dir))
+        done.append(str(durations.path(rig.run_dir)))
     return done
 
 

@@ -9,7 +9,7 @@ import re
 import secrets
 import time
 
-from llamarig.work import engine, outputs, reuse
+from llamarig.work import durations, engine, outputs, reuse
 from llamarig.work.plan import TASK_NAME, Plan
 from llamarig.work.store import Store
 
@@ -43,6 +43,7 @@ async def _submit(client, rig, plan: Plan, old: dict | None) -> dict:
     spec = spec_of(rig, plan, plan_id)
     if old is not None:
         spec["reused"] = await _reused(rig, plan, old)
+    spec["learned_s"] = durations.expected(rig.run_dir, spec["plan"]["tasks"])  # (work/durations.py)
     await _start(client, spec, plan)
     Store(rig.run_dir).write_record(plan_id, {"plan_id": plan_id, "name": plan.name, "outcome": "running",
                                               "submitted_at": time.time(), "spec": spec})

@@ -2,8 +2,9 @@
 partition). Key 1 is kept for a task that waited past work.starvation_s. Then the task's
 priority (10 most urgent), and within one priority the task with the most work still to do
 after it starts: its own expected_s and that of the longest path of tasks waiting on it
-(longest remaining work first). A task without expected_s counts as the mean of the plan's
-given ones, and a plan with none counts its tasks (the longest chain of dependents first). A
+(longest remaining work first; the workflow puts in what the rig learned, work/durations.py,
+for tasks the plan does not say). A task without expected_s counts as the mean of the plan's
+known ones, and a plan with none counts its tasks (the longest chain of dependents first). A
 DAG of 200 sleeping tasks at 16 slots: 16 % sooner than arrival order by chains, and closer
 still to its bound with expected_s (bench/RESULTS.md). Pure: the workflow and the engine's config
 both use it."""

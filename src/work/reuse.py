@@ -20,13 +20,14 @@ def reusable(tasks: list[dict], old_tasks: list[dict], old_states: dict[str, dic
     new, covered = {t["name"]: t for t in tasks}, set()
     for name in priority.dependencies_first(tasks):
         state = old_states.get(name) or {}
-        if (name in old and _what(old[name]) == _what(new[name]) and state.get("state") == "succeeded"
+        if (name in old and definition(old[name]) == definition(new[name]) and state.get("state") == "succeeded"
                 and present(state.get("result") or {}) and covered.issuperset(new[name]["depends_on"])):
             covered.add(name)
     return [t["name"] for t in tasks if t["name"] in covered]
 
 
-def _what(task: dict) -> dict:
+def definition(task: dict) -> dict:
+    """What a task runs: its fields but those saying when and how long."""
     return {k: v for k, v in task.items() if k not in HOW_NOT_WHAT}
 
 

@@ -69,11 +69,13 @@ class PlanWorkflow:
         self.spec = spec
         self.grants_deferred = workflow.patched("window-grants-after-the-activation")
         tasks, reused = spec["plan"]["tasks"], spec.get("reused", {})  # (reused: done by an earlier plan)
+        learned = spec.get("learned_s", {})  # seconds this rig measured before, for tasks without expected_s
         self.tasks = {t["name"]: {"state": "waiting", "class": t["cls"], "priority": t["priority"]}
-                      | ({"expected_s": t["expected_s"]} if t.get("expected_s") else {})
-                      | reused.get(t["name"], {}) for t in tasks}
-        remaining_first = workflow.patched("longest-remaining-work-first")  # (else: the chain, 5 levels)
-        self.keys = (priority.order if remaining_first else priority.legacy_order)(tasks)
+                      | _expected(t, learned) | reused.get(t["name"], {}) for t in tasks}
+        if workflow.patched("longest-remaining-work-first"):
+            self.keys = priority.order([t | _expected(t, learned) for t in tasks])
+        else:
+            self.keys = priority.legacy_order(tasks)  # (started before: the chain of dependents, 5 levels)
         jobs = [asyncio.ensure_future(self._task(t)) for t in tasks if t["name"] not in reused]
         if self.grants_deferred:
             asyncio.ensure_future(self._grants())  # (ends with the workflow)
@@ -231,6 +233,13 @@ class PlanWorkflow:
         summary = self.state() | {"submitted_at": workflow.info().start_time.timestamp(), "spec": self.spec,
                                   "ended_at": workflow.now().timestamp()}
         await workflow.execute_local_activity("record_plan", summary, start_to_close_timeout=timedelta(seconds=60))
+
+
+def _expected(t: dict, learned: dict) -> dict:
+    """The task's expected_s, from its plan or else learned on this rig (expected_from says which)."""
+    if t.get("expected_s"):
+        return {"expected_s": t["expected_s"], "expected_from": "plan"}
+    return {"expected_s": learned[t["name"]], "expected_from": "learned"} if t["name"] in learned else {}
 
 
 def _final(e: ActivityError) -> bool:
