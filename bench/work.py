@@ -9,7 +9,8 @@ workflow's own history (the engine's timestamps, not the client's):
   expected_s; makespan against its critical-path bound max(critical path, total work /
   concurrency) (target within 10 %), and against zero-overhead list schedules of the same DAG
   (llamarig's order, and plan order), which tell the order's share from the overhead's.
-  dag_without_expected_s: the same DAG, ordered by the chains of dependents alone.
+  dag_chains: the same DAG first, on a rig that knows nothing of its tasks (the chains of
+  dependents order it); dag_learned: last, without expected_s, ordered by what the rig learned.
 - kill: kill -9 of work-cpu mid-task; time until the task starts again, against
   work.heartbeat_timeout_s.
 - temporal_floor: the fan-out (no-op, and with the command and files a cpu task has) and the
@@ -92,20 +93,30 @@ def dag_order(work: dict[str, float], deps: dict[str, list[str]], expected: bool
                            for k, v in deps.items()])
 
 
-def dag(b, n: int, expected: bool) -> dict:
-    """The DAG with each task's expected_s (its sleep), or without (the chains of dependents order it)."""
+ORDERS = {"chains": "nothing known: the chains of dependents order it",
+          "given": "each task's expected_s (its sleep)",
+          "learned": "no expected_s: what the rig learned from the runs before"}
+
+
+def dag(b, n: int, order: str) -> dict:
+    """The DAG ordered by ORDERS[order]; "chains" before any run of it on the rig (nothing learned)."""
     work, deps = dag_spec(n)
     tasks = [{"name": k, "class": "cpu", "command": ["sleep", str(v)], "depends_on": deps[k]}
-             | ({"expected_s": v} if expected else {}) for k, v in work.items()]
-    times = _run_plan(b, tasks, "dag")
+             | ({"expected_s": v} if order == "given" else {}) for k, v in work.items()]
+    plan_id = submit_plan(b, tasks, name="dag")
+    view = plan_ended(b, plan_id, 600)
+    assert view["outcome"] == "succeeded", {k: t.get("error") for k, t in view["tasks"].items() if t.get("error")}
+    sources = {t.get("expected_from") for t in view["tasks"].values()}
+    assert sources == {"chains": {None}, "given": {"plan"}, "learned": {"learned"}}[order], sources
+    times = _times(plan_history(b.rig, plan_id))
     finish: dict[str, float] = {}
     for k in work:  # names are in a topological order
         finish[k] = work[k] + max((finish[d] for d in deps[k]), default=0)
     bound = max(max(finish.values()), sum(work.values()) / CONCURRENCY)
-    ours = _list_schedule(work, deps, CONCURRENCY, dag_order(work, deps, expected).get)
+    ours = _list_schedule(work, deps, CONCURRENCY, dag_order(work, deps, order != "chains").get)
     in_plan_order = _list_schedule(work, deps, CONCURRENCY, lambda k: 0)
     span = max(t["completed"] for t in times.values()) - min(t["scheduled"] for t in times.values())
-    return {"tasks": n, "expected_s_given": expected, "concurrency": CONCURRENCY, "makespan_s": round(span, 2),
+    return {"tasks": n, "order": order, "ordered_by": ORDERS[order], "concurrency": CONCURRENCY, "makespan_s": round(span, 2),
             "bound_s": round(bound, 2), "critical_path_s": round(max(finish.values()), 2),
             "work_over_slots_s": round(sum(work.values()) / CONCURRENCY, 2),
             "over_bound_pct": round((span / bound - 1) * 100, 1), "target": "within 10 % of the bound",
@@ -161,8 +172,8 @@ def measure(smoke: bool) -> dict:
             b.wait_ready()
             _run_plan(b, [{"name": "warm", "class": "cpu", "command": ["true"]}], "warm")
             return {"chain": chain(b, sizes["chain"]), "fan_out": fan_out(b, sizes["fan_out"]),
-                    "dag": dag(b, sizes["dag"], expected=True),
-                    "dag_without_expected_s": dag(b, sizes["dag"], expected=False), "kill": kill(b)}
+                    "dag_chains": dag(b, sizes["dag"], "chains"), "dag": dag(b, sizes["dag"], "given"),
+                    "dag_learned": dag(b, sizes["dag"], "learned"), "kill": kill(b)}
         finally:
             stop(b)
 

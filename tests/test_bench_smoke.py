@@ -17,6 +17,7 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     work = results["results"]["work"]
     assert work["chain"]["step_overhead_p50_ms"] > 0 and work["fan_out"]["tasks_per_s"] > 0
     assert work["dag"]["bound_s"] > 0 and work["kill"]["rerun_after_s"] >= work["kill"]["heartbeat_timeout_s"]
+    assert [work[k]["order"] for k in ("dag_chains", "dag", "dag_learned")] == ["chains", "given", "learned"]
     assert work["temporal_floor"]["noop_tasks_per_s"] > 0 and work["temporal_floor"]["command_tasks_per_s"] > 0
     assert set(results["results"]["switch"]["median"]) == {"to_script", "to_llm"}
     assert results["smoke"] and results["machine"]["cpus"] >= 1
@@ -34,4 +35,4 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     for title in ("## Proxy overhead", "## Boot", "## Crash to ready", "## Verification cost", "## Churn",
                   "## GPU switch", "## The work layer", "## CUDA paths on a real GPU"):
         assert title in done.stdout
-    assert "on a plain SDK worker, same server" in done.stdout
+    assert "on a plain SDK worker, same server" in done.stdout and "by learned durations" in done.stdout
