@@ -213,3 +213,53 @@ def test_merged_metrics_keep_families_together_label_each_process_and_say_which_
     assert [s.name for s in families["h"].samples] == ["h_bucket", "h_sum", "h_count"]
     assert {s.labels["process"]: s.value for s in families["llamarig_work_process_up"].samples} == {
         "0": 1, "1": 0, "2": 1}
+
+
+def test_a_task_wakes_once_every_dependency_ended_and_reused_ones_count_as_ended():
+    import asyncio
+
+    from llamarig.work.readiness import Readiness
+
+    tasks = [{"name": "old", "depends_on": []}, {"name": "a", "depends_on": []},
+             {"name": "b", "depends_on": ["a", "old"]}, {"name": "c", "depends_on": ["a", "b"]}]
+
+    async def scenario():
+        r = Readiness(tasks, ended={"old"})
+        woke = []
+
+        async def waiter(name):
+            await r.wait(name)
+            woke.append(name)
+        jobs = [asyncio.ensure_future(waiter(n)) for n in ("a", "b", "c")]
+        await asyncio.sleep(0)
+        assert woke == ["a"]  # nothing to wait for (`old` was reused)
+        r.ended("a")
+        r.ended("a")  # a second end of the same task counts once
+        await asyncio.sleep(0)
+        assert woke == ["a", "b"]
+        r.ended("b")
+        await asyncio.gather(*jobs)
+        assert woke == ["a", "b", "c"]
+    asyncio.run(scenario())
+
+
+def test_a_chain_of_5000_wakes_in_order_each_end_touching_only_its_dependents():
+    """(What it costs per step is measured in bench/RESULTS.md, not here.)"""
+    import asyncio
+
+    from llamarig.work.readiness import Readiness
+
+    n = 5000
+    tasks = [{"name": f"s{i}", "depends_on": [f"s{i - 1}"] if i else []} for i in range(n)]
+
+    async def scenario():
+        r = Readiness(tasks, ended=set())
+        order = []
+
+        async def step(i):
+            await r.wait(f"s{i}")
+            order.append(i)
+            r.ended(f"s{i}")
+        await asyncio.gather(*(step(i) for i in reversed(range(n))))
+        return order
+    assert asyncio.run(scenario()) == list(range(n))

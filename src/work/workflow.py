@@ -27,6 +27,7 @@ from temporalio.common import Priority, RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError, TimeoutError, TimeoutType
 
 from llamarig.work import priority
+from llamarig.work.readiness import Readiness
 
 ENDED = ("succeeded", "failed", "cancelled")
 ACTIVITY = {"cpu": "run_cpu", "script": "run_script", "llm": "run_llm"}
@@ -44,6 +45,7 @@ class PlanWorkflow:
         self.carried: dict[str, str] = {}  # small outputs' bytes (base64), for dependents on another rig
         self.held_seconds = None  # the llamarig_task_held_seconds histogram, made at its first use
         self.grants_deferred = False  # (set in run: workflow.patched)
+        self.readiness: Readiness | None = None  # (set in run: workflow.patched; else wait_conditions)
         self.grant_due = False  # a place may be free: for _grants
 
     @workflow.query
@@ -76,6 +78,8 @@ class PlanWorkflow:
             self.keys = priority.order([t | _expected(t, learned) for t in tasks])
         else:
             self.keys = priority.legacy_order(tasks)  # (started before: the chain of dependents, 5 levels)
+        if workflow.patched("dependency-counts"):
+            self.readiness = Readiness(tasks, {n for n, t in self.tasks.items() if t["state"] in ENDED})
         jobs = [asyncio.ensure_future(self._task(t)) for t in tasks if t["name"] not in reused]
         if self.grants_deferred:
             asyncio.ensure_future(self._grants())  # (ends with the workflow)
@@ -97,7 +101,10 @@ class PlanWorkflow:
     async def _task(self, t: dict) -> None:
         name, deps = t["name"], t["depends_on"]
         try:
-            await workflow.wait_condition(lambda: all(self.tasks[d]["state"] in ENDED for d in deps))
+            if self.readiness:
+                await self.readiness.wait(name)
+            else:  # (plans started before the counts: replayed as they ran)
+                await workflow.wait_condition(lambda: all(self.tasks[d]["state"] in ENDED for d in deps))
         except asyncio.CancelledError:
             self._set(name, state="cancelled", error="the plan was cancelled before it started")
             raise
@@ -226,6 +233,8 @@ class PlanWorkflow:
 
     def _set(self, name: str, **fields) -> None:
         self.tasks[name] = self.tasks[name] | fields
+        if self.readiness and fields.get("state") in ENDED:
+            self.readiness.ended(name)
 
     async def _record(self) -> None:
         """The plan's record under the run folder of the rig that ran it, whole (its spec too, for
