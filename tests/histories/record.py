@@ -4,8 +4,9 @@ histories an older release made (a running plan must survive an upgrade of its w
     .venv/bin/python tests/histories/record.py RELEASE     (writes tests/histories/RELEASE-*.json)
 
 Plans: a cascade with a retry, a carried output and priorities; a cancel; with
-work.plan_window 2, a plan whose tasks wait for the window; and (since ad70cdc) the cascade
-retried, reusing what succeeded (`llamarig retry`)."""
+work.plan_window 2, a plan whose tasks wait for the window; (since ad70cdc) the cascade
+retried, reusing what succeeded (`llamarig retry`); and (since 7f87c30) an expected_s in the
+cascade, and a plan whose first task has the duration the rig learned from the cascade's."""
 from __future__ import annotations
 
 import asyncio
@@ -28,7 +29,7 @@ def _cpu(name: str, command, **more) -> dict:
 
 def plans(b) -> dict[str, str]:
     cascade = submit_plan(b, [_cpu("a", "exit 4", retries=1), _cpu("b", "true", depends_on=["a"]),
-                              _cpu("x", "echo fine > output", priority=9),
+                              _cpu("x", "echo fine > output", priority=9, expected_s=2),
                               _cpu("y", "cat $INPUT_X", depends_on=["x"], inputs={"x": "@x"})])
     windowed = submit_plan(b, [_cpu(f"w{i}", "true", priority=1 + i % 10) for i in range(8)]
                            + [_cpu("last", "true", priority=10, depends_on=["w0", "w7"])])
@@ -40,7 +41,9 @@ def plans(b) -> dict[str, str]:
     r = b.post(f"/admin/plans/{cascade}/retry")  # x and y reused; a fails again, b is not run
     assert r.status_code == 201, r.text
     retried = plan_ended(b, r.json()["plan_id"])["plan_id"]
-    return {"cascade": cascade, "windowed": windowed, "cancelled": cancelled, "retried": retried}
+    learned = submit_plan(b, [_cpu("again", "echo fine > output"), _cpu("then", "true", depends_on=["again"])])
+    assert plan_ended(b, learned)["tasks"]["again"]["expected_from"] == "learned"  # from x in the cascade
+    return {"cascade": cascade, "windowed": windowed, "cancelled": cancelled, "retried": retried, "learned": learned}
 
 
 async def save(rig, ids: dict[str, str], release: str) -> None:
