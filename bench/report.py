@@ -128,7 +128,8 @@ def _dag_row(d: dict, first: bool) -> str:
     given = {"given": "with expected_s", "chains": "ordered by its chains", "learned": "by learned durations"}[order]
     return _row(f"DAG of {d['tasks']} at {d['concurrency']}, {given}: makespan s (critical-path bound s, over; "
                 "over a zero-overhead list schedule in llamarig's order)",
-                f"{d['makespan_s']} ({d['bound_s']}, +{d['over_bound_pct']} %; +{d.get('over_list_schedule_pct', '-')} %)",
+                f"{d['makespan_s']} ({d['bound_s']}, +{d['over_bound_pct']} %; "
+                f"+{d.get('over_list_schedule_pct', '-')} %)",
                 "-", d["target"] if first else "(for comparison)")
 
 

@@ -116,8 +116,8 @@ def dag(b, n: int, order: str) -> dict:
     ours = _list_schedule(work, deps, CONCURRENCY, dag_order(work, deps, order != "chains").get)
     in_plan_order = _list_schedule(work, deps, CONCURRENCY, lambda k: 0)
     span = max(t["completed"] for t in times.values()) - min(t["scheduled"] for t in times.values())
-    return {"tasks": n, "order": order, "ordered_by": ORDERS[order], "concurrency": CONCURRENCY, "makespan_s": round(span, 2),
-            "bound_s": round(bound, 2), "critical_path_s": round(max(finish.values()), 2),
+    return {"tasks": n, "order": order, "ordered_by": ORDERS[order], "concurrency": CONCURRENCY,
+            "makespan_s": round(span, 2), "bound_s": round(bound, 2), "critical_path_s": round(max(finish.values()), 2),
             "work_over_slots_s": round(sum(work.values()) / CONCURRENCY, 2),
             "over_bound_pct": round((span / bound - 1) * 100, 1), "target": "within 10 % of the bound",
             "list_schedule_s": {"llamarig_order": round(ours, 2), "plan_order": round(in_plan_order, 2)},

@@ -89,7 +89,8 @@ def test_within_a_priority_the_most_expected_work_left_goes_first(tmp_path, mode
     release, order = tmp_path / "release", tmp_path / "order"
     gate = submit_plan(b, [_gate(release)], name="gate")
     wait_for(lambda: plan_view(b, gate)["tasks"]["gate"]["state"] == "running", 60, "the gate running")
-    tasks = [_marker("head", order, 5) | {"expected_s": 1}, _marker("tail", order, 5) | {"depends_on": ["head"], "expected_s": 1},
+    tasks = [_marker("head", order, 5) | {"expected_s": 1},
+             _marker("tail", order, 5) | {"depends_on": ["head"], "expected_s": 1},
              _marker("lone", order, 5) | {"expected_s": 30}]
     plan_id = submit_plan(b, tasks)
     wait_for(lambda: _waiting(b, plan_id, ["head", "lone"]), 30, "the ready tasks waiting on the queue")

@@ -79,7 +79,8 @@ class Task(Strict):
                                     "null: work.task_timeout_s.")
     expected_s: float | None = Field(None, gt=0, le=7 * 86400, description="Seconds one attempt usually "
                                      "runs; orders tasks of one priority, most work left after them first "
-                                     "(priority.py). null: the mean of the plan's given ones.")
+                                     "(priority.py). null: what this rig learned for the same task "
+                                     "(durations.py), else the mean of the plan's known ones.")
     inputs: dict[str, str] = Field(default_factory=dict, description="Named values: text, or @TASK (a "
                                    "dependency's output file).")
     untrusted: list[str] = Field(default_factory=list, description="Names of inputs that are data from "

@@ -26,9 +26,10 @@ async def _pollers(client, namespace: str, queue: str) -> list[dict]:
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
     latest: dict[str, float] = {}
+    kinds = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
     answers = await asyncio.gather(*(client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
         namespace=namespace, task_queue=TaskQueue(name=queue, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL),
-        task_queue_type=kind)) for kind in (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)))
+        task_queue_type=kind)) for kind in kinds))
     for answer in answers:
         for p in answer.pollers:
             latest[p.identity] = max(latest.get(p.identity, 0.0), p.last_access_time.ToMicroseconds() / 1e6)

@@ -48,8 +48,9 @@ def legacy_order(tasks: list[dict]) -> dict[str, tuple[int, float, int]]:
     """The order of plans started before remaining-work order: the chain of dependents, capped
     at CHAIN_LEVELS, and those keys (Temporal may still hold their tasks)."""
     chains = remaining([{"name": t["name"], "depends_on": t["depends_on"]} for t in tasks])
-    return {t["name"]: (2 + (10 - t["priority"]) * CHAIN_LEVELS + CHAIN_LEVELS - min(int(chains[t["name"]]), CHAIN_LEVELS),
-                        0, i) for i, t in enumerate(tasks)}
+    capped = {name: min(int(chain), CHAIN_LEVELS) for name, chain in chains.items()}
+    return {t["name"]: (2 + (10 - t["priority"]) * CHAIN_LEVELS + CHAIN_LEVELS - capped[t["name"]], 0, i)
+            for i, t in enumerate(tasks)}
 
 
 def dependencies_first(tasks: list[dict]) -> list[str]:
