@@ -112,8 +112,7 @@ def _work(r: dict) -> list[str]:
                  other("fan_out", "tasks_per_s"), r["fan_out"]["target"]),
             _row(f"fan-out of {r['fan_out']['tasks']} on a plain SDK worker, same server: no-op / "
                  "the same command and files, tasks/s", "{} / {}".format(*_floor(r)), "-", "(what this machine allows)"),
-            *(_dag_row(r[k], k == "dag") for k in ("dag", "dag_chains", "dag_without_expected_s", "dag_learned")
-              if k in r),
+            *(_dag_row(r[k], k == "dag") for k in ("dag", "dag_chains", "dag_learned") if k in r),
             _row("the same DAG on a plain SDK worker, same server, same priority keys: makespan s (over the bound)",
                  _floor_dag(r), "-", "(what this machine allows)"),
             _row("kill -9 of a worker mid-task: runs again after s", r["kill"]["rerun_after_s"],
@@ -124,7 +123,7 @@ def _work(r: dict) -> list[str]:
 
 
 def _dag_row(d: dict, first: bool) -> str:
-    order = d.get("order") or ("given" if d.get("expected_s_given") else "chains")
+    order = d.get("order", "chains")  # (results from before expected_s: the chain order)
     given = {"given": "with expected_s", "chains": "ordered by its chains", "learned": "by learned durations"}[order]
     return _row(f"DAG of {d['tasks']} at {d['concurrency']}, {given}: makespan s (critical-path bound s, over; "
                 "over a zero-overhead list schedule in llamarig's order)",

@@ -230,15 +230,15 @@ def test_a_task_wakes_once_every_dependency_ended_and_reused_ones_count_as_ended
         async def waiter(name):
             await r.wait(name)
             woke.append(name)
-        jobs = [asyncio.ensure_future(waiter(n)) for n in ("a", "b", "c")]
-        await asyncio.sleep(0)
-        assert woke == ["a"]  # nothing to wait for (`old` was reused)
+        jobs = {n: asyncio.ensure_future(waiter(n)) for n in ("a", "b", "c")}
+        await asyncio.wait_for(jobs["a"], 5)  # nothing to wait for (`old` was reused)
+        assert not jobs["b"].done() and not jobs["c"].done()
         r.ended("a")
-        r.ended("a")  # a second end of the same task counts once
-        await asyncio.sleep(0)
-        assert woke == ["a", "b"]
+        r.ended("a")  # a second end of the same task counts once (else c would wake here too)
+        await asyncio.wait_for(jobs["b"], 5)
+        assert not jobs["c"].done()
         r.ended("b")
-        await asyncio.gather(*jobs)
+        await asyncio.wait_for(jobs["c"], 5)
         assert woke == ["a", "b", "c"]
     asyncio.run(scenario())
 

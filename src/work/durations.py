@@ -58,8 +58,9 @@ def learn(run_dir: Path, record: dict) -> int:
 def _merged(known: dict, tasks: list[dict], ran: dict[str, float]) -> dict:
     now = time.time()
     for t in tasks:
-        old, new = known.get(key(t), {}).get("s"), max(ran[t["name"]], 0.001)
-        known[key(t)] = {"s": round(new if old is None else NEWER_WEIGHT * new + (1 - NEWER_WEIGHT) * old, 3),
+        same = key(t)
+        old, new = known.get(same, {}).get("s"), max(ran[t["name"]], 0.001)
+        known[same] = {"s": round(new if old is None else NEWER_WEIGHT * new + (1 - NEWER_WEIGHT) * old, 3),
                          "at": now}
     return dict(sorted(known.items(), key=lambda kv: kv[1]["at"])[-MAX_TASKS:])
 

@@ -72,10 +72,11 @@ class PlanWorkflow:
         self.grants_deferred = workflow.patched("window-grants-after-the-activation")
         tasks, reused = spec["plan"]["tasks"], spec.get("reused", {})  # (reused: done by an earlier plan)
         learned = spec.get("learned_s", {})  # seconds this rig measured before, for tasks without expected_s
+        expected = {t["name"]: _expected(t, learned) for t in tasks}
         self.tasks = {t["name"]: {"state": "waiting", "class": t["cls"], "priority": t["priority"]}
-                      | _expected(t, learned) | reused.get(t["name"], {}) for t in tasks}
+                      | expected[t["name"]] | reused.get(t["name"], {}) for t in tasks}
         if workflow.patched("longest-remaining-work-first"):
-            self.keys = priority.order([t | _expected(t, learned) for t in tasks])
+            self.keys = priority.order([t | expected[t["name"]] for t in tasks])
         else:
             self.keys = priority.legacy_order(tasks)  # (started before: the chain of dependents, 5 levels)
         if workflow.patched("dependency-counts"):
