@@ -263,3 +263,43 @@ def test_a_chain_of_5000_wakes_in_order_each_end_touching_only_its_dependents():
         await asyncio.gather(*(step(i) for i in reversed(range(n))))
         return order
     assert asyncio.run(scenario()) == list(range(n))
+
+
+def test_viewers_of_one_plan_share_a_fetch_while_it_is_young_and_a_failed_one_is_not_kept():
+    import asyncio
+
+    from llamarig.api.compute.plan_routes import Views
+
+    async def scenario():
+        fetched, gate = [], asyncio.Event()
+
+        async def fetch(answer):
+            fetched.append(answer)
+            await gate.wait()
+            if answer == "boom":
+                raise RuntimeError("temporal gone")
+            return answer
+
+        views = Views(max_age_s=3600)
+        first = [asyncio.ensure_future(views.get("p", lambda: fetch("one"))) for _ in range(5)]
+        leaver = asyncio.ensure_future(views.get("p", lambda: fetch("two")))
+        other = asyncio.ensure_future(views.get("q", lambda: fetch("boom")))
+        await asyncio.wait_for(_until(lambda: len(fetched) == 2), 5)
+        leaver.cancel()  # a viewer who leaves does not cancel the fetch the others wait on
+        gate.set()
+        assert await asyncio.wait_for(asyncio.gather(*first), 5) == ["one"] * 5
+        assert await views.get("p", lambda: fetch("three")) == "one"  # young: the same answer
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(other, 5)
+        assert await views.get("q", lambda: fetch("again")) == "again"  # the failure was not kept
+        assert fetched == ["one", "boom", "again"]
+        old = Views(max_age_s=0)  # every view its own fetch
+        assert [await old.get("p", lambda: fetch(str(i))) for i in range(2)] == ["0", "1"]
+    asyncio.run(scenario())
+
+
+async def _until(done) -> None:
+    import asyncio
+
+    while not done():
+        await asyncio.sleep(0.001)
