@@ -45,8 +45,12 @@ def _auth_failures(b, group: str) -> float:
     return 0.0
 
 
+PLAN = "talk-20261130-120000-abcdef"
 ADMIN = [("GET", "/admin/units"), ("GET", "/admin/units/native"), ("POST", "/admin/units/native/reset"),
-         ("POST", "/admin/units/native/stop"), ("POST", "/admin/down"), ("GET", "/no/such/route")]
+         ("POST", "/admin/units/native/stop"), ("POST", "/admin/down"), ("GET", "/no/such/route"),
+         # the work layer's: submitting, cancelling and retrying plans, and reading them
+         ("GET", "/admin/plans"), ("POST", "/admin/plans"), ("GET", f"/admin/plans/{PLAN}"),
+         ("POST", f"/admin/plans/{PLAN}/cancel"), ("POST", f"/admin/plans/{PLAN}/retry"), ("GET", "/admin/work")]
 
 
 def test_admin_routes_need_the_operator_key(door):
