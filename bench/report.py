@@ -115,7 +115,8 @@ def _work(r: dict) -> list[str]:
             *(_dag_row(r[k], k == "dag") for k in ("dag", "dag_chains", "dag_learned") if k in r),
             _row("the same DAG on a plain SDK worker, same server, same priority keys: makespan s (over the bound)",
                  _floor_dag(r), "-", "(what this machine allows)"),
-            _row("kill -9 of a worker mid-task: runs again after s", r["kill"]["rerun_after_s"],
+            _row("kill -9 of a worker mid-task: runs again after s (from the kill / from the attempt's start)",
+                 f"{r['kill']['rerun_after_s']} / {r['kill'].get('rerun_after_start_s', '-')}",
                  other("kill", "rerun_after_s"), f"heartbeat_timeout_s {r['kill']['heartbeat_timeout_s']} "
                  f"(Celery: Redis visibility_timeout {_dig(c, ('kill', 'visibility_timeout_s')) if 'kill' in c else '-'} s)")]
     note = c.get("skipped") or c.get("failed")

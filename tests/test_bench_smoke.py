@@ -16,7 +16,7 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     assert set(results["results"]) == {"proxy", "boot", "crash", "verify", "churn", "switch", "work", "gpu", "gpu_lend"}
     work = results["results"]["work"]
     assert work["chain"]["step_overhead_p50_ms"] > 0 and work["fan_out"]["tasks_per_s"] > 0
-    assert work["dag"]["bound_s"] > 0 and work["kill"]["rerun_after_s"] >= work["kill"]["heartbeat_timeout_s"]
+    assert work["dag"]["bound_s"] > 0 and work["kill"]["rerun_after_start_s"] >= work["kill"]["heartbeat_timeout_s"]
     assert [work[k]["order"] for k in ("dag_chains", "dag", "dag_learned")] == ["chains", "given", "learned"]
     assert work["temporal_floor"]["noop_tasks_per_s"] > 0 and work["temporal_floor"]["command_tasks_per_s"] > 0
     assert set(results["results"]["switch"]["median"]) == {"to_script", "to_llm"}
