@@ -232,7 +232,24 @@ def _work_parsers(sub) -> None:
     s = sub.add_parser("restore", help="put a backup's engine database and plan results back (bundle stopped)")
     s.add_argument("source", help="a backup folder made by llamarig backup")
     s.set_defaults(fn=lambda a: w.restore(_rig(a), a.source))
+    s = sub.add_parser("prune-plans", help="remove old plans' files from the run folder: records, task folders, "
+                       "outputs")
+    s.add_argument("--older-than-days", type=_days, required=True, metavar="DAYS",
+                   help="plans no longer running whose files have not changed for DAYS days")
+    s.add_argument("--dry-run", action="store_true", help="name them, remove nothing")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=lambda a: w.prune_plans(_rig(a), a.older_than_days, a.dry_run, a.json))
     _plan_parsers(sub, w)
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not 0 <= days <= 36500:
+        raise argparse.ArgumentTypeError(f"{text!r}: days from 0 to 36500 (0: every plan not running)")
+    return days
 
 
 WAIT = "wait until the plan ends, show it, and exit 0 if it succeeded, else 1 (Ctrl-C leaves it running)"

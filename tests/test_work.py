@@ -374,6 +374,61 @@ def test_plans_and_plan_views_from_the_cli(wb):
     assert run("plan", plan_id, "--wait").returncode == 0  # ended already: succeeded
 
 
+def _aged(folder: Path, days: float) -> None:
+    """Every path under folder (and itself) last changed `days` ago."""
+    import time
+
+    when = time.time() - days * 86400
+    for top, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            os.utime(os.path.join(top, name), (when, when))
+    os.utime(folder, (when, when))
+
+
+def test_prune_plans_asks_temporal_about_plans_without_an_ended_record_here(wb):
+    """From the CLI: a plan whose record here never got its end (as on the rig that only
+    submitted it) goes once Temporal says it closed, and so does a folder Temporal knows nothing
+    of (past retention); a plan Temporal still runs stays, however old its files."""
+    plans = wb.rig.run_dir / "work" / "plans"
+    closed = submit_plan(wb, [_cpu("one", "true")], name="closed")
+    plan_ended(wb, closed)
+    summary = json.loads((plans / closed / "plan.summary.json").read_text())
+    (plans / closed / "plan.summary.json").write_text(json.dumps(summary | {"outcome": "running"}))
+    still = submit_plan(wb, [_cpu("long", "sleep 300")], name="still")
+    wait_for(lambda: plan_view(wb, still)["tasks"]["long"]["state"] == "running", 60, "the task running")
+    forgotten = "forgotten-20200101-000000-abcdef"
+    (plans / forgotten / "tasks").mkdir(parents=True)
+    for plan_id in (closed, still, forgotten):
+        _aged(plans / plan_id, 40)
+    run = lambda *a: llamarig(wb.rig_path, "prune-plans", "--older-than-days", "30", "--json", *a)
+    dry = json.loads(run("--dry-run").stdout)
+    assert sorted(dry["removed"]) == sorted([closed, forgotten]) and (plans / closed).is_dir()
+    done = json.loads(run().stdout)
+    assert sorted(done["removed"]) == sorted([closed, forgotten]) and done["kept_running"] == [still]
+    assert not (plans / closed).exists() and not (plans / forgotten).exists() and (plans / still).is_dir()
+    assert plan_view(wb, closed)["status"] == "completed"  # still shown, from the engine, within its retention
+    wb.post(f"/admin/plans/{still}/cancel")
+    plan_ended(wb, still)
+    assert llamarig(wb.rig_path, "prune-plans", "--older-than-days", "-1").returncode == 2  # argparse's refusal
+
+
+def test_work_cpu_prunes_plans_older_than_keep_plans_days_when_it_starts(tmp_path, models):
+    from llamarig.shared.rig import load_rig
+
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, work=work_section(keep_plans_days=1))
+    plans = load_rig(rig).run_dir / "work" / "plans"
+    for plan_id, age in (("old-20261001-000000-aaaaaa", 2), ("new-20261001-000000-bbbbbb", 0.5)):
+        (plans / plan_id / "tasks").mkdir(parents=True)
+        (plans / plan_id / "plan.summary.json").write_text(json.dumps({"plan_id": plan_id, "outcome": "succeeded"}))
+        _aged(plans / plan_id, age)
+    with running_bundle(tmp_path, rig) as b:
+        wait_for(lambda: not (plans / "old-20261001-000000-aaaaaa").exists(), 60, "the old plan pruned")
+        said = wait_for(lambda: [json.loads(line) for line in (b.rig.run_dir / "logs" / "work-cpu.log").read_text()
+                                 .splitlines() if '"plans_pruned"' in line], 30, "the prune logged")
+    assert (plans / "new-20261001-000000-bbbbbb").is_dir()
+    assert said[0]["removed"] == 1 and said[0]["kept_running"] == 0, said
+
+
 def test_a_plan_terminated_in_temporal_counts_as_ended(wb):
     """As an operator may end one from Temporal's UI: its view still says running (the workflow
     never finished), but waiting ends and a retry reuses what succeeded."""

@@ -303,3 +303,48 @@ async def _until(done) -> None:
 
     while not done():
         await asyncio.sleep(0.001)
+
+
+def _aged(folder, days: float) -> None:
+    """Every path under folder (and itself) last changed `days` ago."""
+    import os
+    import time
+
+    when = time.time() - days * 86400
+    for top, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            os.utime(os.path.join(top, name), (when, when))
+    os.utime(folder, (when, when))
+
+
+def _plan_folder(run_dir, plan_id: str, outcome: str | None) -> None:
+    import json
+
+    folder = run_dir / "work" / "plans" / plan_id
+    (folder / "tasks" / "t" / "attempt-1").mkdir(parents=True)
+    (folder / "tasks" / "t" / "attempt-1" / "output.txt").write_text("x" * 1000)
+    if outcome:
+        (folder / "plan.summary.json").write_text(json.dumps({"plan_id": plan_id, "outcome": outcome}))
+
+
+def test_prune_removes_ended_plans_unchanged_for_days_and_keeps_what_may_still_run(tmp_path):
+    import asyncio
+
+    from llamarig.work.prune import prune
+
+    plans = tmp_path / "work" / "plans"
+    for plan_id, outcome, age in (("old-20261001-000000-aaaaaa", "succeeded", 40), ("new-20261128-000000-bbbbbb", "failed", 2),
+                                  ("open-20261001-000000-cccccc", "running", 40), ("other-20261001-000000-dddddd", None, 40),
+                                  ("touched-20261001-000000-eeeeee", "succeeded", 40)):
+        _plan_folder(tmp_path, plan_id, outcome)
+        _aged(plans / plan_id, age)
+    (plans / "touched-20261001-000000-eeeeee" / "tasks" / "t" / "attempt-1" / "output.txt").write_text("y")
+    (plans / "stray-file").write_text("not a plan")
+    seen = asyncio.run(prune(tmp_path, 30, dry_run=True))
+    assert seen["removed"] == ["old-20261001-000000-aaaaaa"] and seen["bytes_freed"] >= 1000
+    assert (plans / "old-20261001-000000-aaaaaa").exists()  # a dry run removes nothing
+    done = asyncio.run(prune(tmp_path, 30))  # no engine to ask: what may still run is kept
+    assert done["removed"] == ["old-20261001-000000-aaaaaa"] and not (plans / "old-20261001-000000-aaaaaa").exists()
+    assert done["kept_running"] == ["open-20261001-000000-cccccc", "other-20261001-000000-dddddd"]
+    assert done["kept_younger"] == 2 and (plans / "stray-file").read_text() == "not a plan"
+    assert asyncio.run(prune(tmp_path / "nothing-here", 30))["removed"] == []

@@ -68,6 +68,12 @@ class WorkConfig(Strict):
                                   "after SIGTERM before SIGKILL to its whole process group; 0: SIGKILL at once.")
     starvation_s: float = Field(600, gt=0, le=86400, description="Seconds a task may wait on its queue behind "
                                 "more urgent ones before it is sent again as the most urgent.")
+    keep_plans_days: float = Field(0, ge=0, le=36500, description="Days a plan's files (its record, its "
+                                   "tasks' folders and outputs) stay under the run folder once nothing in them "
+                                   "changes (its record is written as it ends); then work-cpu removes them, at "
+                                   "its start and every 6 hours, if the plan no longer runs: its record here "
+                                   "says it ended, or Temporal says so (llamarig prune-plans does it by hand). "
+                                   "0: keep every plan (outputs are the users' results).")
     metrics_port_gpu: OptionalPort = Field(0, description="Port of work-gpu's Prometheus /metrics (the SDK's "
                                            "and llamarig_task_*) on 127.0.0.1; 0: none.")
     metrics_port_cpu: OptionalPort = Field(0, description="Port of work-cpu's /metrics; 0: none. With "

@@ -177,6 +177,34 @@ def backup(rig, dest: str) -> int:
     return 0
 
 
+def prune_plans(rig, days: float, dry_run: bool, as_json: bool) -> int:
+    """Plans without an ended record here go only if Temporal says they do not run: without an
+    answer from it, those are kept and the rest pruned."""
+    import asyncio
+
+    from llamarig.work import engine
+    from llamarig.work.prune import prune
+
+    async def run():
+        try:
+            client = await engine.connect(rig.work, identity="llamarig prune-plans")
+        except engine.WorkError as e:
+            print(f"{e.reason}: plans without an ended record here are kept", file=sys.stderr)
+            client = None
+        return await prune(rig.run_dir, days, client, dry_run)
+    need_work(rig)
+    done = asyncio.run(run())
+    if as_json:
+        print(json.dumps(done, indent=1))
+        return 0
+    verb = "would remove" if dry_run else "removed"
+    for plan_id in done["removed"]:
+        print(f"{verb} {plan_id}")
+    print(f"{verb} {len(done['removed'])} plans ({done['bytes_freed'] / 2**20:.1f} MiB); kept "
+          f"{done['kept_younger']} younger than {days:g} days and {len(done['kept_running'])} still running")
+    return 0
+
+
 def restore(rig, source: str) -> int:
     from llamarig.work import backup as b
 

@@ -45,6 +45,8 @@ async def _submit(client, rig, plan: Plan, old: dict | None) -> dict:
         spec["reused"] = await _reused(rig, plan, old)
     spec["learned_s"] = durations.expected(rig.run_dir, spec["plan"]["tasks"])  # (work/durations.py)
     await _start(client, spec, plan)
+    if old is not None:
+        Store(rig.run_dir).touch(old["plan_id"])  # (pruned no sooner than this plan's own files)
     Store(rig.run_dir).write_record(plan_id, {"plan_id": plan_id, "name": plan.name, "outcome": "running",
                                               "submitted_at": time.time(), "spec": spec})
     return {"plan_id": plan_id, "tasks": len(plan.tasks), "reused": list(spec.get("reused", {}))}

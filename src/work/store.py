@@ -47,6 +47,13 @@ class Store:
         release without summaries)."""
         return _read(self.record_path(plan_id).with_name(SUMMARY)) or self.read_record(plan_id)
 
+    def touch(self, plan_id: str) -> None:
+        """The plan counts as changed now (work/prune.py): a new plan reuses its outputs."""
+        try:
+            os.utime(self.root / "plans" / plan_id)
+        except OSError:
+            pass  # (no folder here: the plan ran on other rigs)
+
     def plan_ids(self) -> list[str]:
         plans = self.root / "plans"
         return sorted(p.name for p in plans.iterdir()) if plans.is_dir() else []

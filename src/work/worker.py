@@ -21,6 +21,7 @@ log = logging.getLogger("llamarig.work")
 GRACEFUL_S = 10  # running tasks get this long to end after SIGTERM before they are cancelled
 STICKY_S = 2  # a plan whose cpu worker died moves to another after this (the SDK's default: 10 s)
 CONNECT_RETRY_MAX_S = 10  # the longest wait between two tries to reach Temporal
+PRUNE_EVERY_S = 6 * 3600  # work.keep_plans_days: how often work-cpu looks for old plans
 ALIVE_EVERY_S = 5  # how often a worker tells the watchdog it is alive (or a quarter of the heartbeat timeout)
 
 
@@ -73,6 +74,8 @@ async def serve(rig, proc: WorkerProcess) -> int:
     client = await _connect(rig, identity, runtime)
     if role == "cpu" and w.temporal == "embedded" and not proc.index:
         await engine.ensure_retention(client, w)
+    pruning = asyncio.ensure_future(_prune_every(rig, client)) if role == "cpu" and w.keep_plans_days \
+        and not proc.index else None
     api = _api(rig)
     acts = Activities(rig, proc, identity, api, runtime.metric_meter if runtime else None)
     queue = engine.queues(w)[role]
@@ -93,9 +96,26 @@ async def serve(rig, proc: WorkerProcess) -> int:
     log.info("worker polling", extra={"queue": queue, "identity": identity})
     await worker.run()
     alive.cancel()
+    if pruning:
+        pruning.cancel()
     await api.close()
     log.info("worker stopped", extra={"queue": queue})
     return 0
+
+
+async def _prune_every(rig, client) -> None:
+    """work.keep_plans_days: old plans' files leave the run folder (work/prune.py)."""
+    from llamarig.work.prune import prune
+
+    while True:
+        try:
+            done = await prune(rig.run_dir, rig.work.keep_plans_days, client)
+            log.info("old plans pruned", extra={"event_type": "plans_pruned", "removed": len(done["removed"]),
+                                                "bytes_freed": done["bytes_freed"],
+                                                "kept_running": len(done["kept_running"])})
+        except Exception as e:  # (tried again in PRUNE_EVERY_S)
+            log.warning("could not prune old plans", extra={"event_type": "plans_unpruned", "reason": str(e)})
+        await asyncio.sleep(PRUNE_EVERY_S)
 
 
 async def _say_alive(path, heartbeat_timeout_s: float) -> None:
