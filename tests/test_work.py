@@ -14,7 +14,7 @@ import psutil
 import pytest
 import yaml
 
-from helpers import (forget_plan, free_port, llamarig, llamarig_started, model_entry, plan_ended, plan_history,
+from helpers import (aged, forget_plan, free_port, llamarig, llamarig_started, model_entry, plan_ended, plan_history,
                      plan_view, running_bundle, submit_plan, wait_for, work_section, write_rig)
 from llamarig.work import durations
 
@@ -374,17 +374,6 @@ def test_plans_and_plan_views_from_the_cli(wb):
     assert run("plan", plan_id, "--wait").returncode == 0  # ended already: succeeded
 
 
-def _aged(folder: Path, days: float) -> None:
-    """Every path under folder (and itself) last changed `days` ago."""
-    import time
-
-    when = time.time() - days * 86400
-    for top, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            os.utime(os.path.join(top, name), (when, when))
-    os.utime(folder, (when, when))
-
-
 def test_prune_plans_asks_temporal_about_plans_without_an_ended_record_here(wb):
     """From the CLI: a plan whose record here never got its end (as on the rig that only
     submitted it) goes once Temporal says it closed, and so does a folder Temporal knows nothing
@@ -399,7 +388,7 @@ def test_prune_plans_asks_temporal_about_plans_without_an_ended_record_here(wb):
     forgotten = "forgotten-20200101-000000-abcdef"
     (plans / forgotten / "tasks").mkdir(parents=True)
     for plan_id in (closed, still, forgotten):
-        _aged(plans / plan_id, 40)
+        aged(plans / plan_id, 40)
     run = lambda *a: llamarig(wb.rig_path, "prune-plans", "--older-than-days", "30", "--json", *a)
     dry = json.loads(run("--dry-run").stdout)
     assert sorted(dry["removed"]) == sorted([closed, forgotten]) and (plans / closed).is_dir()
@@ -420,7 +409,7 @@ def test_work_cpu_prunes_plans_older_than_keep_plans_days_when_it_starts(tmp_pat
     for plan_id, age in (("old-20261001-000000-aaaaaa", 2), ("new-20261001-000000-bbbbbb", 0.5)):
         (plans / plan_id / "tasks").mkdir(parents=True)
         (plans / plan_id / "plan.summary.json").write_text(json.dumps({"plan_id": plan_id, "outcome": "succeeded"}))
-        _aged(plans / plan_id, age)
+        aged(plans / plan_id, age)
     with running_bundle(tmp_path, rig) as b:
         wait_for(lambda: not (plans / "old-20261001-000000-aaaaaa").exists(), 60, "the old plan pruned")
         said = wait_for(lambda: [json.loads(line) for line in (b.rig.run_dir / "logs" / "work-cpu.log").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from helpers import model_entry, work_section, write_rig
+from helpers import aged, model_entry, work_section, write_rig
 from llamarig.shared.rig import load_rig
 from llamarig.work.activities import Activities
 from llamarig.work.api_client import ComputeApi
@@ -305,18 +305,6 @@ async def _until(done) -> None:
         await asyncio.sleep(0.001)
 
 
-def _aged(folder, days: float) -> None:
-    """Every path under folder (and itself) last changed `days` ago."""
-    import os
-    import time
-
-    when = time.time() - days * 86400
-    for top, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            os.utime(os.path.join(top, name), (when, when))
-    os.utime(folder, (when, when))
-
-
 def _plan_folder(run_dir, plan_id: str, outcome: str | None) -> None:
     import json
 
@@ -337,7 +325,7 @@ def test_prune_removes_ended_plans_unchanged_for_days_and_keeps_what_may_still_r
                                   ("open-20261001-000000-cccccc", "running", 40), ("other-20261001-000000-dddddd", None, 40),
                                   ("touched-20261001-000000-eeeeee", "succeeded", 40)):
         _plan_folder(tmp_path, plan_id, outcome)
-        _aged(plans / plan_id, age)
+        aged(plans / plan_id, age)
     (plans / "touched-20261001-000000-eeeeee" / "tasks" / "t" / "attempt-1" / "output.txt").write_text("y")
     (plans / "stray-file").write_text("not a plan")
     seen = asyncio.run(prune(tmp_path, 30, dry_run=True))
