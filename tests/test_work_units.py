@@ -321,9 +321,10 @@ def test_prune_removes_ended_plans_unchanged_for_days_and_keeps_what_may_still_r
     from llamarig.work.prune import prune
 
     plans = tmp_path / "work" / "plans"
-    for plan_id, outcome, age in (("old-20261001-000000-aaaaaa", "succeeded", 40), ("new-20261128-000000-bbbbbb", "failed", 2),
-                                  ("open-20261001-000000-cccccc", "running", 40), ("other-20261001-000000-dddddd", None, 40),
-                                  ("touched-20261001-000000-eeeeee", "succeeded", 40)):
+    cases = (("old-20261001-000000-aaaaaa", "succeeded", 40), ("new-20261128-000000-bbbbbb", "failed", 2),
+             ("open-20261001-000000-cccccc", "running", 40), ("other-20261001-000000-dddddd", None, 40),
+             ("touched-20261001-000000-eeeeee", "succeeded", 40))
+    for plan_id, outcome, age in cases:
         _plan_folder(tmp_path, plan_id, outcome)
         aged(plans / plan_id, age)
     (plans / "touched-20261001-000000-eeeeee" / "tasks" / "t" / "attempt-1" / "output.txt").write_text("y")
