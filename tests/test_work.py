@@ -387,14 +387,19 @@ def test_prune_plans_asks_temporal_about_plans_without_an_ended_record_here(wb):
     wait_for(lambda: plan_view(wb, still)["tasks"]["long"]["state"] == "running", 60, "the task running")
     forgotten = "forgotten-20200101-000000-abcdef"
     (plans / forgotten / "tasks").mkdir(parents=True)
-    for plan_id in (closed, still, forgotten):
+    reused = submit_plan(wb, [_cpu("one", "true")], name="reused")
+    plan_ended(wb, reused)
+    for plan_id in (closed, still, forgotten, reused):
         aged(plans / plan_id, 40)
+    again = {"name": "again", "tasks": [_cpu("one", "true"), _cpu("two", "true")]}
+    assert wb.post("/admin/plans", json={"plan": again, "reuse": reused}).status_code == 201  # reused: young again
     run = lambda *a: llamarig(wb.rig_path, "prune-plans", "--older-than-days", "30", "--json", *a)
     dry = json.loads(run("--dry-run").stdout)
     assert sorted(dry["removed"]) == sorted([closed, forgotten]) and (plans / closed).is_dir()
     done = json.loads(run().stdout)
     assert sorted(done["removed"]) == sorted([closed, forgotten]) and done["kept_running"] == [still]
     assert not (plans / closed).exists() and not (plans / forgotten).exists() and (plans / still).is_dir()
+    assert (plans / reused / "tasks" / "one").is_dir()
     assert plan_view(wb, closed)["status"] == "completed"  # still shown, from the engine, within its retention
     wb.post(f"/admin/plans/{still}/cancel")
     plan_ended(wb, still)
