@@ -113,6 +113,8 @@ def _work(r: dict) -> list[str]:
             _row(f"fan-out of {r['fan_out']['tasks']} on a plain SDK worker, same server: no-op / "
                  "the same command and files, tasks/s", "{} / {}".format(*_floor(r)), "-", "(what this machine allows)"),
             *(_dag_row(r[k], k == "dag") for k in ("dag", "dag_chains", "dag_learned") if k in r),
+            *([_dag_row(r["dag_shipped"], True, " (runtime/rig.yaml's concurrency.cpu)")]
+              if "dag_shipped" in r else []),
             _row("the same DAG on a plain SDK worker, same server, same priority keys: makespan s (over the bound)",
                  _floor_dag(r), "-", "(what this machine allows)"),
             _row("kill -9 of a worker mid-task: runs again after s (from the kill / from the attempt's start)",
@@ -123,11 +125,11 @@ def _work(r: dict) -> list[str]:
     return rows + (["", f"- Celery: {note}"] if note else [])
 
 
-def _dag_row(d: dict, first: bool) -> str:
+def _dag_row(d: dict, first: bool, where: str = "") -> str:
     order = d.get("order", "chains")  # (results from before expected_s: the chain order)
     given = {"given": "with expected_s", "chains": "ordered by its chains", "learned": "by learned durations"}[order]
-    return _row(f"DAG of {d['tasks']} at {d['concurrency']}, {given}: makespan s (critical-path bound s, over; "
-                "over a zero-overhead list schedule in llamarig's order)",
+    return _row(f"DAG of {d['tasks']} at {d['concurrency']}{where}, {given}: makespan s (critical-path bound s, "
+                "over; over a zero-overhead list schedule in llamarig's order)",
                 f"{d['makespan_s']} ({d['bound_s']}, +{d['over_bound_pct']} %; "
                 f"+{d.get('over_list_schedule_pct', '-')} %)",
                 "-", d["target"] if first else "(for comparison)")

@@ -11,6 +11,8 @@ workflow's own history (the engine's timestamps, not the client's):
   (llamarig's order, and plan order), which tell the order's share from the overhead's.
   dag_chains: the same DAG first, on a rig that knows nothing of its tasks (the chains of
   dependents order it); dag_learned: last, without expected_s, ordered by what the rig learned.
+- dag_shipped: the DAG with expected_s at the concurrency.cpu runtime/rig.yaml ships (4), on a
+  bundle of its own.
 - kill: kill -9 of work-cpu mid-task; time until the task starts again, from the kill and from
   the killed attempt's start, against work.heartbeat_timeout_s.
 - temporal_floor: the fan-out (no-op, and with the command and files a cpu task has) and the
@@ -98,8 +100,9 @@ ORDERS = {"chains": "nothing known: the chains of dependents order it",
           "learned": "no expected_s: what the rig learned from the runs before"}
 
 
-def dag(b, n: int, order: str) -> dict:
-    """The DAG ordered by ORDERS[order]; "chains" before any run of it on the rig (nothing learned)."""
+def dag(b, n: int, order: str, slots: int = CONCURRENCY) -> dict:
+    """The DAG ordered by ORDERS[order] at `slots` (the bundle's concurrency.cpu); "chains" before
+    any run of it on the rig (nothing learned)."""
     work, deps = dag_spec(n)
     tasks = [{"name": k, "class": "cpu", "command": ["sleep", str(v)], "depends_on": deps[k]}
              | ({"expected_s": v} if order == "given" else {}) for k, v in work.items()]
@@ -112,13 +115,13 @@ def dag(b, n: int, order: str) -> dict:
     finish: dict[str, float] = {}
     for k in work:  # names are in a topological order
         finish[k] = work[k] + max((finish[d] for d in deps[k]), default=0)
-    bound = max(max(finish.values()), sum(work.values()) / CONCURRENCY)
-    ours = _list_schedule(work, deps, CONCURRENCY, dag_order(work, deps, order != "chains").get)
-    in_plan_order = _list_schedule(work, deps, CONCURRENCY, lambda k: 0)
+    bound = max(max(finish.values()), sum(work.values()) / slots)
+    ours = _list_schedule(work, deps, slots, dag_order(work, deps, order != "chains").get)
+    in_plan_order = _list_schedule(work, deps, slots, lambda k: 0)
     span = max(t["completed"] for t in times.values()) - min(t["scheduled"] for t in times.values())
-    return {"tasks": n, "order": order, "ordered_by": ORDERS[order], "concurrency": CONCURRENCY,
+    return {"tasks": n, "order": order, "ordered_by": ORDERS[order], "concurrency": slots,
             "makespan_s": round(span, 2), "bound_s": round(bound, 2), "critical_path_s": round(max(finish.values()), 2),
-            "work_over_slots_s": round(sum(work.values()) / CONCURRENCY, 2),
+            "work_over_slots_s": round(sum(work.values()) / slots, 2),
             "over_bound_pct": round((span / bound - 1) * 100, 1), "target": "within 10 % of the bound",
             "list_schedule_s": {"llamarig_order": round(ours, 2), "plan_order": round(in_plan_order, 2)},
             "over_list_schedule_pct": round((span / ours - 1) * 100, 1)}
@@ -182,6 +185,28 @@ def measure(smoke: bool) -> dict:
             stop(b)
 
 
+SHIPPED_RIG = Path(__file__).resolve().parent.parent / "runtime" / "rig.yaml"
+
+
+def dag_at_shipped_concurrency(smoke: bool) -> dict:
+    """The DAG with expected_s on a bundle of its own at the concurrency.cpu runtime/rig.yaml
+    ships (4): on 2 cores, 16 slots add CPU contention to every task's time."""
+    import yaml
+
+    slots = yaml.safe_load(SHIPPED_RIG.read_text())["work"]["concurrency"]["cpu"]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rig = write_rig(folder, {"m": model_entry(make_gguf(folder / "tiny.gguf"), [0])},
+                        work=work_section(concurrency={"cpu": slots}, heartbeat_timeout_s=5))
+        b = start_bundle(folder, rig)
+        try:
+            b.wait_ready()
+            _run_plan(b, [{"name": "warm", "class": "cpu", "command": ["true"]}], "warm")
+            return dag(b, 20 if smoke else 200, "given", slots) | {"concurrency_from": "runtime/rig.yaml"}
+        finally:
+            stop(b)
+
+
 CELERY = Path(__file__).resolve().parent / ".venv-celery" / "bin" / "python"
 
 
@@ -209,7 +234,8 @@ def floor(smoke: bool) -> dict:
 
 
 def run(smoke: bool) -> dict:
-    return measure(smoke) | {"temporal_floor": floor(smoke), "celery_redis": celery(smoke)}
+    return measure(smoke) | {"dag_shipped": dag_at_shipped_concurrency(smoke), "temporal_floor": floor(smoke),
+                             "celery_redis": celery(smoke)}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -18,6 +20,8 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     assert work["chain"]["step_overhead_p50_ms"] > 0 and work["fan_out"]["tasks_per_s"] > 0
     assert work["dag"]["bound_s"] > 0 and work["kill"]["rerun_after_start_s"] >= work["kill"]["heartbeat_timeout_s"]
     assert [work[k]["order"] for k in ("dag_chains", "dag", "dag_learned")] == ["chains", "given", "learned"]
+    shipped = yaml.safe_load((ROOT / "runtime" / "rig.yaml").read_text())["work"]["concurrency"]["cpu"]
+    assert work["dag_shipped"]["concurrency"] == shipped and work["dag_shipped"]["order"] == "given"
     assert work["temporal_floor"]["noop_tasks_per_s"] > 0 and work["temporal_floor"]["command_tasks_per_s"] > 0
     assert set(results["results"]["switch"]["median"]) == {"to_script", "to_llm"}
     assert results["smoke"] and results["machine"]["cpus"] >= 1
@@ -36,3 +40,4 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
                   "## GPU switch", "## The work layer", "## CUDA paths on a real GPU"):
         assert title in done.stdout
     assert "on a plain SDK worker, same server" in done.stdout and "by learned durations" in done.stdout
+    assert "(runtime/rig.yaml's concurrency.cpu), with expected_s" in done.stdout
