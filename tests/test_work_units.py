@@ -293,8 +293,13 @@ def test_viewers_of_one_plan_share_a_fetch_while_it_is_young_and_a_failed_one_is
             await asyncio.wait_for(other, 5)
         assert await views.get("q", lambda: fetch("again")) == "again"  # the failure was not kept
         assert fetched == ["one", "boom", "again"]
-        old = Views(max_age_s=0)  # every view its own fetch
+        old = Views(max_age_s=0)  # every view its own fetch, once the one before ended
         assert [await old.get("p", lambda: fetch(str(i))) for i in range(2)] == ["0", "1"]
+        gate.clear()
+        slow = [asyncio.ensure_future(old.get("p", lambda i=i: fetch(f"slow{i}"))) for i in range(3)]
+        await asyncio.wait_for(_until(lambda: fetched[-1] == "slow0"), 5)
+        gate.set()  # viewers who came while a fetch ran, however old it was, share it
+        assert await asyncio.wait_for(asyncio.gather(*slow), 5) == ["slow0"] * 3
     asyncio.run(scenario())
 
 
