@@ -179,8 +179,8 @@ def _without_spec(record: dict) -> dict:
 async def _state(handle, page: int = 1000) -> dict:
     """The workflow's state, `page` tasks at a time, fewer when an answer would be over Temporal's
     2 MiB (about 400 bytes a task that ran; more with long errors). 1000 keeps an answer under the
-    SDK's 512 KiB warning (2000 made one warning line in the worker's log per page). A worker of a release without
-    the page query answers the whole state."""
+    SDK's 512 KiB warning (2000 made one warning line in the worker's log per page). A worker of a
+    release without the page query answers the whole state."""
     from temporalio.client import WorkflowQueryFailedError
 
     state: dict = {"tasks": {}, "task_count": 1}
