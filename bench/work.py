@@ -24,6 +24,7 @@ workflow's own history (the engine's timestamps, not the client's):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -167,22 +168,29 @@ def kill(b) -> dict:
             "heartbeat_timeout_s": b.rig.work.heartbeat_timeout_s}
 
 
-def measure(smoke: bool) -> dict:
-    sizes = {"chain": 5, "fan_out": 20, "dag": 20} if smoke else {"chain": 50, "fan_out": 1000, "dag": 200}
+@contextlib.contextmanager
+def _bundle(slots: int, cpu_processes: int = 1):
+    """A one-model bundle with work.concurrency.cpu `slots`, warmed by a first plan."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rig = write_rig(folder, {"m": model_entry(make_gguf(folder / "tiny.gguf"), [0])},
-                        work=work_section(concurrency={"cpu": CONCURRENCY}, heartbeat_timeout_s=5,
-                                          cpu_processes=CPU_PROCESSES))
+                        work=work_section(concurrency={"cpu": slots}, heartbeat_timeout_s=5,
+                                          cpu_processes=cpu_processes))
         b = start_bundle(folder, rig)
         try:
             b.wait_ready()
             _run_plan(b, [{"name": "warm", "class": "cpu", "command": ["true"]}], "warm")
-            return {"chain": chain(b, sizes["chain"]), "fan_out": fan_out(b, sizes["fan_out"]),
-                    "dag_chains": dag(b, sizes["dag"], "chains"), "dag": dag(b, sizes["dag"], "given"),
-                    "dag_learned": dag(b, sizes["dag"], "learned"), "kill": kill(b)}
+            yield b
         finally:
             stop(b)
+
+
+def measure(smoke: bool) -> dict:
+    sizes = {"chain": 5, "fan_out": 20, "dag": 20} if smoke else {"chain": 50, "fan_out": 1000, "dag": 200}
+    with _bundle(CONCURRENCY, CPU_PROCESSES) as b:
+        return {"chain": chain(b, sizes["chain"]), "fan_out": fan_out(b, sizes["fan_out"]),
+                "dag_chains": dag(b, sizes["dag"], "chains"), "dag": dag(b, sizes["dag"], "given"),
+                "dag_learned": dag(b, sizes["dag"], "learned"), "kill": kill(b)}
 
 
 SHIPPED_RIG = Path(__file__).resolve().parent.parent / "runtime" / "rig.yaml"
@@ -194,17 +202,8 @@ def dag_at_shipped_concurrency(smoke: bool) -> dict:
     import yaml
 
     slots = yaml.safe_load(SHIPPED_RIG.read_text())["work"]["concurrency"]["cpu"]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        rig = write_rig(folder, {"m": model_entry(make_gguf(folder / "tiny.gguf"), [0])},
-                        work=work_section(concurrency={"cpu": slots}, heartbeat_timeout_s=5))
-        b = start_bundle(folder, rig)
-        try:
-            b.wait_ready()
-            _run_plan(b, [{"name": "warm", "class": "cpu", "command": ["true"]}], "warm")
-            return dag(b, 20 if smoke else 200, "given", slots) | {"concurrency_from": "runtime/rig.yaml"}
-        finally:
-            stop(b)
+    with _bundle(slots) as b:
+        return dag(b, 20 if smoke else 200, "given", slots) | {"concurrency_from": "runtime/rig.yaml"}
 
 
 CELERY = Path(__file__).resolve().parent / ".venv-celery" / "bin" / "python"
