@@ -60,8 +60,8 @@ VIEW_MAX_AGE_S = 1.0  # a plan's view is at most this old: viewers of one plan s
 class Views:
     """Views of one plan share one fetch while it runs or is younger than max_age_s, however many
     ask or how often: a running plan's view is a set of queries its workflow answers between its own
-    steps (a 5000-task plan viewed ten times a second delayed its end by 12 to 37 s). A fetch
-    that failed is not kept."""
+    steps (a chain of 5000 viewed ten times a second took 110 s instead of 67, one view 36 s). A
+    fetch that failed is not kept."""
 
     def __init__(self, max_age_s: float = VIEW_MAX_AGE_S):
         self.max_age_s = max_age_s
