@@ -36,8 +36,9 @@ def backup(rig, dest: Path) -> Path:
     plans = rig.run_dir / "work" / "plans"
     if plans.is_dir():
         shutil.copytree(plans, folder / "plans", ignore=shutil.ignore_patterns("*.tmp"))
-    if durations.path(rig.run_dir).is_file():  # (replaced whole when it changes: a copy is one version)
-        shutil.copy2(durations.path(rig.run_dir), folder / LEARNED)
+    learned = durations.path(rig.run_dir)
+    if learned.is_file():  # (replaced whole when it changes: a copy is one version)
+        shutil.copy2(learned, folder / LEARNED)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     (folder / "BACKUP.json").write_text(json.dumps({
         "made_at": time.time(), "rig": rig.source,
@@ -63,10 +64,11 @@ def restore(rig, source: Path) -> list[str]:
         target = rig.run_dir / "work" / "plans"
         shutil.copytree(source / "plans", target, dirs_exist_ok=True)
         done.append(str(target))
+    learned = durations.path(rig.run_dir)
     if (source / LEARNED).is_file():
-        durations.path(rig.run_dir).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / LEARNED, durations.path(rig.run_dir))
-        done.append(str(durations.path(rig.run_dir)))
+        learned.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / LEARNED, learned)
+        done.append(str(learned))
     return done
 
 

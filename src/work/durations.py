@@ -10,11 +10,11 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from llamarig.work import reuse
+from llamarig.work.store import replace_json
 
 log = logging.getLogger("llamarig.work")
 MAX_TASKS = 5000
@@ -47,7 +47,7 @@ def learn(run_dir: Path, record: dict) -> int:
         file.parent.mkdir(parents=True, exist_ok=True)
         with open(file.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            _write(file, _merged(_read(file), tasks, ran))
+            replace_json(file, _merged(_read(file), tasks, ran), indent=None)
     except OSError as e:  # the plan's record is written: only the learning is lost
         log.warning("could not keep the plan's task durations", extra={
             "path": str(file), "reason": str(e), "event_type": "durations_unwritten"})
@@ -86,8 +86,3 @@ def _read(path: Path) -> dict:
 def _entry(v) -> bool:
     return isinstance(v, dict) and all(isinstance(v.get(k), (int, float)) and v[k] > 0 for k in ("s", "at"))
 
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)

@@ -35,8 +35,8 @@ class Store:
         reads only that (a record of thousands of tasks is megabytes)."""
         path = self.record_path(plan_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _replace(path.with_name(SUMMARY), {k: record.get(k) for k in SUMMARY_FIELDS})
-        _replace(path, record)
+        replace_json(path.with_name(SUMMARY), {k: record.get(k) for k in SUMMARY_FIELDS})
+        replace_json(path, record)
         return path
 
     def read_record(self, plan_id: str) -> dict | None:
@@ -63,9 +63,10 @@ SUMMARY = "plan.summary.json"
 SUMMARY_FIELDS = ("plan_id", "name", "outcome", "submitted_at", "ended_at")
 
 
-def _replace(path: Path, data: dict) -> None:
+def replace_json(path: Path, data: dict, indent: int | None = 1) -> None:
+    """Atomically: a reader never sees half a file."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(data, indent=indent))
     os.replace(tmp, path)
 
 
