@@ -60,23 +60,25 @@ def _times(events) -> dict[str, dict[str, float]]:
     return times
 
 
-def _run_plan(b, tasks: list[dict], name: str, timeout: float = 600) -> dict:
+def _run_plan(b, tasks: list[dict], name: str, timeout: float = 600) -> tuple[dict, dict]:
+    """The plan run to success: its view and its tasks' times (`_times`)."""
     plan_id = submit_plan(b, tasks, name=name)
     view = plan_ended(b, plan_id, timeout)
     assert view["outcome"] == "succeeded", {n: t.get("error") for n, t in view["tasks"].items() if t.get("error")}
-    return _times(plan_history(b.rig, plan_id))
+    return view, _times(plan_history(b.rig, plan_id))
 
 
 def chain(b, n: int) -> dict:
-    times = _run_plan(b, [{"name": f"s{i}", "class": "cpu", "command": ["true"]} | ({"depends_on": [f"s{i - 1}"]} if i else {})
-                          for i in range(n)], "chain")
+    tasks = [{"name": f"s{i}", "class": "cpu", "command": ["true"]} | ({"depends_on": [f"s{i - 1}"]} if i else {})
+             for i in range(n)]
+    _, times = _run_plan(b, tasks, "chain")
     steps = [times[f"s{i}#1"]["started"] - times[f"s{i - 1}#1"]["completed"] for i in range(1, n)]
     return {"tasks": n, "step_overhead_p50_ms": round(statistics.median(steps) * 1000, 1),
             "step_overhead_max_ms": round(max(steps) * 1000, 1), "target": "<= 35 ms p50"}
 
 
 def fan_out(b, n: int) -> dict:
-    times = _run_plan(b, [{"name": f"f{i}", "class": "cpu", "command": ["true"]} for i in range(n)], "fanout")
+    _, times = _run_plan(b, [{"name": f"f{i}", "class": "cpu", "command": ["true"]} for i in range(n)], "fanout")
     span = max(t["completed"] for t in times.values()) - min(t["scheduled"] for t in times.values())
     return {"tasks": n, "seconds": round(span, 2), "tasks_per_s": round(n / span, 1), "target": ">= 350 tasks/s",
             "cpu_processes": CPU_PROCESSES}
@@ -107,12 +109,9 @@ def dag(b, n: int, order: str, slots: int = CONCURRENCY) -> dict:
     work, deps = dag_spec(n)
     tasks = [{"name": k, "class": "cpu", "command": ["sleep", str(v)], "depends_on": deps[k]}
              | ({"expected_s": v} if order == "given" else {}) for k, v in work.items()]
-    plan_id = submit_plan(b, tasks, name="dag")
-    view = plan_ended(b, plan_id, 600)
-    assert view["outcome"] == "succeeded", {k: t.get("error") for k, t in view["tasks"].items() if t.get("error")}
+    view, times = _run_plan(b, tasks, "dag")
     sources = {t.get("expected_from") for t in view["tasks"].values()}
     assert sources == {"chains": {None}, "given": {"plan"}, "learned": {"learned"}}[order], sources
-    times = _times(plan_history(b.rig, plan_id))
     finish: dict[str, float] = {}
     for k in work:  # names are in a topological order
         finish[k] = work[k] + max((finish[d] for d in deps[k]), default=0)
