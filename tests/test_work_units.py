@@ -271,10 +271,12 @@ def test_viewers_of_one_plan_share_a_fetch_while_it_is_young_and_a_failed_one_is
     from llamarig.api.compute.plan_routes import Views
 
     async def scenario():
-        fetched, gate = [], asyncio.Event()
+        fetched, gate, begun = [], asyncio.Event(), asyncio.Condition()
 
         async def fetch(answer):
-            fetched.append(answer)
+            async with begun:
+                fetched.append(answer)
+                begun.notify_all()
             await gate.wait()
             if answer == "boom":
                 raise RuntimeError("temporal gone")
@@ -284,7 +286,7 @@ def test_viewers_of_one_plan_share_a_fetch_while_it_is_young_and_a_failed_one_is
         first = [asyncio.ensure_future(views.get("p", lambda: fetch("one"))) for _ in range(5)]
         leaver = asyncio.ensure_future(views.get("p", lambda: fetch("two")))
         other = asyncio.ensure_future(views.get("q", lambda: fetch("boom")))
-        await asyncio.wait_for(_until(lambda: len(fetched) == 2), 5)
+        await asyncio.wait_for(_until(begun, lambda: len(fetched) == 2), 5)
         leaver.cancel()  # a viewer who leaves does not cancel the fetch the others wait on
         gate.set()
         assert await asyncio.wait_for(asyncio.gather(*first), 5) == ["one"] * 5
@@ -297,17 +299,15 @@ def test_viewers_of_one_plan_share_a_fetch_while_it_is_young_and_a_failed_one_is
         assert [await old.get("p", lambda: fetch(str(i))) for i in range(2)] == ["0", "1"]
         gate.clear()
         slow = [asyncio.ensure_future(old.get("p", lambda i=i: fetch(f"slow{i}"))) for i in range(3)]
-        await asyncio.wait_for(_until(lambda: fetched[-1] == "slow0"), 5)
+        await asyncio.wait_for(_until(begun, lambda: fetched[-1] == "slow0"), 5)
         gate.set()  # viewers who came while a fetch ran, however old it was, share it
         assert await asyncio.wait_for(asyncio.gather(*slow), 5) == ["slow0"] * 3
     asyncio.run(scenario())
 
 
-async def _until(done) -> None:
-    import asyncio
-
-    while not done():
-        await asyncio.sleep(0.001)
+async def _until(condition, done) -> None:
+    async with condition:
+        await condition.wait_for(done)
 
 
 def _plan_folder(run_dir, plan_id: str, outcome: str | None) -> None:
