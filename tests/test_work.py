@@ -179,6 +179,18 @@ def test_a_large_output_is_served_by_its_rigs_api_and_fetched_by_another_rig(wb,
         assert not (tmp_path / case / "inputs" / "big").exists()
     assert failures == {"damaged": ("output_damaged", None), "gone": ("output_not_found", 404),
                         "unreachable": ("output_unreachable", None)}
+
+    async def gone(url):  # what a reuse asks (HEAD): None while it can be fetched
+        api = ComputeApi(wb.api, None, timeout_s=30, operator_key=wb.key)
+        try:
+            return await api.output_gone(url)
+        finally:
+            await api.close()
+    whys = {case: asyncio.run(gone(url)) for case, url in {
+        "there": served["url"], "gone": served["url"].replace("big", "nope"),
+        "unreachable": f"http://127.0.0.1:{free_port()}/x"}.items()}
+    assert whys["there"] is None and whys["gone"].startswith("output_not_found: "), whys
+    assert whys["unreachable"].startswith("output_unreachable: "), whys
     assert wb.get(f"/admin/work/outputs/{plan_id}/big/attempt-1/stderr").json()["error"]["code"] == "invalid_output_path"
     from llamarig.api.compute.fastpath import route_group
     assert route_group(served["url"].removeprefix(wb.api)) == "operator"  # the operator key, where the rig has keys
@@ -374,10 +386,11 @@ def test_plans_and_plan_views_from_the_cli(wb):
     assert run("plan", plan_id, "--wait").returncode == 0  # ended already: succeeded
 
 
-def test_prune_plans_asks_temporal_about_plans_without_an_ended_record_here(wb):
+def test_prune_plans_asks_temporal_which_plans_still_run_or_are_reused(wb):
     """From the CLI: a plan whose record here never got its end (as on the rig that only
     submitted it) goes once Temporal says it closed, and so does a folder Temporal knows nothing
-    of (past retention); a plan Temporal still runs stays, however old its files."""
+    of (past retention); a plan Temporal still runs stays, however old its files, and so does
+    one whose outputs a running plan reuses (on another rig: nothing here changed)."""
     plans = wb.rig.run_dir / "work" / "plans"
     closed = submit_plan(wb, [_cpu("one", "true")], name="closed")
     plan_ended(wb, closed)
@@ -387,23 +400,47 @@ def test_prune_plans_asks_temporal_about_plans_without_an_ended_record_here(wb):
     wait_for(lambda: plan_view(wb, still)["tasks"]["long"]["state"] == "running", 60, "the task running")
     forgotten = "forgotten-20200101-000000-abcdef"
     (plans / forgotten / "tasks").mkdir(parents=True)
-    reused = submit_plan(wb, [_cpu("one", "true")], name="reused")
-    plan_ended(wb, reused)
-    for plan_id in (closed, still, forgotten, reused):
+    reused, touched = (submit_plan(wb, [_cpu("one", "true")], name=name) for name in ("reused", "touched"))
+    for plan_id in (reused, touched):
+        plan_ended(wb, plan_id)
+    for plan_id in (closed, still, forgotten, reused, touched):
         aged(plans / plan_id, 40)
-    again = {"name": "again", "tasks": [_cpu("one", "true"), _cpu("two", "true")]}
-    assert wb.post("/admin/plans", json={"plan": again, "reuse": reused}).status_code == 201  # reused: young again
+    again = {"name": "again", "tasks": [_cpu("one", "true"), _cpu("two", "sleep 300")]}
+    for plan_id in (reused, touched):
+        r = wb.post("/admin/plans", json={"plan": again, "reuse": plan_id})
+        assert r.status_code == 201, r.text
+    readers = [p.name for p in plans.iterdir() if p.name.startswith("again-")]
+    wait_for(lambda: {p["plan_id"] for p in wb.get("/admin/plans").json()["plans"] if p["status"] == "running"}
+             .issuperset(readers), 30, "the reusing plans listed running (what prune asks)")
+    aged(plans / reused, 40)  # as if the reuse was submitted on another rig; `touched`'s was here
     run = lambda *a: llamarig(wb.rig_path, "prune-plans", "--older-than-days", "30", "--json", *a)
     dry = json.loads(run("--dry-run").stdout)
     assert sorted(dry["removed"]) == sorted([closed, forgotten]) and (plans / closed).is_dir()
     done = json.loads(run().stdout)
     assert sorted(done["removed"]) == sorted([closed, forgotten]) and done["kept_running"] == [still]
+    assert done["kept_reused"] == [reused], done
     assert not (plans / closed).exists() and not (plans / forgotten).exists() and (plans / still).is_dir()
-    assert (plans / reused / "tasks" / "one").is_dir()
+    assert (plans / reused / "tasks" / "one").is_dir() and (plans / touched / "tasks" / "one").is_dir()
     assert plan_view(wb, closed)["status"] == "completed"  # still shown, from the engine, within its retention
-    wb.post(f"/admin/plans/{still}/cancel")
-    plan_ended(wb, still)
+    for plan_id in [still, *readers]:
+        wb.post(f"/admin/plans/{plan_id}/cancel")
+        plan_ended(wb, plan_id)
+    assert json.loads(run().stdout)["removed"] == [reused]  # no running plan reads it now
     assert llamarig(wb.rig_path, "prune-plans", "--older-than-days", "-1").returncode == 2  # argparse's refusal
+
+
+def test_prune_plans_removes_nothing_while_temporal_does_not_answer(tmp_path, models):
+    """Only Temporal knows what other rigs still run or reuse: without it, even an ended plan stays."""
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])},
+                    work={"temporal": "cluster", "cluster": {"address": f"127.0.0.1:{free_port()}"}})
+    plan = tmp_path / "run" / "work" / "plans" / "old-20261001-000000-aaaaaa"
+    (plan / "tasks").mkdir(parents=True)
+    (plan / "plan.summary.json").write_text(json.dumps({"plan_id": plan.name, "outcome": "succeeded"}))
+    aged(plan, 40)
+    done = llamarig(rig, "prune-plans", "--older-than-days", "30")
+    assert done.returncode == 1 and "temporal_unreachable" in done.stderr and "nothing pruned" in done.stderr, \
+        done.stdout + done.stderr
+    assert (plan / "tasks").is_dir()
 
 
 def test_work_cpu_prunes_plans_older_than_keep_plans_days_when_it_starts(tmp_path, models):
@@ -532,6 +569,27 @@ def test_retry_runs_what_failed_and_its_dependents_and_reuses_what_succeeded(wb,
         assert r.status_code == status, r.text
     r = wb.post("/admin/plans/..plan.json/retry")  # not an id submit makes: no file is looked for
     assert r.status_code == 404 and "plan ids look like" in r.json()["error"]["message"], r.text
+
+
+def test_a_retry_runs_again_a_succeeded_task_whose_served_output_is_gone(wb, tmp_path):
+    """A large output is reused by its URL; once gone where it was made (pruned, cleaned), the task
+    that made it runs again rather than failing its dependents at every retry."""
+    fixed, runs = tmp_path / "fixed", tmp_path / "runs"
+    tasks = [_cpu("big", f"echo big >> {runs}; head -c 300000 /dev/zero > output"),
+             _cpu("use", f'cat {fixed} && wc -c < "$INPUT_BIG" > output', depends_on=["big"],
+                  inputs={"big": "@big"}, retries=0)]
+    first = submit_plan(wb, tasks, name="lost")
+    view = plan_ended(wb, first)
+    assert view["outcome"] == "failed" and "output_url" in view["tasks"]["big"]["result"], view["tasks"]["big"]
+    os.unlink(view["tasks"]["big"]["result"]["output"])  # as if pruned on the rig that made it
+    fixed.write_text("")
+    done = llamarig(wb.rig_path, "retry", first)
+    assert done.returncode == 0 and "1 run again, an output they need being gone: big" in done.stdout, \
+        done.stdout + done.stderr
+    view = plan_ended(wb, done.stdout.split()[1])
+    assert view["outcome"] == "succeeded" and "reused_from" not in view["tasks"]["big"], view["tasks"]
+    assert runs.read_text().split() == ["big", "big"]
+    assert open(view["tasks"]["use"]["result"]["output"]).read().strip() == "300000"
 
 
 def test_script_tasks_transcribe_and_embed_through_the_placed_services(wb, wav, tmp_path):

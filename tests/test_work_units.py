@@ -320,10 +320,12 @@ def _plan_folder(run_dir, plan_id: str, outcome: str | None) -> None:
         (folder / "plan.summary.json").write_text(json.dumps({"plan_id": plan_id, "outcome": outcome}))
 
 
-def test_prune_removes_ended_plans_unchanged_for_days_and_keeps_what_may_still_run(tmp_path):
-    import asyncio
+def test_prune_finds_plans_unchanged_for_days_and_those_the_engine_must_clear(tmp_path):
+    """The run folder's side of a prune (the engine's is in test_work.py): a plan is old when
+    nothing in it changed for the days given; one without an ended record is asked of the engine."""
+    import time
 
-    from llamarig.work.prune import prune
+    from llamarig.work.prune import DAY_S, _old_plans
 
     plans = tmp_path / "work" / "plans"
     cases = (("old-20261001-000000-aaaaaa", "succeeded", 40), ("new-20261128-000000-bbbbbb", "failed", 2),
@@ -334,11 +336,10 @@ def test_prune_removes_ended_plans_unchanged_for_days_and_keeps_what_may_still_r
         aged(plans / plan_id, age)
     (plans / "touched-20261001-000000-eeeeee" / "tasks" / "t" / "attempt-1" / "output.txt").write_text("y")
     (plans / "stray-file").write_text("not a plan")
-    seen = asyncio.run(prune(tmp_path, 30, dry_run=True))
-    assert seen["removed"] == ["old-20261001-000000-aaaaaa"] and seen["bytes_freed"] >= 1000
-    assert (plans / "old-20261001-000000-aaaaaa").exists()  # a dry run removes nothing
-    done = asyncio.run(prune(tmp_path, 30))  # no engine to ask: what may still run is kept
-    assert done["removed"] == ["old-20261001-000000-aaaaaa"] and not (plans / "old-20261001-000000-aaaaaa").exists()
-    assert done["kept_running"] == ["open-20261001-000000-cccccc", "other-20261001-000000-dddddd"]
-    assert done["kept_younger"] == 2 and (plans / "stray-file").read_text() == "not a plan"
-    assert asyncio.run(prune(tmp_path / "nothing-here", 30))["removed"] == []
+    old, asked, young = _old_plans(plans, time.time() - 30 * DAY_S)
+    assert sorted(old) == ["old-20261001-000000-aaaaaa", "open-20261001-000000-cccccc", "other-20261001-000000-dddddd"]
+    assert all(size >= 1000 for size in old.values()) and young == 2
+    assert asked == {"open-20261001-000000-cccccc", "other-20261001-000000-dddddd"}
+    assert _old_plans(tmp_path / "nothing-here", time.time()) == ({}, set(), 0)
+
+

@@ -71,8 +71,9 @@ class WorkConfig(Strict):
     keep_plans_days: float = Field(0, ge=0, le=36500, description="Days a plan's files (its record, its "
                                    "tasks' folders and outputs) stay under the run folder once nothing in them "
                                    "changes (its record is written as it ends); then work-cpu removes them, at "
-                                   "its start and every 6 hours, if the plan no longer runs: its record here "
-                                   "says it ended, or Temporal says so (llamarig prune-plans does it by hand). "
+                                   "its start and every 6 hours, if the plan no longer runs (its record here "
+                                   "says it ended, or Temporal says so) and no running plan reuses its outputs; "
+                                   "nothing while Temporal does not answer (llamarig prune-plans does it by hand). "
                                    "0: keep every plan (outputs are the users' results).")
     metrics_port_gpu: OptionalPort = Field(0, description="Port of work-gpu's Prometheus /metrics (the SDK's "
                                            "and llamarig_task_*) on 127.0.0.1; 0: none.")

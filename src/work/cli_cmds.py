@@ -87,7 +87,9 @@ def retry(rig, plan_id: str, wait: bool = False) -> int:
 
 def _submitted(rig, body: dict, reusing: str | None, wait: bool) -> int:
     reused = f"; {len(body['reused'])} reused from {reusing}: {', '.join(body['reused'])}" if body["reused"] else ""
-    line = f"submitted {body['plan_id']} ({body['tasks']} tasks{reused})"
+    gone = body.get("outputs_gone") or []
+    again = f"; {len(gone)} run again, an output they need being gone: {', '.join(gone)}" if gone else ""
+    line = f"submitted {body['plan_id']} ({body['tasks']} tasks{reused}{again})"
     if wait:
         return _waiting(rig, body["plan_id"], False, lambda: print(line, flush=True))
     print(line)
@@ -178,22 +180,22 @@ def backup(rig, dest: str) -> int:
 
 
 def prune_plans(rig, days: float, dry_run: bool, as_json: bool) -> int:
-    """Plans without an ended record here go only if Temporal says they do not run: without an
-    answer from it, those are kept and the rest pruned."""
+    """Only Temporal knows which plans still run or reuse outputs here (on any rig): without an
+    answer from it, nothing is pruned (exit 1)."""
     import asyncio
 
     from llamarig.work import engine
     from llamarig.work.prune import prune
 
     async def run():
-        try:
-            client = await engine.connect(rig.work, identity="llamarig prune-plans")
-        except engine.WorkError as e:
-            print(f"{e.reason}: plans without an ended record here are kept", file=sys.stderr)
-            client = None
+        client = await engine.connect(rig.work, identity="llamarig prune-plans")
         return await prune(rig.run_dir, days, client, dry_run)
     need_work(rig)
-    done = asyncio.run(run())
+    try:
+        done = asyncio.run(run())
+    except engine.WorkError as e:
+        print(f"{e.code}: {e.reason}: nothing pruned", file=sys.stderr)
+        return 1
     if as_json:
         print(json.dumps(done, indent=1))
         return 0
@@ -201,7 +203,8 @@ def prune_plans(rig, days: float, dry_run: bool, as_json: bool) -> int:
     for plan_id in done["removed"]:
         print(f"{verb} {plan_id}")
     print(f"{verb} {len(done['removed'])} plans ({done['bytes_freed'] / 2**20:.1f} MiB); kept "
-          f"{done['kept_younger']} younger than {days:g} days and {len(done['kept_running'])} still running")
+          f"{done['kept_younger']} younger than {days:g} days, {len(done['kept_running'])} still running and "
+          f"{len(done['kept_reused'])} whose outputs a running plan reuses")
     return 0
 
 

@@ -27,29 +27,32 @@ def spec_of(rig, plan: Plan, plan_id: str) -> dict:
                          "retry_max_s": w.retry_max_s, "cancel_grace_s": w.cancel_grace_s, "window": w.plan_window}}
 
 
-async def submit(client, rig, plan: Plan, reusing: str | None = None) -> dict:
-    """reusing: an ended plan whose succeeded tasks this one takes as done (work/reuse.py)."""
-    return await _submit(client, rig, plan, await _ended(client, rig, reusing) if reusing else None)
+async def submit(client, rig, plan: Plan, reusing: str | None, output_gone) -> dict:
+    """reusing: an ended plan whose succeeded tasks this one takes as done (work/reuse.py);
+    output_gone(url): why another rig's served output cannot be fetched (ComputeApi.output_gone)."""
+    return await _submit(client, rig, plan, await _ended(client, rig, reusing) if reusing else None, output_gone)
 
 
-async def retry(client, rig, plan_id: str) -> dict:
-    """The same plan again, its succeeded tasks reused: what failed or was cancelled runs."""
+async def retry(client, rig, plan_id: str, output_gone) -> dict:
+    """The same plan again, its succeeded tasks reused: what failed or was cancelled runs, and
+    what succeeded but whose output is gone."""
     old = await _ended(client, rig, plan_id)
-    return await _submit(client, rig, Plan.model_validate(old["spec"]["plan"]), old)
+    return await _submit(client, rig, Plan.model_validate(old["spec"]["plan"]), old, output_gone)
 
 
-async def _submit(client, rig, plan: Plan, old: dict | None) -> dict:
+async def _submit(client, rig, plan: Plan, old: dict | None, output_gone) -> dict:
     plan_id = f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-    spec = spec_of(rig, plan, plan_id)
+    spec, rerun = spec_of(rig, plan, plan_id), []
     if old is not None:
-        spec["reused"] = await _reused(rig, plan, old)
+        spec["reused"], rerun = await _reused(rig, plan, old, output_gone)
     spec["learned_s"] = durations.expected(rig.run_dir, spec["plan"]["tasks"])  # (work/durations.py)
     await _start(client, spec, plan)
     if old is not None:
         Store(rig.run_dir).touch(old["plan_id"])  # (pruned no sooner than this plan's own files)
     Store(rig.run_dir).write_record(plan_id, {"plan_id": plan_id, "name": plan.name, "outcome": "running",
                                               "submitted_at": time.time(), "spec": spec})
-    return {"plan_id": plan_id, "tasks": len(plan.tasks), "reused": list(spec.get("reused", {}))}
+    return {"plan_id": plan_id, "tasks": len(plan.tasks), "reused": list(spec.get("reused", {})),
+            "outputs_gone": rerun}
 
 
 async def _start(client, spec: dict, plan: Plan) -> None:
@@ -57,7 +60,7 @@ async def _start(client, spec: dict, plan: Plan) -> None:
 
     try:
         await client.start_workflow(engine.PLAN_WORKFLOW, spec, id=spec["plan_id"], task_queue=spec["queues"]["plan"],
-                                    memo={"name": plan.name, "tasks": len(plan.tasks)})
+                                    memo={"name": plan.name, "tasks": len(plan.tasks), "reuses": reuses(spec)})
     except RPCError as e:
         size = len(json.dumps(spec)) // 1024
         error = engine.failed_call(e, f"the plan ({size} KiB as submitted)")
@@ -67,13 +70,23 @@ async def _start(client, spec: dict, plan: Plan) -> None:
         raise error from None
 
 
-async def _reused(rig, plan: Plan, old: dict) -> dict:
-    names = reuse.reusable(plan.model_dump()["tasks"], old["spec"]["plan"]["tasks"], old["tasks"], reuse.present_here)
+def reuses(spec: dict) -> list[str]:
+    """The plans whose outputs this one reads (its memo says so: work/prune.py keeps them)."""
+    return sorted({entry["reused_from"] for entry in spec.get("reused", {}).values()})
+
+
+async def _reused(rig, plan: Plan, old: dict, output_gone) -> tuple[dict, list[str]]:
+    """What the new plan starts with for the tasks it reuses, and the tasks that would have been
+    reused but run again because an output they need is gone."""
+    tasks, old_tasks = plan.model_dump()["tasks"], old["spec"]["plan"]["tasks"]
+    gone = await reuse.gone_outputs(old["tasks"], output_gone)
+    names = reuse.reusable(tasks, old_tasks, old["tasks"], lambda result: reuse.present_here(result, gone))
     if len(names) == len(plan.tasks):
         raise engine.WorkError("nothing_to_run", f"every task of the plan succeeded in {old['plan_id']} as "
                                "defined now: nothing would run")
+    rerun = [n for n in reuse.reusable(tasks, old_tasks, old["tasks"], lambda result: True) if n not in names]
     base = outputs.base_url(rig)
-    return {name: await reuse.entry(old["plan_id"], old["tasks"][name], base) for name in names}
+    return {name: await reuse.entry(old["plan_id"], old["tasks"][name], base) for name in names}, rerun
 
 
 def running(view: dict) -> bool:

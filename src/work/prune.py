@@ -1,11 +1,12 @@
 """Old plans' files leave the run folder: `llamarig prune-plans --older-than-days N`, and
 work.keep_plans_days in work-cpu. A plan's folder (its record, its tasks' folders and outputs)
 goes once nothing in it changed for N days (its record is written when it ends; a plan whose
-outputs a new one reuses counts as changed then) and either its record here says it ended or,
-without one (another rig recorded it, or its workflow was ended from outside), the engine says
-its workflow does not run (closed, or gone past retention). While the engine does not answer,
-only plans with an ended record here go. The learned durations stay; a pruned plan cannot be
-retried past the engine's retention."""
+outputs a new one reuses on this rig counts as changed then), no running plan reuses its outputs
+(a plan's memo names the plans it reuses: another rig may be reading them from here), and either
+its record here says it ended or, without one (another rig recorded it, or its workflow was
+ended from outside), the engine says its workflow does not run (closed, or gone past retention).
+Only the engine knows what runs on other rigs: while it does not answer, nothing goes. The
+learned durations stay; a pruned plan cannot be retried past the engine's retention."""
 from __future__ import annotations
 
 import asyncio
@@ -15,23 +16,31 @@ import shutil
 import time
 from pathlib import Path
 
+from llamarig.work import engine
 from llamarig.work.store import SUMMARY
 
 DAY_S = 86400
 
 
-async def prune(run_dir: Path, days: float, client=None, dry_run: bool = False, now: float | None = None) -> dict:
-    """Remove (with dry_run: only name) the plans older than `days`. client: Temporal's, to ask
-    about plans without an ended record here (None: keep those)."""
+async def prune(run_dir: Path, days: float, client, dry_run: bool = False, now: float | None = None) -> dict:
+    """Remove (with dry_run: only name) the plans older than `days`. client: Temporal's, asked
+    which plans still run or are reused; engine.WorkError (nothing removed) while it does not answer."""
     cutoff = (time.time() if now is None else now) - days * DAY_S
     root = run_dir / "work" / "plans"
     old, asked, young = await asyncio.to_thread(_old_plans, root, cutoff)  # (off the worker's event loop)
-    running = await _running(client, [plan_id for plan_id in old if plan_id in asked])
-    gone = {p: size for p, size in old.items() if p not in running}
+    from temporalio.service import RPCError
+
+    try:
+        running = await _running(client, [plan_id for plan_id in old if plan_id in asked]) if old else set()
+        reused = await _reused_by_running(client) if old else set()
+    except RPCError as e:
+        raise engine.failed_call(e, "which plans still run or are reused (nothing was pruned)") from None
+    gone = {p: size for p, size in old.items() if p not in running | reused}
     if not dry_run:
         await asyncio.to_thread(lambda: [shutil.rmtree(root / plan_id, ignore_errors=True) for plan_id in gone])
     return {"removed": sorted(gone), "bytes_freed": sum(gone.values()), "kept_running": sorted(running),
-            "kept_younger": young, "older_than_days": days, "dry_run": dry_run}
+            "kept_reused": sorted(reused & set(old) - running), "kept_younger": young, "older_than_days": days,
+            "dry_run": dry_run}
 
 
 def _old_plans(root: Path, cutoff: float) -> tuple[dict[str, int], set[str], int]:
@@ -52,22 +61,29 @@ def _old_plans(root: Path, cutoff: float) -> tuple[dict[str, int], set[str], int
 
 
 async def _running(client, plan_ids: list[str]) -> set[str]:
-    """The plans among plan_ids whose workflow still runs, or may (no client, or no answer)."""
-    if client is None:
-        return set(plan_ids)
+    """The plans among plan_ids whose workflow still runs (one gone past retention does not)."""
     from temporalio.service import RPCError, RPCStatusCode
 
     running = set()
-    for i, plan_id in enumerate(plan_ids):
+    for plan_id in plan_ids:
         try:
             desc = await client.get_workflow_handle(plan_id).describe()
         except RPCError as e:
-            if e.status != RPCStatusCode.NOT_FOUND:  # no answer: this and the rest kept until it answers
-                return running | set(plan_ids[i:])
+            if e.status != RPCStatusCode.NOT_FOUND:
+                raise
             continue
         if desc.status is None or desc.status.name == "RUNNING":
             running.add(plan_id)
     return running
+
+
+async def _reused_by_running(client) -> set[str]:
+    """The plans whose outputs a running plan reuses (work/plans.py puts them in its memo)."""
+    reused = set()
+    query = f"WorkflowType = '{engine.PLAN_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    async for wf in client.list_workflows(query):
+        reused.update(await wf.memo_value("reuses", []))
+    return reused
 
 
 def _ended(folder: Path) -> bool:

@@ -31,9 +31,33 @@ def definition(task: dict) -> dict:
     return {k: v for k, v in task.items() if k not in HOW_NOT_WHAT}
 
 
-def present_here(result: dict) -> bool:
-    """Its output is a file on this rig, or served by the rig that made it."""
-    return "output_url" in result or bool(result.get("output")) and Path(result["output"]).is_file()
+def present_here(result: dict, gone: dict[str, str]) -> bool:
+    """Its output is a file on this rig, or a rig still serves it (gone: the served outputs found
+    missing, gone_outputs)."""
+    return _local(result) or "output_url" in result and result["output_url"] not in gone
+
+
+def _local(result: dict) -> bool:
+    return bool(result.get("output")) and Path(result["output"]).is_file()
+
+
+CHECKS_AT_ONCE = 8
+
+
+async def gone_outputs(states: dict[str, dict], output_gone) -> dict[str, str]:
+    """{url: why} of the served outputs of the old plan's succeeded tasks that cannot be fetched
+    now (pruned or lost where they were made; a rig not answering): output_gone(url) asks the rig
+    serving it (api_client.ComputeApi.output_gone), a few at a time. A reused task whose output
+    is gone runs again instead of failing its dependents at every retry."""
+    urls = sorted({r["output_url"] for s in states.values() if s.get("state") == "succeeded"
+                   for r in [s.get("result") or {}] if "output_url" in r and not _local(r)})
+    limit = asyncio.Semaphore(CHECKS_AT_ONCE)
+
+    async def ask(url: str) -> str | None:
+        async with limit:
+            return await output_gone(url)
+    whys = await asyncio.gather(*(ask(url) for url in urls))
+    return {url: why for url, why in zip(urls, whys) if why}
 
 
 async def entry(old_id: str, state: dict, served_from: str) -> dict:

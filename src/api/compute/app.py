@@ -137,7 +137,7 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
     app.include_router(openai_routes.build_router(state))
     app.include_router(admin_routes.build_router(state))
     link = plan_routes.TemporalLink(rig) if rig.work else None  # one Temporal client for both
-    app.include_router(plan_routes.build_router(state, rig, link))
+    app.include_router(plan_routes.build_router(state, rig, link, keys.operator))
     app.include_router(plan_routes.build_work_router(rig, link))
     if rig.work:
         app.include_router(output_routes.build_router(rig))

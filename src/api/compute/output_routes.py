@@ -1,7 +1,8 @@
 """GET /admin/work/outputs/PLAN/TASK/attempt-N/NAME (operator key): a task output this rig made,
-for a dependent running on another rig (work/outputs.py says when one is fetched). Only the
-output files of attempt folders under the run folder are served; every part of the path is
-checked against the names the work layer writes, so nothing else can be reached."""
+for a dependent running on another rig (work/outputs.py says when one is fetched); HEAD says
+whether it is still here (a reuse asks, work/reuse.py). Only the output files of attempt folders
+under the run folder are served; every part of the path is checked against the names the work
+layer writes, so nothing else can be reached."""
 from __future__ import annotations
 
 import re
@@ -23,7 +24,7 @@ def build_router(rig) -> APIRouter:
     router = APIRouter(prefix=ROUTE)
     store = Store(rig.run_dir)
 
-    @router.get("/{plan_id}/{task}/{attempt}/{name}")
+    @router.api_route("/{plan_id}/{task}/{attempt}/{name}", methods=["GET", "HEAD"])  # HEAD: still there?
     async def output(plan_id: str, task: str, attempt: str, name: str) -> Response:
         checks = (("plan_id", PLAN_ID, plan_id), ("task", TASK, task),
                   ("attempt", ATTEMPT, attempt), ("name", SERVED_NAME, name))

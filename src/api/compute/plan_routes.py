@@ -94,7 +94,9 @@ def build_work_router(rig, link: TemporalLink | None) -> APIRouter:
     return router
 
 
-def build_router(state, rig, link: TemporalLink | None) -> APIRouter:
+def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | None) -> APIRouter:
+    """operator_key: what other rigs' compute APIs take for the outputs they serve (a reuse asks
+    them whether they still have each, work/reuse.py)."""
     router = APIRouter(prefix="/admin/plans")
     views = Views()
 
@@ -102,6 +104,15 @@ def build_router(state, rig, link: TemporalLink | None) -> APIRouter:
         from llamarig.work import plans
 
         return await _answer(link, getattr(plans, op), op.replace("_", " "), *args, status=status)
+
+    async def reusing(op, *args) -> Response:
+        from llamarig.work.api_client import ComputeApi
+
+        api = ComputeApi("http://127.0.0.1", None, 10, operator_key.decode() if operator_key else None)
+        try:
+            return await call(op, *args, api.output_gone, status=201)
+        finally:
+            await api.close()
 
     @router.get("")
     async def list_all() -> Response:
@@ -118,15 +129,15 @@ def build_router(state, rig, link: TemporalLink | None) -> APIRouter:
             return error_response(400, "invalid_json", "the body must be JSON: {\"plan\": {...}}")
         if not isinstance(body, dict) or not isinstance(body.get("plan"), dict):
             return error_response(400, "plan_invalid", "the body must be {\"plan\": {name, tasks}}", "plan")
-        reusing = body.get("reuse")
-        if reusing is not None and not (isinstance(reusing, str) and PLAN_ID.match(reusing)):
+        reused_plan = body.get("reuse")
+        if reused_plan is not None and not (isinstance(reused_plan, str) and PLAN_ID.match(reused_plan)):
             return error_response(400, "plan_invalid", "reuse: the id of an ended plan (NAME-YYYYMMDD-HHMMSS-xxxxxx)",
                                   "reuse")
         try:
             plan = parse_plan(body["plan"], "plan", infer_class, set(rig.models))
         except PlanError as e:
             return error_response(400, e.code, e.reason, "plan")
-        return await call("submit", rig, plan, reusing, status=201)
+        return await reusing("submit", rig, plan, reused_plan)
 
     @router.get("/{plan_id}")
     async def show(plan_id: str) -> Response:
@@ -136,7 +147,7 @@ def build_router(state, rig, link: TemporalLink | None) -> APIRouter:
 
     @router.post("/{plan_id}/retry")
     async def retry(plan_id: str) -> Response:
-        return await call("retry", rig, plan_id, status=201)
+        return await reusing("retry", rig, plan_id)
 
     @router.post("/{plan_id}/cancel")
     async def cancel(plan_id: str) -> Response:
