@@ -325,7 +325,7 @@ def test_prune_finds_plans_unchanged_for_days_and_those_the_engine_must_clear(tm
     nothing in it changed for the days given; one without an ended record is asked of the engine."""
     import time
 
-    from llamarig.work.prune import DAY_S, _old_plans
+    from llamarig.work.prune import DAY_S, _old_plans, _remove
 
     plans = tmp_path / "work" / "plans"
     cases = (("old-20261001-000000-aaaaaa", "succeeded", 40), ("new-20261128-000000-bbbbbb", "failed", 2),
@@ -341,5 +341,10 @@ def test_prune_finds_plans_unchanged_for_days_and_those_the_engine_must_clear(tm
     assert all(size >= 1000 for size in old.values()) and young == 2
     assert asked == {"open-20261001-000000-cccccc", "other-20261001-000000-dddddd"}
     assert _old_plans(tmp_path / "nothing-here", time.time()) == ({}, set(), 0)
+    (plans / "open-20261001-000000-cccccc").touch()  # reused while the engine was asked: kept
+    removed = _remove(plans, {p: old[p] for p in ("old-20261001-000000-aaaaaa", "open-20261001-000000-cccccc")},
+                      time.time() - 30 * DAY_S)
+    assert list(removed) == ["old-20261001-000000-aaaaaa"] and not (plans / "old-20261001-000000-aaaaaa").exists()
+    assert (plans / "open-20261001-000000-cccccc").is_dir() and (plans / "stray-file").read_text() == "not a plan"
 
 

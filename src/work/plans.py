@@ -44,11 +44,10 @@ async def _submit(client, rig, plan: Plan, old: dict | None, output_gone) -> dic
     plan_id = f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     spec, rerun = spec_of(rig, plan, plan_id), []
     if old is not None:
+        Store(rig.run_dir).touch(old["plan_id"])  # before its outputs are looked at: a prune now keeps them
         spec["reused"], rerun = await _reused(rig, plan, old, output_gone)
     spec["learned_s"] = durations.expected(rig.run_dir, spec["plan"]["tasks"])  # (work/durations.py)
     await _start(client, spec, plan)
-    if old is not None:
-        Store(rig.run_dir).touch(old["plan_id"])  # (pruned no sooner than this plan's own files)
     Store(rig.run_dir).write_record(plan_id, {"plan_id": plan_id, "name": plan.name, "outcome": "running",
                                               "submitted_at": time.time(), "spec": spec})
     return {"plan_id": plan_id, "tasks": len(plan.tasks), "reused": list(spec.get("reused", {})),

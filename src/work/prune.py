@@ -35,12 +35,11 @@ async def prune(run_dir: Path, days: float, client, dry_run: bool = False, now: 
         reused = await _reused_by_running(client) if old else set()
     except RPCError as e:
         raise engine.failed_call(e, "which plans still run or are reused (nothing was pruned)") from None
-    gone = {p: size for p, size in old.items() if p not in running | reused}
-    if not dry_run:
-        await asyncio.to_thread(lambda: [shutil.rmtree(root / plan_id, ignore_errors=True) for plan_id in gone])
+    chosen = {p: size for p, size in old.items() if p not in running | reused}
+    gone = chosen if dry_run else await asyncio.to_thread(_remove, root, chosen, cutoff)
     return {"removed": sorted(gone), "bytes_freed": sum(gone.values()), "kept_running": sorted(running),
-            "kept_reused": sorted(reused & set(old) - running), "kept_younger": young, "older_than_days": days,
-            "dry_run": dry_run}
+            "kept_reused": sorted(reused & set(old) - running), "kept_younger": young + len(chosen) - len(gone),
+            "older_than_days": days, "dry_run": dry_run}
 
 
 def _old_plans(root: Path, cutoff: float) -> tuple[dict[str, int], set[str], int]:
@@ -58,6 +57,17 @@ def _old_plans(root: Path, cutoff: float) -> tuple[dict[str, int], set[str], int
         if not _ended(folder):
             asked.add(folder.name)
     return old, asked, young
+
+
+def _remove(root: Path, gone: dict[str, int], cutoff: float) -> dict[str, int]:
+    """Remove each plan still unchanged since the cutoff (a reuse may have touched it while the
+    engine was asked); the ones removed."""
+    removed = {}
+    for plan_id, size in gone.items():
+        if _newest_and_size(root / plan_id)[0] < cutoff:
+            shutil.rmtree(root / plan_id, ignore_errors=True)
+            removed[plan_id] = size
+    return removed
 
 
 async def _running(client, plan_ids: list[str]) -> set[str]:
