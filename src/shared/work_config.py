@@ -105,12 +105,16 @@ class WorkConfig(Strict):
                              f"cpu_processes {self.cpu_processes}")
         return self
 
+    def metrics_port_of(self, role: str, index: int | None) -> int:
+        """The /metrics port of work-ROLE (index: cpu process i, which takes metrics_port_cpu + i); 0: none."""
+        base = self.metrics_port_gpu if role == "gpu" else self.metrics_port_cpu
+        return base + (index or 0) if base else 0
+
     def ports(self) -> dict[int, str]:
         """Fixed loopback ports this section claims, by field path."""
         named = {"work.metrics_port_gpu": self.metrics_port_gpu, "work.metrics_port_cpu": self.metrics_port_cpu}
-        if self.metrics_port_cpu:
-            named |= {f"work.metrics_port_cpu (+{i}, cpu_processes)": self.metrics_port_cpu + i
-                      for i in range(1, self.cpu_processes)}
+        named |= {f"work.metrics_port_cpu (+{i}, cpu_processes)": self.metrics_port_of("cpu", i)
+                  for i in range(1, self.cpu_processes)}
         if self.temporal == "embedded":
             e = self.embedded
             named |= {"work.embedded.port": e.port, "work.embedded.ui_port": e.ui_port,

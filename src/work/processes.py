@@ -39,8 +39,3 @@ def cpu_slots(work, index: int | None) -> int:
     n, total = work.cpu_processes, work.concurrency.cpu
     return total if index is None else total // n + (1 if index < total % n else 0)
 
-
-def metrics_port(work, proc: WorkerProcess) -> int:
-    """work.metrics_port_cpu + index for the cpu processes (0: none)."""
-    base = work.metrics_port_gpu if proc.role == "gpu" else work.metrics_port_cpu
-    return base + (proc.index or 0) if base else 0

@@ -14,7 +14,7 @@ from llamarig.shared.keys import load_keys
 from llamarig.work import commands, engine, watchdog
 from llamarig.work.activities import Activities, task_owner
 from llamarig.work.api_client import ComputeApi
-from llamarig.work.processes import WorkerProcess, cpu_slots, metrics_port
+from llamarig.work.processes import WorkerProcess, cpu_slots
 from llamarig.work.slots import RigSlots
 
 log = logging.getLogger("llamarig.work")
@@ -70,7 +70,7 @@ async def serve(rig, proc: WorkerProcess) -> int:
     if swept:
         log.warning("killed the process groups a dead worker left", extra={"groups": swept})
     w = rig.work
-    runtime = _runtime(metrics_port(w, proc))
+    runtime = _runtime(w.metrics_port_of(proc.role, proc.index))
     client = await _connect(rig, identity, runtime)
     if role == "cpu" and w.temporal == "embedded" and not proc.index:
         await engine.ensure_retention(client, w)

@@ -21,7 +21,7 @@ from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.keys import load_keys
 from llamarig.shared.rig import Rig
-from llamarig.work.processes import metrics_port, of_rig
+from llamarig.work.processes import of_rig
 
 VERSION = "0.1.0"
 DESCRIPTION = ("OpenAI-compatible compute API of a llamarig bundle. Keys: a client key for /v1/* and the "
@@ -37,7 +37,7 @@ def work_metric_ports(rig: Rig) -> dict[str, list[int]]:
         return {}
     ports = {"gpu": [], "cpu": [], "temporal": [w.embedded.metrics_port] if w.temporal == "embedded" else []}
     for proc in of_rig(rig):
-        ports[proc.role].append(metrics_port(w, proc))
+        ports[proc.role].append(w.metrics_port_of(proc.role, proc.index))
     return {name: found for name, found in ports.items() if found and 0 not in found}  # 0: none
 
 
