@@ -150,7 +150,7 @@ def test_a_large_output_is_served_by_its_rigs_api_and_fetched_by_another_rig(wb,
     import asyncio
 
     from llamarig.shared.verify import hash_file
-    from llamarig.work import outputs
+    from llamarig.work import outputs, reuse
     from llamarig.work.api_client import ApiRefused, ComputeApi
 
     plan_id = submit_plan(wb, [_cpu("big", "head -c 300000 /dev/urandom > output")])
@@ -180,17 +180,26 @@ def test_a_large_output_is_served_by_its_rigs_api_and_fetched_by_another_rig(wb,
     assert failures == {"damaged": ("output_damaged", None), "gone": ("output_not_found", 404),
                         "unreachable": ("output_unreachable", None)}
 
-    async def gone(url):  # what a reuse asks (HEAD): None while it can be fetched
+    async def gone(states, asked):  # what a reuse asks (HEAD), a rig that does not answer once
         api = ComputeApi(wb.api, None, timeout_s=30, operator_key=wb.key)
-        try:
+
+        async def spy(url):
+            asked.append(url)
             return await api.output_gone(url)
+        try:
+            return await reuse.gone_outputs(states, spy)
         finally:
             await api.close()
-    whys = {case: asyncio.run(gone(url)) for case, url in {
-        "there": served["url"], "gone": served["url"].replace("big", "nope"),
-        "unreachable": f"http://127.0.0.1:{free_port()}/x"}.items()}
-    assert whys["there"] is None and whys["gone"].startswith("output_not_found: "), whys
-    assert whys["unreachable"].startswith("output_unreachable: "), whys
+    dead = f"http://127.0.0.1:{free_port()}/admin/work/outputs"
+    urls = {"there": served["url"], "gone": served["url"].replace("big", "nope"), "dead1": f"{dead}/1",
+            "dead2": f"{dead}/2"}
+    states = {name: {"state": "succeeded", "result": {"output_url": url, "output": "/on/rig-a/output"}}
+              for name, url in urls.items()}
+    asked = []
+    whys = asyncio.run(gone(states, asked))
+    assert sorted(whys) == sorted([urls["gone"], urls["dead1"], urls["dead2"]]), whys
+    assert whys[urls["gone"]].startswith("output_not_found: ") and len(asked) == 3, (whys, asked)
+    assert whys[urls["dead1"]].startswith("output_unreachable: ") and whys[urls["dead2"]] == whys[urls["dead1"]]
     assert wb.get(f"/admin/work/outputs/{plan_id}/big/attempt-1/stderr").json()["error"]["code"] == "invalid_output_path"
     from llamarig.api.compute.fastpath import route_group
     assert route_group(served["url"].removeprefix(wb.api)) == "operator"  # the operator key, where the rig has keys

@@ -12,7 +12,7 @@ from llamarig.shared.errors import LlamarigError
 
 
 OUTPUT_CHECK_S = 10
-GONE_CODES = {404: "output_not_found", 401: "invalid_api_key (the rigs' operator keys differ)"}
+GONE_CODES = {404: "output_not_found", 401: "invalid_api_key"}  # (a HEAD answer has no body to read them from)
 
 
 class ApiRefused(LlamarigError):
@@ -71,15 +71,15 @@ class ComputeApi:
             dest.unlink()
             raise ApiRefused("output_damaged", f"{url}: the copy's sha256 differs from the one its task recorded")
 
-    async def output_gone(self, url: str) -> str | None:
+    async def output_gone(self, url: str) -> ApiRefused | None:
         """Why a served output (work/outputs.py) cannot be fetched now; None while it can."""
         try:
             r = await self.http.head(url, headers=self.operator, timeout=OUTPUT_CHECK_S)
         except httpx.TransportError as e:
-            return f"output_unreachable: {url}: {type(e).__name__}"
+            return ApiRefused("output_unreachable", f"{url}: {type(e).__name__}: the rig that made it does not answer")
         if r.status_code < 400:
             return None
-        return f"{GONE_CODES.get(r.status_code, str(r.status_code))}: {url}"
+        return ApiRefused(GONE_CODES.get(r.status_code, str(r.status_code)), f"{r.status_code} {url}", r.status_code)
 
     async def transcribe(self, audio: Path, response_format: str, language: str | None) -> str:
         data = {"model": "whisper-1", "response_format": response_format} | ({"language": language} if language else {})

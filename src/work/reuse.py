@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from llamarig.work import outputs, priority
 
@@ -47,17 +48,27 @@ CHECKS_AT_ONCE = 8
 async def gone_outputs(states: dict[str, dict], output_gone) -> dict[str, str]:
     """{url: why} of the served outputs of the old plan's succeeded tasks that cannot be fetched
     now (pruned or lost where they were made; a rig not answering): output_gone(url) asks the rig
-    serving it (api_client.ComputeApi.output_gone), a few at a time. A reused task whose output
-    is gone runs again instead of failing its dependents at every retry."""
+    serving it (api_client.ComputeApi.output_gone), a few at a time; one unreachable answer
+    stands for all that rig's outputs. A reused task whose output is gone runs again instead of
+    failing its dependents at every retry."""
     urls = sorted({r["output_url"] for s in states.values() if s.get("state") == "succeeded"
                    for r in [s.get("result") or {}] if "output_url" in r and not _local(r)})
+    by_rig: dict[str, list[str]] = {}
+    for url in urls:
+        by_rig.setdefault(urlsplit(url).netloc, []).append(url)
     limit = asyncio.Semaphore(CHECKS_AT_ONCE)
 
-    async def ask(url: str) -> str | None:
+    async def ask(url: str):
         async with limit:
             return await output_gone(url)
-    whys = await asyncio.gather(*(ask(url) for url in urls))
-    return {url: why for url, why in zip(urls, whys) if why}
+
+    async def ask_rig(rig_urls: list[str]) -> dict[str, str]:
+        first = await ask(rig_urls[0])
+        if first is not None and first.code == "output_unreachable":
+            return {url: f"{first.code}: {first.reason}" for url in rig_urls}
+        whys = [first, *await asyncio.gather(*(ask(url) for url in rig_urls[1:]))]
+        return {url: f"{why.code}: {why.reason}" for url, why in zip(rig_urls, whys) if why is not None}
+    return {url: why for found in await asyncio.gather(*map(ask_rig, by_rig.values())) for url, why in found.items()}
 
 
 async def entry(old_id: str, state: dict, served_from: str) -> dict:
