@@ -58,40 +58,26 @@ def _api(rig) -> ComputeApi:
 
 
 async def serve(rig, proc: WorkerProcess) -> int:
-    from temporalio.worker import FixedSizeSlotSupplier, Worker, WorkerTuner
-
-    from llamarig.work.workflow import PlanWorkflow
-
-    role = proc.role
+    role, w = proc.role, rig.work
     identity = engine.worker_identity(proc.name, rig.api.port)
-    alive = asyncio.ensure_future(_say_alive(watchdog.alive_path(rig, proc.key), rig.work.heartbeat_timeout_s))
+    alive = asyncio.ensure_future(_say_alive(watchdog.alive_path(rig, proc.key), w.heartbeat_timeout_s))
     _watch_children_by_pidfd()
     swept = commands.sweep(task_owner(rig, proc.key))
     if swept:
         log.warning("killed the process groups a dead worker left", extra={"groups": swept})
-    w = rig.work
-    runtime = _runtime(w.metrics_port_of(proc.role, proc.index))
+    runtime = _runtime(w.metrics_port_of(role, proc.index))
     client = await _connect(rig, identity, runtime)
-    if role == "cpu" and w.temporal == "embedded" and not proc.index:
+    first_cpu = role == "cpu" and not proc.index  # (once a rig: the retention, the prune)
+    if first_cpu and w.temporal == "embedded":
         await engine.ensure_retention(client, w)
-    pruning = asyncio.ensure_future(_prune_every(rig, client)) if role == "cpu" and w.keep_plans_days \
-        and not proc.index else None
+    pruning = asyncio.ensure_future(_prune_every(rig, client)) if first_cpu and w.keep_plans_days else None
     api = _api(rig)
     acts = Activities(rig, proc, identity, api, runtime.metric_meter if runtime else None)
     queue = engine.queues(w)[role]
     if role == "cpu":
-        worker = Worker(client, task_queue=queue, workflows=[PlanWorkflow], activities=[acts.run_cpu, acts.record_plan],
-                        max_concurrent_activities=cpu_slots(w, proc.index), identity=identity,
-                        sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_S),
-                        graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_S))
+        worker = _cpu_worker(client, queue, acts, identity, cpu_slots(w, proc.index))
     else:
-        slots = RigSlots(rig, api)
-        slots.start()
-        fixed = FixedSizeSlotSupplier(100)
-        tuner = WorkerTuner.create_composite(workflow_supplier=fixed, activity_supplier=slots,
-                                             local_activity_supplier=fixed, nexus_supplier=fixed)
-        worker = Worker(client, task_queue=queue, activities=[acts.run_script, acts.run_llm], tuner=tuner,
-                        identity=identity, graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_S))
+        worker = _gpu_worker(rig, client, queue, acts, identity)
     _stop_on_term(worker)
     log.info("worker polling", extra={"queue": queue, "identity": identity})
     await worker.run()
@@ -101,6 +87,31 @@ async def serve(rig, proc: WorkerProcess) -> int:
     await api.close()
     log.info("worker stopped", extra={"queue": queue})
     return 0
+
+
+def _cpu_worker(client, queue: str, acts: Activities, identity: str, slots: int):
+    """Plans and cpu tasks, `slots` at once (this process's share of concurrency.cpu)."""
+    from temporalio.worker import Worker
+
+    from llamarig.work.workflow import PlanWorkflow
+
+    return Worker(client, task_queue=queue, workflows=[PlanWorkflow], activities=[acts.run_cpu, acts.record_plan],
+                  max_concurrent_activities=slots, identity=identity,
+                  sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_S),
+                  graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_S))
+
+
+def _gpu_worker(rig, client, queue: str, acts: Activities, identity: str):
+    """Script and llm tasks, taken only while the rig can run them (slots.py)."""
+    from temporalio.worker import FixedSizeSlotSupplier, Worker, WorkerTuner
+
+    slots = RigSlots(rig, acts.api)
+    slots.start()
+    fixed = FixedSizeSlotSupplier(100)
+    tuner = WorkerTuner.create_composite(workflow_supplier=fixed, activity_supplier=slots,
+                                         local_activity_supplier=fixed, nexus_supplier=fixed)
+    return Worker(client, task_queue=queue, activities=[acts.run_script, acts.run_llm], tuner=tuner,
+                  identity=identity, graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_S))
 
 
 async def _prune_every(rig, client) -> None:
