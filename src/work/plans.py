@@ -29,7 +29,7 @@ def spec_of(rig, plan: Plan, plan_id: str) -> dict:
 
 async def submit(client, rig, plan: Plan, reusing: str | None, output_gone) -> dict:
     """reusing: an ended plan whose succeeded tasks this one takes as done (work/reuse.py);
-    output_gone(url): why another rig's served output cannot be fetched (ComputeApi.output_gone)."""
+    output_gone(url), with reusing: why a served output cannot be fetched (ComputeApi.output_gone)."""
     return await _submit(client, rig, plan, await _ended(client, rig, reusing) if reusing else None, output_gone)
 
 

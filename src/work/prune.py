@@ -34,7 +34,7 @@ async def prune(run_dir: Path, days: float, client, dry_run: bool = False, now: 
         running = await _running(client, [plan_id for plan_id in old if plan_id in asked]) if old else set()
         reused = await _reused_by_running(client) if old else set()
     except RPCError as e:
-        raise engine.failed_call(e, "which plans still run or are reused (nothing was pruned)") from None
+        raise engine.failed_call(e, "which plans still run or are reused") from None
     chosen = {p: size for p, size in old.items() if p not in running | reused}
     gone = chosen if dry_run else await asyncio.to_thread(_remove, root, chosen, cutoff)
     return {"removed": sorted(gone), "bytes_freed": sum(gone.values()), "kept_running": sorted(running),

@@ -137,6 +137,8 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
             plan = parse_plan(body["plan"], "plan", infer_class, set(rig.models))
         except PlanError as e:
             return error_response(400, e.code, e.reason, "plan")
+        if reused_plan is None:
+            return await call("submit", rig, plan, None, None, status=201)
         return await reusing("submit", rig, plan, reused_plan)
 
     @router.get("/{plan_id}")
