@@ -419,8 +419,8 @@ def test_prune_plans_asks_temporal_which_plans_still_run_or_are_reused(wb):
         r = wb.post("/admin/plans", json={"plan": again, "reuse": plan_id})
         assert r.status_code == 201, r.text
     readers = [p.name for p in plans.iterdir() if p.name.startswith("again-")]
-    wait_for(lambda: {p["plan_id"] for p in wb.get("/admin/plans").json()["plans"] if p["status"] == "running"}
-             .issuperset(readers), 30, "the reusing plans listed running (what prune asks)")
+    listed = lambda: {p["plan_id"]: p["status"] for p in wb.get("/admin/plans").json()["plans"]}  # noqa: E731
+    wait_for(lambda: all(listed().get(p) == "running" for p in readers), 30, "the reusing plans listed running")
     aged(plans / reused, 40)  # as if the reuse was submitted on another rig; `touched`'s was here
     run = lambda *a: llamarig(wb.rig_path, "prune-plans", "--older-than-days", "30", "--json", *a)
     dry = json.loads(run("--dry-run").stdout)
@@ -434,6 +434,7 @@ def test_prune_plans_asks_temporal_which_plans_still_run_or_are_reused(wb):
     for plan_id in [still, *readers]:
         wb.post(f"/admin/plans/{plan_id}/cancel")
         plan_ended(wb, plan_id)
+    wait_for(lambda: all(listed().get(p) not in (None, "running") for p in readers), 30, "the readers listed ended")
     assert json.loads(run().stdout)["removed"] == [reused]  # no running plan reads it now
     assert llamarig(wb.rig_path, "prune-plans", "--older-than-days", "-1").returncode == 2  # argparse's refusal
 
