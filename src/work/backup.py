@@ -19,6 +19,7 @@ from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.errors import LlamarigError
 from llamarig.shared.verify import hash_file
 from llamarig.work import durations
+from llamarig.work.store import Store
 
 DB = "temporal.db"
 LEARNED = "durations.json"
@@ -33,7 +34,7 @@ def backup(rig, dest: Path) -> Path:
     db = rig.run_dir / DB
     if rig.work and rig.work.temporal == "embedded" and db.exists():
         _copy_db(db, folder / DB)
-    plans = rig.run_dir / "work" / "plans"
+    plans = Store(rig.run_dir).plans
     if plans.is_dir():
         shutil.copytree(plans, folder / "plans", ignore=shutil.ignore_patterns("*.tmp"))
     learned = durations.path(rig.run_dir)
@@ -61,7 +62,7 @@ def restore(rig, source: Path) -> list[str]:
         shutil.copy2(source / DB, rig.run_dir / DB)
         done.append(str(rig.run_dir / DB))
     if (source / "plans").is_dir():
-        target = rig.run_dir / "work" / "plans"
+        target = Store(rig.run_dir).plans
         shutil.copytree(source / "plans", target, dirs_exist_ok=True)
         done.append(str(target))
     learned = durations.path(rig.run_dir)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from llamarig.work import engine
-from llamarig.work.store import SUMMARY
+from llamarig.work.store import SUMMARY, Store
 
 DAY_S = 86400
 
@@ -26,7 +26,7 @@ async def prune(run_dir: Path, days: float, client, dry_run: bool = False, now: 
     """Remove (with dry_run: only name) the plans older than `days`. client: Temporal's, asked
     which plans still run or are reused; engine.WorkError (nothing removed) while it does not answer."""
     cutoff = (time.time() if now is None else now) - days * DAY_S
-    root = run_dir / "work" / "plans"
+    root = Store(run_dir).plans
     old, asked, young = await asyncio.to_thread(_old_plans, root, cutoff)  # (off the worker's event loop)
     from temporalio.service import RPCError
 

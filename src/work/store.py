@@ -9,10 +9,10 @@ from pathlib import Path
 
 class Store:
     def __init__(self, run_dir: Path):
-        self.root = run_dir / "work"
+        self.plans = run_dir / "work" / "plans"  # a folder per plan
 
     def attempt(self, plan_id: str, task: str, attempt: int) -> Path:
-        return self.root / "plans" / plan_id / "tasks" / task / f"attempt-{attempt}"
+        return self.plans / plan_id / "tasks" / task / f"attempt-{attempt}"
 
     def new_attempt(self, plan_id: str, task: str, attempt: int) -> Path:
         """Made with two mkdir calls once the plan's folder exists (each parent made again cost
@@ -28,7 +28,7 @@ class Store:
         return folder
 
     def record_path(self, plan_id: str) -> Path:
-        return self.root / "plans" / plan_id / "plan.json"
+        return self.plans / plan_id / "plan.json"
 
     def write_record(self, plan_id: str, record: dict) -> Path:
         """Atomically (a reader never sees half a file), with its summary beside it: a plan's list
@@ -50,13 +50,12 @@ class Store:
     def touch(self, plan_id: str) -> None:
         """The plan counts as changed now (work/prune.py): a new plan reuses its outputs."""
         try:
-            os.utime(self.root / "plans" / plan_id)
+            os.utime(self.plans / plan_id)
         except OSError:
             pass  # (no folder here: the plan ran on other rigs)
 
     def plan_ids(self) -> list[str]:
-        plans = self.root / "plans"
-        return sorted(p.name for p in plans.iterdir()) if plans.is_dir() else []
+        return sorted(p.name for p in self.plans.iterdir()) if self.plans.is_dir() else []
 
 
 SUMMARY = "plan.summary.json"
