@@ -30,7 +30,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
       $([ "$ENGINES_FROM" = source ] && echo python3-dev cmake build-essential) \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY runtime/LLAMA_CPP_PYTHON_VERSION runtime/build-llama-server.sh runtime/image-engines.sh runtime/
+COPY runtime/LLAMA_CPP_PYTHON_VERSION runtime/build-llama-server.sh runtime/image-engines.sh runtime/fail-line.sh runtime/
 COPY prebuilt/ prebuilt/
 RUN runtime/image-engines.sh server && runtime/image-engines.sh packages
 COPY pyproject.toml ./

@@ -6,7 +6,8 @@
 # Offline (no pip download): LLAMARIG_LLAMA_CPP_SRC=an extracted vendor/llama.cpp folder.
 # LLAMARIG_CMAKE_ARGS adds cmake arguments, e.g. "-DCMAKE_CUDA_ARCHITECTURES=90-real" to build
 # for one GPU generation only (minutes instead of an hour of nvcc).
-set -euo pipefail
+set -Eeuo pipefail
+. "$(dirname "$0")/fail-line.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 version=$(cat "$here/LLAMA_CPP_PYTHON_VERSION")
 flavour=cpu

@@ -3,7 +3,8 @@
 # ENGINES_FROM=source compiles llama.cpp here, with CUDA when ENGINE=cuda (needs the network).
 # ENGINES_FROM=prebuilt takes the host's CPU builds from prebuilt/ (runtime/image-prebuilt.sh)
 # and installs every Python package from its wheelhouse, with no network.
-set -euo pipefail
+set -Eeuo pipefail
+. "$(dirname "$0")/fail-line.sh"
 step=$1
 venv=/opt/venv
 die() { echo "image-engines: $*" >&2; exit 1; }

@@ -3,14 +3,15 @@
 # the native llama-server this host built, and a wheelhouse of every Python package the image
 # installs, at the versions .venv holds (pip reuses its cache: llama-cpp-python is not rebuilt).
 # Needs runtime/setup.sh done. Prints the folder on its last line.
-set -euo pipefail
+set -Eeuo pipefail
+. "$(dirname "$0")/fail-line.sh"
 cd "$(dirname "$0")/.."
 out=prebuilt
 rm -rf "$out/bin" "$out/wheels"
 mkdir -p "$out/bin" "$out/wheels"
 install -m 755 "$(runtime/build-llama-server.sh | tail -n 1)" "$out/bin/llama-server"
 pins=$(mktemp)
-trap 'rm -f "$pins"' EXIT
+at_exit 'rm -f "$pins"'
 .venv/bin/python -m pip freeze --exclude-editable > "$pins"
 # setuptools and wheel: the image builds llamarig itself offline, without build isolation.
 .venv/bin/python -m pip wheel -q --wheel-dir "$out/wheels" --constraint "$pins" . 'setuptools>=68' wheel

@@ -3,7 +3,8 @@
 # environment with llamarig and its engines, the native llama-server, and the generated tiny models.
 # Idempotent: a second run reuses pip's wheel cache and the cached llama-server binary.
 # Usage: runtime/setup.sh [--with-prometheus] [--with-docker]
-set -euo pipefail
+set -Eeuo pipefail
+. "$(dirname "$0")/fail-line.sh"
 cd "$(dirname "$0")/.."
 with_prometheus=false; with_docker=false
 for arg in "$@"; do

@@ -5,7 +5,9 @@
 # a version above 0.0, and `update-schema` applies only the versions a newer server brings (read in
 # Temporal's sql tool: sqlplugin/postgresql/admin.go, tools/common/schema/setuptask.go).
 set -eu
-sql() { temporal-sql-tool --plugin postgres12 --ep temporal-db -u temporal -p 5432 "$@"; }
+step="start"  # what failed, said in one line (temporal-sql-tool's own error is above it)
+trap 'rc=$?; [ "$rc" = 0 ] || echo "temporal-schema: failed (exit $rc) at: $step" >&2' EXIT
+sql() { step="temporal-sql-tool $*"; temporal-sql-tool --plugin postgres12 --ep temporal-db -u temporal -p 5432 "$@"; }
 for db in temporal visibility; do
   name=$([ "$db" = temporal ] && echo temporal || echo temporal_visibility)
   sql --db "$name" create
