@@ -51,7 +51,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         temporal_floor.FOLDER[:] = [tmp]
         work = WorkConfig(embedded={"port": free_port()})
-        server = subprocess.Popen(engine.embedded_command(work, temporal_bin(), f"{tmp}/temporal.db"),
+        server = subprocess.Popen(engine.embedded_command(work, temporal_bin(), f"{tmp}/temporal.db",
+                                                            temporal_floor.NAMESPACE),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             print(asyncio.run(_measure(work.embedded.port)))

@@ -33,6 +33,7 @@ from llamarig.work import engine
 
 WINDOW, SLOTS = 64, 16
 SETPRIV = shutil.which("setpriv")
+NAMESPACE = "llamarig"  # the bench's own dev server
 
 
 @activity.defn
@@ -131,7 +132,7 @@ def measure(temporal_bin: str, n: int, dag: list[dict] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         FOLDER[:] = [tmp]
         work = WorkConfig(embedded={"port": free_port()})
-        server = subprocess.Popen(engine.embedded_command(work, temporal_bin, f"{tmp}/temporal.db"),
+        server = subprocess.Popen(engine.embedded_command(work, temporal_bin, f"{tmp}/temporal.db", NAMESPACE),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             return asyncio.run(_measure(work.embedded.port, n, dag or []))
@@ -144,7 +145,7 @@ async def connected(port: int) -> Client:
     """A client once the server answers (it starts in a few seconds)."""
     for _ in range(150):
         try:
-            return await Client.connect(f"127.0.0.1:{port}", namespace="llamarig")
+            return await Client.connect(f"127.0.0.1:{port}", namespace=NAMESPACE)
         except RuntimeError:
             await asyncio.sleep(0.2)
     raise RuntimeError(f"no Temporal server on 127.0.0.1:{port} after 30 s")

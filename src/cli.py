@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -79,18 +80,13 @@ def cmd_launch(args) -> int:
     return launch(_rig(args), args.unit, args.slot)
 
 
-def _refuse_open_api(rig) -> None:
-    """Nothing starts where the API would listen beyond loopback without a key (RigError)."""
-    from llamarig.shared.keys import load_keys
-
-    load_keys(rig)
-
-
 def cmd_api(args) -> int:
     from llamarig.shared.gpus import start_nvml_early
 
+    from llamarig.shared.keys import load_keys
+
     rig = _rig(args)
-    _refuse_open_api(rig)
+    load_keys(rig)  # nothing starts where the API would listen beyond loopback without a key
     start_nvml_early(rig.gpus)  # meanwhile, the lifecycle manager's modules import
     from llamarig.api.compute.serve import serve
     from llamarig.shared.logs import setup_logging
@@ -124,38 +120,60 @@ def cmd_models_make(args) -> int:
     return 0
 
 
-def _run_conf(rig, args) -> Path:
-    if not args.preflight:
-        return Path(args.conf)
+def _start(rig, name: str, args) -> int:
+    """`run` (supervisord in the foreground) and `up` (in the background, showing the boot): the
+    rig's checks, then its conf rendered into its run folder and started."""
+    from llamarig.backend import preflight
+    from llamarig.backend.daemon import Daemon, write_conf
+
+    if name == "run":
+        preflight.check(rig) if args.preflight else preflight.startable(rig)
+        from llamarig import ops
+
+        ops.exec_supervisord(rig, write_conf(rig))
+    daemon = Daemon(rig)  # up: supervisord first, the operator commands' imports take a while
+    started = daemon.state() != "RUNNING" and _start_daemon(rig, daemon)
+    from llamarig import ops
+
+    return ops.up(rig, daemon, started, args.timeout)
+
+
+def _start_daemon(rig, daemon) -> bool:
     from llamarig.backend import preflight
 
-    preflight.check(rig)
-    return preflight.render_conf(rig)
+    if daemon.pid() or daemon.state():  # there, but not RUNNING: shutting down (or starting)
+        budget = daemon.stop_budget_s()
+        print(f"supervisord of this rig (pid {daemon.pid()}) is still shutting down: waiting up to {budget:.0f} s "
+              "for it to exit", flush=True)
+        if not daemon.wait_gone(budget):
+            raise LlamarigError("supervisord_stopping", f"supervisord of this rig (pid {daemon.pid()}) is still "
+                                f"stopping after {budget:.0f} s; nothing started (its log: {rig.run_dir}/logs)")
+    preflight.startable(rig)
+    daemon.start()
+    return True
+
+
+def cmd_supervisorctl(args) -> int:
+    from llamarig.backend.daemon import conf_path, write_conf
+    from llamarig.backend.supervisor import with_our_bin
+
+    rig = _rig(args)
+    conf = conf_path(rig) if conf_path(rig).exists() else write_conf(rig)  # (same socket either way)
+    os.environ["PATH"] = with_our_bin(os.environ.get("PATH", ""))
+    os.execvp("supervisorctl", ["supervisorctl", "-c", str(conf), *args.arguments])
 
 
 def _ops(name):
     def run(args) -> int:
         rig = _rig(args)
         if name in ("run", "up"):
-            from llamarig.work.cli_cmds import check_embedded
-
-            _refuse_open_api(rig)
-            check_embedded(rig)
-        if name == "up":  # supervisord first: the operator commands' imports take a while
-            from llamarig.backend.supervisor import start_daemon
-            from llamarig.backend.supervisor_conf import socket_path
-
-            started = start_daemon(Path(args.conf).resolve(), socket_path(rig), rig.run_dir / "logs")
+            return _start(rig, name, args)
         from llamarig import ops
 
         if name == "status":
             return ops.status(rig, args.wide, args.json)
-        if name == "up":
-            return ops.up(rig, started, args.timeout)
         if name == "down":
             return ops.down(rig)
-        if name == "run":
-            ops.exec_supervisord(rig, _run_conf(rig, args))
         return ops.act(rig, args.name, name, drain=not getattr(args, "now", False))
     return run
 
@@ -189,20 +207,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true")
     s.set_defaults(fn=cmd_models_make)
     for name, text in (("run", "supervisord in the foreground"), ("up", "start in the background, show waves")):
-        s = sub.add_parser(name, help=text)
-        s.add_argument("--conf", default="supervisord.conf")
+        s = sub.add_parser(name, help=f"{text}; the rig is rendered into RUN_DIR/supervisord.conf and that is started")
         s.add_argument("--timeout", type=float, default=600)
         if name == "run":
             s.add_argument("--preflight", action="store_true",
-                           help="(the image's start) refuse, with one line and exit 2, what cannot start: keys, "
-                           "run folder, models folder, required model files; render the conf into the run "
-                           "folder and use it (--conf is ignored)")
+                           help="(the image's start) also refuse, with one line and exit 2, what cannot start: the "
+                           "run folder, the models folder, required model files")
         s.set_defaults(fn=_ops(name))
     s = sub.add_parser("status", help="every unit's and GPU's state, one line each (80 columns)")
     s.add_argument("--wide", action="store_true", help="whole reasons, however long the lines")
     s.add_argument("--json", action="store_true", help="the compute API's /admin/units body")
     s.set_defaults(fn=_ops("status"))
-    sub.add_parser("down", help="drain and stop everything, then supervisord").set_defaults(fn=_ops("down"))
+    sub.add_parser("down", help="drain and stop everything, then supervisord; returns once it exited").set_defaults(
+        fn=_ops("down"))
+    s = sub.add_parser("supervisorctl", help="supervisorctl on this rig's supervisord (RUN_DIR/supervisord.conf): "
+                       "llamarig --rig R supervisorctl status")
+    s.add_argument("arguments", nargs=argparse.REMAINDER, help="supervisorctl's own (status, restart NAME, tail ...)")
+    s.set_defaults(fn=cmd_supervisorctl)
     for name in ("start", "stop", "reset", "reload"):
         s = sub.add_parser(name, help=f"{name} one unit")
         s.add_argument("name")

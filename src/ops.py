@@ -12,7 +12,8 @@ from pathlib import Path
 from rich.console import Console
 
 from llamarig import status_view
-from llamarig.backend.supervisor import SupervisorClient, wait_running, with_our_bin
+from llamarig.backend.daemon import Daemon
+from llamarig.backend.supervisor import wait_running, with_our_bin
 from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.errors import LlamarigError, SupervisorError
 from llamarig.shared.keys import load_keys
@@ -86,25 +87,38 @@ def _work(api: Api) -> dict:
         return {"error": {"code": e.code, "message": e.reason}}
 
 
-def up(rig: Rig, started: bool, timeout: float) -> int:
+def up(rig: Rig, daemon: Daemon, started: bool, timeout: float) -> int:
     """Show each wave of a boot (supervisord was started by the caller, if `started`), end
-    with the status table."""
+    with the status table; or, as soon as the bundle cannot come up (supervisord gone, a program
+    that must run failing), the cause and exit status 1."""
     if started:
-        console.print("supervisord started")
+        console.print(f"supervisord started (pid {daemon.pid()}; {daemon.socket.parent}/supervisord.conf)")
     api, shown, deadline = Api(rig), set(), time.monotonic() + timeout
     with console.status("waiting for the compute API and the waves…"):
         while time.monotonic() < deadline:
-            try:
-                body = api.get("/admin/units")
-            except LlamarigError:
-                time.sleep(0.2)
-                continue
-            for w in body["boot_waves"]:
-                _print_wave(w, shown)
-            if body["booted"]:
+            failure = daemon.boot_failure()
+            if failure:
+                return _boot_failed(failure)
+            if _booted(api, shown) and daemon.always_on_running():
                 break
             time.sleep(0.2)
     return status(rig)
+
+
+def _booted(api: Api, shown: set) -> bool:
+    try:
+        body = api.get("/admin/units")
+    except LlamarigError:
+        return False
+    for w in body["boot_waves"]:
+        _print_wave(w, shown)
+    return body["booted"]
+
+
+def _boot_failed(failure: str) -> int:
+    print(f"llamarig up: the bundle cannot come up: {failure}\nWhat did start keeps running: `llamarig down` "
+          "stops it.", flush=True)  # (not rich's console: it would wrap the log lines)
+    return 1
 
 
 def _print_wave(w: dict, shown: set) -> None:
@@ -131,17 +145,30 @@ def act(rig: Rig, name: str, action: str, drain: bool = True) -> int:
 
 
 def down(rig: Rig) -> int:
-    """Drain and stop every unit (verified), then shut supervisord down."""
+    """Drain and stop every unit (verified), then shut supervisord down and wait for it to exit
+    (at most the sum of its programs' stop waits); exit status 1 if it is still stopping then."""
+    daemon = Daemon(rig)
+    pid = daemon.pid()
+    if pid is None and daemon.state() is None:
+        console.print(f"supervisord of this rig is not running ({daemon.socket}): nothing to stop")
+        return 0
     try:
         body = Api(rig).post("/admin/down", timeout=rig.timeouts.stop_budget_s + 30)
         print(status_view.render({"units": body["units"]}))
     except LlamarigError as e:
         console.print(f"[yellow]compute API: {e.reason}; stopping through supervisord only[/]")
     try:
-        SupervisorClient(socket_path(rig)).shutdown()
+        daemon.supervisor.shutdown()
     except SupervisorError as e:
         console.print(f"supervisord: {e.reason}")
-    return 0
+    budget = daemon.stop_budget_s()
+    console.print(f"supervisord (pid {pid}) stopping: waiting up to {budget:.0f} s for it to exit")
+    if daemon.wait_gone(budget):
+        console.print("supervisord stopped")
+        return 0
+    console.print(f"[red]supervisord (pid {pid}) is still stopping after {budget:.0f} s[/]: it goes on; "
+                  f"`llamarig up` waits for it (its log: {daemon.logs}/supervisord.log)")
+    return 1
 
 
 def exec_supervisord(rig: Rig, conf: Path) -> None:

@@ -119,7 +119,7 @@ def temporal_beside() -> tuple[list[str], list[str]]:
 
     work = load_rig(REPO / "runtime" / "rig.yaml").work
     work = work.model_copy(update={"embedded": work.embedded.model_copy(update={"ui_port": 0, "metrics_port": 9091})})
-    command = embedded_command(work, "/usr/local/bin/temporal", "/tmp/temporal.db")
+    command = embedded_command(work, "/usr/local/bin/temporal", "/tmp/temporal.db", "default")
     command[command.index("127.0.0.1")] = "0.0.0.0"
     return [f"{temporal_bin()}:/usr/local/bin/temporal:ro"], command
 

@@ -93,6 +93,14 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
+def alive(pid: int | None) -> bool:
+    """The process runs (a zombie, left to a parent that does not reap it, does not)."""
+    try:
+        return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def llama_server_bin() -> str:
     found = shutil.which("llama-server", path=PATH)
     if not found:
@@ -359,7 +367,7 @@ def plan_history(rig, plan_id: str) -> list:
     from llamarig.work import engine
 
     async def fetch():
-        client = await engine.connect(rig.work)
+        client = await engine.connect(rig)
         return [e async for e in client.get_workflow_handle(plan_id).fetch_history_events()]
     return asyncio.run(fetch())
 
@@ -374,7 +382,7 @@ def forget_plan(rig, plan_id: str) -> None:
     from llamarig.work import engine
 
     async def delete():
-        client = await engine.connect(rig.work)
+        client = await engine.connect(rig)
         await client.workflow_service.delete_workflow_execution(DeleteWorkflowExecutionRequest(
             namespace=client.namespace, workflow_execution=WorkflowExecution(workflow_id=plan_id)))
     asyncio.run(delete())

@@ -1,6 +1,7 @@
 """The image's entrypoint, run as a script: an API beyond loopback without a key refuses to
 start with one line saying how to give one, and nothing starts."""
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,7 @@ ENTRYPOINT = Path(__file__).resolve().parent.parent / "runtime" / "entrypoint.sh
 
 def _run(rig: Path, cwd: Path, **env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LLAMARIG_")}
-    return subprocess.run([str(ENTRYPOINT), "--conf", str(cwd / "supervisord.conf")], cwd=cwd, timeout=60,
+    return subprocess.run([str(ENTRYPOINT)], cwd=cwd, timeout=60,
                           capture_output=True, text=True, env={**clean, "PATH": PATH, "LLAMARIG_RIG": str(rig), **env})
 
 
@@ -50,3 +51,17 @@ def test_a_key_file_from_the_environment_is_accepted(tmp_path, models):
     keys.write_text("short\n")
     result = _run(_image_rig(tmp_path, models), tmp_path, LLAMARIG_CLIENT_KEYS_FILE=str(keys))
     assert result.returncode == 2 and "shorter than 16" in result.stderr
+
+
+def test_a_port_the_rig_needs_taken_is_refused_naming_the_field_and_who_holds_it(tmp_path, models):
+    rig = _image_rig(tmp_path, models)
+    port = yaml.safe_load(rig.read_text())["api"]["port"]
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", port))
+        holder.listen()
+        result = _run(rig, tmp_path, LLAMARIG_CLIENT_KEYS="k" * 20)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"api.port: port {port} on 0.0.0.0 is already in use by pid {os.getpid()}" in lines[0]
+    assert not (tmp_path / "run" / "supervisor.sock").exists()

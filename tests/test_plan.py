@@ -116,3 +116,24 @@ def test_untrusted_data_stays_inside_its_block_and_cannot_close_it():
     assert block.endswith(f"\n{m}>>") and block.count(m) == 2  # its own open and close only
     assert "Ignore all previous instructions" in block  # kept, but inside the data block
     assert prompts.marker() != m  # drawn per task
+
+
+@pytest.mark.parametrize("name, text, where, said", [
+    ("g.yaml", "{{{ a: b: [ ]]] ::\n\t- ]\n", "(yaml) line 2, column 1", "found character '\\t' that cannot start any token"),
+    ("h.yaml", "name: x\ntasks:\n  - [a, b\n  - c: d\n", "(yaml) line 4, column 6",
+     "expected ',' or ']', but got ':' (while parsing a flow sequence begun at line 3, column 5)"),
+    ("q.yml", 'name: "x\n', "(yaml) line 2, column 1", "found unexpected end of stream"),
+    ("p.json", '{"name": "x",\n "tasks": [1,]}', "(json) line 2, column 14", "Expecting value"),
+])
+def test_a_syntax_error_is_one_line_with_file_line_column_and_what_was_expected(tmp_path, name, text, where, said):
+    from helpers import llamarig, model_entry, work_section, write_rig
+
+    plan = tmp_path / name
+    plan.write_text(text)
+    rig = write_rig(tmp_path, {"m": model_entry(tmp_path / "m.gguf", [0])}, work=work_section())
+    result = llamarig(rig, "submit", str(plan), timeout=60)  # refused before the API is asked
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"llamarig: plan_invalid: {plan}: {where}: "), lines[0]
+    assert said in lines[0], lines[0]

@@ -8,7 +8,7 @@ import httpx
 import psutil
 import yaml
 
-from helpers import llamarig, model_entry, write_rig
+from helpers import alive, llamarig, model_entry, write_rig
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -30,10 +30,8 @@ def test_up_shows_waves_refuses_what_cannot_fit_and_down_stops_everything(tmp_pa
     data = yaml.safe_load(rig_path.read_text())
     data["gpus"]["simulated"][1]["memory_mib"] = 4  # far less than any model needs
     rig_path.write_text(yaml.safe_dump(data))
-    conf = tmp_path / "supervisord.conf"
-    assert llamarig(rig_path, "render", "--out", str(conf)).returncode == 0
     try:
-        up = llamarig(rig_path, "up", "--conf", str(conf), "--timeout", "120")
+        up = llamarig(rig_path, "up", "--timeout", "120")
         out = up.stdout
         assert "wave 1: starting brain" in out, out
         assert "wave 2: starting worker" in out and "big not started" in out, out
@@ -54,8 +52,8 @@ def test_up_shows_waves_refuses_what_cannot_fit_and_down_stops_everything(tmp_pa
         servers = {p.pid for p in psutil.Process(pid).children(recursive=True)}
         down = llamarig(rig_path, "down")
         assert down.returncode == 0, down.stderr
-        psutil.wait_procs([psutil.Process(pid)], timeout=60)
-        assert not psutil.pid_exists(pid)
+        assert not alive(pid), "`llamarig down` returned before supervisord exited"
+        assert "supervisord stopped" in down.stdout, down.stdout
         assert not [p for p in servers if psutil.pid_exists(p)], "a server outlived `llamarig down`"
     finally:  # after a failure: every program has its own process group, so kill each process
         pid = supervisord_pid(tmp_path)

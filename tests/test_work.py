@@ -16,7 +16,7 @@ import yaml
 
 from helpers import (aged, forget_plan, free_port, llamarig, llamarig_started, model_entry, plan_ended, plan_history,
                      plan_view, running_bundle, submit_plan, wait_for, work_section, write_rig)
-from llamarig.work import durations
+from llamarig.work import durations, engine
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,9 +68,9 @@ def _retention_hours(rig) -> float:
     from llamarig.work import engine
 
     async def read():
-        client = await engine.connect(rig.work)
+        client = await engine.connect(rig)
         found = await client.workflow_service.describe_namespace(
-            DescribeNamespaceRequest(namespace=rig.work.embedded.namespace))
+            DescribeNamespaceRequest(namespace=client.namespace))
         return found.config.workflow_execution_retention_ttl.ToTimedelta().total_seconds() / 3600
     return wait_for(lambda: (h := asyncio.run(read())) != 24 and h, 30, "the retention set by work-cpu")
 
@@ -106,7 +106,7 @@ def test_plan_histories_replay_deterministically(wb):
     recorded = plans(wb)
 
     async def replay():
-        client = await engine.connect(wb.rig.work)
+        client = await engine.connect(wb.rig)
         for plan_id in recorded.values():
             history = await client.get_workflow_handle(plan_id).fetch_history()
             await Replayer(workflows=[PlanWorkflow]).replay_workflow(history)  # raises on nondeterminism
@@ -245,7 +245,7 @@ def test_a_plan_of_the_most_tasks_ends_and_is_shown_whole_while_it_runs(wb):
     assert ended["outcome"] == "succeeded" and len(ended["tasks"]) == MAX_TASKS
 
     async def at_once():  # one page of all is over 2 MiB: refused, so the pages shrink until they fit
-        handle = (await engine.connect(wb.rig.work)).get_workflow_handle(plan_id)
+        handle = (await engine.connect(wb.rig)).get_workflow_handle(plan_id)
         with pytest.raises(WorkflowQueryFailedError, match="size"):
             await handle.query("page", args=[0, MAX_TASKS])
         return await plans._state(handle, page=MAX_TASKS)
@@ -481,7 +481,7 @@ def test_a_plan_terminated_in_temporal_counts_as_ended(wb):
     wait_for(lambda: plan_view(wb, plan_id)["tasks"]["hang"]["state"] == "running", 60, "hang running")
 
     async def terminate():
-        await (await engine.connect(wb.rig.work)).get_workflow_handle(plan_id).terminate("by hand")
+        await (await engine.connect(wb.rig)).get_workflow_handle(plan_id).terminate("by hand")
     asyncio.run(terminate())
     waited = llamarig(wb.rig_path, "plan", plan_id, "--wait", timeout=60)
     assert waited.returncode == 1 and f"{plan_id}  running" in waited.stdout, waited.stdout + waited.stderr
@@ -635,7 +635,7 @@ def test_admin_work_and_status_name_who_polls_each_queue(wb):
     work = wait_for(lambda: (w := wb.get("/admin/work").json()) and all(q["pollers"] for q in w["queues"].values())
                     and w, 30, "both queues polled")
     assert work["temporal"] == {"address": f"127.0.0.1:{wb.rig.work.embedded.port}",
-                                "namespace": wb.rig.work.embedded.namespace}
+                                "namespace": engine.address(wb.rig)[1]}
     queue = wb.rig.work.queue
     for role in ("cpu", "gpu"):
         identities = [p["identity"] for p in work["queues"][f"{queue}@{role}"]["pollers"]]

@@ -11,6 +11,7 @@ import pytest
 
 from helpers import (free_ports_in_a_row, model_entry, plan_ended, plan_history, plan_view, start_bundle,
                      submit_plan, temporal_cluster, wait_for, work_section, write_rig)
+from llamarig.work import engine
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +25,8 @@ def two_rigs(tmp_path, models):
             folder.mkdir()
             work = work_section(concurrency={"cpu": 2, "script": 1})
             if started:  # the second rig is a client of the first one's Temporal
-                first = started[0].rig.work.embedded
-                work = {**work, "temporal": "cluster",
-                        "cluster": {"address": f"127.0.0.1:{first.port}", "namespace": first.namespace}}
+                address, namespace = engine.address(started[0].rig)
+                work = {**work, "temporal": "cluster", "cluster": {"address": address, "namespace": namespace}}
             rig = write_rig(folder, {"m": model_entry(models["gguf"], [0])}, work=work)
             started.append(start_bundle(folder, rig))
             started[-1].wait_ready()

@@ -1,7 +1,9 @@
-"""What a start needs, checked before supervisord starts (`llamarig run --preflight`, the image's
-entrypoint): the keys where the API listens beyond loopback, a writable run folder, model folders
-that hold something, and every required model file accepted by the verifier. Each problem is a
-RigError naming the rig field, so the CLI prints one line and exits 2 with nothing started."""
+"""What a start needs, checked before supervisord starts. Every start (`llamarig up`, `run`):
+the keys where the API listens beyond loopback, the embedded engine's CLI, no supervisord of
+this rig alive, every port of the rig free, the engine's namespace chosen. The image's
+(`run --preflight`) also: a writable run folder, model folders that hold something, and every
+required model file accepted by the verifier. Each problem is a RigError naming the rig field,
+so the CLI prints one line and exits 2 with nothing started."""
 from __future__ import annotations
 
 import os
@@ -9,27 +11,41 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from llamarig.backend import ports
+from llamarig.backend.daemon import Daemon
 from llamarig.backend.launch import checks_for, verify_unit
-from llamarig.backend.supervisor_conf import WHISPER_PROGRAM, render
+from llamarig.backend.supervisor_conf import WHISPER_PROGRAM
 from llamarig.shared.errors import RigError
 from llamarig.shared.keys import load_keys
 from llamarig.shared.rig import Rig
 
 
 def check(rig: Rig) -> None:
+    """The image's start: the run folder and the model files too."""
     load_keys(rig)
     _check_run_dir(rig)
     _check_model_folders(rig)
     _check_required_files(rig)
+    startable(rig)
 
 
-def render_conf(rig: Rig) -> Path:
-    """supervisord.conf for this rig, written into the run folder (the image's /app is not the
-    user's to write, and a mounted rig must not start with the build's render), with absolute
-    paths: the image links /app/supervisord.conf to it, so a plain `supervisorctl status` works."""
-    conf = rig.run_dir / "supervisord.conf"
-    conf.write_text(render(rig, None))
-    return conf
+def startable(rig: Rig) -> None:
+    from llamarig.work import namespace
+    from llamarig.work.cli_cmds import check_embedded
+
+    load_keys(rig)
+    check_embedded(rig)
+    _not_running(rig)
+    ports.check(rig)
+    if rig.work and rig.work.temporal == "embedded":
+        namespace.of_rig(rig)  # before any program: they all read it
+
+
+def _not_running(rig: Rig) -> None:
+    pid = Daemon(rig).pid()
+    if pid:
+        raise RigError(rig.source, [f"paths.run_dir: this rig's supervisord already runs (pid {pid}, {rig.run_dir}): "
+                                    "`llamarig status` shows it, `llamarig down` stops it"])
 
 
 def _check_run_dir(rig: Rig) -> None:

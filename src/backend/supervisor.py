@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 import xmlrpc.client
 from pathlib import Path
 
-from supervisor.xmlrpc import Faults, SupervisorTransport
+from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from llamarig.shared.errors import SupervisorError
 
@@ -28,11 +26,15 @@ ALIVE_STATES = {"STARTING", "RUNNING", "STOPPING"}
 
 
 class SupervisorClient:
-    def __init__(self, socket: Path):
-        self.socket = Path(socket)
+    def __init__(self, socket: Path, timeout: float | None = None):
+        """timeout: seconds a call may wait for its answer (the CLI's checks: a hung supervisord
+        must not hang them); None for the planner's calls, which wait for a program's stop."""
+        self.socket, self.timeout = Path(socket), timeout
 
     def _proxy(self):
         transport = SupervisorTransport(None, None, f"unix://{self.socket}")
+        if self.timeout is not None:
+            transport._get_connection = lambda: _TimedConnection(str(self.socket), self.timeout)
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def _call(self, method: str, *args):
@@ -82,6 +84,18 @@ class SupervisorClient:
         return await asyncio.to_thread(getattr(self, method), *args)
 
 
+class _TimedConnection(UnixStreamHTTPConnection):
+    """supervisor's unix-socket connection, with a timeout on its socket (it sets none)."""
+
+    def __init__(self, socketfile: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socketfile = socketfile
+
+    def connect(self):
+        super().connect()
+        self.sock.settimeout(self.timeout)
+
+
 # ---- the daemon itself ------------------------------------------------------------------------
 def with_our_bin(path: str) -> str:
     """PATH with this environment's bin first: supervisord's programs call `llamarig` and
@@ -109,17 +123,3 @@ def wait_running(socket: Path, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return False
-
-
-def start_daemon(conf: Path, socket: Path, log_dir: Path) -> bool:
-    """supervisord in the background (its own session), unless one answers on the socket
-    already; True when this call started it."""
-    if is_running(socket):
-        return False
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PATH": with_our_bin(os.environ.get("PATH", ""))}
-    with open(log_dir / "supervisord.out", "ab") as out:  # supervisord keeps its own copy
-        subprocess.Popen([shutil.which("supervisord", path=env["PATH"]) or "supervisord", "-c", str(conf)],
-                         stdout=out, stderr=out, start_new_session=True, cwd=conf.parent, env=env)
-    wait_running(socket)
-    return True

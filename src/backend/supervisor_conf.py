@@ -164,5 +164,15 @@ def _work_programs(rig: Rig, conf_dir: Path | None, rig_ref: str) -> list[str]:
     return parts
 
 
+def always_on(rig: Rig) -> set[str]:
+    """The programs (supervisord's groups) that start with supervisord and must keep running;
+    the servers are the lifecycle manager's to start."""
+    names = {API_PROGRAM}
+    if rig.work:
+        names |= {"work-cpu", "work-gpu", WATCHDOG_PROGRAM}
+        names |= {TEMPORAL_PROGRAM} if rig.work.temporal == "embedded" else set()
+    return names
+
+
 def socket_path(rig: Rig) -> Path:
     return rig.run_dir / "supervisor.sock"

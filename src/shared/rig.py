@@ -310,18 +310,36 @@ class Rig(Strict):
         return self.models[name]
 
 
+def claimed_ports(rig: Rig) -> list[tuple[int, str]]:
+    """Every TCP port the rig's programs listen on, with the field that names it (a placement's
+    as its model's or Whisper's port + its position)."""
+    claims = [(rig.api.port, "api.port")]
+    for name, m in rig.models.items():
+        claims += [(m.port_on(gpu), _placed(f"models.{name}.port", m.placements, gpu)) for gpu in m.placements or [None]]
+        if m.swap_port is not None:
+            claims.append((m.swap_port, f"models.{name}.swap_port"))
+    if rig.whisper:
+        claims += [(rig.whisper.port_on(gpu), _placed("whisper.port", rig.whisper.gpus, gpu))
+                   for gpu in rig.whisper.placements]
+    return claims + [(port, where) for port, where in (rig.work.ports().items() if rig.work else ())]
+
+
+def _placed(field: str, placements: list[int] | None, gpu: int | None) -> str:
+    at = placements.index(gpu) if placements and gpu in placements else 0
+    return f"{field} (+{at}, the placement on GPU {gpu})" if at else field
+
+
 def _cross_check(rig: Rig) -> list[str]:
     """Faults that span fields: ports, GPU references."""
     problems = []
     known_gpus = {g.index for g in rig.gpus.simulated}
-    ports: dict[int, str] = {rig.api.port: "api.port"}
+    ports: dict[int, str] = {}
+    for port, where in claimed_ports(rig):
+        _claim_port(ports, port, where, problems)
     for name, m in rig.models.items():
-        for gpu in m.placements or [None]:
-            _claim_port(ports, m.port_on(gpu) if gpu is not None else m.port, f"models.{name}.port", problems)
-            if gpu is not None and known_gpus and gpu not in known_gpus:
+        for gpu in m.placements or []:
+            if known_gpus and gpu not in known_gpus:
                 problems.append(f"models.{name}.placements: GPU {gpu} not in gpus.simulated {sorted(known_gpus)}")
-        if m.swap_port is not None:
-            _claim_port(ports, m.swap_port, f"models.{name}.swap_port", problems)
         if m.embeddings and m.engine == Engine.llama_cpp_python:
             problems.append(f"models.{name}.embeddings: llama-cpp-python's server cannot be told to pool "
                             "(it would answer per-token vectors); use engine llama-server")
@@ -331,11 +349,8 @@ def _cross_check(rig: Rig) -> list[str]:
     if rig.whisper:
         field = "whisper.gpu" if rig.whisper.gpus is None else "whisper.gpus"
         for gpu in rig.whisper.placements:
-            _claim_port(ports, rig.whisper.port_on(gpu), "whisper.port", problems)
             if known_gpus and gpu not in known_gpus:
                 problems.append(f"{field}: GPU {gpu} not in gpus.simulated {sorted(known_gpus)}")
-    for port, where in (rig.work.ports().items() if rig.work else ()):
-        _claim_port(ports, port, where, problems)
     if rig.gpus.source != GpuSource.nvml and not known_gpus:
         problems.append("gpus.simulated: empty, but source is not 'nvml' so it may be needed")
     return problems

@@ -1,7 +1,8 @@
 """`llamarig backup` and `llamarig restore`: what a rig needs to come back with its plans.
 
 Kept: the rig file, the manifest it names, the embedded engine's database (copied with SQLite's
-online backup API: a consistent snapshot while the server writes, WAL included), and the plan
+online backup API: a consistent snapshot while the server writes, WAL included) with the name of
+its namespace (work/namespace.py), and the plan
 records and results under run/work/plans, and the task durations learned from them
 (work/durations.py). Not kept: keys (secrets: keep them where they are
 kept), model files (large, and verified against the manifest), logs. A cluster's database is
@@ -18,10 +19,10 @@ from pathlib import Path
 from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.errors import LlamarigError
 from llamarig.shared.verify import hash_file
-from llamarig.work import durations
+from llamarig.work import durations, namespace
+from llamarig.work.namespace import DB
 from llamarig.work.store import Store
 
-DB = "temporal.db"
 LEARNED = "durations.json"
 
 
@@ -34,6 +35,7 @@ def backup(rig, dest: Path) -> Path:
     db = rig.run_dir / DB
     if rig.work and rig.work.temporal == "embedded" and db.exists():
         _copy_db(db, folder / DB)
+        shutil.copy2(namespace.path(rig.run_dir), namespace.path(folder))  # (made before the server: it exists)
     plans = Store(rig.run_dir).plans
     if plans.is_dir():
         shutil.copytree(plans, folder / "plans", ignore=shutil.ignore_patterns("*.tmp"))
@@ -60,6 +62,7 @@ def restore(rig, source: Path) -> list[str]:
             stale.unlink()
         rig.run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / DB, rig.run_dir / DB)
+        _restore_namespace(rig, source)
         done.append(str(rig.run_dir / DB))
     if (source / "plans").is_dir():
         target = Store(rig.run_dir).plans
@@ -71,6 +74,16 @@ def restore(rig, source: Path) -> list[str]:
         shutil.copy2(source / LEARNED, learned)
         done.append(str(learned))
     return done
+
+
+def _restore_namespace(rig, source: Path) -> None:
+    """The database's namespace with it: a backup made before the namespace file existed holds
+    its plans under the configured name."""
+    target = namespace.path(rig.run_dir)
+    if namespace.path(source).is_file():
+        shutil.copy2(namespace.path(source), target)
+    elif rig.work:
+        target.write_text(rig.work.embedded.namespace + "\n")
 
 
 def _copy_db(source: Path, target: Path) -> None:

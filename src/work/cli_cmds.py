@@ -33,13 +33,14 @@ def check_embedded(rig) -> None:
 
 
 def run_temporal(rig) -> int:
+    from llamarig.work import namespace
     from llamarig.work.engine import embedded_command
 
     need_work(rig)
     check_embedded(rig)
     db = rig.run_dir / "temporal.db"
     db.parent.mkdir(parents=True, exist_ok=True)
-    cmd = embedded_command(rig.work, temporal_bin(), str(db))
+    cmd = embedded_command(rig.work, temporal_bin(), str(db), namespace.of_rig(rig))
     os.execv(cmd[0], cmd)
 
 
@@ -188,7 +189,7 @@ def prune_plans(rig, days: float, dry_run: bool, as_json: bool) -> int:
     from llamarig.work.prune import prune
 
     async def run():
-        client = await engine.connect(rig.work, identity="llamarig prune-plans")
+        client = await engine.connect(rig, identity="llamarig prune-plans")
         return await prune(rig.run_dir, days, client, dry_run)
     need_work(rig)
     try:

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from llamarig.shared.errors import LlamarigError
 from llamarig.shared.work_config import WorkConfig
-from llamarig.work import priority
+from llamarig.work import namespace, priority
 
 PLAN_WORKFLOW = "PlanWorkflow"
 EMBEDDED_DYNAMIC_CONFIG = {
@@ -58,18 +58,19 @@ def queues(work: WorkConfig) -> dict[str, str]:
     return {"gpu": gpu, "cpu": cpu, "script": gpu, "llm": gpu, "plan": cpu}
 
 
-def address(work: WorkConfig) -> tuple[str, str]:
-    """(host:port, namespace) the workers and the CLI connect to."""
+def address(rig) -> tuple[str, str]:
+    """(host:port, namespace) the workers, the API and the CLI connect to (work/namespace.py)."""
+    work = rig.work
     if work.temporal == "embedded":
-        return f"127.0.0.1:{work.embedded.port}", work.embedded.namespace
+        return f"127.0.0.1:{work.embedded.port}", namespace.of_rig(rig)
     return work.cluster.address, work.cluster.namespace
 
 
-def embedded_command(work: WorkConfig, temporal_bin: str, db_file: str) -> list[str]:
+def embedded_command(work: WorkConfig, temporal_bin: str, db_file: str, namespace_name: str) -> list[str]:
     """`temporal server start-dev` on loopback, its SQLite file in WAL mode."""
     e = work.embedded
     cmd = [temporal_bin, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(e.port),
-           "--db-filename", db_file, "--namespace", e.namespace, "--log-level", "warn",
+           "--db-filename", db_file, "--namespace", namespace_name, "--log-level", "warn",
            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
     cmd += ["--ui-port", str(e.ui_port)] if e.ui_port else ["--headless"]
     if e.metrics_port:
@@ -79,10 +80,11 @@ def embedded_command(work: WorkConfig, temporal_bin: str, db_file: str) -> list[
     return cmd
 
 
-async def connect(work: WorkConfig, identity: str | None = None, runtime=None):
+async def connect(rig, identity: str | None = None, runtime=None):
     from temporalio.client import Client, TLSConfig
 
-    target, namespace = address(work)
+    work = rig.work
+    target, namespace = address(rig)
     tls, api_key = False, None
     if work.temporal == "cluster":
         c = work.cluster
@@ -95,13 +97,14 @@ async def connect(work: WorkConfig, identity: str | None = None, runtime=None):
     except RuntimeError as e:
         raise WorkError("temporal_unreachable", f"cannot reach Temporal at {target} ({namespace}): {e}; "
                         "is the temporal program running (supervisorctl status temporal)?") from None
-    await _namespace_exists(client, target, namespace)
+    await _namespace_exists(client, target, namespace, work.temporal == "embedded")
     return client
 
 
-async def _namespace_exists(client, target: str, namespace: str) -> None:
+async def _namespace_exists(client, target: str, namespace: str, embedded: bool) -> None:
     """A cluster answers before its namespace is made (docker-compose.yml's one-shot), and a
-    worker started then would fail its validation and exit: the caller waits and says why."""
+    worker started then would fail its validation and exit: the caller waits and says why. With
+    the embedded server, a missing namespace means the server at the port is another rig's."""
     from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
     from temporalio.service import RPCError, RPCStatusCode
 
@@ -110,13 +113,18 @@ async def _namespace_exists(client, target: str, namespace: str) -> None:
     except RPCError as e:
         if e.status != RPCStatusCode.NOT_FOUND:
             raise failed_call(e, "describe the namespace") from None
+        if embedded:
+            raise WorkError("temporal_not_ours", f"the Temporal at {target} is not this rig's embedded server (it has "
+                            f"no namespace {namespace!r}): another program holds work.embedded.port, or this rig's "
+                            "temporal program has not started (supervisorctl status temporal)") from None
         raise WorkError("temporal_namespace_missing", f"Temporal at {target} has no namespace {namespace!r} (yet): "
                         f"create it (temporal operator namespace create -n {namespace} --address {target}), "
                         "or name one it has in work.cluster.namespace") from None
 
 
 async def ensure_retention(client, work: WorkConfig) -> None:
-    """The embedded server's namespace keeps finished plans work.embedded.retention_h, not 24 h."""
+    """The embedded server's namespace (the client's) keeps finished plans work.embedded.retention_h,
+    not 24 h."""
     from google.protobuf.duration_pb2 import Duration
     from temporalio.api.namespace.v1 import NamespaceConfig
     from temporalio.api.workflowservice.v1 import UpdateNamespaceRequest
@@ -124,7 +132,7 @@ async def ensure_retention(client, work: WorkConfig) -> None:
     hours = work.embedded.retention_h
     config = NamespaceConfig(workflow_execution_retention_ttl=Duration(seconds=hours * 3600))
     await client.workflow_service.update_namespace(
-        UpdateNamespaceRequest(namespace=work.embedded.namespace, config=config))
+        UpdateNamespaceRequest(namespace=client.namespace, config=config))
 
 
 def worker_identity(role: str, api_port: int) -> str:

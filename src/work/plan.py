@@ -6,6 +6,7 @@ records it on the task (`class_inferred: true`).
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from typing import Literal
@@ -110,13 +111,32 @@ def suggest_class(task: dict) -> str:
 
 
 def load_plan(path: str, infer_class: bool = False, models: set[str] | None = None) -> Plan:
+    """A plan file: JSON where its name ends in .json, else YAML. A syntax error is one line: the
+    file, the line and column, what the parser found and expected."""
     try:
-        data = yaml.safe_load(open(path, encoding="utf-8"))
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
     except OSError as e:
         raise PlanError(path, [f"(file): cannot read: {e.strerror}"]) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise PlanError(path, [f"(yaml): {e}"]) from None
+    except UnicodeDecodeError as e:
+        raise PlanError(path, [f"(file): not UTF-8 text (byte {e.start}: {e.reason})"]) from None
+    except json.JSONDecodeError as e:
+        raise PlanError(path, [f"(json) line {e.lineno}, column {e.colno}: {e.msg}"]) from None
+    except yaml.YAMLError as e:
+        raise PlanError(path, [_yaml_syntax(e)]) from None
     return parse_plan(data, path, infer_class, models)
+
+
+def _yaml_syntax(e: yaml.YAMLError) -> str:
+    """PyYAML's two or three lines as one: where, what was found, in what (begun where)."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is None:
+        return "(yaml) " + " ".join(str(e).split())
+    what = getattr(e, "problem", None) or "syntax error"
+    within, begun = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if within and begun is not None and begun.line != mark.line:
+        within += f" begun at line {begun.line + 1}, column {begun.column + 1}"
+    return f"(yaml) line {mark.line + 1}, column {mark.column + 1}: {what}" + (f" ({within})" if within else "")
 
 
 def parse_plan(data: object, source: str, infer_class: bool = False, models: set[str] | None = None) -> Plan:

@@ -9,10 +9,10 @@ import time
 from llamarig.work import engine
 
 
-async def describe(client, work) -> dict:
+async def describe(client, rig) -> dict:
     """{"temporal": {address, namespace}, "queues": {QUEUE: {"pollers": [{identity, seen_s_ago}]}}}."""
-    address, namespace = engine.address(work)
-    names = engine.queues(work)
+    address, namespace = engine.address(rig)
+    names = engine.queues(rig.work)
     ordered = sorted({names["gpu"], names["cpu"]})
     answers = await asyncio.gather(*(_pollers(client, namespace, q) for q in ordered))  # (a slow engine: once)
     queues = {q: {"pollers": pollers} for q, pollers in zip(ordered, answers)}

@@ -42,7 +42,7 @@ async def _connect(rig, identity: str, runtime):
     wait = 1.0
     while True:
         try:
-            return await engine.connect(rig.work, identity, runtime)
+            return await engine.connect(rig, identity, runtime)
         except engine.WorkError as e:
             log.warning("waiting for Temporal", extra={"reason": e.reason, "retry_in_s": wait})
             await asyncio.sleep(wait)

@@ -47,7 +47,7 @@ def plans(b) -> dict[str, str]:
 
 
 async def save(rig, ids: dict[str, str], release: str) -> None:
-    client = await engine.connect(rig.work)
+    client = await engine.connect(rig)
     for name, plan_id in ids.items():
         history = await client.get_workflow_handle(plan_id).fetch_history()
         (HERE / f"{release}-{name}.json").write_text(history.to_json())

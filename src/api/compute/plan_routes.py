@@ -29,7 +29,7 @@ class TemporalLink:
             if self.client is None:
                 from llamarig.work import engine
 
-                self.client = await engine.connect(self.rig.work, identity="compute-api")
+                self.client = await engine.connect(self.rig, identity="compute-api")
             return self.client
 
 
@@ -89,7 +89,7 @@ def build_work_router(rig, link: TemporalLink | None) -> APIRouter:
     async def work() -> Response:
         from llamarig.work import pollers
 
-        return await _answer(link, pollers.describe, "describe the queues", rig.work)
+        return await _answer(link, pollers.describe, "describe the queues", rig)
 
     return router
 
