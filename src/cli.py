@@ -154,11 +154,11 @@ def _start_daemon(rig, daemon) -> bool:
 
 
 def cmd_supervisorctl(args) -> int:
-    from llamarig.backend.daemon import conf_path, write_conf
+    from llamarig.backend.daemon import write_conf
     from llamarig.backend.supervisor import with_our_bin
 
     rig = _rig(args)
-    conf = conf_path(rig) if conf_path(rig).exists() else write_conf(rig)  # (same socket either way)
+    conf = write_conf(rig)  # the rig as it is now: `supervisorctl update` applies its changes
     os.environ["PATH"] = with_our_bin(os.environ.get("PATH", ""))
     os.execvp("supervisorctl", ["supervisorctl", "-c", str(conf), *args.arguments])
 
@@ -220,8 +220,9 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_ops("status"))
     sub.add_parser("down", help="drain and stop everything, then supervisord; returns once it exited").set_defaults(
         fn=_ops("down"))
-    s = sub.add_parser("supervisorctl", help="supervisorctl on this rig's supervisord (RUN_DIR/supervisord.conf): "
-                       "llamarig --rig R supervisorctl status")
+    s = sub.add_parser("supervisorctl", help="supervisorctl on this rig's supervisord, through RUN_DIR/supervisord.conf "
+                       "rendered from the rig first (so `update` applies the rig's changes): llamarig --rig R "
+                       "supervisorctl status")
     s.add_argument("arguments", nargs=argparse.REMAINDER, help="supervisorctl's own (status, restart NAME, tail ...)")
     s.set_defaults(fn=cmd_supervisorctl)
     for name in ("start", "stop", "reset", "reload"):

@@ -19,8 +19,10 @@ class EmbeddedTemporal(Strict):
     retention_h: int = Field(720, ge=25, le=87600, description="Hours a finished plan stays in the engine "
                              "(the dev server keeps 24 h unless told); 25 to 87600. Results outlive it under "
                              "the run folder (work/).")
-    namespace: str = Field("llamarig", pattern=r"^[a-z0-9][a-z0-9_-]{0,59}$", description="Namespace the "
-                           "embedded server creates at start and the workers use.")
+    namespace: str = Field("llamarig", pattern=r"^[a-z0-9][a-z0-9_-]{0,59}$", description="Base name of the "
+                           "embedded server's namespace: the one its plans live in is this plus a random suffix, "
+                           "chosen at the first start and kept in RUN/temporal.namespace, so that no other rig's "
+                           "workers can use this server (a database made before that file keeps this name).")
 
 
 class TemporalCluster(Strict):
