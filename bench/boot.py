@@ -21,7 +21,6 @@ from models import model, sparse_model
 from llamarig.backend.engines import engine_for
 from llamarig.backend.launch import server_argv
 from llamarig.backend.models_make import GgufSize
-from llamarig.backend.supervisor_conf import render
 from llamarig.shared.rig import load_rig
 
 GPU_SIZE = GgufSize(layers=16, width=2048, heads=16, kv_heads=8)
@@ -95,19 +94,18 @@ def load_alone(rig_path: Path, name: str) -> float:
     return load_by_hand(rig_path, [name])
 
 
-def boot_once(folder: Path, rig_path: Path) -> dict:
+def boot_once(rig_path: Path) -> dict:
     """`llamarig up` (what an operator types) until /ready = 200, then `llamarig down`."""
     rig = load_rig(rig_path)
-    conf = folder / "supervisord.conf"
-    conf.write_text(render(rig, folder))
     cli = [sys.executable, "-m", "llamarig.cli", "--rig", str(rig_path)]
     env = {**os.environ, "PATH": PATH}
     started = time.perf_counter()
-    up = subprocess.Popen([*cli, "up", "--conf", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env=env)
+    up = subprocess.Popen([*cli, "up"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     api = f"http://127.0.0.1:{rig.api.port}"
     try:
-        wait_for(lambda: _answers(api + "/ready"), 300, "/ready = 200", 0.02)
+        wait_for(lambda: _answers(api + "/ready") or up.poll() not in (None, 0), 300, "/ready = 200", 0.02)
+        if up.returncode not in (None, 0):
+            raise RuntimeError(f"llamarig up exited {up.returncode}: {up.stderr.read().decode()[-2000:]}")
         total = time.perf_counter() - started
         waves = POLL.get(api + "/admin/units", timeout=10).json()["boot_waves"]
         return {"seconds": round(total, 3), "waves": len(waves)}
@@ -127,7 +125,7 @@ def variant(size: GgufSize, settle: float, names: tuple[str, ...], reps: int, no
         for name in names:
             alone[name].append(load_alone(rig_path, name))
         together.append(load_by_hand(rig_path, list(names)))
-        boots.append(boot_once(folder, rig_path))
+        boots.append(boot_once(rig_path))
     loads = {n: round(statistics.median(v), 3) for n, v in alone.items()}
     boot = round(statistics.median(b["seconds"] for b in boots), 3)
     both = round(statistics.median(together), 3)

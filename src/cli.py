@@ -127,30 +127,22 @@ def _start(rig, name: str, args) -> int:
     from llamarig.backend.daemon import Daemon, write_conf
 
     if name == "run":
-        preflight.check(rig) if args.preflight else preflight.startable(rig)
+        if args.preflight:
+            preflight.check(rig)
+        else:
+            preflight.startable(rig)
         from llamarig import ops
 
         ops.exec_supervisord(rig, write_conf(rig))
     daemon = Daemon(rig)  # up: supervisord first, the operator commands' imports take a while
-    started = daemon.state() != "RUNNING" and _start_daemon(rig, daemon)
+    started = daemon.state() != "RUNNING"
+    if started:
+        daemon.wait_shutdown()
+        preflight.startable(rig)
+        daemon.start()
     from llamarig import ops
 
     return ops.up(rig, daemon, started, args.timeout)
-
-
-def _start_daemon(rig, daemon) -> bool:
-    from llamarig.backend import preflight
-
-    if daemon.pid() or daemon.state():  # there, but not RUNNING: shutting down (or starting)
-        budget = daemon.stop_budget_s()
-        print(f"supervisord of this rig (pid {daemon.pid()}) is still shutting down: waiting up to {budget:.0f} s "
-              "for it to exit", flush=True)
-        if not daemon.wait_gone(budget):
-            raise LlamarigError("supervisord_stopping", f"supervisord of this rig (pid {daemon.pid()}) is still "
-                                f"stopping after {budget:.0f} s; nothing started (its log: {rig.run_dir}/logs)")
-    preflight.startable(rig)
-    daemon.start()
-    return True
 
 
 def cmd_supervisorctl(args) -> int:

@@ -71,6 +71,18 @@ class Daemon:
                  if s.startswith(("program:", "eventlistener:"))]
         return float(sum(waits) + 5)
 
+    def wait_shutdown(self) -> None:
+        """A supervisord of this rig that is there but not RUNNING is shutting down: wait for it
+        to exit (its stop budget at most), saying so; raises if it is still there then."""
+        if not (self.pid() or self.state()):
+            return
+        budget = self.stop_budget_s()
+        print(f"supervisord of this rig (pid {self.pid()}) is still shutting down: waiting up to {budget:.0f} s "
+              "for it to exit", flush=True)
+        if not self.wait_gone(budget):
+            raise LlamarigError("supervisord_stopping", f"supervisord of this rig (pid {self.pid()}) is still "
+                                f"stopping after {budget:.0f} s; nothing started (its log: {self.logs})")
+
     def wait_gone(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self.pid() is not None or self.state() is not None:
