@@ -212,9 +212,9 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_ops("status"))
     sub.add_parser("down", help="drain and stop everything, then supervisord; returns once it exited").set_defaults(
         fn=_ops("down"))
-    s = sub.add_parser("supervisorctl", help="supervisorctl on this rig's supervisord, through RUN_DIR/supervisord.conf "
-                       "rendered from the rig first (so `update` applies the rig's changes): llamarig --rig R "
-                       "supervisorctl status")
+    s = sub.add_parser("supervisorctl", help="supervisorctl on this rig's supervisord, through "
+                       "RUN_DIR/supervisord.conf rendered from the rig first (so `update` applies the rig's "
+                       "changes): llamarig --rig R supervisorctl status")
     s.add_argument("arguments", nargs=argparse.REMAINDER, help="supervisorctl's own (status, restart NAME, tail ...)")
     s.set_defaults(fn=cmd_supervisorctl)
     for name in ("start", "stop", "reset", "reload"):

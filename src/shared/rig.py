@@ -315,7 +315,8 @@ def claimed_ports(rig: Rig) -> list[tuple[int, str]]:
     as its model's or Whisper's port + its position)."""
     claims = [(rig.api.port, "api.port")]
     for name, m in rig.models.items():
-        claims += [(m.port_on(gpu), _placed(f"models.{name}.port", m.placements, gpu)) for gpu in m.placements or [None]]
+        claims += [(m.port_on(gpu), _placed(f"models.{name}.port", m.placements, gpu))
+                   for gpu in m.placements or [None]]
         if m.swap_port is not None:
             claims.append((m.swap_port, f"models.{name}.swap_port"))
     if rig.whisper:
