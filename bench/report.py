@@ -120,7 +120,10 @@ def _work(r: dict) -> list[str]:
             _row("kill -9 of a worker mid-task: runs again after s (from the kill / from the attempt's start)",
                  f"{r['kill']['rerun_after_s']} / {r['kill'].get('rerun_after_start_s', '-')}",
                  other("kill", "rerun_after_s"), f"heartbeat_timeout_s {r['kill']['heartbeat_timeout_s']} "
-                 f"(Celery: Redis visibility_timeout {_dig(c, ('kill', 'visibility_timeout_s')) if 'kill' in c else '-'} s)")]
+                 f"(Celery: Redis visibility_timeout {_dig(c, ('kill', 'visibility_timeout_s')) if 'kill' in c else '-'} s)"),
+            *([_row(f"llamarig cancel to SIGTERM in the running command, p50 / max of {r['cancel']['cancels']}: s",
+                    f"{r['cancel']['cancel_to_sigterm_s_p50']} / {r['cancel']['cancel_to_sigterm_s_max']}", "-", "≤ 2")]
+              if "cancel" in r else [])]
     note = c.get("skipped") or c.get("failed")
     return rows + (["", f"- Celery: {note}"] if note else [])
 

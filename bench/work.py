@@ -167,6 +167,23 @@ def kill(b) -> dict:
             "heartbeat_timeout_s": b.rig.work.heartbeat_timeout_s}
 
 
+def cancel(b, times: int) -> dict:
+    """`llamarig cancel` (its route) to SIGTERM in the running command, each of `times` plans."""
+    command = "trap 'date +%s.%N > termed; exit 0' TERM; while true; do sleep 0.05; done"
+    took = []
+    for _ in range(times):
+        plan_id = submit_plan(b, [{"name": "c", "class": "cpu", "command": command}], name="cancel")
+        wait_for(lambda: plan_view(b, plan_id)["tasks"]["c"]["state"] == "running", 60, "the task running")
+        termed = b.rig.run_dir / "work" / "plans" / plan_id / "tasks" / "c" / "attempt-1" / "termed"
+        asked = time.time()
+        b.post(f"/admin/plans/{plan_id}/cancel")
+        wait_for(lambda: termed.exists() and termed.read_text().strip(), 60, "SIGTERM to the command")
+        took.append(float(termed.read_text()) - asked)
+        plan_ended(b, plan_id)
+    return {"cancel_to_sigterm_s_p50": round(statistics.median(took), 3), "cancel_to_sigterm_s_max": round(max(took), 3),
+            "cancels": times}
+
+
 @contextlib.contextmanager
 def _bundle(slots: int, cpu_processes: int = 1):
     """A one-model bundle with work.concurrency.cpu `slots`, warmed by a first plan."""
@@ -189,7 +206,7 @@ def measure(smoke: bool) -> dict:
     with _bundle(CONCURRENCY, CPU_PROCESSES) as b:
         return {"chain": chain(b, sizes["chain"]), "fan_out": fan_out(b, sizes["fan_out"]),
                 "dag_chains": dag(b, sizes["dag"], "chains"), "dag": dag(b, sizes["dag"], "given"),
-                "dag_learned": dag(b, sizes["dag"], "learned"), "kill": kill(b)}
+                "dag_learned": dag(b, sizes["dag"], "learned"), "kill": kill(b), "cancel": cancel(b, 2 if smoke else 10)}
 
 
 SHIPPED_RIG = Path(__file__).resolve().parent.parent / "runtime" / "rig.yaml"

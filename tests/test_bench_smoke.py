@@ -19,6 +19,7 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     work = results["results"]["work"]
     assert work["chain"]["step_overhead_p50_ms"] > 0 and work["fan_out"]["tasks_per_s"] > 0
     assert work["dag"]["bound_s"] > 0 and work["kill"]["rerun_after_start_s"] >= work["kill"]["heartbeat_timeout_s"]
+    assert work["cancel"]["cancels"] == 2 and work["cancel"]["cancel_to_sigterm_s_max"] > 0
     assert [work[k]["order"] for k in ("dag_chains", "dag", "dag_learned")] == ["chains", "given", "learned"]
     shipped = yaml.safe_load((ROOT / "runtime" / "rig.yaml").read_text())["work"]["concurrency"]["cpu"]
     assert work["dag_shipped"]["concurrency"] == shipped and work["dag_shipped"]["order"] == "given"

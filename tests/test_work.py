@@ -8,14 +8,16 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
-from helpers import (aged, forget_plan, free_port, llamarig, llamarig_started, model_entry, plan_ended, plan_history,
-                     plan_view, running_bundle, submit_plan, wait_for, work_section, write_rig)
+from helpers import (HTTP, aged, alive, forget_plan, free_port, llamarig, llamarig_started, model_entry, plan_ended,
+                     plan_history, plan_view, running_bundle, submit_plan, wait_for, work_section, write_rig)
 from llamarig.work import durations, engine
 
 pytestmark = pytest.mark.slow
@@ -297,6 +299,27 @@ def test_cancel_stops_a_command_that_ignores_sigterm(wb):
     assert _alive(pids) == []  # SIGKILL after cancel_grace_s took the whole group
 
 
+def test_cancel_terms_a_running_command_within_2_s_and_kills_what_left_its_group(wb):
+    """The worker sees the plan's cancel marker within a fraction of a second (no heartbeat's
+    answer needed); a process that escaped the command's group (setsid) ends with the task."""
+    command = ("trap 'date +%s.%N > termed; exit 0' TERM; setsid sleep 300 & echo $! > escaped; "
+               "while true; do sleep 0.05; done")
+    plan_id = submit_plan(wb, [_cpu("long", command)])
+    escaped = _attempt_file(wb, plan_id, "long", "escaped")
+    pid = wait_for(lambda: escaped.exists() and escaped.read_text().strip() and int(escaped.read_text()), 30,
+                   "the command running")
+    assert os.getpgid(pid) != os.getpgid(int(wb.pid("work-cpu"))) and alive(pid)
+    asked = time.time()
+    assert wb.post(f"/admin/plans/{plan_id}/cancel", timeout=30).status_code == 202
+    termed = _attempt_file(wb, plan_id, "long", "termed")
+    wait_for(lambda: termed.exists() and termed.read_text().strip(), 10, "SIGTERM to the command")
+    took = float(termed.read_text()) - asked
+    assert took < 2.0, f"SIGTERM {took:.2f} s after the cancel"
+    view = plan_ended(wb, plan_id)
+    assert view["outcome"] == "cancelled" and view["tasks"]["long"]["state"] == "cancelled", view
+    wait_for(lambda: not alive(pid), 10, "the escaped process gone with its task")
+
+
 def test_a_worker_killed_mid_task_is_replaced_and_the_task_runs_again_without_orphans(wb):
     once = "if [ $LLAMARIG_ATTEMPT = 1 ]; then echo $$ > pid; sleep 300 & echo $! >> pid; wait; fi; echo done > output"
     plan_id = submit_plan(wb, [_cpu("long", once)])
@@ -470,21 +493,33 @@ def test_work_cpu_prunes_plans_older_than_keep_plans_days_when_it_starts(tmp_pat
     assert said[0]["removed"] == 1 and said[0]["kept_running"] == 0, said
 
 
-def test_a_plan_terminated_in_temporal_counts_as_ended(wb):
-    """As an operator may end one from Temporal's UI: its view still says running (the workflow
-    never finished), but waiting ends and a retry reuses what succeeded."""
-    import asyncio
+def test_a_plan_terminated_with_the_temporal_cli_shows_failed_with_the_engines_reason(wb):
+    """As an operator may end one (or the engine itself, past a size limit): the plan is failed with
+    Temporal's words in every view, what had not ended is `not run`, work-cpu counts it for the
+    LlamarigPlanTerminated alert, and a retry reuses what succeeded."""
+    from llamarig.work.cli_cmds import temporal_bin
 
-    from llamarig.work import engine
-
-    plan_id = submit_plan(wb, [_cpu("first", "true"), _cpu("hang", "sleep 300", depends_on=["first"])], name="term")
+    plan_id = submit_plan(wb, [_cpu("first", "true"), _cpu("hang", "sleep 300", depends_on=["first"]),
+                               _cpu("after", "true", depends_on=["hang"])], name="term")
     wait_for(lambda: plan_view(wb, plan_id)["tasks"]["hang"]["state"] == "running", 60, "hang running")
-
-    async def terminate():
-        await (await engine.connect(wb.rig)).get_workflow_handle(plan_id).terminate("by hand")
-    asyncio.run(terminate())
+    address, namespace = engine.address(wb.rig)
+    ended = subprocess.run([temporal_bin(), "workflow", "terminate", "-w", plan_id, "--reason", "by hand, for the test",
+                            "--address", address, "--namespace", namespace], capture_output=True, text=True, timeout=60)
+    assert ended.returncode == 0, ended.stderr
     waited = llamarig(wb.rig_path, "plan", plan_id, "--wait", timeout=60)
-    assert waited.returncode == 1 and f"{plan_id}  running" in waited.stdout, waited.stdout + waited.stderr
+    assert waited.returncode == 1 and f"{plan_id}  failed" in waited.stdout, waited.stdout + waited.stderr
+    assert "ended by the engine, terminated: terminated by" in waited.stdout and "by hand, for the test" in waited.stdout
+    view = plan_view(wb, plan_id)
+    assert view["outcome"] == "failed" and view["ended_by_engine"]["status"] == "terminated", view
+    assert [view["tasks"][n]["state"] for n in ("first", "hang", "after")] == ["succeeded", "not run", "not run"]
+    listed = {r["plan_id"]: r for r in wb.get("/admin/plans").json()["plans"]}[plan_id]
+    assert listed["status"] == "failed" and "by hand, for the test" in listed["reason"], listed
+    assert "by hand, for the test" in next(line for line in llamarig(wb.rig_path, "plans").stdout.splitlines()
+                                           if line.startswith(plan_id))
+    counted = re.compile(r'^llamarig_plans_ended_by_engine_total\{[^}]*status="terminated"[^}]*\} 1$', re.M)
+    port = wb.rig.work.metrics_port_cpu
+    wait_for(lambda: counted.search(HTTP.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text), 40,
+             "work-cpu to count the plan")
     r = wb.post(f"/admin/plans/{plan_id}/retry")
     assert r.status_code == 201 and r.json()["reused"] == ["first"], r.text
     assert wb.post(f"/admin/plans/{r.json()['plan_id']}/cancel").status_code == 202

@@ -18,6 +18,7 @@ from llamarig.work import commands, durations, outputs, prompts
 from llamarig.work.api_client import ApiRefused, ComputeApi
 from llamarig.work.processes import WorkerProcess
 from llamarig.work.store import Store
+from llamarig.work.workflow import PLAN_CANCELLED
 
 log = logging.getLogger("llamarig.work")
 
@@ -87,9 +88,12 @@ class Activities:
         except asyncio.CancelledError:
             self._ended(task, event, began, "cancelled", "cancelled")
             raise
+        except commands.StopAsked as e:  # (the workflow counts it as cancelled: work/workflow.py)
+            self._ended(task, event, began, "cancelled", "cancelled")
+            raise ApplicationError(str(e), self._where(attempt, folder, began), type=PLAN_CANCELLED,
+                                   non_retryable=True) from None
         except Exception as e:
-            failure = self._as_failure(e, {"worker": self.identity, "attempt": attempt, "gpu": None,
-                                           "folder": str(folder), "duration_ms": _ms(began)})
+            failure = self._as_failure(e, self._where(attempt, folder, began))
             self._ended(task, event, began, "failed", failure.message)
             raise failure from None
         result = {"gpu": None} | result | {"worker": self.identity, "attempt": attempt, "folder": str(folder),
@@ -99,6 +103,10 @@ class Activities:
                                               "tokens_generated": result.get("tokens")})
         self._count(task["cls"], "succeeded", began, result.get("gpu"))
         return result
+
+    def _where(self, attempt: int, folder: Path, began: float) -> dict:
+        return {"worker": self.identity, "attempt": attempt, "gpu": None, "folder": str(folder),
+                "duration_ms": _ms(began)}
 
     def _ended(self, task: dict, event: dict, began: float, outcome: str, error: str) -> None:
         self._event(f"task_{outcome}", event | {"duration_ms": _ms(began), "error": error[-500:]})
@@ -145,13 +153,15 @@ class Activities:
             await self._beating(asyncio.sleep(5))
 
     async def _command(self, task: dict, ctx: dict, folder: Path, gpus: str = "", beat=None) -> dict:
-        env = commands.clean_env({"CUDA_VISIBLE_DEVICES": gpus, "LLAMARIG_PLAN": ctx["plan_id"],
+        plan_id = ctx["plan_id"]
+        env = commands.clean_env({"CUDA_VISIBLE_DEVICES": gpus, "LLAMARIG_PLAN": plan_id,
                                   "LLAMARIG_TASK": task["name"], "LLAMARIG_ATTEMPT": str(ctx["attempt"]),
+                                  commands.TASK_ID: f"{plan_id}/{task['name']}#{ctx['attempt']}",
                                   commands.OWNER: self.owner}
                                  | _input_env(ctx["inputs"]), folder)
         timeout = task.get("timeout_s") or self.rig.work.task_timeout_s
         done = await commands.run(task["command"], folder, env, timeout, beat or self._beat, self.beat_every,
-                                  ctx["cancel_grace_s"])
+                                  ctx["cancel_grace_s"], lambda: self.store.stop_asked(plan_id))
         if done.exit_code != 0:
             raise ApplicationError(f"exit status {done.exit_code}; stderr: {done.stderr_tail}", type="CommandFailed")
         return {"exit_code": 0, "output": str(outputs.of_command(folder))}

@@ -106,7 +106,8 @@ def plans(rig, as_json: bool) -> int:
         return 0
     for r in rows:
         started = time.strftime("%m-%d %H:%M:%S", time.gmtime(r["started_at"])) if r.get("started_at") else "-"
-        print(f"{r['plan_id'][:52]:52} {r['status'][:12]:12} {started}")
+        reason = f"  {r['reason'][:100]}" if r.get("reason") else ""
+        print(f"{r['plan_id'][:52]:52} {r['status'][:12]:12} {started}{reason}")
     return 0
 
 
@@ -149,6 +150,8 @@ def _print(body: dict, as_json: bool) -> None:
 
 def _print_view(body: dict) -> None:
     print(f"{body['plan_id']}  {body.get('outcome')}")
+    if body.get("ended_by_engine"):  # (terminated, timed out: the workflow never ended it)
+        print(f"  ended by the engine, {body['ended_by_engine']['status']}: {body['ended_by_engine']['reason']}")
     print(f"  {'task':18} {'state':10} {'try':>3} {'rig':21} {'worker':8} {'gpu':3} {'time':>7}")
     for name, t in body["tasks"].items():
         r = t.get("result") or {}

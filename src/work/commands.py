@@ -1,12 +1,16 @@
 """A task's command: its own process group and working folder, a clean environment, stdout and
 stderr to files, heartbeats while it runs, a timeout, and SIGTERM then SIGKILL to the whole
-group on cancel. It never outlives its worker: the kernel kills it when the worker dies
+group on cancel (or as soon as `stop_asked()` says so: the plan's cancel marker, seen within
+STOP_POLL_S). It never outlives its worker: the kernel kills it when the worker dies
 (PR_SET_PDEATHSIG), and a worker's start kills the groups of any process a dead predecessor
-left (`sweep`: found by the LLAMARIG_TASK_OWNER every command's environment carries)."""
+left (`sweep`: found by the LLAMARIG_TASK_OWNER every command's environment carries). A process
+that left its command's group (setsid, a double fork) is reparented to the worker, a child
+subreaper, and killed once its task has ended (`reap_escaped`; see work/escapes.py)."""
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import shlex
 import shutil
@@ -15,14 +19,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamarig.work import escapes
+
+log = logging.getLogger("llamarig.work")
 PR_SET_PDEATHSIG = 1
 TERM_GRACE_S = 10  # the default of work.cancel_grace_s
+STOP_POLL_S = 0.25  # how often a running command's task looks for its plan's cancel marker
+TASK_ID = "LLAMARIG_TASK_ID"  # plan/task#attempt, in every command's environment: who a process works for
 TAIL_CHARS = 200
 KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
 class DefinitionError(Exception):
     """The task cannot run as written (no such program): retrying would not help."""
+
+
+class StopAsked(Exception):
+    """The command was stopped because its plan was cancelled (the marker the API writes)."""
 
 
 @dataclass
@@ -58,24 +71,30 @@ def clean_env(extra: dict[str, str], folder: Path) -> dict[str, str]:
 
 
 async def run(command: list[str] | str, folder: Path, env: dict[str, str], timeout_s: float,
-              beat, beat_every_s: float, grace_s: float = TERM_GRACE_S) -> Finished:
-    """Run to the end in `folder` (made by the caller); `beat()` every beat_every_s. Cancelled:
-    the group is stopped first."""
+              beat, beat_every_s: float, grace_s: float = TERM_GRACE_S, stop_asked=None) -> Finished:
+    """Run to the end in `folder` (made by the caller); `beat()` every beat_every_s. Cancelled, or
+    `stop_asked()` true (StopAsked): the group is stopped first."""
     began = time.monotonic()
     target = argv_of(command)
     if SETPRIV and not _runnable(target[0], env):
         raise _cannot_run(target, "No such file or directory")
     argv, how = _spawn_args(target)
+    escapes.spawning(env.get(TASK_ID, ""))
+    proc = None
     with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=folder, env=env, stdin=_devnull(), stdout=out, stderr=err, start_new_session=True, **how)
         except (FileNotFoundError, PermissionError) as e:
             raise _cannot_run(target, e.strerror) from None
+        finally:
+            escapes.started(proc and proc.pid, env.get(TASK_ID, ""))
     try:
-        code = await _wait(proc, timeout_s, beat, beat_every_s)
+        code = await _wait(proc, timeout_s, beat, beat_every_s, stop_asked)
     finally:
         await stop_group(proc, grace_s)
+        if escapes.ended(proc.pid):
+            log.warning("killed processes that left the command's group", extra={"task_id": env.get(TASK_ID)})
     return Finished(code, time.monotonic() - began, "" if code == 0 else tail(folder / "stderr"))
 
 
@@ -93,16 +112,22 @@ def _devnull() -> int:
     return _DEVNULL[0]
 
 
-async def _wait(proc, timeout_s: float, beat, every: float) -> int:
+async def _wait(proc, timeout_s: float, beat, every: float, stop_asked) -> int:
     deadline = time.monotonic() + timeout_s
+    next_beat = time.monotonic() + every
+    tick = STOP_POLL_S if stop_asked else every
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        if now >= deadline:
             raise TimeoutError(f"ran past its timeout ({timeout_s:g} s)")
         try:
-            return await asyncio.wait_for(asyncio.shield(proc.wait()), min(every, left))
+            return await asyncio.wait_for(asyncio.shield(proc.wait()), min(tick, deadline - now, next_beat - now))
         except asyncio.TimeoutError:
-            beat()
+            if stop_asked and stop_asked():
+                raise StopAsked("the plan was cancelled") from None
+            if time.monotonic() >= next_beat:
+                beat()
+                next_beat = time.monotonic() + every
 
 
 async def stop_group(proc, grace_s: float) -> None:

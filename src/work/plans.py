@@ -9,7 +9,7 @@ import re
 import secrets
 import time
 
-from llamarig.work import durations, engine, outputs, reuse
+from llamarig.work import durations, engine, engine_end, outputs, reuse
 from llamarig.work.plan import TASK_NAME, Plan
 from llamarig.work.store import Store
 
@@ -131,17 +131,25 @@ async def list_plans(client, rig, limit: int = 100) -> dict:
     known = {r["plan_id"] for r in rows}
     store = Store(rig.run_dir)
     for r in rows:  # an ended plan's outcome (succeeded, failed, cancelled) is in its record's summary
-        outcome = (store.read_summary(r["plan_id"]) or {}).get("outcome")
-        if r["status"] != "running" and outcome not in (None, "running"):
-            r["status"] = outcome
+        summary = store.read_summary(r["plan_id"]) or {}
+        if r["status"] != "running" and summary.get("outcome") not in (None, "running"):
+            r |= {"status": summary["outcome"]} | _engine_reason(summary)
+        elif r["status"] in engine_end.ENGINE_CLOSED:  # (not settled yet: work-cpu's sweep, or a view, does)
+            r |= {"status": "failed", "reason": await engine_end.reason(client, r["plan_id"])}
     for plan_id in store.plan_ids():  # past retention: from the record's summary
         if plan_id in known:
             continue  # (its summary was read above)
         record = store.read_summary(plan_id) or {}
         if record.get("outcome") != "running":
             rows.append({"plan_id": plan_id, "status": record.get("outcome", "unknown"), "started_at":
-                         record.get("submitted_at"), "closed_at": record.get("ended_at"), "from": "record"})
+                         record.get("submitted_at"), "closed_at": record.get("ended_at"), "from": "record"}
+                        | _engine_reason(record))
     return {"plans": sorted(rows, key=lambda r: r["started_at"] or 0, reverse=True)}
+
+
+def _engine_reason(summary: dict) -> dict:
+    ended = summary.get("ended_by_engine")
+    return {"reason": ended["reason"]} if ended else {}
 
 
 def _shaped(plan_id: str) -> None:
@@ -174,9 +182,25 @@ async def _view(client, rig, plan_id: str) -> dict:
     status = desc.status.name.lower() if desc.status else "unknown"
     if status != "running" and (kept := _kept(rig, plan_id)).get("outcome") not in (None, "running"):
         return kept | {"status": status}
+    if status in engine_end.ENGINE_CLOSED:
+        return await settle_closed(client, rig, plan_id, status) | {"status": status}
     state = await _state(handle)
     _merge_pending(state["tasks"], desc.raw_description.pending_activities)
     return state | {"status": status}
+
+
+async def settle_closed(client, rig, plan_id: str, status: str) -> dict:
+    """A plan the engine closed (terminated, timed out, failed): what its workflow last knew, if
+    it can still be asked (a query replays its history), else its tasks as submitted."""
+    from temporalio.client import WorkflowQueryFailedError
+    from temporalio.service import RPCError
+
+    try:
+        state = await _state(client.get_workflow_handle(plan_id))
+    except (WorkflowQueryFailedError, RPCError):
+        state = None
+    spec = (_kept(rig, plan_id).get("spec") or await _spec(client, rig, plan_id)) if state is None else {}
+    return await engine_end.settle(client, rig, plan_id, status, state, spec)
 
 
 def _kept(rig, plan_id: str) -> dict:
@@ -226,10 +250,14 @@ def _merge_pending(tasks: dict, pending) -> None:
             t["last_error"] = p.last_failure.message[-200:]
 
 
-async def cancel(client, plan_id: str) -> dict:
+async def cancel(client, rig, plan_id: str) -> dict:
+    """The plan's commands on this rig are told first (Store.ask_stop: SIGTERM within a
+    fraction of a second), those on other rigs at their next heartbeat."""
     from temporalio.service import RPCError, RPCStatusCode
 
     _shaped(plan_id)
+    if Store(rig.run_dir).record_path(plan_id).parent.is_dir():  # (a plan this rig knows)
+        Store(rig.run_dir).ask_stop(plan_id)
     try:
         await client.get_workflow_handle(plan_id).cancel()
     except RPCError as e:

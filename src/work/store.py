@@ -54,12 +54,23 @@ class Store:
         except OSError:
             pass  # (no folder here: the plan ran on other rigs)
 
+    def ask_stop(self, plan_id: str) -> None:
+        """The plan is being cancelled: its commands running on this rig stop at once (each task
+        looks for this marker every commands.STOP_POLL_S), not at their next heartbeat."""
+        marker = self.plans / plan_id / CANCEL_MARKER
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+    def stop_asked(self, plan_id: str) -> bool:
+        return (self.plans / plan_id / CANCEL_MARKER).exists()
+
     def plan_ids(self) -> list[str]:
         return sorted(p.name for p in self.plans.iterdir()) if self.plans.is_dir() else []
 
 
 SUMMARY = "plan.summary.json"
-SUMMARY_FIELDS = ("plan_id", "name", "outcome", "submitted_at", "ended_at")
+CANCEL_MARKER = "cancel-requested"
+SUMMARY_FIELDS = ("plan_id", "name", "outcome", "submitted_at", "ended_at", "ended_by_engine")
 
 
 def replace_json(path: Path, data: dict, indent: int | None = 1) -> None:

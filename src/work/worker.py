@@ -11,7 +11,7 @@ import signal
 from datetime import timedelta
 
 from llamarig.shared.keys import load_keys
-from llamarig.work import commands, engine, watchdog
+from llamarig.work import commands, engine, escapes, watchdog
 from llamarig.work.activities import Activities, task_owner
 from llamarig.work.api_client import ComputeApi
 from llamarig.work.processes import WorkerProcess, cpu_slots
@@ -22,6 +22,7 @@ GRACEFUL_S = 10  # running tasks get this long to end after SIGTERM before they 
 STICKY_S = 2  # a plan whose cpu worker died moves to another after this (the SDK's default: 10 s)
 CONNECT_RETRY_MAX_S = 10  # the longest wait between two tries to reach Temporal
 PRUNE_EVERY_S = 6 * 3600  # work.keep_plans_days: how often work-cpu looks for old plans
+SWEEP_EVERY_S = 10  # how often work-cpu looks for plans the engine closed (work/engine_end.py)
 ALIVE_EVERY_S = 5  # how often a worker tells the watchdog it is alive (or a quarter of the heartbeat timeout)
 
 
@@ -62,6 +63,9 @@ async def serve(rig, proc: WorkerProcess) -> int:
     identity = engine.worker_identity(proc.name, rig.api.port)
     alive = asyncio.ensure_future(_say_alive(watchdog.alive_path(rig, proc.key), w.heartbeat_timeout_s))
     _watch_children_by_pidfd()
+    if not escapes.become_subreaper():
+        log.warning("not a child subreaper: a command's process that leaves its group outlives its task")
+    reaping = asyncio.ensure_future(_reap_every())
     swept = commands.sweep(task_owner(rig, proc.key))
     if swept:
         log.warning("killed the process groups a dead worker left", extra={"groups": swept})
@@ -71,8 +75,10 @@ async def serve(rig, proc: WorkerProcess) -> int:
     if first_cpu and w.temporal == "embedded":
         await engine.ensure_retention(client, w)
     pruning = asyncio.ensure_future(_prune_every(rig, client)) if first_cpu and w.keep_plans_days else None
+    meter = runtime.metric_meter if runtime else None
+    sweeping = asyncio.ensure_future(_sweep_every(rig, client, meter)) if first_cpu else None
     api = _api(rig)
-    acts = Activities(rig, proc, identity, api, runtime.metric_meter if runtime else None)
+    acts = Activities(rig, proc, identity, api, meter)
     queue = engine.queues(w)[role]
     if role == "cpu":
         worker = _cpu_worker(client, queue, acts, identity, cpu_slots(w, proc.index))
@@ -81,9 +87,9 @@ async def serve(rig, proc: WorkerProcess) -> int:
     _stop_on_term(worker)
     log.info("worker polling", extra={"queue": queue, "identity": identity})
     await worker.run()
-    alive.cancel()
-    if pruning:
-        pruning.cancel()
+    for task in (alive, reaping, pruning, sweeping):
+        if task:
+            task.cancel()
     await api.close()
     log.info("worker stopped", extra={"queue": queue})
     return 0
@@ -127,6 +133,47 @@ async def _prune_every(rig, client) -> None:
         except Exception as e:  # (tried again in PRUNE_EVERY_S)
             log.warning("could not prune old plans", extra={"event_type": "plans_unpruned", "reason": str(e)})
         await asyncio.sleep(PRUNE_EVERY_S)
+
+
+async def _sweep_every(rig, client, meter) -> None:
+    """Plans the engine closed, not their workflow (work/engine_end.py): settled as work-cpu meets
+    them, and each closed since it started counted once in llamarig_plans_ended_by_engine_total
+    (the LlamarigPlanTerminated alert), with a log line giving the engine's reason."""
+    from llamarig.work import engine_end, plans
+    from llamarig.work.store import Store
+
+    counter = meter.create_counter("llamarig_plans_ended_by_engine_total", "Plans of this rig closed by the engine "
+                                   "(terminated, timed out, failed), by status") if meter else None
+    for status in engine_end.ENGINE_CLOSED if counter else ():
+        counter.add(0, {"status": status})  # (a series that starts at 1 shows no increase)
+    seen: set[str] | None = None
+    while True:
+        try:
+            closed = await engine_end.closed_by_engine(client, rig)
+            for plan_id, status in closed.items():
+                if plan_id in (seen or ()):
+                    continue
+                view = Store(rig.run_dir).read_summary(plan_id) or {}
+                if not view.get("ended_by_engine"):  # (a view of it may have settled it already)
+                    view = await plans.settle_closed(client, rig, plan_id, status)
+                if seen is not None:  # (closed before this process started: settled, counted then)
+                    if counter:
+                        counter.add(1, {"status": status})
+                    log.warning("plan ended by the engine", extra={"event_type": "plan_ended_by_engine",
+                                                                   "plan_id": plan_id, **view["ended_by_engine"]})
+            seen = (seen or set()) | set(closed)
+        except Exception as e:  # (tried again in SWEEP_EVERY_S)
+            log.warning("could not look for plans the engine closed", extra={"reason": str(e)})
+        await asyncio.sleep(SWEEP_EVERY_S)
+
+
+async def _reap_every() -> None:
+    """Processes that escaped their command's group, once their task ended (work/escapes.py)."""
+    while True:
+        killed = escapes.reap()
+        if killed:
+            log.warning("killed processes that outlived their task", extra={"pids": killed})
+        await asyncio.sleep(escapes.REAP_EVERY_S)
 
 
 async def _say_alive(path, heartbeat_timeout_s: float) -> None:

@@ -30,6 +30,7 @@ from llamarig.work import priority
 from llamarig.work.readiness import Readiness
 
 ENDED = ("succeeded", "failed", "cancelled")
+PLAN_CANCELLED = "PlanCancelled"  # an attempt its worker stopped on the plan's cancel marker, before the engine said
 ACTIVITY = {"cpu": "run_cpu", "script": "run_script", "llm": "run_llm"}
 
 
@@ -122,7 +123,7 @@ class PlanWorkflow:
             self._set(name, state="cancelled", error="the plan was cancelled")
             raise
         except ActivityError as e:
-            if isinstance(e.cause, CancelledError):
+            if isinstance(e.cause, CancelledError) or getattr(e.cause, "type", None) == PLAN_CANCELLED:
                 self._set(name, state="cancelled", error="the plan was cancelled while it ran", **_where(e))
                 raise asyncio.CancelledError() from None
             self._set(name, state="failed", error=_reason(e), ended_at=workflow.now().timestamp(), **_where(e))

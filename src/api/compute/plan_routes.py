@@ -153,6 +153,6 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
 
     @router.post("/{plan_id}/cancel")
     async def cancel(plan_id: str) -> Response:
-        return await call("cancel", plan_id, status=202)
+        return await call("cancel", rig, plan_id, status=202)
 
     return router
