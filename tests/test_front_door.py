@@ -76,7 +76,8 @@ def test_client_routes_need_a_key_and_open_routes_stay_open(door):
 
 
 def _big_request(port: int, total: int, declared: bool, path: bytes = b"/v1/completions",
-                 content_type: bytes = b"application/json", prefix: bytes = b"") -> tuple[int | None, float, bytes]:
+                 content_type: bytes = b"application/json", prefix: bytes = b"",
+                 key: str = CLIENT) -> tuple[int | None, float, bytes]:
     """Send a POST of `total` bytes (Content-Length, or chunked) while reading the answer, as a
     client that does not wait for the whole upload; return the status, the seconds it took and
     the answer's head."""
@@ -84,7 +85,7 @@ def _big_request(port: int, total: int, declared: bool, path: bytes = b"/v1/comp
     s.settimeout(10)
     length = b"content-length: %d\r\n" % total if declared else b"transfer-encoding: chunked\r\n"
     s.sendall(b"POST " + path + b" HTTP/1.1\r\nhost: x\r\ncontent-type: " + content_type + b"\r\n"
-              b"authorization: Bearer " + CLIENT.encode() + b"\r\n" + length + b"\r\n")
+              b"authorization: Bearer " + key.encode() + b"\r\n" + length + b"\r\n")
     if prefix:
         s.sendall(prefix if declared else b"%x\r\n%s\r\n" % (len(prefix), prefix))
     started = time.monotonic()
@@ -149,6 +150,29 @@ def test_bodies_over_the_cap_are_refused_at_once_without_being_buffered(door):
         assert b"\r\nconnection: close\r\n" in head and b"body_too_large" in head
     grown = _hwm_bytes(pid) - before
     assert grown < 16 * MIB * len(cases) + 32 * MIB, f"peak RSS grew by {grown / MIB:.0f} MiB"
+    assert door.get("/ready").status_code == 200
+
+
+def test_admin_bodies_are_capped_before_buffering(door):
+    """A plan (Temporal takes 2 MiB) and a lease (a few bytes): 300 MB, declared or not, is a 413 at once."""
+    pid = door.pid("compute-api")
+    before = _hwm_bytes(pid)
+    for path in (b"/admin/plans", b"/admin/gpus/lease"):
+        for declared in (True, False):
+            status, took, head = _big_request(door.rig.api.port, 300 * MIB, declared, path, key=OPERATOR)
+            assert status == 413 and b"body_too_large" in head and took < 1.0, (path, declared, status, head)
+    assert _hwm_bytes(pid) - before < 64 * MIB
+
+
+def test_json_nested_past_the_parsers_limit_is_a_400_on_every_route_that_reads_json(door):
+    deep = "[" * 1000 + "]" * 1000  # 2 KB
+    for path, body in (("/v1/chat/completions", f'{{"model": "native", "messages": [], "x": {deep}}}'),
+                       ("/v1/completions", f'{{"model": "native", "prompt": "a", "x": {deep}}}'),
+                       ("/v1/embeddings", f'{{"model": "embed", "input": "a", "x": {deep}}}'),
+                       ("/admin/plans", f'{{"plan": {deep}}}'), ("/admin/gpus/lease", deep)):
+        r = HTTP.post(door.api + path, content=body.encode(), timeout=30,
+                      headers=_as(OPERATOR) | {"content-type": "application/json"})
+        assert r.status_code == 400 and "nested less deep" in r.json()["error"]["message"], (path, r.text)
     assert door.get("/ready").status_code == 200
 
 

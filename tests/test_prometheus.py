@@ -132,9 +132,9 @@ def test_metrics_cover_the_dashboard_and_rules_count_tokens_and_pass_engine_metr
     assert counted == 7 + 12, (counted, streamed)  # from the usage the server reports at the end
 
     present = families(text)
-    # llamarig_task*, llamarig_work_process_up: the workers', at /metrics/work/{gpu,cpu} (tests/test_work.py and
-    # test_work_rigs.py check them)
-    workers = ("llamarig_task", "llamarig_work_process_up")
+    # llamarig_task*, llamarig_work_process_up, llamarig_plans_ended_by_engine: the workers', at
+    # /metrics/work/{gpu,cpu} (tests/test_work.py and test_work_rigs.py check them)
+    workers = ("llamarig_task", "llamarig_work_process_up", "llamarig_plans_ended_by_engine")
     missing_dash = {m for m in dashboard_metrics() if m not in present and not m.startswith(workers)}
     missing_rules = {m for m in rule_metrics() if m not in present and not m.startswith(workers)}
     assert not missing_dash, f"the dashboard queries metrics /metrics lacks: {missing_dash}"

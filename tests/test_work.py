@@ -136,18 +136,20 @@ def test_histories_an_older_release_recorded_replay_with_this_code():
     asyncio.run(replay())
 
 
-def test_an_output_missing_on_the_dependents_rig_travels_in_the_result(wb):
-    plan_id = submit_plan(wb, [_cpu("a", "echo carried > output"),
+def test_an_output_deleted_before_its_dependent_ran_fails_it_naming_where_it_was_served(wb):
+    """Outputs travel by reference only (work/outputs.py): no copy rides in the result to fall
+    back on, and the dependent says which output is gone rather than reading nothing."""
+    plan_id = submit_plan(wb, [_cpu("a", "echo made > output"),
                                _cpu("gone", 'rm "$INPUT_A"', depends_on=["a"], inputs={"a": "@a"}),
-                               _cpu("b", 'cat "$INPUT_X" > output', depends_on=["a", "gone"], inputs={"x": "@a"})])
+                               _cpu("b", 'cat "$INPUT_X" > output', depends_on=["a", "gone"], inputs={"x": "@a"},
+                                    retries=0)])
     t = plan_ended(wb, plan_id)["tasks"]
-    assert t["b"]["state"] == "succeeded", t["b"]
-    assert open(t["b"]["result"]["output"]).read() == "carried\n"  # written from the result's bytes
-    assert "output_data" not in t["a"]["result"]  # kept out of the plan's state
+    assert "output_data" not in t["a"]["result"] and t["a"]["result"]["output_url"].endswith("/a/attempt-1/output")
+    assert t["b"]["state"] == "failed" and t["a"]["result"]["output_url"] in t["b"]["error"], t["b"]
 
 
 def test_a_large_output_is_served_by_its_rigs_api_and_fetched_by_another_rig(wb, tmp_path):
-    """Over 256 KiB the result carries a URL on this rig's compute API and the sha256; another
+    """The result carries a URL on this rig's compute API and the sha256; another
     rig's worker (here: the fetch it runs, against a path this machine lacks) downloads and checks it."""
     import asyncio
 

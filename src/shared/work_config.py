@@ -88,7 +88,7 @@ class WorkConfig(Strict):
                                "(bench/RESULTS.md); more use more cores. 1 to 64, at most concurrency.cpu.")
     outputs_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d{1,5})?/?$", description="Base URL "
                                     "of this rig's compute API as other rigs reach it: they download its "
-                                    "task outputs over 256 KiB from there (GET /admin/work/outputs/..., with "
+                                    "task outputs from there (GET /admin/work/outputs/..., with "
                                     "their operator key, so rigs sharing plans share one operator key). "
                                     "null: http://<host name>:<api.port>, or http://127.0.0.1:<api.port> while "
                                     "the API listens on loopback only.")

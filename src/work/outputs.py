@@ -1,9 +1,11 @@
-"""A task's output file travels to its dependents on another rig. An output up to CARRY_BYTES
-rides in the task's result (base64, kept out of the plan's state and record); a larger one is
-served by the compute API of the rig that made it (ROUTE, operator key) and its result carries
-that URL and the file's sha256. A dependent whose rig lacks the file writes the carried bytes,
-or downloads and checks the served file, into its own folder and reads it there. A folder every
-rig mounts at the same path makes all of this unneeded: a present file is used where it is."""
+"""A task's output travels by reference (Temporal's claim-check pattern): no output bytes go
+into a Temporal payload or history, whatever their size. A task's result names its output: the
+path on the rig that made it, where that rig's compute API serves it (ROUTE, operator key) and its
+sha256, so a task adds the same few hundred bytes to its plan's history whether it wrote 1 KiB or
+1 GiB. A dependent reads the file where it is when its rig has it (the same rig, or a folder every
+rig mounts at the same path); else it downloads the served file into its own folder, checked
+against the sha256, and reads it there. Results carrying the bytes (`output_data`, up to 256 KiB)
+came from releases before this one: their plans still run, the bytes written where missing."""
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +18,7 @@ from llamarig.shared.keys import is_loopback
 from llamarig.shared.verify import hash_file
 from llamarig.work.commands import DefinitionError
 
-CARRY_BYTES = 256 * 1024  # a few pages of transcript; Temporal's payloads are limited to 2 MiB
+HASH_INLINE_BYTES = 64 * 1024  # hashed without a thread's hop (~0.1 ms): most outputs are small
 ROUTE = "/admin/work/outputs"
 SERVED_NAME = re.compile(r"^(output(\.[a-z0-9]{1,8})?|stdout)$")  # what an attempt's output may be called
 
@@ -44,16 +46,15 @@ def base_url(rig) -> str:
 
 
 async def carry(output: str | None, folder: Path, served_from: str) -> dict:
-    """What the result says so that dependents on another rig get the output: its bytes
-    ({"output_data"}) when small, else where this rig serves it ({"output_url", "output_sha256"};
-    hashed in a thread: gigabytes must not stall the worker's heartbeats)."""
+    """What the result says so that dependents on another rig get the output: where this rig
+    serves it ({"output_url", "output_sha256"}); a large file is hashed in a thread, so that
+    gigabytes do not stall the worker's heartbeats."""
     if not output:
         return {}
     path = Path(output)
     try:
-        size = path.stat().st_size
-        if size <= CARRY_BYTES:
-            return {"output_data": base64.b64encode(path.read_bytes()).decode()}
+        if path.stat().st_size <= HASH_INLINE_BYTES:
+            return served(path, folder, served_from)
         return await asyncio.to_thread(served, path, folder, served_from)
     except OSError:
         return {}

@@ -4,12 +4,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from llamarig.api.compute import limits
 from llamarig.backend.lifecycle.actor import NotAvailable
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.errors import LlamarigError
 
 ACTIONS = ("start", "stop", "reset", "reload")
+LEASE_BODY_BYTES = 4096  # {"holder": up to 200 characters, "ttl_s": n}, read whole only below this
 
 
 def build_router(state) -> APIRouter:
@@ -54,8 +56,10 @@ def build_router(state) -> APIRouter:
     async def lease(request: Request) -> Response:
         """A whole GPU for a script command: {"holder": "plan/task#attempt", "ttl_s": seconds}."""
         try:
-            body = await request.json()
+            body = await limits.read_json(request, LEASE_BODY_BYTES, state.rig.api.body_timeout_s, "lease body")
             holder, ttl = str(body["holder"])[:200], float(body["ttl_s"])
+        except limits.BodyRefused as e:
+            return e.response()
         except (ValueError, KeyError, TypeError):
             return error_response(400, "invalid_lease", 'the body must be {"holder": text, "ttl_s": seconds}')
         if not 1 <= ttl <= 3600:

@@ -4,6 +4,7 @@ the rest, and the connection is closed; a body that trickles is cut off (408).""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import AsyncIterator
 
 from starlette.responses import JSONResponse
@@ -26,9 +27,12 @@ class BodyRefused(LlamarigError):
         return response
 
 
+LIMIT_OF = {"body": "api.max_body_mib", "audio upload": "whisper.max_audio_mib"}
+
+
 def _too_large(cap: int, what: str) -> BodyRefused:
     return BodyRefused(413, "body_too_large", f"the {what} is over its limit of {cap / MIB:g} MiB "
-                       f"({'api.max_body_mib' if what == 'body' else 'whisper.max_audio_mib'})")
+                       f"({LIMIT_OF.get(what, 'fixed')})")
 
 
 def check_declared(scope: dict, cap: int, what: str = "body") -> None:
@@ -39,6 +43,25 @@ def check_declared(scope: dict, cap: int, what: str = "body") -> None:
                 raise BodyRefused(400, "bad_content_length", "Content-Length must be a whole number of bytes")
             if int(value) > cap:
                 raise _too_large(cap, what)
+
+
+def parse_json(body: bytes, decode=json.loads):
+    """JSON in UTF-8; a body nested deeper than the parser goes (RecursionError) is as invalid
+    as any other, a 400 and never a 500."""
+    try:
+        return decode(body.decode())
+    except (ValueError, RecursionError) as e:
+        deep = isinstance(e, RecursionError)
+        raise BodyRefused(400, "invalid_json", "the body must be JSON in UTF-8" +
+                          (", nested less deep (it goes past the parser's limit of about 1000 levels)" if deep
+                           else "")) from None
+
+
+async def read_json(request, cap: int, timeout_s: float, what: str):
+    """An admin route's JSON body: its cap checked before buffering (declared length, then the
+    bytes so far), its time bounded, then parsed (parse_json)."""
+    check_declared(request.scope, cap, what)
+    return parse_json(await read_body(request.receive, cap, timeout_s, what))
 
 
 def _timed_out(timeout_s: float, what: str) -> BodyRefused:
@@ -53,16 +76,16 @@ async def _next(receive, timeout_s: float) -> dict:
         raise _timed_out(timeout_s, "next piece of the upload") from None
 
 
-async def read_body(receive, cap: int, timeout_s: float) -> bytes:
+async def read_body(receive, cap: int, timeout_s: float, what: str = "body") -> bytes:
     """The whole body, which must arrive within timeout_s and stay within cap bytes."""
     try:
         async with asyncio.timeout(timeout_s):
-            return await _gather(receive, cap)
+            return await _gather(receive, cap, what)
     except TimeoutError:
-        raise _timed_out(timeout_s, "body") from None
+        raise _timed_out(timeout_s, what) from None
 
 
-async def _gather(receive, cap: int) -> bytes:
+async def _gather(receive, cap: int, what: str) -> bytes:
     body = bytearray()
     while True:
         message = await receive()
@@ -70,7 +93,7 @@ async def _gather(receive, cap: int) -> bytes:
             raise BodyRefused(400, "client_gone", "the client closed the connection mid-body")
         body += message.get("body", b"")
         if len(body) > cap:
-            raise _too_large(cap, "body")
+            raise _too_large(cap, what)
         if not message.get("more_body"):
             return bytes(body)
 

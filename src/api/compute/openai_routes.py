@@ -69,6 +69,9 @@ def _parse(body: bytes) -> dict:
         data = DECODER.decode(body.decode())  # JSON is UTF-8 (RFC 8259); anything else is a 400
     except ValueError:
         raise Invalid("(body)", "the body must be a JSON object in UTF-8") from None
+    except RecursionError:  # (a 2 KB body of [[[[...]]]] 1000 deep: a 500 before)
+        raise Invalid("(body)", "the body must be a JSON object nested less deep (it goes past the parser's "
+                      "limit of about 1000 levels)") from None
     if not isinstance(data, dict):
         raise Invalid("(body)", "the body must be a JSON object")
     name = data.get("model")

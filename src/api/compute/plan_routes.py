@@ -10,6 +10,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from llamarig.api.compute import limits
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.errors import LlamarigError
 
@@ -54,6 +55,7 @@ async def _answer(link: TemporalLink | None, op, what: str, *args, status: int =
         return error_response(code, e.code, e.reason, retry_after=5 if code == 503 else None)
 
 
+PLAN_BODY_BYTES = 2 * 1024 * 1024  # a plan Temporal takes (its payload limit), read whole only below this
 VIEW_MAX_AGE_S = 1.0  # a plan's view is at most this old: viewers of one plan share a fetch a second
 
 
@@ -124,9 +126,9 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
         from llamarig.work.plans import PLAN_ID
 
         try:
-            body = await request.json()
-        except ValueError:
-            return error_response(400, "invalid_json", "the body must be JSON: {\"plan\": {...}}")
+            body = await limits.read_json(request, PLAN_BODY_BYTES, rig.api.body_timeout_s, "plan body")
+        except limits.BodyRefused as e:
+            return e.response()
         if not isinstance(body, dict) or not isinstance(body.get("plan"), dict):
             return error_response(400, "plan_invalid", "the body must be {\"plan\": {name, tasks}}", "plan")
         reused_plan = body.get("reuse")
