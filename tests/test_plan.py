@@ -137,3 +137,10 @@ def test_a_syntax_error_is_one_line_with_file_line_column_and_what_was_expected(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"llamarig: plan_invalid: {plan}: {where}: "), lines[0]
     assert said in lines[0], lines[0]
+
+
+def test_a_tasks_literal_text_is_capped_naming_the_task():
+    long = "x" * (16 * 1024)
+    found = _problems([{"name": "a", "class": "cpu", "command": "echo $INPUT_T", "inputs": {"t": long}},
+                       {"name": "b", "class": "llm", "generate": {"prompt": "y" * 1000, "model": "brain"}}])
+    assert len(found) == 1 and found[0].startswith("tasks.a: 16397 bytes of literal text"), found

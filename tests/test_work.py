@@ -263,7 +263,11 @@ def test_a_plan_of_the_most_tasks_ends_and_is_shown_whole_while_it_runs(wb):
 
 
 def test_a_plan_over_temporals_payload_limit_is_refused_with_413(wb):
-    tasks = [_cpu(f"t{i}", "echo " + "x" * 1000) for i in range(3000)]  # 3 MB: Temporal takes 2 MiB
+    tasks = [_cpu(f"t{i}", "echo " + "x" * 1000) for i in range(3000)]  # 3 MB: refused before it is read
+    r = wb.post("/admin/plans", json={"plan": {"name": "big", "tasks": tasks}}, timeout=120)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large", r.text
+    assert "split the plan" in r.text
+    tasks = [_cpu(f"t{i}", "echo " + "x" * 430) for i in range(4000)]  # 1.9 MB, 2.7 MB with its defaults
     r = wb.post("/admin/plans", json={"plan": {"name": "big", "tasks": tasks}}, timeout=120)
     assert r.status_code == 413 and r.json()["error"]["code"] == "plan_too_large", r.text
     assert "Blob data size exceeds limit" in r.text and "split the plan" in r.text
@@ -301,7 +305,7 @@ def test_cancel_stops_a_command_that_ignores_sigterm(wb):
     assert _alive(pids) == []  # SIGKILL after cancel_grace_s took the whole group
 
 
-def test_cancel_terms_a_running_command_within_2_s_and_kills_what_left_its_group(wb):
+def test_cancel_terms_a_running_command_within_2_s_and_kills_what_left_its_group(wb, report):
     """The worker sees the plan's cancel marker within a fraction of a second (no heartbeat's
     answer needed); a process that escaped the command's group (setsid) ends with the task."""
     command = ("trap 'date +%s.%N > termed; exit 0' TERM; setsid sleep 300 & echo $! > escaped; "
@@ -316,6 +320,7 @@ def test_cancel_terms_a_running_command_within_2_s_and_kills_what_left_its_group
     termed = _attempt_file(wb, plan_id, "long", "termed")
     wait_for(lambda: termed.exists() and termed.read_text().strip(), 10, "SIGTERM to the command")
     took = float(termed.read_text()) - asked
+    report(f"llamarig cancel to SIGTERM in the running command: {took:.2f} s")
     assert took < 2.0, f"SIGTERM {took:.2f} s after the cancel"
     view = plan_ended(wb, plan_id)
     assert view["outcome"] == "cancelled" and view["tasks"]["long"]["state"] == "cancelled", view

@@ -18,6 +18,7 @@ from llamarig.shared.errors import LlamarigError
 
 TASK_NAME = r"^[a-z0-9][a-z0-9_-]{0,59}$"
 MAX_TASKS = 5000
+TASK_LITERAL_BYTES = 16 * 1024
 CLASSES = ("cpu", "script", "llm")
 # What a command's text suggests, first match wins ("whisper" before "generate").
 HINTS = (("script", ("whisper", "transcrib", "embed", "cuda", "gpu")), ("llm", ("generate", "llm")))
@@ -208,7 +209,20 @@ def _task_problems(t: Task, names: set[str], models: set[str] | None) -> list[st
     target = (t.generate and t.generate.model) or (t.embed and t.embed.model)
     if models is not None and target and target not in models:
         problems.append(f"{where}.{what}.model: unknown model '{target}' (the rig has {', '.join(sorted(models))})")
-    return problems
+    return problems + _literal_problems(t, where)
+
+
+def _literal_problems(t: Task, where: str) -> list[str]:
+    """A task's literal text (its command, prompt, inputs) rides in every attempt's activity
+    input: capped, so that a window of tasks scheduled at once stays far inside the engine's
+    message limit (plan_window x TASK_LITERAL_BYTES: 1 MiB at the default 64)."""
+    literals = [t.command if isinstance(t.command, str) else " ".join(t.command or []),
+                t.generate.prompt if t.generate else "", *t.inputs.values()]
+    size = sum(len(text.encode()) for text in literals)
+    if size <= TASK_LITERAL_BYTES:
+        return []
+    return [f"{where}: {size} bytes of literal text (command, prompt, inputs) over the {TASK_LITERAL_BYTES} a task "
+            "may carry: put long text in a file a task reads (an input of @TASK, or a path)"]
 
 
 def _cycles(plan: Plan) -> list[str]:

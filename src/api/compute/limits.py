@@ -27,7 +27,8 @@ class BodyRefused(LlamarigError):
         return response
 
 
-LIMIT_OF = {"body": "api.max_body_mib", "audio upload": "whisper.max_audio_mib"}
+LIMIT_OF = {"body": "api.max_body_mib", "audio upload": "whisper.max_audio_mib",
+            "plan body": "Temporal's payload limit: split the plan, or put long commands in script files"}
 
 
 def _too_large(cap: int, what: str) -> BodyRefused:
