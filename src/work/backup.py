@@ -35,7 +35,8 @@ def backup(rig, dest: Path) -> Path:
     db = rig.run_dir / DB
     if rig.work and rig.work.temporal == "embedded" and db.exists():
         _copy_db(db, folder / DB)
-        shutil.copy2(namespace.path(rig.run_dir), namespace.path(folder))  # (made before the server: it exists)
+        if namespace.path(rig.run_dir).is_file():  # (none beside a database an older release made: restore knows)
+            shutil.copy2(namespace.path(rig.run_dir), namespace.path(folder))
     plans = Store(rig.run_dir).plans
     if plans.is_dir():
         shutil.copytree(plans, folder / "plans", ignore=shutil.ignore_patterns("*.tmp"))
