@@ -194,6 +194,7 @@ def test_two_rigs_never_share_an_embedded_temporal(tmp_path, models):
             log = bundle.rig.run_dir / "logs" / "work-cpu.log"
             wait_for(lambda: log.exists() and "is not this rig's embedded server" in log.read_text(), 60,
                      "b's cpu worker to refuse a's Temporal")
+            wait_for(bundle.up, 60, "b's compute API to answer")  # (it may start after the workers)
             answer = bundle.post("/admin/plans", json={"plan": {"name": "x", "tasks": [
                 {"name": "t", "class": "cpu", "command": "true"}]}})
             assert answer.status_code == 503 and answer.json()["error"]["code"] == "temporal_not_ours", answer.text
