@@ -5,7 +5,7 @@ STOP_POLL_S). It never outlives its worker: the kernel kills it when the worker 
 (PR_SET_PDEATHSIG), and a worker's start kills the groups of any process a dead predecessor
 left (`sweep`: found by the LLAMARIG_TASK_OWNER every command's environment carries). A process
 that left its command's group (setsid, a double fork) is reparented to the worker, a child
-subreaper, and killed once its task has ended (`reap_escaped`; see work/escapes.py)."""
+subreaper, and killed once its task has ended (work/escapes.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +25,7 @@ log = logging.getLogger("llamarig.work")
 PR_SET_PDEATHSIG = 1
 TERM_GRACE_S = 10  # the default of work.cancel_grace_s
 STOP_POLL_S = 0.25  # how often a running command's task looks for its plan's cancel marker
-TASK_ID = "LLAMARIG_TASK_ID"  # plan/task#attempt, in every command's environment: who a process works for
+TASK_ID = escapes.TASK_ID
 TAIL_CHARS = 200
 KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 

@@ -17,12 +17,12 @@ NOT_RUN = "not run"
 _CLOSED_QUERY = f"WorkflowType = '{PLAN_WORKFLOW}' AND ExecutionStatus IN ('Terminated', 'TimedOut', 'Failed')"
 
 
-async def closed_by_engine(client, rig) -> dict[str, str]:
-    """This rig's plans (their records are here) that the engine closed: {plan_id: status}."""
+async def closed_by_engine(client, rig) -> dict[str, tuple[str, dict]]:
+    """This rig's plans (their records are here) that the engine closed: {plan_id: (status, summary)}."""
     store, found = Store(rig.run_dir), {}
     async for wf in client.list_workflows(_CLOSED_QUERY, limit=1000):
-        if store.read_summary(wf.id) is not None:
-            found[wf.id] = wf.status.name.lower()
+        if (summary := store.read_summary(wf.id)) is not None:
+            found[wf.id] = (wf.status.name.lower(), summary)
     return found
 
 

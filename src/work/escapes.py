@@ -18,8 +18,10 @@ from collections import Counter
 
 PR_SET_CHILD_SUBREAPER = 36
 REAP_EVERY_S = 1.0
+TASK_ID = "LLAMARIG_TASK_ID"  # plan/task#attempt, in every command's environment: who a process works for
 _RUNNING: dict[int, str] = {}  # a running command's pid -> its task id
 _TASKS: Counter = Counter()  # task ids whose command is starting or running
+_MARK = f"{TASK_ID}=".encode()
 _SPAWNING = [0]  # commands being spawned: their pid is not known yet, so no zombie is reaped meanwhile
 
 
@@ -82,8 +84,8 @@ def _task_id(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             for entry in f.read().split(b"\0"):
-                if entry.startswith(b"LLAMARIG_TASK_ID="):
-                    return entry.split(b"=", 1)[1].decode(errors="replace")
+                if entry.startswith(_MARK):
+                    return entry[len(_MARK):].decode(errors="replace")
     except OSError:
         pass
     return None

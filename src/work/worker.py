@@ -140,7 +140,6 @@ async def _sweep_every(rig, client, meter) -> None:
     them, and each closed since it started counted once in llamarig_plans_ended_by_engine_total
     (the LlamarigPlanTerminated alert), with a log line giving the engine's reason."""
     from llamarig.work import engine_end, plans
-    from llamarig.work.store import Store
 
     counter = meter.create_counter("llamarig_plans_ended_by_engine_total", "Plans of this rig closed by the engine "
                                    "(terminated, timed out, failed), by status") if meter else None
@@ -150,10 +149,9 @@ async def _sweep_every(rig, client, meter) -> None:
     while True:
         try:
             closed = await engine_end.closed_by_engine(client, rig)
-            for plan_id, status in closed.items():
+            for plan_id, (status, view) in closed.items():
                 if plan_id in (seen or ()):
                     continue
-                view = Store(rig.run_dir).read_summary(plan_id) or {}
                 if not view.get("ended_by_engine"):  # (a view of it may have settled it already)
                     view = await plans.settle_closed(client, rig, plan_id, status)
                 if seen is not None:  # (closed before this process started: settled, counted then)
