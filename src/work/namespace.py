@@ -48,7 +48,7 @@ def _create(run_dir: Path, configured: str) -> str:
     legacy = (Path(run_dir) / DB).exists()
     name = configured if legacy else f"{configured}-{secrets.token_hex(4)}"
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    tmp = path(run_dir).with_suffix(f".{os.getpid()}.tmp")
+    tmp = path(run_dir).with_suffix(f".{os.getpid()}-{secrets.token_hex(4)}.tmp")  # (one per caller, threads too)
     tmp.write_text(name + "\n")
     try:
         os.link(tmp, path(run_dir))  # fails where another program wrote it first
