@@ -51,7 +51,14 @@ def holder(port: int) -> str:
         if c.pid:
             try:
                 p = psutil.Process(c.pid)
-                return f" by pid {c.pid} ({' '.join(p.cmdline())[:160] or p.name()})"
+                return f" by pid {c.pid} ({_shown(p.cmdline()) or p.name()})"
             except psutil.Error:
                 continue
     return " (by a process this user cannot see)" if listening else ""
+
+
+def _shown(cmdline: list[str], limit: int = 600) -> str:
+    """The command line, cut only past `limit` characters: its paths (a run folder) are what
+    tells whose program it is, and they grow with where the rig lives."""
+    text = " ".join(cmdline)
+    return text if len(text) <= limit else text[:limit] + "..."
