@@ -289,7 +289,10 @@ def _plan_parsers(sub, w) -> None:
     s.add_argument("plan_id")
     s.add_argument("--json", action="store_true")
     s.add_argument("--wait", action="store_true", help=WAIT)
-    s.set_defaults(fn=lambda a: w.show(_rig(a), a.plan_id, a.json, a.wait))
+    s.add_argument("--items", metavar="TASK", help="every item of a for_each task: index, state, item, where its "
+                   "output is or why it failed")
+    s.set_defaults(fn=lambda a: w.show_items(_rig(a), a.plan_id, a.items, a.json) if a.items else
+                   w.show(_rig(a), a.plan_id, a.json, a.wait))
     s = sub.add_parser("cancel", help="cancel a plan (its commands get SIGTERM, then SIGKILL)")
     s.add_argument("plan_id")
     s.set_defaults(fn=lambda a: w.cancel(_rig(a), a.plan_id))

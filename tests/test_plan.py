@@ -144,3 +144,33 @@ def test_a_tasks_literal_text_is_capped_naming_the_task():
     found = _problems([{"name": "a", "class": "cpu", "command": "echo $INPUT_T", "inputs": {"t": long}},
                        {"name": "b", "class": "llm", "generate": {"prompt": "y" * 1000, "model": "brain"}}])
     assert len(found) == 1 and found[0].startswith("tasks.a: 16397 bytes of literal text"), found
+
+
+@pytest.mark.parametrize("task, said", [
+    ({"command": "true", "for_each": {"items": [1]}}, "tasks.m.for_each: neither {item} nor {index} appears"),
+    ({"command": "x {item}", "for_each": {"items": [1], "glob": "*"}}, "tasks.m.for_each: set exactly one of items"),
+    ({"command": "x {item}", "for_each": {}}, "tasks.m.for_each: set exactly one of items, glob and lines"),
+    ({"command": "x {item}", "for_each": {"lines": "list"}}, "tasks.m.for_each: lines: 'list' is not @TASK"),
+    ({"command": "x {item}", "for_each": {"lines": "@a"}}, "tasks.m.for_each.lines: @a is not in depends_on"),
+    ({"command": "x {item}", "for_each": {"items": ["y" * 1025]}}, "tasks.m.for_each.items.0: over 1024 bytes"),
+    ({"command": "x {item}", "for_each": {"items": [1]}, "max_failed": "150%"}, "tasks.m.max_failed: '150%' is neither"),
+    ({"command": "x {item}", "for_each": {"items": [1]}, "max_failed": -1}, "tasks.m.max_failed: -1 is neither"),
+    ({"command": "x", "max_failed": 2}, "tasks.m.max_failed: only a task with for_each has items"),
+    ({"command": "x {item}", "for_each": {"items": [1] * 10_001}}, "tasks.m.for_each.items: List should have at most"),
+])
+def test_for_each_is_checked_naming_the_field(task, said):
+    tasks = [{"name": "a", "class": "cpu", "command": "true"}, {"name": "m", "class": "cpu"} | task]
+    problems = _problems(tasks)
+    assert any(p.startswith(said) for p in problems), problems
+
+
+def test_for_each_substitutes_into_every_field_and_quotes_items_in_shell_commands():
+    from llamarig.work.mapping import substitute
+
+    t = {"name": "m", "cls": "script", "command": None, "inputs": {"k": "{item}-{index}"}, "for_each": {"items": []},
+         "transcribe": {"audio": "/d/{item}", "format": "text", "language": None}, "max_failed": 1}
+    one = substitute(t, "a b.wav", 3)
+    assert one["name"] == "m.3" and one["inputs"] == {"k": "a b.wav-3"} and one["transcribe"]["audio"] == "/d/a b.wav"
+    assert "for_each" not in one and "max_failed" not in one and one["map"] == {"task": "m", "item": "a b.wav", "index": 3}
+    assert substitute(t | {"command": "cat {item}"}, "it's", 0)["command"] == "cat 'it'\"'\"'s'"
+    assert substitute(t | {"command": ["cat", "{item}"]}, "it's", 0)["command"] == ["cat", "it's"]

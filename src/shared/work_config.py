@@ -66,6 +66,10 @@ class WorkConfig(Strict):
     plan_window: int = Field(64, ge=1, le=2000, description="Tasks of one plan in Temporal at once (queued "
                              "or running); the rest wait in the plan, most urgent first. Above the tasks "
                              "all rigs run at once, it costs the engine work without adding speed.")
+    map_slice: int = Field(1000, ge=10, le=5000, description="Items of a for_each task one child workflow "
+                           "runs (its history holds about 2 KB an item, under Temporal's 50 MiB and 51,200 "
+                           "events with room for retries); two slices of a task run at once, each with "
+                           "plan_window places.")
     cancel_grace_s: float = Field(10, ge=0, le=3600, description="Seconds a cancelled task's command gets "
                                   "after SIGTERM before SIGKILL to its whole process group; 0: SIGKILL at once.")
     starvation_s: float = Field(600, gt=0, le=86400, description="Seconds a task may wait on its queue behind "

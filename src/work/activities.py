@@ -158,7 +158,7 @@ class Activities:
                                   "LLAMARIG_TASK": task["name"], "LLAMARIG_ATTEMPT": str(ctx["attempt"]),
                                   commands.TASK_ID: f"{plan_id}/{task['name']}#{ctx['attempt']}",
                                   commands.OWNER: self.owner}
-                                 | _input_env(ctx["inputs"]), folder)
+                                 | _input_env(ctx["inputs"]) | _item_env(task), folder)
         timeout = task.get("timeout_s") or self.rig.work.task_timeout_s
         done = await commands.run(task["command"], folder, env, timeout, beat or self._beat, self.beat_every,
                                   ctx["cancel_grace_s"], lambda: self.store.stop_asked(plan_id))
@@ -294,6 +294,12 @@ def _resolved(value: str, ctx: dict) -> str:
 def _read_input(raw: str, value: str) -> str:
     """An @TASK input is the dependency's output file: its text goes to the model."""
     return Path(value).read_text(errors="replace") if raw.startswith("@") else value
+
+
+def _item_env(task: dict) -> dict[str, str]:
+    """An item of a for_each task (work/mapping.py): which one."""
+    item = task.get("map")
+    return {"LLAMARIG_ITEM": item["item"], "LLAMARIG_INDEX": str(item["index"])} if item else {}
 
 
 def _input_env(inputs: dict[str, str]) -> dict[str, str]:

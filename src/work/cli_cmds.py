@@ -90,7 +90,9 @@ def _submitted(rig, body: dict, reusing: str | None, wait: bool) -> int:
     reused = f"; {len(body['reused'])} reused from {reusing}: {', '.join(body['reused'])}" if body["reused"] else ""
     gone = body.get("outputs_gone") or []
     again = f"; {len(gone)} run again, an output they need being gone: {', '.join(gone)}" if gone else ""
-    line = f"submitted {body['plan_id']} ({body['tasks']} tasks{reused}{again})"
+    mapped = "".join(f"; {name}: {n} items" if isinstance(n, int) else f"; {name}: {n}"
+                     for name, n in (body.get("items") or {}).items())
+    line = f"submitted {body['plan_id']} ({body['tasks']} tasks{reused}{again}{mapped})"
     if wait:
         return _waiting(rig, body["plan_id"], False, lambda: print(line, flush=True))
     print(line)
@@ -163,9 +165,35 @@ def _print_view(body: dict) -> None:
         state = "reused" if t.get("reused_from") else t["state"]  # (succeeded in an earlier plan)
         print(f"  {name[:18]:18} {state[:10]:10} {attempt!s:>3} {rig[:21]:21} {worker[5:][:8]:8} {gpu[:3]:3} "
               f"{took:>7}")
+        if t.get("map"):
+            _print_map(t["map"])
         error = t.get("error") or t.get("last_error")
         if error:
             print(f"    {error[-150:]}")
+
+
+def _print_map(m: dict) -> None:
+    """A for_each task's group: its items by state, its slices, the failed items kept."""
+    states = ", ".join(f"{n} {s}" for s, n in sorted(m["states"].items())) or "none ended"
+    print(f"    {m['items']} items: {states}; slices {m['slices_done']}/{m['slices']}; "
+          f"max_failed allows {m['allowed_failures']}")
+    for f in m.get("failed_items", []):
+        print(f"    item {f['index']} ({f['item'][:60]}): {f['error'][-100:]}")
+
+
+def show_items(rig, plan_id: str, task: str, as_json: bool) -> int:
+    from llamarig.ops import Api
+
+    body = Api(rig).get(f"/admin/plans/{plan_id}/items/{task}")
+    if as_json:
+        print(json.dumps(body, indent=1))
+        return 0
+    for r in body["items"]:
+        where = r.get("output") or r.get("error", "")
+        print(f"{r['index']:>6} {r['state'][:10]:10} {str(r.get('item', ''))[:50]:50} {where[-120:]}")
+    if body.get("running"):
+        print("(running: the items of the slices started so far)")
+    return 0
 
 
 def cancel(rig, plan_id: str) -> int:

@@ -15,10 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llamarig.shared.errors import LlamarigError
+from llamarig.work import mapping
 
 TASK_NAME = r"^[a-z0-9][a-z0-9_-]{0,59}$"
 MAX_TASKS = 5000
 TASK_LITERAL_BYTES = 16 * 1024
+MAX_LITERAL_ITEMS = 10_000
 CLASSES = ("cpu", "script", "llm")
 # What a command's text suggests, first match wins ("whisper" before "generate").
 HINTS = (("script", ("whisper", "transcrib", "embed", "cuda", "gpu")), ("llm", ("generate", "llm")))
@@ -64,6 +66,23 @@ class Generate(Strict):
         return self
 
 
+class ForEach(Strict):
+    items: list[str | int | float] | None = Field(None, max_length=MAX_LITERAL_ITEMS, description="The items "
+                                                 "themselves (up to 10,000; more: glob or lines).")
+    glob: str | None = Field(None, description="Files matching this pattern on the rig, resolved when the plan "
+                             "is submitted (sorted; ** recurses); none matching is refused.")
+    lines: str | None = Field(None, description="@TASK: the non-blank lines of that dependency's output, read "
+                              "when it ends.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if sum(v is not None for v in (self.items, self.glob, self.lines)) != 1:
+            raise ValueError("set exactly one of items, glob and lines")
+        if self.lines is not None and not REFERENCE.match(self.lines):
+            raise ValueError(f"lines: {self.lines!r} is not @TASK (a dependency's output)")
+        return self
+
+
 class Task(Strict):
     name: str = Field(pattern=TASK_NAME)
     cls: Literal["cpu", "script", "llm"] | None = Field(None, alias="class")
@@ -87,6 +106,10 @@ class Task(Strict):
                                    "dependency's output file).")
     untrusted: list[str] = Field(default_factory=list, description="Names of inputs that are data from "
                                  "outside: they go to an llm task only inside a marked data block.")
+    for_each: ForEach | None = Field(None, description="Run the task once per item, {item} and {index} "
+                                     "substituted (work/mapping.py); its dependents get a manifest.")
+    max_failed: int | str | None = Field(None, description="With for_each: items that may fail (a count, or "
+                                         "'N%' of the items) with the task still succeeded; null: 0.")
 
     def what(self) -> str | None:
         """Which of command, transcribe, embed, generate the task sets (None: none or several)."""
@@ -209,7 +232,7 @@ def _task_problems(t: Task, names: set[str], models: set[str] | None) -> list[st
     target = (t.generate and t.generate.model) or (t.embed and t.embed.model)
     if models is not None and target and target not in models:
         problems.append(f"{where}.{what}.model: unknown model '{target}' (the rig has {', '.join(sorted(models))})")
-    return problems + _literal_problems(t, where)
+    return problems + _literal_problems(t, where) + mapping.problems(t, where)
 
 
 def _literal_problems(t: Task, where: str) -> list[str]:

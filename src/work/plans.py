@@ -24,7 +24,8 @@ def spec_of(rig, plan: Plan, plan_id: str) -> dict:
     return {"plan_id": plan_id, "plan": plan.model_dump(), "queues": engine.queues(w),
             "defaults": {"retries": w.retries, "timeout_s": w.task_timeout_s, "heartbeat_s": w.heartbeat_timeout_s,
                          "starvation_s": w.starvation_s, "retry_initial_s": w.retry_initial_s,
-                         "retry_max_s": w.retry_max_s, "cancel_grace_s": w.cancel_grace_s, "window": w.plan_window}}
+                         "retry_max_s": w.retry_max_s, "cancel_grace_s": w.cancel_grace_s, "window": w.plan_window,
+                         "map_slice": w.map_slice}}
 
 
 async def submit(client, rig, plan: Plan, reusing: str | None, output_gone) -> dict:
@@ -45,13 +46,36 @@ async def _submit(client, rig, plan: Plan, old: dict | None, output_gone) -> dic
     spec, rerun = spec_of(rig, plan, plan_id), []
     if old is not None:
         Store(rig.run_dir).touch(old["plan_id"])  # before its outputs are looked at: a prune now keeps them
-        spec["reused"], rerun = await _reused(rig, plan, old, output_gone)
+        spec["reused"], rerun = await _reused(rig, plan, old, output_gone, spec)
     spec["learned_s"] = durations.expected(rig.run_dir, spec["plan"]["tasks"])  # (work/durations.py)
+    items = _resolve_maps(rig, spec)
     await _start(client, spec, plan)
     Store(rig.run_dir).write_record(plan_id, {"plan_id": plan_id, "name": plan.name, "outcome": "running",
                                               "submitted_at": time.time(), "spec": spec})
     return {"plan_id": plan_id, "tasks": len(plan.tasks), "reused": list(spec.get("reused", {})),
-            "outputs_gone": rerun}
+            "outputs_gone": rerun, "items": items}
+
+
+def _resolve_maps(rig, spec: dict) -> dict[str, int | str]:
+    """Each for_each task's item count as far as known at submit: a glob is resolved here, on
+    this rig, into the task's items file (spec["mapped"]); lines are known when their task ends."""
+    from llamarig.work import map_files
+
+    counts: dict[str, int | str] = {}
+    for t in spec["plan"]["tasks"]:
+        each = t.get("for_each")
+        if not each or t["name"] in spec.get("reused", {}):
+            continue
+        if each.get("glob"):
+            ref = map_files.resolve_glob(Store(rig.run_dir), spec["plan_id"], t["name"], each["glob"],
+                                         outputs.base_url(rig))
+            if not ref["count"]:
+                raise engine.WorkError("glob_empty", f"tasks.{t['name']}.for_each.glob: no file on this rig matches "
+                                       f"{each['glob']!r}: the task would run nothing")
+            spec.setdefault("mapped", {})[t["name"]] = ref
+        counts[t["name"]] = (spec.get("mapped", {}).get(t["name"], {}).get("count") or len(each.get("items") or [])
+                             or f"the lines of {each['lines']}, when it ends")
+    return counts
 
 
 async def _start(client, spec: dict, plan: Plan) -> None:
@@ -71,10 +95,11 @@ async def _start(client, spec: dict, plan: Plan) -> None:
 
 def reuses(spec: dict) -> list[str]:
     """The plans whose outputs this one reads (its memo says so: work/prune.py keeps them)."""
-    return sorted({entry["reused_from"] for entry in spec.get("reused", {}).values()})
+    return sorted({entry["reused_from"] for entry in spec.get("reused", {}).values()}
+                  | {entry["plan_id"] for entry in spec.get("reused_items", {}).values()})
 
 
-async def _reused(rig, plan: Plan, old: dict, output_gone) -> tuple[dict, list[str]]:
+async def _reused(rig, plan: Plan, old: dict, output_gone, spec: dict) -> tuple[dict, list[str]]:
     """What the new plan starts with for the tasks it reuses, and the tasks that would have been
     reused but run again because an output they need is gone."""
     tasks, old_tasks = plan.model_dump()["tasks"], old["spec"]["plan"]["tasks"]
@@ -85,6 +110,9 @@ async def _reused(rig, plan: Plan, old: dict, output_gone) -> tuple[dict, list[s
                                "defined now: nothing would run")
     rerun = [n for n in reuse.reusable(tasks, old_tasks, old["tasks"], lambda result: True) if n not in names]
     base = outputs.base_url(rig)
+    items = reuse.reusable_items(tasks, old_tasks, old["tasks"], set(names), old["plan_id"])
+    if items:
+        spec["reused_items"] = items
     return {name: await reuse.entry(old["plan_id"], old["tasks"][name], base) for name in names}, rerun
 
 
@@ -265,3 +293,44 @@ async def cancel(client, rig, plan_id: str) -> dict:
             raise engine.failed_call(e, f"the cancel of {plan_id}") from None
         raise engine.WorkError("plan_not_found", f"cannot cancel {plan_id!r}: {e.message}") from None
     return {"plan_id": plan_id, "cancel_requested": True}
+
+
+async def items(client, rig, plan_id: str, task: str, fetch) -> dict:
+    """Every item of a for_each task: from its manifest once it ended (fetch(url, dest, sha256)
+    where another rig wrote it), else from its slices' workflows, those started so far."""
+    import tempfile
+    from pathlib import Path
+
+    view = _without_spec(await _view(client, rig, plan_id))
+    t = view["tasks"].get(task)
+    if t is None or "map" not in t and not (t.get("result") or {}).get("output", "").endswith(".jsonl"):
+        raise engine.WorkError("not_mapped", f"{plan_id} has no for_each task {task!r} whose items have been listed")
+    result = t.get("result") or {}
+    if result.get("output"):
+        path = Path(result["output"])
+        if not path.is_file():
+            with tempfile.TemporaryDirectory() as tmp:
+                await fetch(result["output_url"], Path(tmp) / "m", result["output_sha256"])
+                return {"task": task, "items": _jsonl(Path(tmp) / "m")}
+        return {"task": task, "items": _jsonl(path)}
+    return {"task": task, "items": await _slice_items(client, plan_id, task, t["map"]["slices"]), "running": True}
+
+
+def _jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+async def _slice_items(client, plan_id: str, task: str, slices: int) -> list[dict]:
+    from temporalio.service import RPCError
+
+    found = []
+    for k in range(slices):
+        try:
+            state = await client.get_workflow_handle(f"{plan_id}.{task}.{k}").query("state")
+        except RPCError:
+            break  # (not started yet: slices start in order)
+        for name, s in state["tasks"].items():
+            found.append({"index": int(name.rsplit(".", 1)[1]), "state": s["state"]}
+                         | ({"error": s["error"][-300:]} if s.get("error") else {}))
+    return found

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from llamarig.work import outputs, priority
 
-HOW_NOT_WHAT = ("priority", "expected_s", "retries", "timeout_s", "class_inferred")
+HOW_NOT_WHAT = ("priority", "expected_s", "retries", "timeout_s", "class_inferred", "max_failed")
 
 
 def reusable(tasks: list[dict], old_tasks: list[dict], old_states: dict[str, dict], present) -> list[str]:
@@ -28,8 +28,26 @@ def reusable(tasks: list[dict], old_tasks: list[dict], old_states: dict[str, dic
 
 
 def definition(task: dict) -> dict:
-    """What a task runs: its fields but those saying when and how long."""
-    return {k: v for k, v in task.items() if k not in HOW_NOT_WHAT}
+    """What a task runs: its fields but those saying when and how long (a field left unset is
+    the same as one absent: plans of releases before it compare equal)."""
+    return {k: v for k, v in task.items() if k not in HOW_NOT_WHAT and v is not None}
+
+
+def reusable_items(tasks: list[dict], old_tasks: list[dict], old_states: dict[str, dict], covered: set[str],
+                   old_id: str) -> dict[str, dict]:
+    """for_each tasks run again whose items may be reused one by one (map_workflow.py: an item
+    whose index and value are the same, and which succeeded): the old manifest of each, where
+    the task is defined the same and every task it depends on is reused."""
+    old = {t["name"]: t for t in old_tasks}
+    found = {}
+    for t in tasks:
+        result = (old_states.get(t["name"]) or {}).get("result") or {}
+        if (t.get("for_each") and t["name"] not in covered and t["name"] in old
+                and definition(old[t["name"]]) == definition(t) and covered.issuperset(t["depends_on"])
+                and str(result.get("output", "")).endswith(".jsonl")):
+            found[t["name"]] = {k: result[k] for k in ("output", "output_url", "output_sha256") if k in result} | {
+                "plan_id": old_id}
+    return found
 
 
 def present_here(result: dict, gone: dict[str, str]) -> bool:

@@ -16,7 +16,7 @@ from llamarig.work.plan import TASK_NAME
 from llamarig.work.plans import PLAN_ID
 from llamarig.work.store import Store
 
-TASK = re.compile(TASK_NAME)
+TASK = re.compile(TASK_NAME.removesuffix("$") + r"(\.\d{1,6})?$")  # (TASK.INDEX: an item of a for_each)
 ATTEMPT = re.compile(r"^attempt-([1-9]\d{0,3})$")
 
 

@@ -15,8 +15,8 @@ from llamarig.shared.api_errors import error_response
 from llamarig.shared.errors import LlamarigError
 
 
-STATUS = {"plan_not_found": 404, "plan_invalid": 400, "plan_refused": 400, "plan_running": 409, "nothing_to_run": 409,
-          "plan_spec_gone": 410, "plan_too_large": 413}  # else 503 (temporal_unreachable)
+STATUS = {"plan_not_found": 404, "plan_invalid": 400, "plan_refused": 400, "glob_empty": 400, "not_mapped": 404,
+          "plan_running": 409, "nothing_to_run": 409, "plan_spec_gone": 410, "plan_too_large": 413}  # else 503 (temporal_unreachable)
 
 
 class TemporalLink:
@@ -148,6 +148,16 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
         from llamarig.work import plans
 
         return await _answer(link, lambda client: views.get(plan_id, lambda: plans.show(client, rig, plan_id)), "show")
+
+    @router.get("/{plan_id}/items/{task}")
+    async def items(plan_id: str, task: str) -> Response:
+        from llamarig.work.api_client import ComputeApi
+
+        api = ComputeApi("http://127.0.0.1", None, 60, operator_key.decode() if operator_key else None)
+        try:
+            return await call("items", rig, plan_id, task, api.fetch_output)
+        finally:
+            await api.close()
 
     @router.post("/{plan_id}/retry")
     async def retry(plan_id: str) -> Response:
