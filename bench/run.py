@@ -1,6 +1,6 @@
 """Run the benchmarks: `python bench/run.py [NAME ...] [--smoke] [--out FILE]`.
 
-NAME is one or more of proxy, boot, crash, verify, churn, switch, work, gpu, gpu_lend (default: all; the gpu ones skip themselves
+NAME is one or more of proxy, boot, crash, verify, churn, switch, work, gpu, gpu_lend, batch (default: all; the gpu ones skip themselves
 where NVML finds no device). Writes the results as
 JSON (default bench/results.json) and prints a markdown table. --smoke runs each briefly, to
 keep them working (CI); its numbers mean nothing. No benchmark asserts a time.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import batch  # noqa: E402
 import boot  # noqa: E402
 import churn  # noqa: E402
 import crash  # noqa: E402
@@ -32,7 +33,7 @@ from report import markdown  # noqa: E402
 
 BENCHMARKS = {"proxy": proxy.run, "boot": boot.run, "crash": crash.run, "verify": verify_cost.run,
               "churn": churn.run, "switch": switch.run, "work": work.run, "gpu": gpu.run,
-              "gpu_lend": gpu_lend.run}
+              "gpu_lend": gpu_lend.run, "batch": batch.run}
 
 
 def machine() -> dict:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from helpers import llamarig, model_entry, plan_ended, running_bundle, submit_plan, work_section, write_rig
+from helpers import llamarig, model_entry, plan_ended, running_bundle, submit_plan, wait_for, work_section, write_rig
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def test_a_failure_policy_decides_whether_dependents_run(mapped):
             assert each["map"]["states"] == {"succeeded": 90, "failed": 10} and view["tasks"]["next"]["state"] == "succeeded"
             assert [f["index"] for f in each["map"]["failed_items"]] == list(range(3, 100, 10))
         else:
-            assert "items failed (max_failed allows 5)" in each["error"], each["error"]
+            assert "items failed (max_failed allows 5, counting items not run)" in each["error"], each["error"]
             assert view["tasks"]["next"]["state"] == "failed" and "not run" in view["tasks"]["next"]["error"]
             states = [line["state"] for line in _manifest(view, "each")]
             assert states[-40:] == ["not run"] * 40 and states.count("failed") >= 6, states
@@ -118,3 +118,33 @@ def test_retry_runs_only_the_items_that_failed(mapped, tmp_path):
     lines = _manifest(second, "each")
     assert [line.get("reused_from") for line in lines] == [first["plan_id"] if i not in (2, 5) else None for i in range(8)]
     assert [open(line["output"]).read().strip() for line in lines] == [f"x{i}" for i in range(8)]
+
+
+def test_a_map_over_a_maps_items_reads_each_items_output_and_skips_those_that_failed(mapped):
+    """A batch's next step per item: items_of and @TASK[{index}] (50 items, two slices). Item 7
+    fails in the first map, so the second does not run it; max_failed 1 on both lets the plan succeed."""
+    tasks = [_cpu("list", "seq 1 50 > output"),
+             _cpu("double", "test {item} -ne 8 && echo $(( {item} * 2 )) > output", depends_on=["list"],
+                  for_each={"lines": "@list"}, max_failed=1),
+             _cpu("plus", 'echo $(( $(cat "$INPUT_D") + 1 )) > output', depends_on=["double"],
+                  for_each={"items_of": "@double"}, inputs={"d": "@double[{index}]"}, max_failed=1)]
+    view = plan_ended(mapped, submit_plan(mapped, tasks, name="zip"), timeout=300)
+    assert view["outcome"] == "succeeded", {n: view["tasks"][n].get("error") for n in ("double", "plus")}
+    lines = _manifest(view, "plus")
+    assert [line["item"] for line in lines] == [str(n) for n in range(1, 51)]
+    assert lines[7]["state"] == "not run" and "its input double[7] failed" in lines[7]["error"], lines[7]
+    assert all(int(open(line["output"]).read()) == 2 * int(line["item"]) + 1 for line in lines if line["index"] != 7)
+
+
+def test_cancel_stops_every_running_item_and_the_plan_ends_cancelled(mapped):
+    command = "trap 'echo term > termed; exit 0' TERM; echo started > started; while true; do sleep 0.05; done"
+    plan_id = submit_plan(mapped, [_cpu("each", command + " # {index}", for_each={"items": list(range(6))})],
+                          name="stop")
+    folder = mapped.rig.run_dir / "work" / "plans" / plan_id / "tasks"
+    every = [folder / f"each.{i}" / "attempt-1" / "started" for i in range(6)]
+    started = wait_for(lambda: (up := [p for p in every if p.exists()]) and len(up) == 4 and up, 60,
+                       "4 items running (concurrency.cpu)")
+    assert mapped.post(f"/admin/plans/{plan_id}/cancel").status_code == 202
+    view = plan_ended(mapped, plan_id, timeout=60)
+    assert view["outcome"] == "cancelled" and view["tasks"]["each"]["state"] == "cancelled", view["tasks"]["each"]
+    assert all((p.parent / "termed").exists() for p in started)

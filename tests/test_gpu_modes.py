@@ -252,3 +252,44 @@ def test_embeddings_requests_place_the_embeddings_model_the_same_way(tmp_path, m
     assert [h["target"] for h in _history(b, 2)] == ["to_script", "script"] and _modes(b)["0"] == "llm"
     assert b.unit("embed")["program"] == "llama-embed@2"
     wait_for(lambda: _modes(b)["2"] == "llm" and b.unit("worker")["state"] == "ready", 60, "GPU 2 back")
+
+
+def _running_placements(b) -> set[str]:
+    lines = b.ctl("status").stdout.splitlines()
+    return {line.split()[0] for line in lines if line.startswith("whisper") and " RUNNING " in line}
+
+
+def test_a_backlog_of_transcriptions_scales_whisper_out_over_its_placements_and_back(tmp_path, models, wav,
+                                                                                  bundle_factory):
+    """whisper.gpus [3, 4, 2]: 3 and 4 are free, 2 holds the worker LLM (idle). 36 transcriptions,
+    12 at a time: Whisper serves on all three at once (the worker's GPU switched, being idle), each
+    placement takes requests, and after script_idle_s every GPU is back as it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rig = _rig(tmp_path, models)
+    data = yaml.safe_load(rig.read_text())
+    data["whisper"] |= {"gpus": [3, 4, 2], "port": free_ports_in_a_row(3)}
+    rig.write_text(yaml.safe_dump(data))
+    b = bundle_factory(rig)
+    b.wait_ready()
+    seen, busy, done = [], set(), threading.Event()
+
+    def sample():
+        while not done.is_set():
+            places = b.get("/admin/units").json()["placements"]["whisper"]
+            seen.append({p["program"] for p in places if p["state"] in ("ready", "busy")})
+            busy.update(p["program"] for p in places if p["inflight"])
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda _: _transcribe(b, wav), range(36)))
+    finally:
+        done.set()
+        sampler.join()
+    assert [r.status_code for r in answers] == [200] * 36, [r.text for r in answers if r.status_code != 200][:2]
+    assert max(map(len, seen)) == 3, seen
+    assert [h["target"] for h in _history(b, 2)][:2] == ["to_script", "script"]
+    assert busy == {"whisper@3", "whisper@4", "whisper@2"}, busy  # each placement took requests
+    wait_for(lambda: not _running_placements(b) and _modes(b)["2"] == "llm", 60, "every placement idle and stopped")
+    assert b.unit("worker")["state"] == "ready"

@@ -149,7 +149,7 @@ def test_a_tasks_literal_text_is_capped_naming_the_task():
 @pytest.mark.parametrize("task, said", [
     ({"command": "true", "for_each": {"items": [1]}}, "tasks.m.for_each: neither {item} nor {index} appears"),
     ({"command": "x {item}", "for_each": {"items": [1], "glob": "*"}}, "tasks.m.for_each: set exactly one of items"),
-    ({"command": "x {item}", "for_each": {}}, "tasks.m.for_each: set exactly one of items, glob and lines"),
+    ({"command": "x {item}", "for_each": {}}, "tasks.m.for_each: set exactly one of items, glob, lines and items_of"),
     ({"command": "x {item}", "for_each": {"lines": "list"}}, "tasks.m.for_each: lines: 'list' is not @TASK"),
     ({"command": "x {item}", "for_each": {"lines": "@a"}}, "tasks.m.for_each.lines: @a is not in depends_on"),
     ({"command": "x {item}", "for_each": {"items": ["y" * 1025]}}, "tasks.m.for_each.items.0: over 1024 bytes"),
@@ -174,3 +174,16 @@ def test_for_each_substitutes_into_every_field_and_quotes_items_in_shell_command
     assert "for_each" not in one and "max_failed" not in one and one["map"] == {"task": "m", "item": "a b.wav", "index": 3}
     assert substitute(t | {"command": "cat {item}"}, "it's", 0)["command"] == "cat 'it'\"'\"'s'"
     assert substitute(t | {"command": ["cat", "{item}"]}, "it's", 0)["command"] == ["cat", "it's"]
+
+
+def test_an_items_output_is_read_only_by_a_for_each_task_of_a_for_each_dependency():
+    base = [{"name": "a", "class": "cpu", "command": "true"},
+            {"name": "b", "class": "cpu", "command": "x {item}", "for_each": {"items": [1]}}]
+    said = "names an item's output: it needs a for_each task that depends on a for_each task"
+    plain = {"name": "m", "class": "cpu", "command": "x", "depends_on": ["b"], "inputs": {"i": "@b[{index}]"}}
+    assert any(said in p for p in _problems(base + [plain]))
+    of_a = {"name": "m", "class": "cpu", "command": "x {item}", "depends_on": ["a"], "for_each": {"items_of": "@a"},
+            "inputs": {"i": "@a[{index}]"}}
+    assert any(said in p for p in _problems(base + [of_a])) and "tasks.m.for_each.items_of: @a has no items" in str(_problems(base + [of_a]))
+    parse_plan({"name": "p", "tasks": base + [of_a | {"depends_on": ["b"], "for_each": {"items_of": "@b"},
+                                                       "inputs": {"i": "@b[{index}]"}}]}, "plan.yaml")

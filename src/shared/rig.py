@@ -258,6 +258,10 @@ class LifecycleConfig(Strict):
     llm_wait_max_s: float = Field(30, ge=0, le=86400, description="Seconds requests for an LLM whose GPU holds "
                                   "script work wait for that work to end before the planner drains it and "
                                   "gives the GPU back; 0: at once.")
+    switch_hold_s: float = Field(30, ge=0, le=86400, description="Seconds a GPU given back to its LLMs stays "
+                                 "theirs before a script service may scale out onto it again (a backlog takes "
+                                 "such a GPU only once every placement it could use serves, idle LLMs first): "
+                                 "steady traffic on both sides does not switch a GPU back and forth. 0: no hold.")
 
 
 class EnginesConfig(Strict):

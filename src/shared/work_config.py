@@ -37,8 +37,10 @@ class TemporalCluster(Strict):
 
 class Concurrency(Strict):
     cpu: int = Field(4, ge=1, le=1024, description="cpu tasks one rig runs at once (work-cpu).")
-    script: int = Field(1, ge=0, le=64, description="script tasks one rig runs at once (work-gpu); they also "
-                        "wait for the planner to place their service or give them a GPU; 0: none here (an "
+    script: int = Field(6, ge=0, le=64, description="script tasks one rig runs at once (work-gpu); they also "
+                        "wait for the planner to place their service or give them a GPU. The default keeps "
+                        "3 placements busy with one request each in flight and one waiting (the service scales "
+                        "out to one placement per outstanding request: lifecycle/scale.py); 0: none here (an "
                         "attempt that reaches this rig fails at once, retryable, for another rig to take).")
     llm: int = Field(4, ge=0, le=1024, description="llm tasks one rig runs at once (work-gpu), further bounded "
                      "by the request slots (parallel) of the models ready now; 0: none here (as for script).")

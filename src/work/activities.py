@@ -209,14 +209,14 @@ class Activities:
         return names[0]
 
     async def _executor(self, executor: str) -> str:
-        """brain: the unswitchable LLM; worker: the switchable LLM with the fewest requests now."""
+        """brain: the unswitchable LLM; worker: spread as script services scale out
+        (backend/lifecycle/scale.py): a serving model with nothing outstanding, else a stopped one
+        (the request loads it), else the serving one with the least outstanding work."""
         llms = {n: m for n, m in self.rig.models.items() if not m.embeddings}
         want = [n for n, m in llms.items() if m.may_switch == (executor == "worker")]
         if not want:
             raise definition_error(f"generate.executor: the rig has no {executor} model")
-        load = await self.api.load()
-        return min(want, key=lambda n: (load.get(n, {}).get("state") not in ("ready", "busy"),
-                                        load.get(n, {}).get("inflight", 0) + load.get(n, {}).get("waiting", 0), n))
+        return pick_model(want, await self.api.load())
 
     async def _fetch(self, url: str, dest: Path, sha256: str) -> None:
         await self._beating(self.api.fetch_output(url, dest, sha256))
@@ -274,6 +274,21 @@ class LeaseRenewal:
                                    "was taken back, so the command was stopped", type="GpuLeaseLost")
         if error is not None:
             log.warning("a GPU lease renew failed", extra={"lease_id": self.lease["lease_id"], "error": str(error)})
+
+
+def pick_model(names: list[str], load: dict) -> str:
+    """Of `names`, the model an llm task goes to (load: the compute API's /v1/load answer)."""
+    def outstanding(n: str) -> int:
+        return load.get(n, {}).get("inflight", 0) + load.get(n, {}).get("waiting", 0)
+
+    serving = [n for n in names if load.get(n, {}).get("state") in ("ready", "busy")]
+    least = min(serving, key=lambda n: (outstanding(n), n), default=None)
+    if least is not None and outstanding(least) == 0:
+        return least
+    stopped = [n for n in names if load.get(n, {}).get("state") == "stopped"]
+    if stopped:
+        return min(stopped)
+    return least or min(names, key=lambda n: (outstanding(n), n))
 
 
 def task_owner(rig, key: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import glob as globbing
 import json
+import shutil
 from itertools import islice
 from pathlib import Path
 
@@ -54,9 +55,11 @@ class MapFiles:
         """The task's items into its items file: {count, items: reference}."""
         folder = self.store.new_attempt(job["plan_id"], job["task"], 1)
         source = job["source"]
-        if "file" in source:
+        if "file" in source:  # (a glob resolved at submit, or the items of a for_each dependency: items_of)
             path = await self._local(source["file"], folder / ITEMS)
-            return {"count": source["file"]["count"], "items": _ref(path, folder, self.served_from)}
+            if path != folder / ITEMS:
+                await asyncio.to_thread(shutil.copyfile, path, folder / ITEMS)
+            return {"count": source["file"]["count"], "items": _ref(folder / ITEMS, folder, self.served_from)}
         items = source["items"] if "items" in source else await self._lines(job, folder)
         return {"count": len(items), "items": await asyncio.to_thread(write_items, folder, items, self.served_from)}
 
@@ -79,7 +82,10 @@ class MapFiles:
         folder = self.store.new_attempt(job["plan_id"], job["task"], 1)
         path = await self._local(job["items"], folder / ITEMS)
         items = _lines(path, job["start"], job["count"], json.loads)
-        got: dict = {"items": items}
+        got: dict = {"items": items, "zipped": {}}
+        for dep, ref in job.get("zipped", {}).items():  # (@DEP[{index}]: the same items of a for_each dependency)
+            manifest = await self._local(ref, folder / f"zipped-{dep}.jsonl")
+            got["zipped"][dep] = _lines(manifest, job["start"], job["count"], json.loads)
         if job.get("reused"):
             old = await self._local(job["reused"], folder / "reused.jsonl")
             got["reused"] = [r for r in _lines(old, job["start"], job["count"], json.loads)

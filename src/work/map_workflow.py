@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
 
 from llamarig.work import mapping
 from llamarig.work.attempts import Attempts, dependency_context, reason
@@ -46,16 +46,19 @@ class MapParent:
         template = {k: v for k, v in t.items() if k != "for_each"}  # (literal items: not in every slice's input)
         job = {"plan_id": self.spec["plan_id"], "queues": self.spec["queues"], "defaults": self.spec["defaults"],
                "task": template, "items": listed["items"], "results": results, "key": list(self.keys[name][:2]),
-               "reused": self.spec.get("reused_items", {}).get(name)}
+               "reused": self.spec.get("reused_items", {}).get(name),
+               "zipped": {dep: results[dep] for dep in mapping.indexed_deps(t)}}
         ended = await self._slices(name, info, job, parts)
         manifest = await self._files("join_manifest", {"plan_id": self.spec["plan_id"], "task": name,
                                                         "items": listed["items"], "parts": ended})
-        self._map_ended(name, info, manifest)
+        self._map_ended(name, manifest, listed["items"] | {"count": count})
 
     def _source(self, t: dict) -> dict:
         each = t["for_each"]
         if each.get("lines"):
             return {"lines": each["lines"][1:]}
+        if each.get("items_of"):
+            return {"file": self.tasks[each["items_of"][1:]]["result"]["items"]}
         if each.get("glob"):
             return {"file": self.spec["mapped"][t["name"]]}  # (resolved at submit: plans.py)
         return {"items": [str(i) for i in each["items"]]}
@@ -65,7 +68,7 @@ class MapParent:
 
         async def one(k: int) -> None:
             async with limit:
-                budget = info["allowed_failures"] - info["states"].get("failed", 0)
+                budget = info["allowed_failures"] - info["states"].get("failed", 0) - info["states"].get("not run", 0)
                 if budget < 0:
                     ended[k]["error"] = "not run: the task's items failed past max_failed"
                     ended[k]["state"] = "not run"
@@ -86,6 +89,8 @@ class MapParent:
                 "MapSlice", job, id=f"{job['plan_id']}.{job['task']['name']}.{job['slice']}",
                 task_queue=self.spec["queues"]["plan"])
         except ChildWorkflowError as e:  # (terminated, timed out: its items count as failed)
+            if isinstance(e.cause, CancelledError):
+                raise asyncio.CancelledError() from None  # (its items were stopped by the plan's cancel)
             why = getattr(e.cause, "message", None) or str(e.cause or e)
             return {"state": "failed", "error": f"its slice failed: {why}",
                     "counts": {"failed": job["count"]}, "failed": []}
@@ -97,17 +102,18 @@ class MapParent:
                                      "failed_items": failed})
         info.update(self.tasks[name]["map"])
 
-    def _map_ended(self, name: str, info: dict, manifest: dict) -> None:
+    def _map_ended(self, name: str, manifest: dict, items: dict) -> None:
+        """items: the reference of its items file (a task with items_of maps over the same)."""
         info = self.tasks[name]["map"]
         failed = info["states"].get("failed", 0)
         not_run = info["states"].get("not run", 0) + info["items"] - sum(info["states"].values())
-        result = {k: manifest[k] for k in RESULT_KEYS if k in manifest} | {"count": info["items"]}
+        result = {k: manifest[k] for k in RESULT_KEYS if k in manifest} | {"count": info["items"], "items": items}
         now = workflow.now().timestamp()
-        if failed > info["allowed_failures"] or not_run or info["states"].get("cancelled"):
+        if failed + not_run > info["allowed_failures"] or info["states"].get("cancelled"):
             first = info["failed_items"][0] if info["failed_items"] else None
             self._set(name, state="failed", result=result, ended_at=now, error=(
-                f"{failed} of {info['items']} items failed (max_failed allows {info['allowed_failures']})"
-                + (f"; {not_run} not run" if not_run else "")
+                f"{failed} of {info['items']} items failed (max_failed allows {info['allowed_failures']}, "
+                "counting items not run)" + (f"; {not_run} not run" if not_run else "")
                 + (f"; first: item {first['index']} ({first['item'][:80]}): {first['error'][-200:]}" if first else "")))
             return
         self._set(name, state="succeeded", result=result, ended_at=now)
@@ -126,6 +132,7 @@ class MapSliceWorkflow(Attempts):
         self.carried: dict[str, str] = {}
         self.spec: dict = {}
         self.job: dict = {}
+        self.item_results: dict[str, dict] = {}  # item task -> its dependencies' results, its own items' included
         self.init_window()
 
     @workflow.query
@@ -138,7 +145,8 @@ class MapSliceWorkflow(Attempts):
         self.grants_deferred = True
         got = await workflow.execute_activity("read_items", {
             "plan_id": job["plan_id"], "task": job["task"]["name"], "items": job["items"], "start": job["start"],
-            "count": job["count"], "reused": job.get("reused")}, task_queue=job["queues"]["cpu"], **FILES)
+            "count": job["count"], "reused": job.get("reused"), "zipped": job.get("zipped", {})},
+            task_queue=job["queues"]["cpu"], **FILES)
         old = {r["index"]: r for r in got.get("reused", [])}
         todo = []
         for i, item in enumerate(got["items"], start=job["start"]):
@@ -149,17 +157,31 @@ class MapSliceWorkflow(Attempts):
                 self.tasks[t["name"]] = {"state": "succeeded", "result": _kept(prior) | {"worker": prior.get("worker")},
                                          "reused_from": prior.get("reused_from", job["reused"]["plan_id"])}
                 continue
+            if (why := self._zip(t["name"], i, got.get("zipped", {}))) is not None:
+                self.tasks[t["name"]] = {"state": "not run", "class": t["cls"], "error": why}
+                continue
             self.tasks[t["name"]] = {"state": "waiting", "class": t["cls"]}
             todo.append(t)
         asyncio.ensure_future(self._grants())
         await asyncio.gather(*(self._run_task(t) for t in todo))
         return await self._ended(got["items"])
 
+    def _zip(self, name: str, i: int, zipped: dict[str, list]) -> str | None:
+        """Item i's own inputs from for_each dependencies (@TASK[{index}]); why it cannot run, if so."""
+        found = {}
+        for dep, records in zipped.items():
+            record = records[i - self.job["start"]] if i - self.job["start"] < len(records) else None
+            if record is None or record["state"] != "succeeded":
+                return f"not run: its input {dep}[{i}] " + (record["state"] if record else "does not exist")
+            found[f"{dep}[{i}]"] = _kept(record)
+        self.item_results[name] = self.job["results"] | found
+        return None
+
     def _context(self, t: dict) -> dict:
-        return dependency_context(t, self.job["results"], {})
+        return dependency_context(t, self.item_results.get(t["name"], self.job["results"]), {})
 
     def _skip(self, t: dict) -> str | None:
-        failed = sum(s["state"] == "failed" for s in self.tasks.values())
+        failed = sum(s["state"] in ("failed", "not run") for s in self.tasks.values())
         return "not run: the task's items failed past max_failed" if failed > self.job["budget"] else None
 
     async def _ended(self, items: list[str]) -> dict:

@@ -21,6 +21,7 @@ ITEM_BYTES = 1024  # an item rides in its activity's input and in its slice's hi
 PLACEHOLDERS = ("{item}", "{index}")
 FAILED_SHARE = re.compile(r"^(\d{1,3}(?:\.\d+)?)%$")
 FIELDS = ("command", "inputs", "transcribe", "embed", "generate")
+INDEXED = re.compile(r"^@([a-z0-9][a-z0-9_-]{0,59})\[(\{index\}|\d+)\]$")  # @TASK[{index}]: an item's output
 
 
 def problems(t, where: str) -> list[str]:
@@ -28,9 +29,10 @@ def problems(t, where: str) -> list[str]:
     if t.for_each is None:
         return [f"{where}.max_failed: only a task with for_each has items"] if t.max_failed is not None else []
     found = []
-    ref = t.for_each.lines
-    if ref is not None and ref[1:] not in t.depends_on:
-        found.append(f"{where}.for_each.lines: {ref} is not in depends_on")
+    for field in ("lines", "items_of"):
+        ref = getattr(t.for_each, field)
+        if ref is not None and ref[1:] not in t.depends_on:
+            found.append(f"{where}.for_each.{field}: {ref} is not in depends_on")
     dumped = t.model_dump(include=set(FIELDS))
     if not any(p in repr(dumped) for p in PLACEHOLDERS):
         found.append(f"{where}.for_each: neither {{item}} nor {{index}} appears in command, inputs, transcribe, "
@@ -60,6 +62,12 @@ def allowed_failures(max_failed, count: int) -> int | None:
 def slices(count: int, size: int) -> list[tuple[int, int]]:
     """(first index, items) of each child workflow."""
     return [(start, min(size, count - start)) for start in range(0, count, size)]
+
+
+def indexed_deps(t: dict) -> list[str]:
+    """The for_each dependencies whose items' outputs `t` reads as @TASK[{index}]."""
+    values = [*t.get("inputs", {}).values(), (t.get("transcribe") or {}).get("audio"), (t.get("embed") or {}).get("text")]
+    return sorted({m.group(1) for v in values if (m := INDEXED.match(v or ""))})
 
 
 def item_name(task: str, index: int) -> str:

@@ -24,7 +24,9 @@ MAX_LITERAL_ITEMS = 10_000
 CLASSES = ("cpu", "script", "llm")
 # What a command's text suggests, first match wins ("whisper" before "generate").
 HINTS = (("script", ("whisper", "transcrib", "embed", "cuda", "gpu")), ("llm", ("generate", "llm")))
-REFERENCE = re.compile(r"^@([a-z0-9][a-z0-9_-]{0,59})$")  # an input naming a dependency's output file
+# An input naming a dependency's output file; @TASK[{index}] in a for_each task: the output of the same
+# item of a for_each dependency (work/mapping.py).
+REFERENCE = re.compile(r"^@([a-z0-9][a-z0-9_-]{0,59})(\[\{index\}\])?$")
 
 
 class PlanError(LlamarigError):
@@ -73,13 +75,17 @@ class ForEach(Strict):
                              "is submitted (sorted; ** recurses); none matching is refused.")
     lines: str | None = Field(None, description="@TASK: the non-blank lines of that dependency's output, read "
                               "when it ends.")
+    items_of: str | None = Field(None, description="@TASK: the items of that for_each dependency, index for "
+                                 "index (with inputs of @TASK[{index}]: a batch's next step per item).")
 
     @model_validator(mode="after")
     def _one_source(self):
-        if sum(v is not None for v in (self.items, self.glob, self.lines)) != 1:
-            raise ValueError("set exactly one of items, glob and lines")
-        if self.lines is not None and not REFERENCE.match(self.lines):
-            raise ValueError(f"lines: {self.lines!r} is not @TASK (a dependency's output)")
+        if sum(v is not None for v in (self.items, self.glob, self.lines, self.items_of)) != 1:
+            raise ValueError("set exactly one of items, glob, lines and items_of")
+        for field in ("lines", "items_of"):
+            value = getattr(self, field)
+            if value is not None and not ((ref := REFERENCE.match(value)) and not ref.group(2)):
+                raise ValueError(f"{field}: {value!r} is not @TASK (a dependency)")
         return self
 
 
@@ -204,13 +210,14 @@ def _where(data: dict, err: dict) -> str:
 def _cross_check(plan: Plan, models: set[str] | None) -> list[str]:
     counts = Counter(t.name for t in plan.tasks)
     problems = [f"tasks.{n}.name: appears twice" for n in sorted(n for n, c in counts.items() if c > 1)]
-    names = set(counts)
+    names, mapped = set(counts), {t.name for t in plan.tasks if t.for_each}
     for t in plan.tasks:
-        problems += _task_problems(t, names, models)
+        problems += _task_problems(t, names, models, mapped)
     return problems + _cycles(plan)
 
 
-def _task_problems(t: Task, names: set[str], models: set[str] | None) -> list[str]:
+def _task_problems(t: Task, names: set[str], models: set[str] | None, mapped: set[str]) -> list[str]:
+    """mapped: the plan's for_each tasks."""
     where, what = f"tasks.{t.name}", t.what()
     problems = [f"{where}.depends_on: unknown task '{d}'" for d in t.depends_on if d not in names]
     if what is None:
@@ -218,14 +225,18 @@ def _task_problems(t: Task, names: set[str], models: set[str] | None) -> list[st
     elif t.cls is not None and {"command": t.cls in ("cpu", "script"), "transcribe": t.cls == "script", "embed": t.cls == "script",
           "generate": t.cls == "llm"}[what] is False:
         problems.append(f"{where}.class: '{t.cls}' cannot run {what}")
-    for key, value in t.inputs.items():
-        ref = REFERENCE.match(value)
-        if ref and ref.group(1) not in t.depends_on:
-            problems.append(f"{where}.inputs.{key}: {value} is not in depends_on")
-    for field, value in (("transcribe.audio", t.transcribe and t.transcribe.audio), ("embed.text", t.embed and t.embed.text)):
+    referring = [(f"inputs.{key}", value) for key, value in t.inputs.items()]
+    referring += [("transcribe.audio", t.transcribe and t.transcribe.audio), ("embed.text", t.embed and t.embed.text)]
+    for field, value in referring:
         ref = REFERENCE.match(value or "")
         if ref and ref.group(1) not in t.depends_on:
             problems.append(f"{where}.{field}: {value} is not in depends_on")
+        elif ref and ref.group(2) and (t.for_each is None or ref.group(1) not in mapped):
+            problems.append(f"{where}.{field}: {value} names an item's output: it needs a for_each task that "
+                            f"depends on a for_each task")
+    of = t.for_each and t.for_each.items_of
+    if of and of[1:] in t.depends_on and of[1:] not in mapped:
+        problems.append(f"{where}.for_each.items_of: {of} has no items: it is not a for_each task")
     if t.expected_s and t.timeout_s and t.expected_s > t.timeout_s:
         problems.append(f"{where}.expected_s: {t.expected_s:g} s is longer than its timeout_s ({t.timeout_s:g} s)")
     problems += [f"{where}.untrusted: '{u}' is not an input" for u in t.untrusted if u not in t.inputs]

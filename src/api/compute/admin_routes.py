@@ -21,6 +21,8 @@ def build_router(state) -> APIRouter:
     async def units() -> JSONResponse:
         m = state.manager
         return JSONResponse({"units": [a.snapshot() for a in m.actors.values()], "gpus": m.gpu_report(),
+                             "placements": {name: [a.snapshot() | {"history": None} for a in slots]
+                                            for name, slots in m.slots.items() if slots[0].unit.script},
                              "gpus_simulated": m.inventory.simulated, "boot_waves": m.boot_waves,
                              "booted": m.booted.is_set()})
 

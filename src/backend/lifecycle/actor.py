@@ -396,7 +396,16 @@ class UnitActor:
         c.to.send(AdoptWaiters(waiting))
 
     def _on_adopt_waiters(self, c: AdoptWaiters) -> None:
-        self.waiters.extend(f for f in c.waiters if not f.done())
+        """Requests handed over by another placement of the service: served at once when this one
+        serves, else they wait here (and ask for a load when it is stopped)."""
+        waiting = [f for f in c.waiters if not f.done()]
+        if self.state in SERVING:
+            for fut in waiting:
+                fut.set_result(self._lease())
+            return
+        self.waiters.extend(waiting)
+        if waiting and self.state == State.STOPPED:
+            self.deps.events.request_load(self.unit)
 
     def _on_job_done(self, c: JobDone) -> None:
         if c.epoch != self.epoch:

@@ -23,7 +23,7 @@ from llamarig.backend.lifecycle.commands import (Acquire, Condition, Exited, Pro
                                                  Stop)
 from llamarig.backend.lifecycle.jobs import Deps, Events, HeldEvents, exit_cause, tree_pids
 from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
-from llamarig.backend.lifecycle import gpu_leases, swap, switch
+from llamarig.backend.lifecycle import gpu_leases, scale, swap, switch
 from llamarig.backend.lifecycle.gpu_modes import GpuModes, Mode
 from llamarig.backend.lifecycle.units import Unit, green_units, placement_units, units_from_rig
 from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, shortfall
@@ -102,6 +102,7 @@ class Manager(Events):
             self.slots[name] = [UnitActor(u, deps) for u in placements]
         self.active = {name: 0 for name in self.slots}
         self.switched: dict[int, list[str]] = {}  # GPU -> the LLMs a switch stopped for script work
+        self.given_back_at: dict[int, float] = {}  # GPU -> monotonic time it went back to its LLMs (scale.py)
         self.leases: dict[int, gpu_leases.GpuLease] = {}  # GPU -> the script command it is lent to
         self.swaps: dict[str, dict] = {}
         self.reloading: dict[str, Rig] = {}  # program -> the rig with its model's new settings, until committed
@@ -336,8 +337,8 @@ class Manager(Events):
 
     # ---- the planner -------------------------------------------------------------------------
     def request_load(self, unit: Unit) -> None:
-        if unit.name not in self._loads_queued:  # one queued load per unit is enough
-            self._loads_queued.add(unit.name)
+        if unit.program not in self._loads_queued:  # one queued load per unit (placements: per GPU) is enough
+            self._loads_queued.add(unit.program)
             self.post(Load(unit))
 
     def post(self, command) -> None:
@@ -357,7 +358,7 @@ class Manager(Events):
 
     async def _plan(self, command) -> None:
         if isinstance(command, Load):
-            self._loads_queued.discard(command.unit.name)
+            self._loads_queued.discard(command.unit.program)
             await self._load_or_place(command.unit)
         elif isinstance(command, switch.Restore):
             await switch.restore(self, command)
@@ -379,7 +380,7 @@ class Manager(Events):
     async def _load_or_place(self, unit: Unit) -> None:
         lent = [g for g in unit.gpus if g in self.leases]
         if unit.script:
-            await switch.place(self, unit.name)
+            await switch.place(self, unit)
         elif lent:
             self.actors[unit.name].send(Refuse(f"GPU {lent[0]} is lent to {self.leases[lent[0]].holder} until that "
                                                "task ends", permanent=False))
@@ -548,8 +549,11 @@ class Manager(Events):
         return self.actors[name]
 
     async def acquire(self, name: str) -> Lease:
-        """A lease on a serving unit; waits (bounded) while a cold unit loads."""
+        """A lease on a serving unit; waits (bounded) while a cold unit loads. A script service's
+        request goes to the placement scale.route picks."""
         actor = self.actor(name)
+        if actor.unit.script:
+            actor = scale.route(self, name)
         if self.closing:
             raise NotAvailable("shutting_down", "the compute API is shutting down", 30)
         command = Acquire(may_wait=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from llamarig.backend.lifecycle import scale
 from llamarig.backend.lifecycle.commands import Condition, MoveWaiters, Refuse, Start, Stop
 from llamarig.backend.lifecycle.gpu_modes import Mode
 from llamarig.backend.lifecycle.states import ENDED, LOADING, SERVING, SETTLED, State
@@ -53,9 +54,18 @@ def need_of(m, actor) -> dict[int, int]:
     return est.per_gpu if est else {}
 
 
-async def place(m, name: str) -> None:
-    """Requests wait for the script service `name`: put it on a GPU."""
-    slots, current = m.slots[name], m.actors[name]
+async def place(m, unit) -> None:
+    """Requests wait on `unit`, a placement of a script service: put the service on a GPU, or
+    beside its live placements (scale.py)."""
+    name, slots = unit.name, m.slots[unit.name]
+    i = next(i for i, p in enumerate(slots) if p.unit is unit)
+    if scale.scaling_out(m, unit):
+        await _scale_out(m, name, i)
+        return
+    if m.active[name] != i and slots[i].waiters:  # routed there while another lived; none does now
+        slots[m.active[name]].send(MoveWaiters(slots[i]))
+        m.active[name] = i
+    current = m.actors[name]
     if current.state != State.STOPPED or not current.waiters:
         return  # a skip only: the start carries its conditions
     margin = m.rig.lifecycle.vram_margin_mib * MIB
@@ -72,6 +82,30 @@ async def place(m, name: str) -> None:
                             "loading, or not switchable)", permanent=False))
         return
     await _switch_to_script(m, name, choice)
+
+
+async def _scale_out(m, name: str, i: int) -> None:
+    """Start placement i beside the live ones (scale.py's rule); when it cannot start now, its
+    waiting requests go to the live placement with the least outstanding work."""
+    placement = m.slots[name][i]
+    if placement.state != State.STOPPED or not placement.waiters:
+        return  # a skip only: the start carries Condition.WAITING
+    rank, gpu = scale.rank(m, placement), placement.unit.gpus[0]
+    if rank is not None:
+        free = await m.settle()
+        if not shortfall(need_of(m, placement), free, m.rig.lifecycle.vram_margin_mib * MIB):
+            await _start_placement(m, name, i, f"scale-out: room on GPU {gpu}", route=False)
+            return
+        if rank == scale.IDLE_LLMS:
+            if await clear_gpu(m, gpu, name, f"{name}: scale-out onto idle LLMs", need_of(m, placement)):
+                await _start_placement(m, name, i, f"scale-out: GPU {gpu} switched from "
+                                       f"{', '.join(m.switched[gpu]) or 'nothing'}", route=False)
+                return
+    running = [a for a in m.slots[name] if scale.live(a)]
+    if running:
+        placement.send(MoveWaiters(min(running, key=scale.outstanding)))
+    else:
+        placement.send(Refuse(f"{name}: GPU {gpu} cannot take it now and no placement serves", permanent=False))
 
 
 def _switch_candidate(m, slots) -> int | None:
@@ -124,10 +158,12 @@ async def _memory_back(m, gpu: int, need: dict[int, int], margin: int) -> bool:
             return False
 
 
-async def _start_placement(m, name: str, i: int, why: str) -> None:
+async def _start_placement(m, name: str, i: int, why: str, route: bool = True) -> None:
+    """route: the service's requests wait here from now on (a first placement; a scale-out's
+    keep theirs: scale.route spreads them)."""
     slots, gpu = m.slots[name], m.slots[name][i].unit.gpus[0]
     current = m.actors[name]
-    if current is not slots[i]:
+    if route and current is not slots[i]:
         current.send(MoveWaiters(slots[i]))  # handled whole: the requests wait there from now on
         m.active[name] = i
     placement = slots[i]
@@ -178,6 +214,7 @@ async def back_to_llm(m, gpu: int, reason: str) -> None:
     for a in actors:
         await a.wait_until(SETTLED, m.modes.time_left(gpu))
     m.switched.pop(gpu, None)
+    m.given_back_at[gpu] = time.monotonic()  # (scale.py: held by its LLMs for lifecycle.switch_hold_s)
     m.modes.set(gpu, Mode.LLM if names else Mode.IDLE, ", ".join(names), f"back from script work: {reason}")
 
 
