@@ -122,7 +122,7 @@ def _history_bytes(rig, workflow_ids: list[str]) -> int:
 @contextlib.contextmanager
 def batch_bundle(folder: Path, script: int, llm: int):
     """Whisper on GPUs 1, 2, 3 (free), a worker LLM on GPU 0, an embeddings model on GPU 4."""
-    entries = {"worker": model_entry(make_gguf(folder / "worker.gguf"), [0], context_size=1024, parallel=llm),
+    entries = {"worker": model_entry(make_gguf(folder / "worker.gguf"), [0], context_size=4096, parallel=llm),
                "embed": model_entry(make_gguf(folder / "embed.gguf", seed=1), [4], embeddings=True)}
     whisper = {"model_dir": str(make_whisper(folder / "whisper")), "gpus": [1, 2, 3], "port": free_ports_in_a_row(3),
                "max_new_tokens": 16}
@@ -208,7 +208,8 @@ def batch(smoke: bool) -> dict:
 
 
 def _switches(b) -> int:
-    return sum(len(g["mode_history"]) for g in b.get("/admin/units").json()["gpus"])
+    """GPUs given to script work so far (a placement started on a GPU in llm or idle mode)."""
+    return sum(h["target"] == "to_script" for g in b.get("/admin/units").json()["gpus"] for h in g["mode_history"])
 
 
 def noop_map(smoke: bool) -> dict:

@@ -154,11 +154,38 @@ def _dig(d: dict, keys) -> object:
     return d
 
 
+def _batch(r: dict) -> list[str]:
+    b, n = r["batch"], r["noop_map"]
+    places, rss = b["placements"], b["peak_rss_mib"]
+    return [_row("measure", "value", "target"), _row(*["---"] * 3),
+            _row(f"{b['files']} wav files of {b['seconds_per_file']} s: transcribe, summarise, embed, report "
+                 "(for_each), makespan s: plan / the same calls by asyncio (floor) / ratio",
+                 f"{b['plan_makespan_s']} / {b['floor_makespan_s']} / {b['ratio']}", "ratio ≤ 1.15"),
+            _row("Whisper placements serving at once, most; share of samples with every placement busy while "
+                 "at least 3 requests were outstanding", f"{places['max_serving']}; {places['all_busy_share_while_backlog']}"
+                 f" of {places['samples_with_backlog']}", "3; every one"),
+            _row("GPUs given to script work during the plan (a placement started)", b["gpu_switches"], "-"),
+            _row("history bytes per item (plan and its slices)", b["history_bytes_per_item"], "independent of output size"),
+            _row("peak RSS MiB: compute API / work-cpu / work-gpu / temporal",
+                 " / ".join(str(rss[k]) for k in ("compute-api", "work-cpu", "work-gpu", "temporal")), "bounded"),
+            _row(f"llamarig cancel to SIGTERM, p50 / max of {b['cancels']}: s",
+                 f"{b['cancel_to_sigterm_s_p50']} / {b['cancel_to_sigterm_s_max']}", "≤ 2"),
+            _row(f"no-op map of {n['items']} items ({n['slices']} slices): wall s, items/s (a hand-listed fan-out of "
+                 "1000 on the same bundle: tasks/s)", f"{n['wall_s']}, {n['items_per_s']} ({n['fan_out_tasks_per_s']})",
+                 "completes"),
+            _row("the map's histories: the plan's events / bytes; one slice's events / bytes",
+                 f"{n['plan_history']['events']} / {n['plan_history']['bytes']}; {n['slice_history']['events']} / "
+                 f"{n['slice_history']['bytes']}", "< 51,200 events, < 50 MiB"),
+            _row("the map's peak RSS MiB: compute API / work-cpu / temporal; manifest MiB",
+                 f"{n['peak_rss_mib']['compute-api']} / {n['peak_rss_mib']['work-cpu']} / {n['peak_rss_mib']['temporal']}"
+                 f"; {n['manifest_mib']}", "bounded")]
+
+
 SECTIONS = {"proxy": ("Proxy overhead", _proxy), "boot": ("Boot", _boot), "crash": ("Crash to ready", _crash),
             "verify": ("Verification cost", _verify), "churn": ("Churn", _churn),
             "switch": ("GPU switch, each way, against the same by hand", _switch),
             "work": ("The work layer", _work), "gpu": ("CUDA paths on a real GPU", _gpu),
-            "gpu_lend": ("A script command lent the real GPU", _gpu)}
+            "gpu_lend": ("A script command lent the real GPU", _gpu), "batch": ("Batches: for_each at scale", _batch)}
 
 
 def markdown(results: dict) -> str:
