@@ -293,3 +293,17 @@ def test_a_backlog_of_transcriptions_scales_whisper_out_over_its_placements_and_
     assert busy == {"whisper@3", "whisper@4", "whisper@2"}, busy  # each placement took requests
     wait_for(lambda: not _running_placements(b) and _modes(b)["2"] == "llm", 60, "every placement idle and stopped")
     assert b.unit("worker")["state"] == "ready"
+
+
+def test_an_operators_stop_during_a_switch_holds_when_the_gpu_goes_back(tmp_path, models, wav, bundle_factory):
+    """worker's GPU switched to Whisper; the operator stops worker meanwhile: when the GPU goes back
+    after script_idle_s, worker stays stopped (it was started again before: the issue's first case)."""
+    b = bundle_factory(_rig(tmp_path, models))
+    b.wait_ready()
+    assert _transcribe(b, wav).status_code == 200 and _modes(b)["2"] == "script"
+    assert b.post("/admin/units/worker/stop").status_code == 202
+    wait_for(lambda: _modes(b)["2"] in ("llm", "idle"), 60, "GPU 2 given back after script_idle_s")
+    assert [h["target"] for h in _history(b, 2)][-2:] == ["to_llm", "llm"]
+    assert b.unit("worker")["state"] == "stopped", b.unit("worker")
+    r = b.post("/v1/completions", json={"model": "worker", "prompt": "hi", "max_tokens": 1}, timeout=30)
+    assert r.status_code == 503 and b.unit("worker")["state"] == "stopped", r.text  # held: requests do not load it

@@ -124,15 +124,16 @@ def test_histories_an_older_release_recorded_replay_with_this_code():
     from temporalio.client import WorkflowHistory
     from temporalio.worker import Replayer
 
+    from llamarig.work.map_workflow import MapSliceWorkflow
     from llamarig.work.workflow import PlanWorkflow
 
     recorded = sorted((Path(__file__).parent / "histories").glob("*.json"))
-    assert len(recorded) >= 7
+    assert len(recorded) >= 14
 
     async def replay():
         for path in recorded:
             history = WorkflowHistory.from_json(path.stem, path.read_text())
-            await Replayer(workflows=[PlanWorkflow]).replay_workflow(history)  # raises on nondeterminism
+            await Replayer(workflows=[PlanWorkflow, MapSliceWorkflow]).replay_workflow(history)  # raises on nondeterminism
     asyncio.run(replay())
 
 

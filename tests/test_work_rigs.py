@@ -146,3 +146,24 @@ def test_cpu_processes_share_the_queue_and_one_killed_leaves_the_others_tasks_al
     finally:
         if b.shutdown():
             b.kill()
+
+
+def test_a_map_spreads_its_items_over_two_rigs_and_a_second_map_reads_each_items_output(two_rigs):
+X's item i
+    reads the first map's item i wherever it ran, and the manifest says where each output is."""
+    a, b = two_rigs
+    tasks = [{"name": "list", "class": "cpu", "command": "seq 1 40 > output"},
+             {"name": "tag", "class": "cpu", "depends_on": ["list"], "for_each": {"lines": "@list"},
+              "command": "sleep 0.2; echo {item} > output"},
+             {"name": "back", "class": "cpu", "depends_on": ["tag"], "for_each": {"items_of": "@tag"},
+              "inputs": {"t": "@tag[{index}]"}, "command": 'echo $(( $(cat "$INPUT_T") * 10 )) > output'}]
+    view = plan_ended(a, submit_plan(a, tasks, name="maps"), timeout=300)
+    assert view["outcome"] == "succeeded", {n: t.get("error") for n, t in view["tasks"].items()}
+    import json
+
+    lines = [json.loads(line) for line in open(view["tasks"]["tag"]["result"]["output"])]
+    rigs = {_rig_of(line["worker"]) for line in lines}
+    assert rigs == {str(a.rig.api.port), str(b.rig.api.port)}, rigs
+    assert all(line["output_url"].startswith("http://127.0.0.1:") for line in lines)
+    back = [json.loads(line) for line in open(view["tasks"]["back"]["result"]["output"])]
+    assert [open(line["output"]).read().strip() for line in back] == [str(10 * i) for i in range(1, 41)]

@@ -5,7 +5,6 @@ the most urgent. Deterministic: no I/O."""
 from __future__ import annotations
 
 import asyncio
-import heapq
 from datetime import timedelta
 
 from temporalio import workflow
@@ -13,6 +12,7 @@ from temporalio.common import Priority, RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError, TimeoutError, TimeoutType
 
 from llamarig.work import priority
+from llamarig.work.window import Window
 
 ENDED = ("succeeded", "failed", "cancelled")
 PLAN_CANCELLED = "PlanCancelled"  # an attempt its worker stopped on the plan's cancel marker, before the engine said
@@ -28,8 +28,7 @@ class Attempts:
     carried; and the window's fields set by init_window."""
 
     def init_window(self) -> None:
-        self.ready: list[tuple] = []  # a heap of the tasks waiting for a place in the window
-        self.in_flight = 0
+        self.window = Window()
         self.held_seconds = None  # the llamarig_task_held_seconds histogram, made at its first use
         self.grants_deferred = False  # (set in run: workflow.patched)
         self.grant_due = False  # a place may be free: for _grants
@@ -92,15 +91,14 @@ class Attempts:
                 raise NotRun(why)
             return await self._execute(t, attempt, priority_key, starve)
         finally:
-            self.in_flight -= 1
+            self.window.leave()
             self._grant_soon()
 
     async def _window(self, t: dict) -> None:
         """At most `window` activities of a plan are in Temporal at once, in priority key order:
         the engine persists every pending activity at each step, so a plan of thousands scheduled
         at once cost it O(n) per step (measured: 9 ms of server CPU per task at 1000)."""
-        turn = asyncio.get_running_loop().create_future()
-        heapq.heappush(self.ready, (*self.keys[t["name"]], turn))
+        turn = self.window.join(self.keys[t["name"]])
         held_at = workflow.now()
         self._grant_soon()
         await turn
@@ -134,11 +132,7 @@ class Attempts:
             self._grant()
 
     def _grant(self) -> None:
-        while self.ready and self.in_flight < self.spec["defaults"]["window"]:
-            turn = heapq.heappop(self.ready)[-1]
-            if not turn.done():  # (a cancelled plan's waiter)
-                self.in_flight += 1
-                turn.set_result(None)
+        self.window.let_in(self.spec["defaults"]["window"])
 
     async def _execute(self, t: dict, attempt: int, priority_key: int, starve: bool) -> dict:
         spec, d = self.spec, self.spec["defaults"]

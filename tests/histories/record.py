@@ -6,7 +6,8 @@ histories an older release made (a running plan must survive an upgrade of its w
 Plans: a cascade with a retry, a carried output and priorities; a cancel; with
 work.plan_window 2, a plan whose tasks wait for the window; (since ad70cdc) the cascade
 retried, reusing what succeeded (`llamarig retry`); and (since 7f87c30) an expected_s in the
-cascade, and a plan whose first task has the duration the rig learned from the cascade's."""
+cascade, and a plan whose first task has the duration the rig learned from the cascade's; (since
+for_each) a plan of two maps, one over the other's items, and one of its slices (MapSlice)."""
 from __future__ import annotations
 
 import asyncio
@@ -43,7 +44,15 @@ def plans(b) -> dict[str, str]:
     retried = plan_ended(b, r.json()["plan_id"])["plan_id"]
     learned = submit_plan(b, [_cpu("again", "echo fine > output"), _cpu("then", "true", depends_on=["again"])])
     assert plan_ended(b, learned)["tasks"]["again"]["expected_from"] == "learned"  # from x in the cascade
-    return {"cascade": cascade, "windowed": windowed, "cancelled": cancelled, "retried": retried, "learned": learned}
+    mapped = submit_plan(b, [_cpu("list", "seq 1 12 > output"),
+                             _cpu("sq", "test {item} -ne 5 && echo $(( {item} * {item} )) > output", depends_on=["list"],
+                                  for_each={"lines": "@list"}, max_failed=1, retries=0),
+                             _cpu("plus", 'echo $(( $(cat "$INPUT_S") + 1 )) > output', depends_on=["sq"],
+                                  for_each={"items_of": "@sq"}, inputs={"s": "@sq[{index}]"}, max_failed=1),
+                             _cpu("sum", 'wc -l < "$INPUT_M" > output', depends_on=["plus"], inputs={"m": "@plus"})])
+    assert plan_ended(b, mapped)["outcome"] == "succeeded"
+    return {"cascade": cascade, "windowed": windowed, "cancelled": cancelled, "retried": retried, "learned": learned,
+            "mapped": mapped, "mapslice": f"{mapped}.plus.0"}
 
 
 async def save(rig, ids: dict[str, str], release: str) -> None:

@@ -37,7 +37,7 @@ TRANSITIONS: dict[Mode, frozenset[Mode]] = {
     Mode.LLM: frozenset({Mode.IDLE, Mode.TO_SCRIPT}),
     Mode.TO_SCRIPT: frozenset({Mode.SCRIPT, Mode.TO_LLM}),  # TO_LLM: the switch failed, the LLM comes back
     Mode.SCRIPT: frozenset({Mode.TO_LLM, Mode.IDLE}),       # IDLE: no LLM to give it back to
-    Mode.TO_LLM: frozenset({Mode.LLM, Mode.IDLE}),
+    Mode.TO_LLM: frozenset({Mode.LLM, Mode.IDLE, Mode.TO_LLM}),  # TO_LLM: giving it back again after a failure
 }
 TRANSITIONAL = frozenset({Mode.TO_SCRIPT, Mode.TO_LLM})
 DIRECTION = {Mode.SCRIPT: "to_script", Mode.LLM: "to_llm"}  # a switch's direction, by where it ends

@@ -137,7 +137,8 @@ async def clear_gpu(m, gpu: int, holder: str, why: str, need: dict[int, int]) ->
     """Stop `gpu`'s LLMs (drained) for `holder` and wait until `need` is free. False: the memory
     did not come back within the switch's time, and the GPU went back to its LLMs."""
     llms = llms_on(m, gpu)
-    m.switched[gpu] = [a.unit.name for a in llms]
+    # Only those serving or loading come back: one unloaded on demand, failed or held by an operator stays so.
+    m.switched[gpu] = [a.unit.name for a in llms if a.state not in ENDED]
     m.modes.set(gpu, Mode.TO_SCRIPT, holder, f"{why}; stopping {', '.join(m.switched[gpu]) or 'nothing'}")
     for a in llms:
         a.send(Stop(f"GPU {gpu} switched to {holder}", drain=True))
@@ -209,8 +210,8 @@ async def back_to_llm(m, gpu: int, reason: str) -> None:
         for g, n in need_of(m, a).items():
             need[g] = need.get(g, 0) + n
     await _memory_back(m, gpu, {gpu: need.get(gpu, 0)}, m.rig.lifecycle.vram_margin_mib * MIB)
-    for a in actors:
-        a.send(Start(f"GPU {gpu} given back: {reason}"))
+    for a in actors:  # (an operator's stop since the switch holds: NOT_HELD)
+        a.send(Start(f"GPU {gpu} given back: {reason}", conditions=frozenset({Condition.NOT_HELD})))
     for a in actors:
         await a.wait_until(SETTLED, m.modes.time_left(gpu))
     m.switched.pop(gpu, None)
@@ -228,6 +229,8 @@ async def reclaim(m, unit) -> None:
     """Requests wait for an LLM whose GPU holds script work: end that work (at once when idle,
     else after llm_wait_max_s, drained) and give the GPU back."""
     gpu = next(g for g in unit.gpus if g in m.switched)
+    if unit.name not in m.switched[gpu]:  # (unloaded when the GPU switched: wanted now)
+        m.switched[gpu].append(unit.name)
     deadline = time.monotonic() + m.rig.lifecycle.llm_wait_max_s
     for placement in _script_on(m, gpu):
         await _end_script_work(m, placement, unit, deadline)
