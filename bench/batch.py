@@ -63,12 +63,24 @@ class Peaks:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self):
+        self.cpu_at_start = self._cpu()
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.done.set()
         self.thread.join()
+        end = self._cpu()
+        self.cpu_s = {p: round(end[p] - self.cpu_at_start[p], 2) for p in PROGRAMS}
+
+    def _cpu(self) -> dict[str, float]:
+        """CPU seconds (user and system) each program's process tree has used."""
+        used = {}
+        for name in PROGRAMS:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(self.b.pid(name))
+                used[name] = sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+        return used
 
     def _run(self) -> None:
         pids = {p: self.b.pid(p) for p in PROGRAMS}
@@ -149,15 +161,19 @@ def batch_plan(glob: str) -> list[dict]:
     ]
 
 
-async def floor_calls(api: str, wavs: list[Path], script: int, llm: int) -> float:
+async def floor_calls(api: str, wavs: list[Path], script: int, llm: int) -> dict:
     """The plan's calls straight to the compute API, step after step, at the same concurrency."""
     limits = {"script": asyncio.Semaphore(script), "llm": asyncio.Semaphore(llm)}
     async with httpx.AsyncClient(base_url=api, timeout=300) as http:
+        took: list[float] = []
+
         async def hear(path: Path) -> str:
             async with limits["script"]:
+                began = time.perf_counter()
                 with path.open("rb") as f:
                     r = await http.post("/v1/audio/transcriptions", files={"file": (path.name, f.read(), "audio/wav")},
                                         data={"model": "whisper-1", "response_format": "text"})
+                took.append(time.perf_counter() - began)
             r.raise_for_status()
             return r.text
 
@@ -172,14 +188,23 @@ async def floor_calls(api: str, wavs: list[Path], script: int, llm: int) -> floa
             async with limits["script"]:
                 r = await http.post("/v1/embeddings", json={"model": "embed", "input": [text or " "]})
             r.raise_for_status()
-        began = time.perf_counter()
+        marks = [time.perf_counter()]
         texts = await asyncio.gather(*map(hear, wavs))
+        marks.append(time.perf_counter())
         summaries = await asyncio.gather(*map(summarise, texts))
+        marks.append(time.perf_counter())
         await asyncio.gather(*map(embed, summaries))
-        return time.perf_counter() - began
+        marks.append(time.perf_counter())
+        return {"makespan_s": marks[-1] - marks[0], "hear_call_s_mean": round(sum(took) / len(took), 3),
+                "steps_s": {k: round(marks[i + 1] - marks[i], 2) for i, k in enumerate(("hear", "sum", "vec"))}}
+
+
+PAIRS = 3  # floor then plan, alternated: this VM's speed drifts by half within minutes
 
 
 def batch(smoke: bool) -> dict:
+    import statistics
+
     import work
 
     n, script, llm = (4, 6, 4) if smoke else (48, 6, 4)
@@ -187,24 +212,57 @@ def batch(smoke: bool) -> dict:
         folder = Path(tmp)
         wavs = make_wavs(folder / "talks", n)
         with batch_bundle(folder, script, llm) as b:
-            floor_warm = asyncio.run(floor_calls(b.api, wavs[:2], script, llm))  # loads every server once
-            floor_s = asyncio.run(floor_calls(b.api, wavs, script, llm))
-            switches_before = _switches(b)
-            with Peaks(b) as peaks, Placements(b) as places:
-                began = time.perf_counter()
-                plan_id = submit_plan(b, batch_plan(str(folder / "talks" / "*.wav")), name="batch")
-                view = plan_ended(b, plan_id, timeout=3600)
-                plan_s = time.perf_counter() - began
-            assert view["outcome"] == "succeeded", {k: t.get("error") for k, t in view["tasks"].items()}
-            slices = [f"{plan_id}.{t}.{k}" for t in ("hear", "sum", "vec")
-                      for k in range(view["tasks"][t]["map"]["slices"])]
-            history = _history_bytes(b.rig, [plan_id, *slices])
+            floor_warm = asyncio.run(floor_calls(b.api, wavs[:2], script, llm))["makespan_s"]  # loads every server
+            pairs = [_pair(b, folder, wavs, script, llm) for _ in range(1 if smoke else PAIRS)]
+            last = pairs[-1]
             cancels = work.cancel(b, 2 if smoke else 5)
-            return {"files": n, "seconds_per_file": 4.0, "concurrency": {"script": script, "llm": llm},
-                    "plan_makespan_s": round(plan_s, 2), "floor_makespan_s": round(floor_s, 2),
-                    "floor_warm_up_s": round(floor_warm, 2), "ratio": round(plan_s / floor_s, 3),
-                    "placements": places.summary(3), "gpu_switches": _switches(b) - switches_before,
-                    "history_bytes_per_item": round(history / (3 * n)), "peak_rss_mib": peaks.mib()} | cancels
+    ratios = [p["plan_makespan_s"] / p["floor_makespan_s"] for p in pairs]
+    return {"files": n, "seconds_per_file": 4.0, "concurrency": {"script": script, "llm": llm},
+            "floor_warm_up_s": round(floor_warm, 2), "pairs": [{k: p[k] for k in PAIR_KEYS} for p in pairs],
+            "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios],
+            **{k: v for k, v in last.items() if k not in PAIR_KEYS}} | cancels
+
+
+PAIR_KEYS = ("floor_makespan_s", "plan_makespan_s", "floor_steps_s", "plan_steps_s", "hear_seconds_mean")
+
+
+def _pair(b, folder: Path, wavs: list[Path], script: int, llm: int) -> dict:
+    """The floor's calls, then the plan, on the same warm bundle."""
+    floor = asyncio.run(floor_calls(b.api, wavs, script, llm))
+    switches_before = _switches(b)
+    with Peaks(b) as peaks, Placements(b) as places:
+        began = time.perf_counter()
+        plan_id = submit_plan(b, batch_plan(str(folder / "talks" / "*.wav")), name="batch")
+        view = plan_ended(b, plan_id, timeout=3600)
+        plan_s = time.perf_counter() - began
+    assert view["outcome"] == "succeeded", {k: t.get("error") for k, t in view["tasks"].items()}
+    slices = [f"{plan_id}.{t}.{k}" for t in ("hear", "sum", "vec") for k in range(view["tasks"][t]["map"]["slices"])]
+    history = _history_bytes(b.rig, [plan_id, *slices])
+    return {"floor_makespan_s": round(floor["makespan_s"], 2), "plan_makespan_s": round(plan_s, 2),
+            "floor_steps_s": floor["steps_s"], "plan_steps_s": _steps(view),
+            "hear_seconds_mean": {"floor_call": floor["hear_call_s_mean"],
+                                  "plan_item": _item_seconds(b, f"{plan_id}.hear.0")},
+            "placements": places.summary(3), "gpu_switches": _switches(b) - switches_before,
+            "history_bytes_per_item": round(history / (3 * len(wavs))), "peak_rss_mib": peaks.mib(),
+            "orchestration_cpu_s": {k: v for k, v in peaks.cpu_s.items() if k != "compute-api"}}
+
+
+def _item_seconds(b, slice_id: str) -> float:
+    """The mean time an item's attempt ran (its activity, as its worker measured it) in a slice."""
+    from llamarig.work import engine
+
+    async def ask():
+        client = await engine.connect(b.rig)
+        return await client.get_workflow_handle(slice_id).query("state")
+    tasks = asyncio.run(ask())["tasks"].values()
+    ran = [t["result"]["duration_ms"] / 1000 for t in tasks if (t.get("result") or {}).get("duration_ms")]
+    return round(sum(ran) / len(ran), 3) if ran else 0.0
+
+
+def _steps(view: dict) -> dict:
+    """Each step's time in the plan: from its task queued (its dependencies done) to its end."""
+    tasks = view["tasks"]
+    return {k: round(tasks[k]["ended_at"] - tasks[k]["queued_at"], 2) for k in ("hear", "sum", "vec", "report")}
 
 
 def _switches(b) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from temporalio.worker import CustomSlotSupplier, SlotPermit
 
@@ -28,6 +29,7 @@ class RigSlots(CustomSlotSupplier):
     def __init__(self, rig, api, refresh_s: float = 1.0):
         self.rig, self.api, self.refresh_s = rig, api, refresh_s
         self.reserved = 0
+        self.counting = threading.Lock()  # (release_slot runs on the SDK's threads)
         self.can_take = 0
         self.changed = asyncio.Condition()
         self._task: asyncio.Task | None = None
@@ -53,21 +55,30 @@ class RigSlots(CustomSlotSupplier):
 
     async def reserve_slot(self, ctx) -> SlotPermit:
         async with self.changed:
-            await self.changed.wait_for(lambda: self.reserved < self.can_take)
-            self.reserved += 1
+            await self.changed.wait_for(self._took_one)
         return SlotPermit()
 
+    def _took_one(self) -> bool:
+        with self.counting:
+            if self.reserved < self.can_take:
+                self.reserved += 1
+                return True
+        return False
+
     def try_reserve_slot(self, ctx) -> SlotPermit | None:
-        if self.reserved < self.can_take:
-            self.reserved += 1
-            return SlotPermit()
+        with self.counting:
+            if self.reserved < self.can_take:
+                self.reserved += 1
+                return SlotPermit()
         return None
 
     def mark_slot_used(self, ctx) -> None:
         pass
 
     def release_slot(self, ctx) -> None:
-        self.reserved -= 1
+        """Called on the SDK's threads: the count changes under the lock its increments take."""
+        with self.counting:
+            self.reserved -= 1
         self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._notify()))
 
     async def _notify(self) -> None:
