@@ -95,14 +95,15 @@ def test_a_failed_task_fails_its_dependents_naming_it_and_other_branches_go_on(w
 def test_plan_histories_replay_deterministically(wb):
     """The plan workflow runs unsandboxed (workflow.py): Temporal's Replayer runs the current code
     against real histories (the plans tests/histories/record.py records: a cascade, retries with
-    their timers, a carried output, tasks waiting for the window, a cancel) and fails on any
-    command that differs."""
+    their timers, a carried output, tasks waiting for the window, a cancel, a map over a map's items
+    and one of its slices) and fails on any command that differs."""
     import asyncio
 
     from temporalio.worker import Replayer
 
     from histories.record import plans
     from llamarig.work import engine
+    from llamarig.work.map_workflow import MapSliceWorkflow
     from llamarig.work.workflow import PlanWorkflow
 
     recorded = plans(wb)
@@ -111,7 +112,7 @@ def test_plan_histories_replay_deterministically(wb):
         client = await engine.connect(wb.rig)
         for plan_id in recorded.values():
             history = await client.get_workflow_handle(plan_id).fetch_history()
-            await Replayer(workflows=[PlanWorkflow]).replay_workflow(history)  # raises on nondeterminism
+            await Replayer(workflows=[PlanWorkflow, MapSliceWorkflow]).replay_workflow(history)  # raises on nondeterminism
     asyncio.run(replay())
 
 

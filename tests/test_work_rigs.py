@@ -149,7 +149,7 @@ def test_cpu_processes_share_the_queue_and_one_killed_leaves_the_others_tasks_al
 
 
 def test_a_map_spreads_its_items_over_two_rigs_and_a_second_map_reads_each_items_output(two_rigs):
-X's item i
+    """Items run on both rigs' workers; the second map's item i
     reads the first map's item i wherever it ran, and the manifest says where each output is."""
     a, b = two_rigs
     tasks = [{"name": "list", "class": "cpu", "command": "seq 1 40 > output"},
