@@ -348,3 +348,38 @@ def test_prune_finds_plans_unchanged_for_days_and_those_the_engine_must_clear(tm
     assert (plans / "open-20261001-000000-cccccc").is_dir() and (plans / "stray-file").read_text() == "not a plan"
 
 
+
+
+def test_gpu_task_capacity_counts_an_llm_that_loads_on_demand_but_not_one_an_operator_holds(tmp_path):
+    from llamarig.work.slots import capacity
+
+    rig = load_rig(write_rig(tmp_path, {"m": model_entry(tmp_path / "m.gguf", [0])},
+                             work=work_section(concurrency={"llm": 3, "script": 0})))
+    ready = {"booted": True, "components": {"m": {"state": "stopped", "held": False}}}
+    assert capacity(ready, rig) == 3  # on demand: an llm task loads it (before: 0, never taken)
+    ready["components"]["m"]["held"] = True
+    assert capacity(ready, rig) == 0
+    ready["components"]["m"] = {"state": "busy", "held": False}
+    assert capacity(ready, rig) == 3 and capacity({"booted": False}, rig) == 0
+
+
+def test_a_task_waiting_for_its_class_place_heartbeats_and_a_cancelled_wait_keeps_no_place(tmp_path):
+    import asyncio
+
+    rig = load_rig(write_rig(tmp_path, {"m": model_entry(tmp_path / "m.gguf", [0])},
+                             work=work_section(concurrency={"script": 1})))
+    acts = Activities(rig, WorkerProcess("gpu"), "work-gpu@here", ComputeApi("http://127.0.0.1:9", None, 5))
+    acts.beat_every, beats = 0.01, []
+    acts._beat = lambda: beats.append(1)
+
+    async def run():
+        async with acts._limited("script"):
+            waiter = asyncio.ensure_future(acts._limited("script").__aenter__())
+            await asyncio.sleep(0.1)
+            assert not waiter.done() and len(beats) >= 5  # waited, heartbeating
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+        async with acts._limited("script"):  # the cancelled wait took no place
+            assert acts.limits["script"].locked()
+    asyncio.run(run())

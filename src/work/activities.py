@@ -6,6 +6,7 @@ share its /metrics)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -49,7 +50,7 @@ class Activities:
     @activity.defn(name="run_script")
     async def run_script(self, task: dict, ctx: dict) -> dict:
         self._takes("script")
-        async with self.limits["script"]:
+        async with self._limited("script"):
             if task.get("command") is not None:
                 return await self._run(task, ctx, self._gpu_command)
             work = self._transcribe if task.get("transcribe") else self._embed
@@ -58,7 +59,7 @@ class Activities:
     @activity.defn(name="run_llm")
     async def run_llm(self, task: dict, ctx: dict) -> dict:
         self._takes("llm")
-        async with self.limits["llm"]:
+        async with self._limited("llm"):
             return await self._run(task, ctx, self._generate)
 
     @activity.defn(name="record_plan")
@@ -68,6 +69,27 @@ class Activities:
         log.info("plan ended", extra={"event_type": "plan_ended", "plan_id": summary["plan_id"],
                                       "outcome": summary["outcome"]})
         return str(path)
+
+    @contextlib.asynccontextmanager
+    async def _limited(self, cls: str):
+        """One of the class's places on this rig, heartbeating while it waits for one: a task
+        waiting here past heartbeat_timeout_s was taken for one whose worker died."""
+        limit = self.limits[cls]
+        acquiring = asyncio.ensure_future(limit.acquire())
+        try:
+            while not acquiring.done():
+                await asyncio.wait({acquiring}, timeout=self.beat_every)
+                if not acquiring.done():
+                    self._beat()
+        except BaseException:  # (cancelled: a place taken at that moment is given back)
+            if acquiring.done() and not acquiring.cancelled():
+                limit.release()
+            acquiring.cancel()
+            raise
+        try:
+            yield
+        finally:
+            limit.release()
 
     def _takes(self, cls: str) -> None:
         """work.concurrency.CLS 0: this rig runs none. The slot supplier cannot see a task's class

@@ -1,6 +1,6 @@
 """work-gpu takes a task from Temporal only when the rig can run one now: a slot supplier that
-follows the compute API's /ready (an LLM ready or busy for llm tasks; the rig booted with a
-script service for script tasks). When it cannot, the worker does not poll, so the task waits
+follows the compute API's /ready (an LLM ready, busy or loadable on demand for llm tasks; the
+rig booted with a script service for script tasks). When it cannot, the worker does not poll, so the task waits
 in Temporal, visible in its backlog, free to go to another rig's worker."""
 from __future__ import annotations
 
@@ -19,10 +19,16 @@ def capacity(ready: dict | None, rig) -> int:
     if not ready or not ready.get("booted"):
         return 0
     c, comps = rig.work.concurrency, ready.get("components", {})
-    llms = [n for n, m in rig.models.items() if not m.embeddings]
-    llm = c.llm if any(comps.get(n, {}).get("state") in SERVING for n in llms) else 0
+    llms = [comps.get(n, {}) for n, m in rig.models.items() if not m.embeddings]
+    llm = c.llm if any(_may_serve(u) for u in llms) else 0
     has_script = rig.whisper is not None or any(m.embeddings or m.may_switch for m in rig.models.values())
     return llm + (c.script if has_script else 0)
+
+
+def _may_serve(unit: dict) -> bool:
+    """An LLM serving, or one a request loads: stopped on demand (not held by an operator). A rig
+    of on-demand LLMs took no llm task when this asked for one serving."""
+    return unit.get("state") in SERVING or unit.get("state") == "stopped" and unit.get("held") is False
 
 
 class RigSlots(CustomSlotSupplier):

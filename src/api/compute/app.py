@@ -79,7 +79,7 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
         body = {"ready": ok, "gpus": {"simulated": inv.simulated, "reason": inv.reason, "modes": modes},
                 "booted": state.manager.booted.is_set(),
                 "components": {r["name"]: {k: r[k] for k in ("state", "reason", "required", "warm", "gpus", "inflight",
-                                                           "waiting")}
+                                                           "waiting", "held")}
                                for r in rows}}
         return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -545,6 +545,7 @@ class UnitActor:
                 "reason": self.reason, "since_s": round(time.monotonic() - self.since, 3),
                 "gpus": list(self.unit.gpus), "port": self.unit.port, "inflight": self.inflight,
                 "waiting": len(self.waiters), "required": self.unit.required, "warm": self.unit.warm,
+                "held": self.operator_held,
                 "restarts_in_window": self.policy.count(), "circuit_open": self.policy.is_open,
                 "load_seconds": self.load_seconds, "last_used": self.last_used or None,
                 "history": [vars(t) for t in self.history][-10:]}
