@@ -869,6 +869,9 @@ def test_a_script_command_gets_a_whole_gpu_its_llm_unloaded_meanwhile(tmp_path, 
         assert b.unit("w0")["state"] == "stopped"  # unloaded for the task's duration
         r = b.post("/v1/completions", json={"model": "w0", "prompt": "x", "max_tokens": 1}, timeout=30)
         assert r.status_code == 503 and "lent to" in r.json()["error"]["message"]
+        r = b.post("/admin/units/w0/start")  # nor by an operator: the start goes through the planner
+        assert r.status_code == 409 and r.json()["error"]["code"] == "gpu_lent", r.text
+        assert b.unit("w0")["state"] == "stopped"
         # The compute API restarted meanwhile: the lease is adopted, w0 is not loaded beside the command.
         assert "compute-api: started" in b.ctl("restart", "compute-api").stdout
         b.wait_ready()

@@ -50,8 +50,13 @@ def build_router(state) -> APIRouter:
             except LlamarigError as e:
                 return error_response(409, e.code, e.reason, "name")
             return JSONResponse({"name": name, "action": action, "accepted": True, **record}, status_code=202)
-        {"start": lambda: m.start_unit(name), "stop": lambda: m.stop_unit(name, drain),
-         "reset": lambda: m.reset(name)}[action]()
+        try:
+            if action == "stop":
+                m.stop_unit(name, drain)
+            else:  # (through the planner: refused while the unit's GPU is lent)
+                await (m.start_unit(name) if action == "start" else m.reset(name))
+        except LlamarigError as e:
+            return error_response(409, e.code, e.reason, "name")
         return JSONResponse({"name": name, "action": action, "accepted": True}, status_code=202)
 
     @router.post("/gpus/lease")

@@ -19,11 +19,11 @@ import psutil
 
 from llamarig.backend.launch import checks_for, plan_for, verify_unit
 from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
-from llamarig.backend.lifecycle.commands import (Acquire, Condition, Exited, Probe, Refuse, Replaced, Reset, Start,
+from llamarig.backend.lifecycle.commands import (Acquire, Condition, Exited, Probe, Refuse, Replaced, Start,
                                                  Stop)
 from llamarig.backend.lifecycle.jobs import Deps, Events, HeldEvents, exit_cause, tree_pids
 from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
-from llamarig.backend.lifecycle import gpu_leases, scale, swap, switch
+from llamarig.backend.lifecycle import gpu_leases, operator, scale, swap, switch
 from llamarig.backend.lifecycle.gpu_modes import GpuModes, Mode
 from llamarig.backend.lifecycle.units import Unit, green_units, placement_units, units_from_rig
 from llamarig.backend.lifecycle.waves import Candidate, lru_victims, next_wave, shortfall
@@ -370,6 +370,8 @@ class Manager(Events):
             await gpu_leases.give_back(self, command)
         elif isinstance(command, gpu_leases.LeaseExpired):
             await gpu_leases.expired(self, command)
+        elif isinstance(command, operator.OperatorStart):
+            await operator.start(self, command)
         elif isinstance(command, PlanReload):
             command.reply.set_result(await swap.plan_reload(self, command.name))
         elif isinstance(command, swap.Started):
@@ -569,14 +571,17 @@ class Manager(Events):
         finally:
             timer.cancel()
 
-    def start_unit(self, name: str) -> None:
-        self.actor(name).send(Start("operator start", operator=True))
+    async def start_unit(self, name: str) -> None:
+        """Through the planner (lifecycle/operator.py): refused while its GPU is lent."""
+        self.actor(name)
+        await operator.ask(self, name)
 
     def stop_unit(self, name: str, drain: bool = True) -> None:
         self.actor(name).send(Stop("operator stop", drain=drain, operator=True))
 
-    def reset(self, name: str) -> None:
-        self.actor(name).send(Reset())
+    async def reset(self, name: str) -> None:
+        self.actor(name)
+        await operator.ask(self, name, reset=True)
 
     async def take_gpu(self, holder: str, ttl_s: float) -> dict:
         """A whole GPU for a script command; NotAvailable when none can be lent now."""
