@@ -83,8 +83,11 @@ def build_router(state) -> APIRouter:
 
     @router.delete("/gpus/lease/{lease_id}")
     async def give_back(lease_id: str, reason: str = "ended") -> Response:
-        if not await state.manager.return_gpu(lease_id, reason[:200]):
-            return _unknown_lease(lease_id)
+        try:
+            if not await state.manager.return_gpu(lease_id, reason[:200]):
+                return _unknown_lease(lease_id)
+        except NotAvailable as e:
+            return error_response(503, e.code, e.reason, retry_after=e.retry_after)
         return JSONResponse({"lease_id": lease_id, "returned": True})
 
     @router.post("/down")

@@ -79,6 +79,9 @@ class PlanReload:
     reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+PLANNER_MARGIN_S = 10.0  # over a switch's limit (stop and load budgets), the longest a planner step waits
+
+
 class Manager(Events):
     def __init__(self, rig: Rig, supervisor: SupervisorClient, http: ServerHttp,
                  inventory: GpuInventory | None = None, hooks: Events | None = None):
@@ -587,12 +590,22 @@ class Manager(Events):
         """A whole GPU for a script command; NotAvailable when none can be lent now."""
         command = gpu_leases.TakeGpu(holder, ttl_s)
         self.post(command)
-        return await command.reply
+        return await self._answer(command, f"the lease for {holder}")
 
     async def return_gpu(self, lease_id: str, reason: str) -> bool:
         command = gpu_leases.ReturnGpu(lease_id, reason)
         self.post(command)
-        return await command.reply
+        return await self._answer(command, f"the return of lease {lease_id}")
+
+    async def _answer(self, command, what: str):
+        """The planner's reply, waited for at most a switch's limit and a margin: a caller is not
+        held for ever by a planner stuck behind a load (a lease given after that expires unrenewed)."""
+        limit = self.modes.limit_s + PLANNER_MARGIN_S
+        try:
+            return await asyncio.wait_for(asyncio.shield(command.reply), limit)
+        except asyncio.TimeoutError:
+            raise NotAvailable("planner_busy", f"the planner did not answer {what} within {limit:g} s (a load or "
+                               "a switch holds it): try again", 5) from None
 
     def renew_gpu(self, lease_id: str) -> dict | None:
         return gpu_leases.renew(self, lease_id)
@@ -602,7 +615,7 @@ class Manager(Events):
         self.actor(name)  # an unknown model is refused here, not on the planner
         command = PlanReload(name)
         self.post(command)
-        return await command.reply
+        return await self._answer(command, f"the reload of {name}")
 
     async def stop_all(self, drain: bool = True) -> None:
         for actor in self.all_actors():
