@@ -89,5 +89,6 @@ def test_llm_tasks_spread_over_worker_models_as_script_services_do():
     assert pick_model(["a", "b", "c"], load) == "b"
     load["b"]["inflight"] = 2
     assert pick_model(["a", "b", "c"], load) == "c"  # every serving one busy: a stopped one loads
+    assert pick_model(["a", "b", "c"], load | {"c": {"state": "stopped", "held": True}}) == "a"  # not one held
     load["c"] = {"state": "loading"}
     assert pick_model(["a", "b", "c"], load) == "a"  # none stopped: the least outstanding

@@ -307,7 +307,7 @@ def pick_model(names: list[str], load: dict) -> str:
     least = min(serving, key=lambda n: (outstanding(n), n), default=None)
     if least is not None and outstanding(least) == 0:
         return least
-    stopped = [n for n in names if load.get(n, {}).get("state") == "stopped"]
+    stopped = [n for n in names if load.get(n, {}).get("state") == "stopped" and not load[n].get("held")]
     if stopped:
         return min(stopped)
     return least or min(names, key=lambda n: (outstanding(n), n))
