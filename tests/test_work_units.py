@@ -375,11 +375,19 @@ def test_a_task_waiting_for_its_class_place_heartbeats_and_a_cancelled_wait_keep
     async def run():
         async with acts._limited("script"):
             waiter = asyncio.ensure_future(acts._limited("script").__aenter__())
-            await asyncio.sleep(0.1)
-            assert not waiter.done() and len(beats) >= 5  # waited, heartbeating
+            await asyncio.wait_for(_polled(lambda: len(beats) >= 5), 5)
+            assert not waiter.done()  # waited, heartbeating
             waiter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiter
         async with acts._limited("script"):  # the cancelled wait took no place
             assert acts.limits["script"].locked()
     asyncio.run(run())
+
+
+async def _polled(check) -> None:
+    """Poll `check` on the running loop (the caller bounds it with wait_for)."""
+    import asyncio
+
+    while not check():
+        await asyncio.sleep(0.01)

@@ -14,7 +14,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from llamarig.work import mapping, outputs
+from llamarig.work import mapping, outputs, reuse
 from llamarig.work.store import Store
 
 ITEMS, MANIFEST = "output.items", "output.jsonl"
@@ -37,12 +37,8 @@ def write_items(folder: Path, items: list[str], served_from: str) -> dict:
 
 
 def _ref(path: Path, folder: Path, served_from: str) -> dict:
-    return {"path": str(path)} | _served(path, folder, served_from)
-
-
-def _served(path: Path, folder: Path, served_from: str) -> dict:
-    served = outputs.served(path, folder, served_from)
-    return {"url": served["output_url"], "sha256": served["output_sha256"]} if served else {}
+    """The file as an output is named (mapping.OUTPUT_KEYS): its path, where this rig serves it."""
+    return {"output": str(path)} | outputs.served(path, folder, served_from)
 
 
 class MapFiles:
@@ -89,14 +85,14 @@ class MapFiles:
         if job.get("reused"):
             old = await self._local(job["reused"], folder / "reused.jsonl")
             got["reused"] = [r for r in _lines(old, job["start"], job["count"], json.loads)
-                             if r["state"] == "succeeded" and _present(r)]
+                             if r["state"] == "succeeded" and reuse.present_here(r, {})]
         return got
 
     @activity.defn(name="write_slice")
     async def write_slice(self, job: dict) -> dict:
         folder = self.store.new_attempt(job["plan_id"], job["task"], 1)
         path = folder / f"output.s{job['slice']}"
-        await asyncio.to_thread(_write_lines, path, job["records"])
+        await asyncio.to_thread(_write_file, path, job["records"])
         return _ref(path, folder, self.served_from)
 
     @activity.defn(name="join_manifest")
@@ -116,17 +112,15 @@ class MapFiles:
                 state = part.get("state", "failed")
                 _write_lines(out, [{"index": i, "item": item, "state": state, "error": part.get("error", "")}
                                    for i, item in enumerate(items, start=part["start"])])
-        served = await asyncio.to_thread(outputs.served, manifest, folder, self.served_from)
-        return {"output": str(manifest)} | served
+        return await asyncio.to_thread(_ref, manifest, folder, self.served_from)
 
     async def _local(self, ref: dict, dest: Path) -> Path:
         """The referenced file on this rig: where it is, else fetched to dest."""
-        path = Path(ref["path"] if "path" in ref else ref["output"])
+        path = Path(ref["output"])
         if path.is_file():
             return path
         if not dest.is_file():
-            url, sha = (ref["url"], ref["sha256"]) if "url" in ref else (ref["output_url"], ref["output_sha256"])
-            await self.fetch(url, dest, sha)
+            await self.fetch(ref["output_url"], dest, ref["output_sha256"])
         return dest
 
 
@@ -135,13 +129,10 @@ def _lines(path: Path, start: int, count: int, parse) -> list:
         return [parse(line) for line in islice(f, start, start + count)]
 
 
-def _write_lines(target, records: list[dict]) -> None:
-    if hasattr(target, "write"):
-        target.writelines(json.dumps(r) + "\n" for r in records)
-        return
-    with open(target, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+def _write_lines(out, records: list[dict]) -> None:
+    out.writelines(json.dumps(r) + "\n" for r in records)
 
 
-def _present(record: dict) -> bool:
-    return Path(record.get("output") or "").is_file() or "output_url" in record
+def _write_file(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        _write_lines(f, records)

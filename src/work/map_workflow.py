@@ -20,7 +20,6 @@ from llamarig.work.attempts import Attempts, dependency_context, reason
 SLICES_AT_ONCE = 2  # while one slice drains its last items, the next fills the window
 FAILED_SHOWN = 20  # failed items kept in the plan's state (all of them are in the manifest)
 FILES = {"start_to_close_timeout": timedelta(minutes=10), "retry_policy": RetryPolicy(maximum_attempts=5)}
-RESULT_KEYS = ("output", "output_url", "output_sha256")
 
 
 class MapParent:
@@ -29,7 +28,7 @@ class MapParent:
     async def _map(self, t: dict) -> None:
         name = t["name"]
         self._set(name, state="queued", queued_at=workflow.now().timestamp())
-        results = {dep: _kept(self.tasks[dep]["result"]) for dep in t["depends_on"]}
+        results = {dep: mapping.output_of(self.tasks[dep]["result"]) for dep in t["depends_on"]}
         try:
             listed = await self._files("map_items", {
                 "plan_id": self.spec["plan_id"], "task": name, "source": self._source(t),
@@ -107,7 +106,7 @@ class MapParent:
         info = self.tasks[name]["map"]
         failed = info["states"].get("failed", 0)
         not_run = info["states"].get("not run", 0) + info["items"] - sum(info["states"].values())
-        result = {k: manifest[k] for k in RESULT_KEYS if k in manifest} | {"count": info["items"], "items": items}
+        result = mapping.output_of(manifest) | {"count": info["items"], "items": items}
         now = workflow.now().timestamp()
         if failed + not_run > info["allowed_failures"] or info["states"].get("cancelled"):
             first = info["failed_items"][0] if info["failed_items"] else None
@@ -154,7 +153,7 @@ class MapSliceWorkflow(Attempts):
             self.keys[t["name"]] = (*job["key"], i)
             prior = old.get(i)
             if prior is not None and prior.get("item") == item:
-                self.tasks[t["name"]] = {"state": "succeeded", "result": _kept(prior) | {"worker": prior.get("worker")},
+                self.tasks[t["name"]] = {"state": "succeeded", "result": mapping.output_of(prior) | {"worker": prior.get("worker")},
                                          "reused_from": prior.get("reused_from", job["reused"]["plan_id"])}
                 continue
             if (why := self._zip(t["name"], i, got.get("zipped", {}))) is not None:
@@ -173,7 +172,7 @@ class MapSliceWorkflow(Attempts):
             record = records[i - self.job["start"]] if i - self.job["start"] < len(records) else None
             if record is None or record["state"] != "succeeded":
                 return f"not run: its input {dep}[{i}] " + (record["state"] if record else "does not exist")
-            found[f"{dep}[{i}]"] = _kept(record)
+            found[f"{dep}[{i}]"] = mapping.output_of(record)
         self.item_results[name] = self.job["results"] | found
         return None
 
@@ -194,8 +193,3 @@ class MapSliceWorkflow(Attempts):
         failed = [{"index": r["index"], "item": r["item"], "error": r.get("error", "")} for r in records
                   if r["state"] == "failed"][:FAILED_SHOWN]
         return {"counts": dict(Counter(r["state"] for r in records)), "failed": failed, "part": part}
-
-
-def _kept(result: dict) -> dict:
-    """What a dependent needs of a result: where the output is."""
-    return {k: result[k] for k in RESULT_KEYS if k in result}

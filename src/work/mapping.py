@@ -93,12 +93,20 @@ def substitute(t: dict, item: str, index: int) -> dict:
     return one
 
 
+OUTPUT_KEYS = ("output", "output_url", "output_sha256")  # a reference to an output (work/outputs.py)
+
+
+def output_of(result: dict) -> dict:
+    """What a dependent needs of a result: where the output is."""
+    return {k: result[k] for k in OUTPUT_KEYS if k in result}
+
+
 def record(index: int, item: str, state: dict) -> dict:
     """An item's manifest line: where its output is, or why it has none."""
     line = {"index": index, "item": item, "state": state["state"]}
     result = state.get("result") or {}
     if state["state"] == "succeeded":
-        line |= {k: result[k] for k in ("output", "output_url", "output_sha256", "worker") if k in result}
+        line |= output_of(result) | ({"worker": result["worker"]} if "worker" in result else {})
         if "reused_from" in state:
             line["reused_from"] = state["reused_from"]
     elif state.get("error"):

@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from llamarig.work import outputs, priority
+from llamarig.work import mapping, outputs, priority
 
 HOW_NOT_WHAT = ("priority", "expected_s", "retries", "timeout_s", "class_inferred", "max_failed")
 
@@ -45,8 +45,7 @@ def reusable_items(tasks: list[dict], old_tasks: list[dict], old_states: dict[st
         if (t.get("for_each") and t["name"] not in covered and t["name"] in old
                 and definition(old[t["name"]]) == definition(t) and covered.issuperset(t["depends_on"])
                 and str(result.get("output", "")).endswith(".jsonl")):
-            found[t["name"]] = {k: result[k] for k in ("output", "output_url", "output_sha256") if k in result} | {
-                "plan_id": old_id}
+            found[t["name"]] = mapping.output_of(result) | {"plan_id": old_id}
     return found
 
 
