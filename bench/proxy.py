@@ -26,6 +26,7 @@ from llamarig.backend.supervisor_conf import API_PROGRAM
 
 LITELLM = ROOT / "bench" / ".venv-litellm" / "bin" / "litellm"
 LITELLM_KEY = "sk-llamarig-bench"
+CLIENT_KEY, OPERATOR_KEY = "client-key-bench-0123456789", "operator-key-bench-0123456789"  # keys on, as rigs run
 ERRORS: dict[str, int] = {}       # failed streams per target in the throughput runs (not counted)
 LAST_ERROR: dict[str, str] = {}
 ONE_TOKEN = {"model": "m", "prompt": "hi", "max_tokens": 1, "temperature": 0}
@@ -89,7 +90,15 @@ async def latencies(urls: dict[str, str], rounds: int, fn) -> dict[str, list[flo
 
 
 def headers_for(target: str) -> dict:
-    return {"Authorization": f"Bearer {LITELLM_KEY}"} if target == "litellm" else {}
+    key = {"litellm": LITELLM_KEY, "compute_api": CLIENT_KEY}.get(target)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def start_keyed(folder: Path, entry: dict):
+    """The compute API with a client key and the operator key, as a rig beyond loopback runs."""
+    return start_bundle(folder, write_rig(folder, {"m": entry}),
+                        env={"LLAMARIG_CLIENT_KEYS": CLIENT_KEY, "LLAMARIG_OPERATOR_KEY": OPERATOR_KEY},
+                        key=OPERATOR_KEY)
 
 
 async def _rate(target: str, url: str, concurrency: int, seconds: float, fresh: bool) -> float:
@@ -217,7 +226,7 @@ def run(smoke: bool) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="llamarig-bench-proxy-"))
     path = model("tiny", GgufSize())
     entry = model_entry(path, [0], parallel=64, context_size=64 * 64)
-    b = start_bundle(folder, write_rig(folder, {"m": entry}))
+    b = start_keyed(folder, entry)
     litellm, bare = None, {}
     try:
         b.wait_ready(120)

@@ -182,11 +182,18 @@ def _batch(r: dict) -> list[str]:
                  f"; {n['manifest_mib']}", "bounded")]
 
 
+def _planner(r: dict) -> list[str]:
+    found = "; ".join(f.splitlines()[0] for f in r["failures"]) or "none"
+    return [_row("steps", "examples", "seconds", "steps/s", "promises broken"), _row(*["---"] * 5),
+            _row(r["steps"], r["examples"], r["seconds"], r["steps_per_s"], found)]
+
+
 SECTIONS = {"proxy": ("Proxy overhead", _proxy), "boot": ("Boot", _boot), "crash": ("Crash to ready", _crash),
             "verify": ("Verification cost", _verify), "churn": ("Churn", _churn),
             "switch": ("GPU switch, each way, against the same by hand", _switch),
             "work": ("The work layer", _work), "gpu": ("CUDA paths on a real GPU", _gpu),
-            "gpu_lend": ("A script command lent the real GPU", _gpu), "batch": ("Batches: for_each at scale", _batch)}
+            "gpu_lend": ("A script command lent the real GPU", _gpu), "batch": ("Batches: for_each at scale", _batch),
+            "planner": ("The planner's promises, model-based", _planner)}
 
 
 def markdown(results: dict) -> str:

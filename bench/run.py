@@ -1,6 +1,6 @@
 """Run the benchmarks: `python bench/run.py [NAME ...] [--smoke] [--out FILE]`.
 
-NAME is one or more of proxy, boot, crash, verify, churn, switch, work, gpu, gpu_lend, batch (default: all; the gpu ones skip themselves
+NAME is one or more of proxy, boot, crash, verify, churn, switch, work, gpu, gpu_lend, batch, planner (default: all; the gpu ones skip themselves
 where NVML finds no device). Writes the results as
 JSON (default bench/results.json) and prints a markdown table. --smoke runs each briefly, to
 keep them working (CI); its numbers mean nothing. No benchmark asserts a time.
@@ -24,6 +24,7 @@ import churn  # noqa: E402
 import crash  # noqa: E402
 import gpu  # noqa: E402
 import gpu_lend  # noqa: E402
+import planner_long  # noqa: E402
 import proxy  # noqa: E402
 import switch  # noqa: E402
 import verify_cost  # noqa: E402
@@ -33,7 +34,7 @@ from report import markdown  # noqa: E402
 
 BENCHMARKS = {"proxy": proxy.run, "boot": boot.run, "crash": crash.run, "verify": verify_cost.run,
               "churn": churn.run, "switch": switch.run, "work": work.run, "gpu": gpu.run,
-              "gpu_lend": gpu_lend.run, "batch": batch.run}
+              "gpu_lend": gpu_lend.run, "batch": batch.run, "planner": planner_long.run}
 
 
 def machine() -> dict:

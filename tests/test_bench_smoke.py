@@ -16,7 +16,7 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     assert set(results["results"]) == {"proxy", "boot", "crash", "verify", "churn", "switch", "work", "gpu", "gpu_lend",
-                                          "batch"}
+                                          "batch", "planner"}
     work = results["results"]["work"]
     assert work["chain"]["step_overhead_p50_ms"] > 0 and work["fan_out"]["tasks_per_s"] > 0
     assert work["dag"]["bound_s"] > 0 and work["kill"]["rerun_after_start_s"] >= work["kill"]["heartbeat_timeout_s"]
@@ -30,6 +30,8 @@ def test_every_benchmark_runs_and_writes_json_and_a_table(tmp_path):
     batch = results["results"]["batch"]
     assert batch["batch"]["ratio_median"] > 0 and batch["batch"]["placements"]["max_serving"] >= 1
     assert batch["noop_map"]["items"] == 500 and batch["noop_map"]["slice_history"]["events"] > 500
+    planner = results["results"]["planner"]
+    assert planner["steps"] >= 100 and planner["failures"] == [], planner
     proxy = results["results"]["proxy"]
     assert {"direct", "compute_api"} <= set(proxy["one_token"]) and set(proxy["streams_per_s"]) == {"1", "16", "64"}
     assert {"bare_uvicorn_upstream", "bare_uvicorn_aiohttp"} <= set(proxy["one_token"])

@@ -60,4 +60,4 @@ def test_with_nvml_the_modes_and_the_gpus_to_lend_are_nvmls_not_the_declared_lis
     assert len(rig.gpus.simulated) == 5
     m = Manager(rig, SupervisorClient(tmp_path / "none.sock"), ServerHttp(), inventory=OneGpu())
     assert sorted(m.modes.gpus) == [0, 3]  # 3: named by w3, which cannot load here
-    assert gpu_leases._candidates(m) == [0]
+    assert gpu_leases._candidates(m.planner) == [0]

@@ -32,8 +32,9 @@ def test_an_operator_stop_during_an_on_demand_load_is_not_undone(one_model):
     assert b.post("/admin/units/m/stop").status_code == 202  # while the planner reads the memory
     waiting.join(timeout=60)
     assert answers[0].status_code == 503, answers[0].text
-    wait_for(lambda: _log_has(b, "command refused: its condition no longer holds"), 30,
-             "the planner's start to be refused")
+    # The planner reads the state after its memory reading: it starts nothing (or the actor refuses its start).
+    wait_for(lambda: _log_has(b, "command refused: its condition no longer holds") or _log_has(b, "load not started"),
+             30, "the planner's decision")
     unit = b.unit("m")
     assert unit["state"] == "stopped" and not port_in_use(unit["port"]), unit
     assert [h["target"] for h in unit["history"]] == []  # never left stopped

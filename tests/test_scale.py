@@ -37,7 +37,8 @@ def _m(placements, llms=(), modes=None, given_back=None, hold_s=30):
     return SimpleNamespace(slots={"whisper": list(placements)}, actors={"whisper": placements[0]},
                            all_actors=lambda: list(placements) + list(llms), leases={},
                            modes=SimpleNamespace(mode=lambda g: modes.get(g, Mode.IDLE)),
-                           given_back_at=given_back or {}, rig=_rig(hold_s))
+                           given_back_at=given_back or {}, rig=_rig(hold_s),
+                           memory=SimpleNamespace(reserved_gpus=set))
 
 
 def test_a_request_goes_to_an_idle_placement_then_to_a_spare_then_to_the_least_busy():

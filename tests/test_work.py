@@ -167,8 +167,10 @@ def test_a_large_output_is_served_by_its_rigs_api_and_fetched_by_another_rig(wb,
     served = {"url": result["output_url"], "sha256": result["output_sha256"]}
     ctx = {"outputs": {"big": "/on/rig-a/output"}, "inputs": {"doc": "/on/rig-a/output"}, "served": {"big": served}}
 
-    async def fetch(ctx, folder):
-        api = ComputeApi(wb.api, None, timeout_s=30, operator_key=wb.key)
+    dead_rig = f"http://127.0.0.1:{free_port()}"
+
+    async def fetch(ctx, folder):  # this rig and one peer, not serving (work.peers)
+        api = ComputeApi(wb.api, None, timeout_s=30, operator_key=wb.key, key_origins=[dead_rig])
         try:
             return await outputs.localize(ctx, folder, api.fetch_output)
         finally:
@@ -177,17 +179,20 @@ def test_a_large_output_is_served_by_its_rigs_api_and_fetched_by_another_rig(wb,
     assert open(local["inputs"]["doc"], "rb").read() == made
     failures = {}
     for case, change in {"damaged": {"sha256": "0" * 64}, "gone": {"url": served["url"].replace("big", "nope")},
-                         "unreachable": {"url": f"http://127.0.0.1:{free_port()}/x"}}.items():
+                         "unreachable": {"url": f"{dead_rig}/x"},
+                         "unknown": {"url": f"http://127.0.0.1:{free_port()}/x"}}.items():
         (tmp_path / case).mkdir()
         with pytest.raises(ApiRefused) as refused:
             asyncio.run(fetch(ctx | {"served": {"big": served | change}}, tmp_path / case))
         failures[case] = (refused.value.code, refused.value.status)
         assert not (tmp_path / case / "inputs" / "big").exists()
     assert failures == {"damaged": ("output_damaged", None), "gone": ("output_not_found", 404),
-                        "unreachable": ("output_unreachable", None)}
+                        "unreachable": ("output_unreachable", None), "unknown": ("output_rig_unknown", 403)}
+
+    dead = f"http://127.0.0.1:{free_port()}"
 
     async def gone(states, asked):  # what a reuse asks (HEAD), a rig that does not answer once
-        api = ComputeApi(wb.api, None, timeout_s=30, operator_key=wb.key)
+        api = ComputeApi(wb.api, None, timeout_s=30, operator_key=wb.key, key_origins=[dead])
 
         async def spy(url):
             asked.append(url)
@@ -196,15 +201,16 @@ def test_a_large_output_is_served_by_its_rigs_api_and_fetched_by_another_rig(wb,
             return await reuse.gone_outputs(states, spy)
         finally:
             await api.close()
-    dead = f"http://127.0.0.1:{free_port()}/admin/work/outputs"
+    dead += "/admin/work/outputs"
     urls = {"there": served["url"], "gone": served["url"].replace("big", "nope"), "dead1": f"{dead}/1",
-            "dead2": f"{dead}/2"}
+            "dead2": f"{dead}/2", "unknown": f"http://127.0.0.1:{free_port()}/admin/work/outputs/1"}
     states = {name: {"state": "succeeded", "result": {"output_url": url, "output": "/on/rig-a/output"}}
               for name, url in urls.items()}
     asked = []
     whys = asyncio.run(gone(states, asked))
-    assert sorted(whys) == sorted([urls["gone"], urls["dead1"], urls["dead2"]]), whys
-    assert whys[urls["gone"]].startswith("output_not_found: ") and len(asked) == 3, (whys, asked)
+    assert sorted(whys) == sorted([urls["gone"], urls["dead1"], urls["dead2"], urls["unknown"]]), whys
+    assert whys[urls["gone"]].startswith("output_not_found: ") and len(asked) == 4, (whys, asked)
+    assert whys[urls["unknown"]].startswith("output_rig_unknown: "), whys  # never asked with the key
     assert whys[urls["dead1"]].startswith("output_unreachable: ") and whys[urls["dead2"]] == whys[urls["dead1"]]
     assert wb.get(f"/admin/work/outputs/{plan_id}/big/attempt-1/stderr").json()["error"]["code"] == "invalid_output_path"
     from llamarig.api.compute.fastpath import route_group

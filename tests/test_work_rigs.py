@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from helpers import (free_ports_in_a_row, model_entry, plan_ended, plan_history, plan_view, start_bundle,
-                     submit_plan, temporal_cluster, wait_for, work_section, write_rig)
+from helpers import (free_port, free_ports_in_a_row, model_entry, plan_ended, plan_history, plan_view,
+                     start_bundle, submit_plan, temporal_cluster, wait_for, work_section, write_rig)
 from llamarig.work import engine
 
 pytestmark = pytest.mark.slow
@@ -18,16 +18,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def two_rigs(tmp_path, models):
-    started = []
+    started, ports = [], [free_port(), free_port()]
     try:
-        for name in ("a", "b"):
+        for i, name in enumerate(("a", "b")):
             folder = tmp_path / name
             folder.mkdir()
-            work = work_section(concurrency={"cpu": 2, "script": 1})
+            # Each names the other as a peer: its workers send their operator key to no other rig.
+            work = work_section(concurrency={"cpu": 2, "script": 1}, peers=[f"http://127.0.0.1:{ports[1 - i]}"])
             if started:  # the second rig is a client of the first one's Temporal
                 address, namespace = engine.address(started[0].rig)
                 work = {**work, "temporal": "cluster", "cluster": {"address": address, "namespace": namespace}}
-            rig = write_rig(folder, {"m": model_entry(models["gguf"], [0])}, work=work)
+            rig = write_rig(folder, {"m": model_entry(models["gguf"], [0])}, work=work,
+                            api={"host": "127.0.0.1", "port": ports[i]})
             started.append(start_bundle(folder, rig))
             started[-1].wait_ready()
         yield started

@@ -98,6 +98,11 @@ class WorkConfig(Strict):
                                     "their operator key, so rigs sharing plans share one operator key). "
                                     "null: http://<host name>:<api.port>, or http://127.0.0.1:<api.port> while "
                                     "the API listens on loopback only.")
+    peers: list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(:\d{1,5})?/?$")]] = Field(
+        [], max_length=64, description="Base URLs of the other rigs whose task outputs this rig's workers "
+        "download (each as that rig's work.outputs_url says). The workers send their operator key only to "
+        "these and to this rig itself: an output URL naming any other rig is refused (output_rig_unknown), "
+        "never sent the key. [] (default): this rig only. Up to 64.")
 
     @model_validator(mode="after")
     def _cluster_named(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Iterable
 
 import httpx
 
@@ -32,11 +33,32 @@ def _refused(path: str, r: httpx.Response) -> ApiRefused:
     return ApiRefused(code, f"{r.status_code} {message}", r.status_code)
 
 
+def origin(url: str) -> tuple[str, str, int]:
+    u = httpx.URL(url)
+    return u.scheme, u.host.lower(), u.port or (443 if u.scheme == "https" else 80)
+
+
 class ComputeApi:
-    def __init__(self, base: str, key: str | None, timeout_s: float, operator_key: str | None = None):
+    def __init__(self, base: str, key: str | None, timeout_s: float, operator_key: str | None = None,
+                 key_origins: Iterable[str] = ()):
+        """key_origins: the rigs besides `base` that may get the operator key with an output
+        request (outputs.key_origins: this rig and work.peers); any other is refused unasked."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout_s)
         self.operator = {"Authorization": f"Bearer {operator_key}"} if operator_key else {}
+        self.trusted = {origin(base), *(origin(u) for u in key_origins)}
+
+    def _operator_for(self, url: str) -> dict:
+        """The operator key's header for an output URL on a known rig; ApiRefused for any other."""
+        try:
+            known = origin(url) in self.trusted
+        except (httpx.InvalidURL, TypeError):
+            known = False
+        if not known:
+            raise ApiRefused("output_rig_unknown", f"{url}: the output is served by a rig this one does not know, "
+                             "and the operator key goes only to known rigs: add that rig's work.outputs_url to "
+                             "work.peers (the rig file of the rig that runs this task)", 403)
+        return self.operator
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -56,7 +78,7 @@ class ComputeApi:
         against its sha256; an unreachable rig or a damaged copy is retryable, a 4xx is not."""
         digest = hashlib.sha256()
         try:
-            async with self.http.stream("GET", url, headers=self.operator) as r:
+            async with self.http.stream("GET", url, headers=self._operator_for(url)) as r:
                 if r.status_code >= 400:
                     await r.aread()
                     raise _refused(url, r)
@@ -74,7 +96,11 @@ class ComputeApi:
     async def output_gone(self, url: str) -> ApiRefused | None:
         """Why a served output (work/outputs.py) cannot be fetched now; None while it can."""
         try:
-            r = await self.http.head(url, headers=self.operator, timeout=OUTPUT_CHECK_S)
+            headers = self._operator_for(url)
+        except ApiRefused as e:
+            return e
+        try:
+            r = await self.http.head(url, headers=headers, timeout=OUTPUT_CHECK_S)
         except httpx.TransportError as e:
             return ApiRefused("output_unreachable", f"{url}: {type(e).__name__}: the rig that made it does not answer")
         if r.status_code < 400:

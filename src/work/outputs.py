@@ -45,6 +45,12 @@ def base_url(rig) -> str:
     return f"http://{host}:{rig.api.port}"
 
 
+def key_origins(rig) -> list[str]:
+    """Where a worker or the compute API may send this rig's operator key for outputs: this rig
+    (as others reach it, and on loopback) and the rigs work.peers names."""
+    return [base_url(rig), f"http://127.0.0.1:{rig.api.port}", f"http://localhost:{rig.api.port}", *rig.work.peers]
+
+
 async def carry(output: str | None, folder: Path, served_from: str) -> dict:
     """What the result says so that dependents on another rig get the output: where this rig
     serves it ({"output_url", "output_sha256"}); a large file is hashed in a thread, so that

@@ -11,7 +11,7 @@ import signal
 from datetime import timedelta
 
 from llamarig.shared.keys import load_keys
-from llamarig.work import commands, engine, escapes, watchdog
+from llamarig.work import commands, engine, escapes, outputs, watchdog
 from llamarig.work.activities import Activities, task_owner
 from llamarig.work.api_client import ComputeApi
 from llamarig.work.processes import WorkerProcess, cpu_slots
@@ -55,7 +55,8 @@ def _api(rig) -> ComputeApi:
     key = (keys.client[0] if keys.client else keys.operator)
     return ComputeApi(f"http://127.0.0.1:{rig.api.port}", key.decode() if key else None,
                       timeout_s=rig.work.task_timeout_s,
-                      operator_key=keys.operator.decode() if keys.operator else None)
+                      operator_key=keys.operator.decode() if keys.operator else None,
+                      key_origins=outputs.key_origins(rig))
 
 
 async def serve(rig, proc: WorkerProcess) -> int:

@@ -109,8 +109,10 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
 
     async def reusing(op, *args) -> Response:
         from llamarig.work.api_client import ComputeApi
+        from llamarig.work.outputs import key_origins
 
-        api = ComputeApi("http://127.0.0.1", None, 10, operator_key.decode() if operator_key else None)
+        api = ComputeApi("http://127.0.0.1", None, 10, operator_key.decode() if operator_key else None,
+                         key_origins=key_origins(rig))
         try:
             return await call(op, *args, api.output_gone, status=201)
         finally:
@@ -152,8 +154,10 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
     @router.get("/{plan_id}/items/{task}")
     async def items(plan_id: str, task: str) -> Response:
         from llamarig.work.api_client import ComputeApi
+        from llamarig.work.outputs import key_origins
 
-        api = ComputeApi("http://127.0.0.1", None, 60, operator_key.decode() if operator_key else None)
+        api = ComputeApi("http://127.0.0.1", None, 60, operator_key.decode() if operator_key else None,
+                         key_origins=key_origins(rig))
         try:
             return await call("items", rig, plan_id, task, api.fetch_output)
         finally:

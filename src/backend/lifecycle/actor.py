@@ -539,6 +539,13 @@ class UnitActor:
                                                retry_after))
 
     # ---- read-only views ----------------------------------------------------------------------
+    @property
+    def claims_memory(self) -> bool:
+        """Whether the unit is about to take memory the reading may not show yet: loading, a
+        start pending after its stop (a drain-first reload), or failed with a restart due."""
+        return (self.state in LOADING or self.pending_start is not None
+                or (self.state == State.FAILED and self._timer is not None))
+
     def snapshot(self) -> dict:
         return {"name": self.unit.name, "kind": self.unit.kind, "program": self.unit.program,
                 "slot": self.unit.slot, "state": self.state.value,

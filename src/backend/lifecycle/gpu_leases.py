@@ -61,14 +61,15 @@ class LeaseExpired:
     lease_id: str
 
 
-def _candidates(m) -> list[int]:
+def _candidates(p) -> list[int]:
     """GPUs that may be lent: present in the inventory, every LLM on them switchable and none
     loading, no script service on them, not lent already; GPUs without an LLM first, then those
     whose LLMs are idle."""
-    scored, pinned, present = [], _pinned(m), set(m.free_bytes())
-    for gpu in sorted(m.modes.gpus):
-        llms = switch.llms_on(m, gpu)
-        if gpu not in present or gpu in m.leases or gpu in pinned or m.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE):
+    scored, pinned, present = [], _pinned(p), set(p.free_bytes())
+    for gpu in sorted(p.modes.gpus):
+        llms = switch.llms_on(p, gpu)
+        if gpu not in present or gpu in p.leases or gpu in pinned or p.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE) \
+                or gpu in p.memory.reserved_gpus():
             continue
         if not all(a.unit.switchable for a in llms) or any(a.state in LOADING for a in llms):
             continue
@@ -76,97 +77,97 @@ def _candidates(m) -> list[int]:
     return [gpu for *_, gpu in sorted(scored)]
 
 
-def _pinned(m) -> set[int]:
+def _pinned(p) -> set[int]:
     """GPUs some unit other than an LLM is pinned to (Whisper on whisper.gpu, a placement running)."""
-    return {g for a in m.all_actors() if not a.unit.is_llm and a.state not in ENDED for g in a.unit.gpus}
+    return {g for a in p.all_actors() if not a.unit.is_llm and a.state not in ENDED for g in a.unit.gpus}
 
 
-async def take(m, c: TakeGpu) -> None:
-    choices = _candidates(m)
+async def take(p, c: TakeGpu) -> None:
+    choices = _candidates(p)
     if not choices:
         c.reply.set_exception(NotAvailable("no_gpu_to_lend", "no GPU can be lent now: each holds an LLM that is "
                                            "not switchable or is loading, a script service, or another lease", 5))
         return
     gpu = choices[0]
-    need = {gpu: sum(switch.need_of(m, a).get(gpu, 0) for a in switch.llms_on(m, gpu))}
-    if not await switch.clear_gpu(m, gpu, c.holder, f"lent to {c.holder}", need):
+    need = {gpu: sum(switch.need_of(p, a).get(gpu, 0) for a in switch.llms_on(p, gpu))}
+    if not await switch.clear_gpu(p, gpu, c.holder, f"lent to {c.holder}", need):
         c.reply.set_exception(NotAvailable("gpu_memory_held", f"GPU {gpu} did not free its memory in time", 10))
         return
     lease = GpuLease(secrets.token_hex(8), c.holder, gpu, c.ttl_s, time.monotonic() + c.ttl_s)
-    m.leases[gpu] = lease
-    _save(m)
-    m.modes.set(gpu, Mode.SCRIPT, c.holder, f"lent to {c.holder} (lease {lease.id})")
-    _expire_later(m, lease)
+    p.leases[gpu] = lease
+    _save(p)
+    p.modes.set(gpu, Mode.SCRIPT, c.holder, f"lent to {c.holder} (lease {lease.id})")
+    _expire_later(p, lease)
     c.reply.set_result(lease.as_dict())
 
 
-def renew(m, lease_id: str) -> dict | None:
-    lease = _find(m, lease_id)
+def renew(p, lease_id: str) -> dict | None:
+    lease = _find(p, lease_id)
     if lease is None:
         return None
     lease.expires_at = time.monotonic() + lease.ttl_s
     return lease.as_dict()
 
 
-async def give_back(m, c: ReturnGpu) -> None:
-    lease = _find(m, c.lease_id)
+async def give_back(p, c: ReturnGpu) -> None:
+    lease = _find(p, c.lease_id)
     if lease is None:
         c.reply.set_result(False)
         return
-    del m.leases[lease.gpu]
-    _save(m)
-    await switch.back_to_llm(m, lease.gpu, f"{lease.holder} {c.reason}")
+    del p.leases[lease.gpu]
+    _save(p)
+    await switch.back_to_llm(p, lease.gpu, f"{lease.holder} {c.reason}")
     c.reply.set_result(True)
 
 
-async def expired(m, c: LeaseExpired) -> None:
-    lease = _find(m, c.lease_id)
+async def expired(p, c: LeaseExpired) -> None:
+    lease = _find(p, c.lease_id)
     if lease is None:
         return
     if time.monotonic() < lease.expires_at:  # renewed since the timer was set
-        _expire_later(m, lease)
+        _expire_later(p, lease)
         return
-    del m.leases[lease.gpu]
-    _save(m)
-    await switch.back_to_llm(m, lease.gpu, f"{lease.holder} stopped renewing its lease for {lease.ttl_s:g} s")
+    del p.leases[lease.gpu]
+    _save(p)
+    await switch.back_to_llm(p, lease.gpu, f"{lease.holder} stopped renewing its lease for {lease.ttl_s:g} s")
 
 
-def _expire_later(m, lease: GpuLease) -> None:
+def _expire_later(p, lease: GpuLease) -> None:
     delay = max(0.0, lease.expires_at - time.monotonic())
-    asyncio.get_running_loop().call_later(delay, m.post, LeaseExpired(lease.id))
+    asyncio.get_running_loop().call_later(delay, p.post, LeaseExpired(lease.id))
 
 
-def _find(m, lease_id: str) -> GpuLease | None:
-    return next((lease for lease in m.leases.values() if lease.id == lease_id), None)
+def _find(p, lease_id: str) -> GpuLease | None:
+    return next((lease for lease in p.leases.values() if lease.id == lease_id), None)
 
 
 # ---- kept across a compute API restart: the command on the GPU does not know the API restarted --
-def _path(m):
-    return m.rig.run_dir / "gpu-leases.json"
+def _path(p):
+    return p.rig.run_dir / "gpu-leases.json"
 
 
-def _save(m) -> None:
-    rows = [{"id": l.id, "holder": l.holder, "gpu": l.gpu, "ttl_s": l.ttl_s, "llms": m.switched.get(l.gpu, [])}
-            for l in m.leases.values()]
-    tmp = _path(m).with_suffix(".tmp")
+def _save(p) -> None:
+    rows = [{"id": l.id, "holder": l.holder, "gpu": l.gpu, "ttl_s": l.ttl_s, "llms": p.switched.get(l.gpu, [])}
+            for l in p.leases.values()]
+    tmp = _path(p).with_suffix(".tmp")
     tmp.write_text(json.dumps(rows))
-    tmp.replace(_path(m))
+    tmp.replace(_path(p))
 
 
-def adopt(m) -> None:
+def adopt(p) -> None:
     """At boot, before the waves: a GPU lent when the API stopped stays lent, its LLMs stopped,
     for one more ttl_s (its worker renews it, or it expires and the GPU comes back)."""
     try:
-        rows = json.loads(_path(m).read_text())
+        rows = json.loads(_path(p).read_text())
     except (OSError, ValueError):
         return
     for row in rows:
         gpu = row["gpu"]
-        if gpu not in m.modes.gpus:
+        if gpu not in p.modes.gpus:
             continue
         lease = GpuLease(row["id"], row["holder"], gpu, row["ttl_s"], time.monotonic() + row["ttl_s"])
-        m.leases[gpu], m.switched[gpu] = lease, row["llms"]
-        m.modes.set(gpu, Mode.TO_SCRIPT, lease.holder, "a lease found at the compute API's start")
-        m.modes.set(gpu, Mode.SCRIPT, lease.holder, f"lent to {lease.holder} (lease {lease.id}), adopted")
-        _expire_later(m, lease)
+        p.leases[gpu], p.switched[gpu] = lease, row["llms"]
+        p.modes.set(gpu, Mode.TO_SCRIPT, lease.holder, "a lease found at the compute API's start")
+        p.modes.set(gpu, Mode.SCRIPT, lease.holder, f"lent to {lease.holder} (lease {lease.id}), adopted")
+        _expire_later(p, lease)
         log.info("lease adopted", extra={"gpu": gpu, "holder": lease.holder})

@@ -22,24 +22,26 @@ class OperatorStart:
     reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-async def start(m, c: OperatorStart) -> None:
-    actor = m.actor(c.name)
-    lent = [g for g in actor.unit.gpus if g in m.leases]
+async def start(p, c: OperatorStart) -> None:
+    actor = p.actor(c.name)
+    lent = [g for g in actor.unit.gpus if g in p.leases]
     if lent:
-        c.reply.set_exception(LlamarigError("gpu_lent", f"GPU {lent[0]} is lent to {m.leases[lent[0]].holder} "
+        c.reply.set_exception(LlamarigError("gpu_lent", f"GPU {lent[0]} is lent to {p.leases[lent[0]].holder} "
                                             f"until that task ends: start {c.name} afterwards (or take the lease "
                                             "back: DELETE /admin/gpus/lease/ID)"))
         return
     c.reply.set_result(True)
-    if actor.unit.is_llm and any(g in m.switched for g in actor.unit.gpus):
-        await switch.reclaim(m, actor.unit)  # (its script work ends first, then the GPU comes back)
+    if actor.unit.is_llm and any(g in p.switched for g in actor.unit.gpus):
+        async with p.switching():  # (its script work ends first, then the GPU comes back)
+            if not await switch.reclaim(p, actor.unit):
+                return  # lent meanwhile: the operator starts it once the lease ends
     actor.send(Reset() if c.reset else Start("operator start", operator=True))
 
 
-async def ask(m, name: str, reset: bool = False) -> None:
+async def ask(p, name: str, reset: bool = False) -> None:
     """Post the command and wait for the planner's answer (LlamarigError when refused)."""
     command = OperatorStart(name, reset)
-    m.post(command)
+    p.post(command)
     try:
         await asyncio.wait_for(asyncio.shield(command.reply), REPLY_S)
     except asyncio.TimeoutError:

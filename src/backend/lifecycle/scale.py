@@ -32,44 +32,44 @@ def live(actor) -> bool:
     return actor.state in SERVING or actor.state in LOADING
 
 
-def route(m, name: str):
+def route(p, name: str):
     """The placement a request for the script service `name` goes to."""
-    slots = m.slots[name]
+    slots = p.slots[name]
     running = [a for a in slots if live(a)]
     if not running:
-        return m.actors[name]  # the active placement: the request waits there, the planner places it
+        return p.actors[name]  # the active placement: the request waits there, the planner places it
     least = min(running, key=outstanding)
     if outstanding(least) == 0:
         return least
-    return spare(m, slots) or least
+    return spare(p, slots) or least
 
 
-def spare(m, slots: list):
+def spare(p, slots: list):
     """The stopped placement a scale-out would start now, in the order of the module's rule."""
-    ranked = [(r, i) for i, a in enumerate(slots) if (r := rank(m, a)) is not None]
+    ranked = [(r, i) for i, a in enumerate(slots) if (r := rank(p, a)) is not None]
     return slots[min(ranked)[1]] if ranked else None
 
 
 NOTHING_TO_STOP, IDLE_LLMS = 0, 1
 
 
-def rank(m, placement) -> int | None:
+def rank(p, placement) -> int | None:
     """NOTHING_TO_STOP, IDLE_LLMS, or None: not for a scale-out now."""
     if placement.state != State.STOPPED or placement.operator_held or placement.refused:
         return None
     gpu = placement.unit.gpus[0]
-    mode = m.modes.mode(gpu)
-    if gpu in m.leases or mode in (Mode.TO_LLM, Mode.TO_SCRIPT):
+    mode = p.modes.mode(gpu)
+    if gpu in p.leases or mode in (Mode.TO_LLM, Mode.TO_SCRIPT) or gpu in p.memory.reserved_gpus():
         return None
     if mode in (Mode.SCRIPT, Mode.IDLE):
         return NOTHING_TO_STOP
-    held = time.monotonic() - m.given_back_at.get(gpu, float("-inf")) < m.rig.lifecycle.switch_hold_s
-    llms = [a for a in m.all_actors() if a.unit.is_llm and gpu in a.unit.gpus]
+    held = time.monotonic() - p.given_back_at.get(gpu, float("-inf")) < p.rig.lifecycle.switch_hold_s
+    llms = [a for a in p.all_actors() if a.unit.is_llm and gpu in a.unit.gpus]
     if held or not all(a.unit.switchable and a.state not in LOADING and not outstanding(a) for a in llms):
         return None
     return IDLE_LLMS
 
 
-def scaling_out(m, unit) -> bool:
+def scaling_out(p, unit) -> bool:
     """Whether a load asked for this placement adds it beside a live one of its service."""
-    return any(live(a) for a in m.slots[unit.name] if a.unit is not unit)
+    return any(live(a) for a in p.slots[unit.name] if a.unit is not unit)

@@ -7,11 +7,14 @@ Blue-green: the model's other slot (its swap_port) starts beside the serving ser
 ready, the planner asks the old server to drain, on the condition that it still serves and no
 operator stopped it, and only if it agrees switches routing to the new one. The old server serves
 until then, so a reload that fails (a bad new file, a bad flag) leaves the model as it was. It
-needs the new server's memory on top of the old one's. When the GPUs lack it, the model has no
-swap_port, or the model is not serving, the reload drains first, then starts.
+needs the new server's memory on top of the old one's, reserved until it settles. When the GPUs
+lack it, the model has no swap_port, or the model is loading, the reload drains first, then
+starts, in one step (refused with no_room when its new settings do not fit even in the memory
+its own server frees). A model that does not run takes the new settings for its next start
+(settings-only): a reload never starts what an operator stopped or the planner unloaded.
 
 The new settings are the rig's only once the new server serves: until then they are the
-reloading program's alone (`Manager.reloading`), so a failed reload's old server restarts with
+reloading program's alone (`Planner.reloading`), so a failed reload's old server restarts with
 the old ones. The record of the last reload of each model is on the manager (`swaps`) and served
 at /admin/units/NAME.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llamarig.backend.lifecycle.commands import Condition, Start, Stop
 from llamarig.backend.lifecycle.states import ENDED, SERVING, SETTLED, State
@@ -29,11 +32,16 @@ from llamarig.shared.errors import LlamarigError, RigError
 from llamarig.shared.rig import Rig, load_rig
 
 log = logging.getLogger("llamarig.swap")
-MIB = 1024 * 1024
 IN_PROGRESS = ("starting", "restarting", "draining")
 # A reload re-reads the rig file; these settings shape the supervisord programs or the routing
 # table, so a change to them needs `llamarig render` and a restart instead.
 FIXED = ("port", "swap_port", "gpus", "engine", "tensor_split")
+
+
+@dataclass
+class PlanReload:
+    name: str
+    reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 @dataclass
@@ -42,38 +50,85 @@ class Started:
     name: str
     old: object
     new: object
-    ok: bool
 
 
-def _refuse_if_in_progress(m, name: str) -> None:
-    if m.swaps.get(name, {}).get("state") in IN_PROGRESS:
+def _refuse_if_in_progress(p, name: str) -> None:
+    if p.swaps.get(name, {}).get("state") in IN_PROGRESS:
         raise LlamarigError("reload_in_progress", f"model {name!r} is already being reloaded "
-                            f"({m.swaps[name]['state']}); see GET /admin/units/{name}")
+                            f"({p.swaps[name]['state']}); see GET /admin/units/{name}")
 
 
-async def plan_reload(m, name: str) -> dict:
-    """The planner's reload decision. Nothing else runs on the planner meanwhile, so two reloads
-    (or a reload and a load) never claim the same free memory."""
-    current = m.actor(name)
-    _refuse_if_in_progress(m, name)
-    candidate = candidate_rig(m.rig, name)
-    why = await _blue_green_blocker(m, name, current, candidate)
-    record = {"model": name, "requested_at": time.time(), "from": current.unit.program}
-    if why:
-        m.reloading[current.unit.program] = candidate
-        current.send(Stop("reload: drain first", operator=False))
-        current.send(Start("reload", operator=True))
-        record.update(how="drain-first", why=why, state="restarting", to=current.unit.program)
-        asyncio.ensure_future(_watch_restart(m, name, current))
+async def plan_reload(p, c: PlanReload) -> None:
+    """The planner's reload decision, taken after the memory reading's wait on the state as it
+    is then, in one step. A model that does not run takes the settings for its next start; one
+    that does starts a server with them, its memory reserved until it settles, so that no load
+    planned meanwhile counts on it."""
+    current = p.actor(c.name)
+    free = await p.settle(besides=current.unit)
+    current = p.actor(c.name)  # (as it is after the wait)
+    _refuse_if_in_progress(p, c.name)
+    candidate = candidate_rig(p.rig, c.name)
+    record = {"model": c.name, "requested_at": time.time(), "from": current.unit.program}
+    if current.state in ENDED and not current.claims_memory:
+        _settings_only(p, current, candidate, record)
     else:
-        new = _other_slot(m, name)
-        m.reloading[new.unit.program] = candidate
-        record.update(how="blue-green", why="the new server fits beside the old one", state="starting",
-                      to=new.unit.program)
-        asyncio.ensure_future(_start_beside(m, name, current, new))
-    m.swaps[name] = record
-    log.info("reload", extra={k: v for k, v in record.items() if k != "model"} | {"model": name})
-    return record
+        _refuse_if_switched(p, current.unit)
+        why = _blue_green_blocker(p, c.name, current, candidate, free)
+        if why:
+            _drain_first(p, current, candidate, free, why, record)
+        else:
+            _blue_green(p, current, candidate, record)
+    p.swaps[c.name] = record
+    log.info("reload", extra={k: v for k, v in record.items() if k != "model"} | {"model": c.name})
+    c.reply.set_result(record)
+
+
+def _settings_only(p, current, candidate: Rig, record: dict) -> None:
+    """Not running (stopped, unloaded, or failed with no restart due): nothing to restart; its
+    next start, planned like any other, verifies the file and uses the new settings."""
+    p.reloading[current.unit.program] = candidate
+    p.commit_reload(current.unit)
+    record.update(how="settings-only", why=f"it is {current.state.value}: its next start uses them", state="done",
+                  to=current.unit.program, reason=current.reason, done_at=time.time())
+
+
+def _drain_first(p, current, candidate: Rig, free: dict[int, int], why: str, record: dict) -> None:
+    """Stop and start again in one step (nothing comes between), its new need reserved: it must
+    fit in what is free besides the memory its own server frees."""
+    est = p.estimate(current.unit, candidate)
+    need = est.per_gpu if est else {}
+    held = p.memory.actual(current.unit)
+    short = shortfall(need, {g: f + held.get(g, 0) for g, f in free.items()}, p.margin())
+    if short:
+        raise LlamarigError("no_room", f"{current.unit.name} with its new settings does not fit even once its own "
+                            f"server stops ({short}): stop another model on its GPUs, then reload")
+    p.reloading[current.unit.program] = candidate
+    p.memory.reserve(current.unit, need)
+    current.send(Stop("reload: drain first", operator=False))
+    current.send(Start("reload", operator=True))
+    record.update(how="drain-first", why=why, state="restarting", to=current.unit.program)
+    asyncio.ensure_future(_watch_restart(p, record["model"], current))
+
+
+def _blue_green(p, current, candidate: Rig, record: dict) -> None:
+    new = _other_slot(p, record["model"])
+    p.reloading[new.unit.program] = candidate
+    est = p.estimate(new.unit, candidate)
+    p.memory.reserve(new.unit, est.per_gpu if est else {})
+    record.update(how="blue-green", why="the new server fits beside the old one", state="starting",
+                  to=new.unit.program)
+    asyncio.ensure_future(_start_beside(p, record["model"], current, new))
+
+
+def _refuse_if_switched(p, unit) -> None:
+    """A reload starts a server: not on a GPU lent to a script command or switched to script work."""
+    for gpu in unit.gpus:
+        if gpu in p.leases:
+            raise LlamarigError("gpu_lent", f"GPU {gpu} is lent to {p.leases[gpu].holder} until that task ends: "
+                                f"reload {unit.name} afterwards")
+        if gpu in p.switched:
+            raise LlamarigError("gpu_switched", f"GPU {gpu} holds script work ({p.modes.gpus[gpu].holder}): "
+                                f"reload {unit.name} once it is back (a request for it brings it back)")
 
 
 def candidate_rig(rig: Rig, name: str) -> Rig:
@@ -96,67 +151,69 @@ def candidate_rig(rig: Rig, name: str) -> Rig:
     return candidate.model_copy(update={"source_sha256": fresh.source_sha256 if same else ""})
 
 
-def _other_slot(m, name: str):
-    slots = m.slots[name]
-    return slots[1 - m.active[name]] if len(slots) == 2 else None
+def _other_slot(p, name: str):
+    slots = p.slots[name]
+    return slots[1 - p.active[name]] if len(slots) == 2 else None
 
 
-async def _blue_green_blocker(m, name: str, current, candidate: Rig) -> str | None:
+def _blue_green_blocker(p, name: str, current, candidate: Rig, free: dict[int, int]) -> str | None:
     """Why the reload cannot be blue-green, or None when it can."""
-    other = _other_slot(m, name)
+    other = _other_slot(p, name)
     if other is None:
         return f"models.{name}.swap_port is not set"
     if current.state not in SERVING:
         return f"it is {current.state.value}, not serving: there is nothing to keep up"
     if other.state != State.STOPPED:
         return f"its other server {other.unit.program} is {other.state.value}"
-    est = m.estimate(current.unit, candidate)
+    est = p.estimate(current.unit, candidate)
     if est is None:
         return None  # the file cannot be read: the new server's verifier refuses it, the old one serves
-    short = shortfall(est.per_gpu, await m.settle(), m.rig.lifecycle.vram_margin_mib * MIB)
+    short = shortfall(est.per_gpu, free, p.margin())
     return f"no room for two servers: {short}" if short else None
 
 
-async def _start_beside(m, name: str, old, new) -> None:
+async def _start_beside(p, name: str, old, new) -> None:
     await new.ask(Start(f"reload: starting beside {old.unit.program}", operator=True))
-    state = await new.wait_until(SETTLED, m.rig.timeouts.load_budget_s)
-    m.post(Started(name, old, new, state in SERVING))
+    await new.wait_until(SETTLED, p.rig.timeouts.load_budget_s)
+    p.post(Started(name, old, new))
 
 
-def hand_over(m, c: Started) -> None:
-    """The planner's switch: the old server drains only if it still serves and no operator
-    stopped it; routing moves in the same step, so no stop can fall between the two."""
-    record, new, old = m.swaps[c.name], c.new, c.old
-    if not c.ok:
-        _abandon(m, new, f"{new.unit.program} {new.state.value}: {new.reason}; {old.unit.program} keeps serving",
+def hand_over(p, c: Started) -> None:
+    """The planner's switch: the new server must serve now (not when its wait ended: it may
+    have crashed since), the old one drains only if it still serves and no operator stopped
+    it; routing moves in the same step, so no stop can fall between the two."""
+    record, new, old = p.swaps[c.name], c.new, c.old
+    p.memory.release(new.unit)  # it settled: the reading holds what it took
+    if new.state not in SERVING:
+        _abandon(p, new, f"{new.unit.program} {new.state.value}: {new.reason}; {old.unit.program} keeps serving",
                  "failed")
         return
     stop = Stop(f"reload: replaced by {new.unit.program}", drain=True, operator=True,
                 conditions=frozenset({Condition.SERVING}))
     old.send(stop)  # handled whole before send returns: the reply is set
     if not stop.reply.result():
-        _abandon(m, new, f"{old.unit.program} was stopped during the reload ({old.reason}): the new server "
+        _abandon(p, new, f"{old.unit.program} was stopped during the reload ({old.reason}): the new server "
                  "is stopped too", "cancelled")
         return
-    m.active[c.name] = m.slots[c.name].index(new)
-    m.commit_reload(new.unit)
+    p.active[c.name] = p.slots[c.name].index(new)
+    p.commit_reload(new.unit)
     record.update(state="draining", switched_at=time.time())
     log.info("routing switched", extra={"model": c.name, "program": new.unit.program, "port": new.unit.port})
-    asyncio.ensure_future(_watch_drain(m, c.name, old))
+    asyncio.ensure_future(_watch_drain(p, c.name, old))
 
 
-def _abandon(m, new, reason: str, state: str) -> None:
+def _abandon(p, new, reason: str, state: str) -> None:
     new.send(Stop(f"reload {state}", drain=False, operator=True))
-    m.keep_settings(new.unit)
-    m.swaps[new.unit.name].update(state=state, reason=reason, done_at=time.time())
+    p.keep_settings(new.unit)
+    p.swaps[new.unit.name].update(state=state, reason=reason, done_at=time.time())
     log.error("reload " + state, extra={"model": new.unit.name, "reason": reason})
 
 
-async def _watch_drain(m, name: str, old) -> None:
-    final = await old.wait_until(ENDED, m.rig.timeouts.stop_budget_s)
-    m.swaps[name].update(state="done" if final == State.STOPPED else "old_not_stopped",
+async def _watch_drain(p, name: str, old) -> None:
+    final = await old.wait_until(ENDED, p.rig.timeouts.stop_budget_s)
+    p.swaps[name].update(state="done" if final == State.STOPPED else "old_not_stopped",
                          reason=f"{old.unit.program}: {old.reason}", done_at=time.time())
-    log.info("reload done", extra={"model": name, "state": m.swaps[name]["state"], "reason": m.swaps[name]["reason"]})
+    log.info("reload done", extra={"model": name, "state": p.swaps[name]["state"], "reason": p.swaps[name]["reason"]})
 
 
 @dataclass
@@ -164,22 +221,22 @@ class Restarted:
     """A drain-first reload's restart settled: the planner commits or reverts its settings."""
     name: str
     actor: object
-    ok: bool
 
 
-async def _watch_restart(m, name: str, actor) -> None:
-    await actor.wait_until(frozenset({State.VERIFYING, State.STARTING}), m.rig.timeouts.stop_budget_s)
-    state = await actor.wait_until(SETTLED, m.rig.timeouts.load_budget_s)
-    m.post(Restarted(name, actor, state in SERVING))
+async def _watch_restart(p, name: str, actor) -> None:
+    await actor.wait_until(frozenset({State.VERIFYING, State.STARTING}), p.rig.timeouts.stop_budget_s)
+    await actor.wait_until(SETTLED, p.rig.timeouts.load_budget_s)
+    p.post(Restarted(name, actor))
 
 
-def finish_restart(m, c: Restarted) -> None:
-    record = m.swaps[c.name]
-    if c.ok:
-        m.commit_reload(c.actor.unit)
+def finish_restart(p, c: Restarted) -> None:
+    record = p.swaps[c.name]
+    p.memory.release(c.actor.unit)
+    if c.actor.state in SERVING:  # as it is now, not when the wait ended
+        p.commit_reload(c.actor.unit)
         record.update(state="done", reason=c.actor.reason, done_at=time.time())
     else:
-        m.keep_settings(c.actor.unit)  # its restarts use the settings that worked
+        p.keep_settings(c.actor.unit)  # its restarts use the settings that worked
         record.update(state="failed", reason=f"{c.actor.unit.program} {c.actor.state.value}: {c.actor.reason}; "
                       "the earlier settings are kept", done_at=time.time())
     log.info("reload " + record["state"], extra={"model": c.name, "reason": record["reason"]})

@@ -1,0 +1,112 @@
+"""The planner's races a review found, each reproduced over the fakes (tests/planner_fakes.py:
+the real manager, planner and actors; no process): each failed before its fix."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from helpers import free_port, model_entry, write_rig
+from llamarig.backend.lifecycle import swap
+from llamarig.backend.lifecycle.states import LOADING, SERVING, State
+from planner_fakes import fake_manager
+
+FAST = {"timeouts": {"model_wait_s": 0, "settle_s": 0, "start_s": 10, "stop_s": 1, "drain_s": 1},
+        "lifecycle": {"health_interval_s": 0.05, "probe_timeout_s": 0.5, "failure_threshold": 2,
+                      "backoff_initial_s": 0.1, "backoff_max_s": 0.5, "vram_settle_s": 0.1, "vram_margin_mib": 0,
+                      "queue_timeout_s": 5, "deep_probe_interval_s": 0}}
+
+
+async def _until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def started():
+    made = []
+
+    async def start(rig_path, capacity=None):
+        m, fake = fake_manager(rig_path, capacity)
+        await m.start()
+        await _until(m.booted.is_set, 10, "boot")
+        made.append(m)
+        return m, fake
+    yield start
+    for m in made:
+        await m.close()
+
+
+async def test_a_cold_load_does_not_wait_behind_another_models_load(tmp_path, models, started):
+    """One planner queue held a load until it settled: a request for another model waited up to
+    the load budget. A load is now a reservation and a continuation."""
+    rig = write_rig(tmp_path, {"a": model_entry(models["gguf"], [0], warm=False),
+                               "b": model_entry(models["gguf"], [1], warm=False)}, **FAST)
+    m, fake = await started(rig)
+    fake.slow.add("llama-a")  # a's server takes its time to answer
+    a = asyncio.ensure_future(m.acquire("a"))
+    await _until(lambda: m.actors["a"].state in LOADING, 5, "a loading")
+    lease = await asyncio.wait_for(m.acquire("b"), 3)
+    assert lease.actor.unit.name == "b" and m.actors["a"].state in LOADING and not a.done()
+    lease.release()
+    fake.slow.clear()
+    (await asyncio.wait_for(a, 5)).release()
+
+
+async def test_a_green_server_that_crashed_after_its_load_is_not_routed_to(tmp_path, models, started):
+    """The hand-over acted on the readiness its command carried, taken when the green server's
+    wait ended: a green that crashed since got the traffic while the good one drained."""
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0], swap_port=free_port())}, **FAST)
+    m, fake = await started(rig)
+    post, held = m.planner.post, []
+    m.planner.post = lambda c: held.append(c) if isinstance(c, swap.Started) else post(c)
+    record = await m.reload("m")
+    assert record["how"] == "blue-green", record
+    await _until(lambda: held, 5, "the green server settled")
+    green = held[0].new
+    fake.crash(green.unit.program)  # after its wait ended, before its hand-over runs
+    await _until(lambda: green.state not in SERVING, 5, "the crash seen")
+    post(held[0])
+    await _until(lambda: m.swaps["m"]["state"] != "starting", 5, "the hand-over")
+    assert m.swaps["m"]["state"] == "failed", m.swaps["m"]
+    assert m.actors["m"].unit.program == "llama-m" and m.actors["m"].state in SERVING
+
+
+async def test_a_reload_counts_its_green_servers_memory_before_that_server_loads(tmp_path, models, started):
+    """A reload's green server was started before its memory was counted: a load planned while
+    it loaded took the same memory."""
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0], swap_port=free_port()),
+                               "s": model_entry(models["gguf"], [0], warm=False)}, **FAST)
+    m, fake = await started(rig, capacity=lambda needs: needs["llama-m"] * 5 // 2)  # two, not three
+    fake.slow.add("llama-m_green")  # loading: its memory not in the reading yet, as on a GPU mid-load
+    assert (await m.reload("m"))["how"] == "blue-green"
+    with pytest.raises(Exception) as refused:
+        (await asyncio.wait_for(m.acquire("s"), 5)).release()
+    assert "cannot load" in str(refused.value), refused.value
+    fake.slow.clear()
+    await _until(lambda: m.swaps["m"]["state"] in ("draining", "done"), 5, "the hand-over")
+    assert not fake.running("llama-s") and fake.used(0) <= fake.total[0]
+
+
+async def test_a_drain_first_reload_never_starts_a_model_an_operator_stopped_while_it_waited(
+        tmp_path, models, started):
+    """The drain-first reload read the model's state, waited for a memory reading, then sent an
+    unconditional stop and start: an operator's stop in that wait was undone."""
+    rig = write_rig(tmp_path, {"m": model_entry(models["gguf"], [0])}, **FAST)
+    m, fake = await started(rig)
+    settle = m.memory.settle
+
+    async def stopped_meanwhile():
+        m.stop_unit("m")
+        return await settle()
+    m.memory.settle = stopped_meanwhile
+    starts = len(fake.starts)
+    record = await m.reload("m")  # (answered once decided: a start would have been sent by now)
+    m.memory.settle = settle
+    actor = m.actors["m"]
+    assert record["how"] == "settings-only" and actor.pending_start is None and not actor.claims_memory, record
+    await _until(lambda: actor.state == State.STOPPED, 5, "the operator's stop")
+    assert len(fake.starts) == starts and actor.operator_held
