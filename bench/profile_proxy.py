@@ -22,28 +22,35 @@ from llamarig.backend.supervisor_conf import API_PROGRAM
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
-def _top(raw: Path, n: int = 25) -> list[str]:
-    """Functions by share of samples: inclusive (anywhere on the stack) and self (on top)."""
+def _top(raw: Path, n: int = 30) -> list[str]:
+    """Functions by share of the samples taken while a request was being handled (a frame of
+    uvicorn's request cycle or the upstream client on the stack; the rest is the loop waiting,
+    the health loop and the like): inclusive (anywhere on the stack) and self (on top)."""
     inclusive, own, total = collections.Counter(), collections.Counter(), 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
                   for f in stack.split(";") if f]
+        if not any("run_asgi" in f or "upstream.py" in f or "httptools_impl" in f for f in frames):
+            continue
         total += int(count)
         for f in set(frames):
             inclusive[f] += int(count)
         if frames:
             own[frames[-1]] += int(count)
-    rows = [f"{total} samples; inclusive share, self share, function"]
-    for f, c in inclusive.most_common(n):
+    rows = [f"{total} samples handling requests; inclusive share, self share, function"]
+    for f, c in [(f, c) for f, c in inclusive.most_common() if ".py)" in f][:n]:  # (Python's frames)
         rows.append(f"{c / total:6.1%} {own[f] / total:6.1%}  {f}")
     return rows
 
 
 def _record(pid: int, fmt: str, out: Path, seconds: float, pids: dict, urls: dict) -> list[dict]:
-    """py-spy samples the compute API while the load runs; the CPU per request of each pass."""
+    """py-spy samples the compute API while the load runs; the CPU per request of each pass
+    (py-spy's pauses included)."""
+    # --native: uvloop's and httptools' C frames too (without, most samples read "Runner.run");
+    # it pauses the process at each sample, so the CPU figures printed while sampling read high.
     spy = subprocess.Popen([str(PY_SPY), "record", "--pid", str(pid), "--rate", "250", "--format", fmt,
-                            "--output", str(out), "--duration", str(int(seconds)), "--nonblocking"],
+                            "--output", str(out), "--duration", str(int(seconds)), "--native"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     passes = []
     while spy.poll() is None:

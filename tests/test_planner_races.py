@@ -110,3 +110,21 @@ async def test_a_drain_first_reload_never_starts_a_model_an_operator_stopped_whi
     assert record["how"] == "settings-only" and actor.pending_start is None and not actor.claims_memory, record
     await _until(lambda: actor.state == State.STOPPED, 5, "the operator's stop")
     assert len(fake.starts) == starts and actor.operator_held
+
+
+async def test_an_operator_start_fits_its_memory_evicting_an_idle_model_or_is_refused(tmp_path, models, started):
+    """An operator's start reached the actor with no memory planned: a model started onto a GPU
+    another held (it would fail to load on a real GPU, or take the other's memory)."""
+    rig = write_rig(tmp_path, {"w": model_entry(models["gguf"], [0]),
+                               "a": model_entry(models["gguf"], [1], warm=False),
+                               "b": model_entry(models["gguf"], [1], warm=False),
+                               "c": model_entry(models["gguf"], [0], warm=False)}, **FAST)
+    m, fake = await started(rig, capacity=lambda needs: needs["llama-w"] * 3 // 2)  # one model per GPU
+    (await m.acquire("a")).release()
+    await m.start_unit("b")  # a is idle and on demand: evicted for b
+    await _until(lambda: m.actors["b"].state in SERVING, 5, "b serving")
+    assert m.actors["a"].state == State.STOPPED and fake.used(1) <= fake.total[1]
+    with pytest.raises(Exception) as refused:
+        await m.start_unit("c")  # w is warm: nothing to evict on GPU 0
+    assert getattr(refused.value, "code", None) == "no_room" and "does not fit" in refused.value.reason
+    assert not fake.running("llama-c") and m.actors["c"].state == State.STOPPED

@@ -17,61 +17,30 @@ import asyncio
 import collections
 import logging
 import time
-from dataclasses import dataclass, field
 
 from llamarig.backend.lifecycle import jobs
 from llamarig.backend.lifecycle.commands import (Acquire, AdoptWaiters, Condition, Exited, Expire, JobDone,
                                                  MoveWaiters, Probe, Refuse, Release, Replaced, Reset, Start, Stop)
+from llamarig.backend.lifecycle.actor_entry import StateEntry
+from llamarig.backend.lifecycle.lease import Lease, NotAvailable, Transition
 from llamarig.backend.lifecycle.policy import RestartPolicy
 from llamarig.backend.lifecycle.states import (LOADING, ON_TIMEOUT, PROCESS_EXPECTED, SERVING, State,
                                                check_transition, timeout_for)
 from llamarig.backend.lifecycle.units import Unit
 from llamarig.shared.errors import LlamarigError
 
+__all__ = ["Lease", "NotAvailable", "Transition", "UnitActor"]  # (callers import them from here)
 log = logging.getLogger("llamarig.lifecycle")
 HISTORY = 50
 
 
-class NotAvailable(LlamarigError):
-    """The unit cannot take a request now; retry_after is a hint in seconds."""
-
-    def __init__(self, code: str, reason: str, retry_after: float):
-        super().__init__(code, reason)
-        self.retry_after = retry_after
+HANDLERS = {Start: "_on_start", Stop: "_on_stop", Acquire: "_on_acquire", Release: "_on_release", Probe: "_on_probe",
+            Exited: "_on_exited", JobDone: "_on_job_done", Reset: "_on_reset", Refuse: "_on_refuse",
+            Replaced: "_on_replaced", Expire: "_on_expire", MoveWaiters: "_on_move_waiters",
+            AdoptWaiters: "_on_adopt_waiters"}
 
 
-@dataclass(eq=False)  # identity: each lease is one request
-class Lease:
-    """One request's hold on a unit. The proxy marks progress as bytes flow, so that a busy
-    server that answers probes slowly is not called dead."""
-    actor: "UnitActor"
-    last_progress: float = field(default_factory=time.monotonic)
-    released: bool = False
-    cold: bool = False  # the request waited for the unit to load
-
-    def progress(self) -> None:
-        self.last_progress = time.monotonic()
-
-    def unreachable(self) -> None:
-        """The server did not take the request: have the manager look at it now rather than
-        at the next health tick, so a crash under traffic is found in milliseconds."""
-        self.actor.deps.events.suspect(self.actor.unit)
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.actor.send(Release(self))
-
-
-@dataclass(frozen=True)
-class Transition:
-    at: float
-    source: str
-    target: str
-    reason: str
-
-
-class UnitActor:
+class UnitActor(StateEntry):
     def __init__(self, unit: Unit, deps: jobs.Deps):
         self.unit = unit
         self.deps = deps
@@ -116,6 +85,21 @@ class UnitActor:
         finally:
             self._handling = False
         self._arm_deadline()
+
+    def try_lease(self) -> Lease | None:
+        """A lease at once while the unit serves, as an Acquire would be answered, without the
+        command's reply future (every request takes this path); None: send an Acquire."""
+        if self._handling or self._inbox or self.state not in SERVING:
+            return None
+        self._handling = True
+        try:
+            lease = self._lease()
+            while self._inbox:  # (sent by what the lease set off: handled right after, in order)
+                self._handle_safely(self._inbox.popleft())
+        finally:
+            self._handling = False
+        self._arm_deadline()
+        return lease
 
     async def ask(self, command):
         """Send a command that carries a reply future and await the reply."""
@@ -172,12 +156,7 @@ class UnitActor:
                 reply.set_exception(LlamarigError("internal_error", f"{type(e).__name__}: {e}"))
 
     def _handle(self, c) -> None:
-        handler = {Start: self._on_start, Stop: self._on_stop, Acquire: self._on_acquire,
-                   Release: self._on_release, Probe: self._on_probe, Exited: self._on_exited,
-                   JobDone: self._on_job_done, Reset: self._on_reset, Refuse: self._on_refuse,
-                   Replaced: self._on_replaced, Expire: self._on_expire, MoveWaiters: self._on_move_waiters,
-                   AdoptWaiters: self._on_adopt_waiters}[type(c)]
-        handler(c)
+        getattr(self, HANDLERS[type(c)])(c)  # (one bound method per command, not a table of them)
 
     def _time_left(self) -> float | None:
         limit = self._limits[self.state]
@@ -419,28 +398,6 @@ class UnitActor:
         elif self.state not in (State.STOPPED, State.FAILED):
             self._to(State.FAILED, c.reason)
 
-    def _verify_done(self, c: JobDone) -> None:
-        if self.state != State.VERIFYING:
-            return
-        if c.ok:
-            self._to(State.STARTING, c.reason)
-        else:
-            self.refused = True
-            self._to(State.FAILED, f"refused: {c.reason}")
-
-    def _start_done(self, c: JobDone) -> None:
-        if self.state != State.STARTING:
-            return
-        if c.ok:
-            self.load_seconds = time.monotonic() - self.since
-            self._to(State.READY, c.reason)
-            self.deps.events.on_ready(self.unit, self.load_seconds)  # a load ended, not a request
-        elif c.refused:
-            self.refused = True
-            self._to(State.FAILED, f"refused: {c.reason}")
-        else:
-            self._crash(f"start failed: {c.reason}", hung=False)
-
     def _on_refuse(self, c: Refuse) -> None:
         if not c.permanent:
             self._fail_waiters(c.reason, 10)
@@ -458,101 +415,3 @@ class UnitActor:
         self.operator_held = False
         if self.state == State.FAILED:
             self.send(Start("operator reset", operator=True))
-
-    # ---- state entry --------------------------------------------------------------------------
-    def _on_ready(self) -> None:
-        self.failures = 0
-        self.recovering = False
-        if self.policy.is_open:  # the half-open try worked
-            self.policy.clear()
-            log.info("circuit closed: the start after the cooldown worked", extra=self._fields())
-            self.deps.events.on_circuit(self.unit, False)
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                lease = self._lease()
-                lease.cold = True
-                fut.set_result(lease)
-
-    def _on_stopped(self) -> None:
-        self._fail_waiters(self.reason, 5)
-        if self.pending_start:
-            start, self.pending_start = self.pending_start, None
-            self.send(start)
-
-    def _crash(self, reason: str, hung: bool) -> None:
-        self.epoch += 1
-        self._to(State.FAILED, reason)
-        # A hung or half-started server still holds its GPU: stop it now, not at the restart.
-        # Its own task: the next start waits for it rather than cancelling it.
-        self._kill = asyncio.ensure_future(jobs.kill(self.deps, self.unit, hung))
-
-    def _on_failed(self) -> None:
-        self._fail_waiters(self.reason, self._retry_after())
-        if self.refused or self.operator_held:
-            return
-        delay = self.policy.next_delay()
-        if delay is None:
-            self.reason = self.policy.open_reason(self.reason, self.unit.name)
-            log.error("circuit open", extra=self._fields(reason=self.reason))
-            self.deps.events.on_circuit(self.unit, True)
-            self._half_open_later()
-            return
-        log.info("restart scheduled", extra=self._fields(delay_s=delay))
-        self.deps.events.on_restart(self.unit, self.reason)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(delay, self.send, Start(f"restart after {delay:g} s", recovering=True))
-
-    def _half_open_later(self) -> None:
-        cooldown = self.deps.rig.lifecycle.circuit_cooldown_s
-        if cooldown > 0:
-            start = Start(f"circuit half-open after {cooldown:g} s: one start", recovering=True, trial=True)
-            self._timer = asyncio.get_running_loop().call_later(cooldown, self.send, start)
-
-    def _cancel_timer(self) -> None:
-        if self._timer:
-            self._timer.cancel()
-            self._timer = None
-
-    def _retry_after(self) -> float:
-        eta = self.policy.eta()
-        load = self.load_seconds or 5.0
-        return (eta + load) if eta is not None else 30.0
-
-    def _unavailable(self) -> NotAvailable:
-        s = self.state
-        if s == State.FAILED:
-            return NotAvailable("model_failed", f"model {self.unit.name!r} failed: {self.reason}",
-                                self._retry_after())
-        if s in LOADING:
-            return NotAvailable("model_loading", f"model {self.unit.name!r} is {s.value} "
-                                f"({self.reason})", self.load_seconds or 5.0)
-        if len(self.waiters) >= self.deps.rig.lifecycle.queue_size and s != State.STOPPED:
-            return NotAvailable("queue_full", f"model {self.unit.name!r}: the wait queue is full", 5.0)
-        return NotAvailable("model_unavailable", f"model {self.unit.name!r} is {s.value} ({self.reason})", 10.0)
-
-    def _fail_waiters(self, reason: str, retry_after: float) -> None:
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                fut.set_exception(NotAvailable("model_unavailable", f"model {self.unit.name!r}: {reason}",
-                                               retry_after))
-
-    # ---- read-only views ----------------------------------------------------------------------
-    @property
-    def claims_memory(self) -> bool:
-        """Whether the unit is about to take memory the reading may not show yet: loading, a
-        start pending after its stop (a drain-first reload), or failed with a restart due."""
-        return (self.state in LOADING or self.pending_start is not None
-                or (self.state == State.FAILED and self._timer is not None))
-
-    def snapshot(self) -> dict:
-        return {"name": self.unit.name, "kind": self.unit.kind, "program": self.unit.program,
-                "slot": self.unit.slot, "state": self.state.value,
-                "reason": self.reason, "since_s": round(time.monotonic() - self.since, 3),
-                "gpus": list(self.unit.gpus), "port": self.unit.port, "inflight": self.inflight,
-                "waiting": len(self.waiters), "required": self.unit.required, "warm": self.unit.warm,
-                "held": self.operator_held,
-                "restarts_in_window": self.policy.count(), "circuit_open": self.policy.is_open,
-                "load_seconds": self.load_seconds, "last_used": self.last_used or None,
-                "history": [vars(t) for t in self.history][-10:]}

@@ -179,6 +179,9 @@ class Manager(Events):
             actor = scale.route(self.planner, name)
         if self.closing:
             raise NotAvailable("shutting_down", "the compute API is shutting down", 30)
+        lease = actor.try_lease()
+        if lease is not None:  # the usual case: it serves
+            return lease
         command = Acquire(may_wait=True)
         actor.send(command)
         if command.reply.done():  # handled at once (the usual case for a serving unit)

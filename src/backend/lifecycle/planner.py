@@ -135,10 +135,12 @@ class Planner:
         return [a for slots in self.slots.values() for a in slots]
 
     def actor(self, name: str) -> UnitActor:
-        if name not in self.slots:
+        """The active slot's actor of model `name` (every request asks: no dict is built)."""
+        slots = self.slots.get(name)
+        if slots is None:
             raise UnknownModel("model_not_found", f"model {name!r} is not in this rig; known: "
                                f"{', '.join(sorted(self.slots))}")
-        return self.actors[name]
+        return slots[self.active[name]]
 
     def estimate(self, unit: Unit, rig: Rig | None = None) -> Estimate | None:
         return self.memory.estimate(unit, rig)
