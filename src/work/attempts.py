@@ -125,7 +125,9 @@ class Attempts:
 
     async def _grants(self) -> None:
         """Its condition is checked after those of the tasks (registered later, each time), so
-        the tasks made ready in one activation have all joined the heap when it grants."""
+        the tasks made ready in one activation have all joined the heap when it grants. That is
+        the SDK's order of wait_condition callbacks, pinned by test_work_order.py's
+        test_a_place_freed_in_the_window_goes_to_the_most_urgent_task_its_end_made_ready."""
         while True:
             await workflow.wait_condition(lambda: self.grant_due)
             self.grant_due = False

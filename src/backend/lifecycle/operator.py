@@ -2,7 +2,9 @@
 go through the planner like every other decision on a GPU: refused while a GPU of the unit is
 lent to a script command (it would load beside a command that holds the whole GPU); on a GPU
 switched to script work, that work ends first (as a request for the LLM would end it) and then
-the unit starts. Stops need no check: they only free GPUs."""
+the unit starts; a stopped unit starts only where its memory fits, idle models evicted for it as
+for a load (409 no_room otherwise), its memory reserved while it loads. Stops need no check:
+they only free GPUs."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +12,8 @@ from dataclasses import dataclass, field
 
 from llamarig.backend.lifecycle import switch
 from llamarig.backend.lifecycle.commands import Reset, Start
+from llamarig.backend.lifecycle.states import ENDED, State
+from llamarig.backend.lifecycle.waves import shortfall
 from llamarig.shared.errors import LlamarigError
 
 REPLY_S = 10.0  # the planner answers before any long wait; past this it is stuck behind one
@@ -23,19 +27,41 @@ class OperatorStart:
 
 
 async def start(p, c: OperatorStart) -> None:
+    free = await p.settle(besides=p.actor(c.name).unit)  # first: what follows reads the state after it
     actor = p.actor(c.name)
+    command = Reset() if c.reset else Start("operator start", operator=True)
     lent = [g for g in actor.unit.gpus if g in p.leases]
     if lent:
         c.reply.set_exception(LlamarigError("gpu_lent", f"GPU {lent[0]} is lent to {p.leases[lent[0]].holder} "
                                             f"until that task ends: start {c.name} afterwards (or take the lease "
                                             "back: DELETE /admin/gpus/lease/ID)"))
         return
-    c.reply.set_result(True)
     if actor.unit.is_llm and any(g in p.switched for g in actor.unit.gpus):
-        async with p.switching():  # (its script work ends first, then the GPU comes back)
-            if not await switch.reclaim(p, actor.unit):
-                return  # lent meanwhile: the operator starts it once the lease ends
-    actor.send(Reset() if c.reset else Start("operator start", operator=True))
+        c.reply.set_result(True)
+        async with p.switching():  # (its script work ends first, then the GPU comes back with its memory)
+            if await switch.reclaim(p, actor.unit):
+                actor.send(command)
+        return  # (lent meanwhile: the operator starts it once the lease ends)
+    if actor.state not in ENDED or actor.claims_memory or (c.reset and actor.state != State.FAILED):
+        c.reply.set_result(True)
+        actor.send(command)  # (running or starting already, or a reset that starts nothing: no memory to plan)
+        return
+    await _start_in_room(p, c, actor, command, free)
+
+
+async def _start_in_room(p, c: OperatorStart, actor, command, free: dict[int, int]) -> None:
+    """A stopped unit starts only where it fits, idle models evicted for it as for a load;
+    else 409 no_room, saying what is short."""
+    need = p.memory.need(actor.unit)
+    stopping = p.evict_for(actor.unit, need, free) if shortfall(need, free, p.margin()) else None
+    if stopping is None and shortfall(need, free, p.margin()):
+        c.reply.set_exception(LlamarigError("no_room", f"{c.name} does not fit: {shortfall(need, free, p.margin())}; "
+                                            "every other model there is busy, loading or warm: stop one first"))
+        return
+    c.reply.set_result(True)
+    if stopping is not None:
+        await p.wait(stopping)
+    p.start_reserved(actor, need, command)
 
 
 async def ask(p, name: str, reset: bool = False) -> None:

@@ -330,36 +330,43 @@ class Planner:
                 if not shortfall(need, free, self.margin()):
                     self._start_reserved(actor, need)
                     return
-                if evicted or not await self._evict_for(unit, need, free):
+                stopping = None if evicted else self.evict_for(unit, need, free)
+                if stopping is None:
                     short = shortfall(need, free, self.margin())
                     actor.send(Refuse(f"cannot load: {short}; every other model there is busy, loading or warm",
                                       permanent=False))
                     return
+                await self.wait(stopping)
                 evicted = True
         finally:
             if actor.state == State.STOPPED:  # (not started: nothing to hold memory for)
                 self.memory.release(unit)
 
     def _start_reserved(self, actor: UnitActor, need: dict[int, int]) -> None:
-        """Start with its memory reserved until the load settles (a continuation releases it)."""
+        start = Start("on-demand load", conditions=frozenset({Condition.WAITING, Condition.NOT_HELD}))
+        self.start_reserved(actor, need, start)
+
+    def start_reserved(self, actor: UnitActor, need: dict[int, int], command) -> None:
+        """Send a start with the unit's memory reserved until its load settles (a continuation
+        releases it); released at once when no load began."""
         unit = actor.unit
         self.memory.reserve(unit, need)
-        start = Start("on-demand load", conditions=frozenset({Condition.WAITING, Condition.NOT_HELD}))
-        actor.send(start)
-        if start.reply.result():
+        actor.send(command)
+        if actor.claims_memory:
             self.after(actor.wait_until(SETTLED, self.rig.timeouts.load_budget_s), lambda: self.memory.release(unit))
         else:
             self.memory.release(unit)
 
-    async def _evict_for(self, unit: Unit, need: dict[int, int], free: dict[int, int]) -> bool:
+    def evict_for(self, unit: Unit, need: dict[int, int], free: dict[int, int]):
         """Stop the least recently used idle models until `unit` fits, its memory reserved
-        meanwhile; False when no choice of idle models makes room."""
+        meanwhile: what to wait for until they have stopped; None when no choice of idle models
+        makes room."""
         idle = [(n, a.last_used, self.memory.actuals.get(n) or self.memory.need(a.unit))
                 for n, a in self.actors.items()
                 if n != unit.name and not a.unit.warm and a.state == State.READY and not a.inflight]
         victims = lru_victims(need, free, self.margin(), idle)
         if not victims:
-            return False
+            return None
         stopped = []
         for name in victims:  # each only if still idle: a request may have come since the reading
             stop = Stop(f"evicted (least recently used) to load {unit.name}", conditions=frozenset({Condition.IDLE}))
@@ -369,5 +376,4 @@ class Planner:
                 stopped.append(name)
         self.memory.reserve(unit, need)
         budget = self.rig.timeouts.stop_budget_s
-        await self.wait(asyncio.gather(*(self.actors[n].wait_until(ENDED, budget) for n in stopped)))
-        return True
+        return asyncio.gather(*(self.actors[n].wait_until(ENDED, budget) for n in stopped))
