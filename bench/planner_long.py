@@ -2,7 +2,10 @@
 commands, requests, crashes, leases, reloads and clock steps against the real manager, planner
 and actors over in-process fakes, every promise checked after every step. Reports the steps
 run and what failed (the first falsifying sequence, as drawn: the harness runs in real time,
-so it is not shrunk)."""
+so it is not shrunk).
+
+    python bench/planner_long.py [STEPS [SECONDS]]
+"""
 from __future__ import annotations
 
 import sys
@@ -35,7 +38,8 @@ class Counted(PlannerMachine):
         super().teardown()
 
 
-def run(smoke: bool, steps: int = 100_000) -> dict:
+def run(smoke: bool, steps: int = 100_000, max_s: float = float("inf")) -> dict:
+    """Until `steps` steps or `max_s` seconds (checked between batches of 40 examples)."""
     target = 100 if smoke else steps
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -43,14 +47,16 @@ def run(smoke: bool, steps: int = 100_000) -> dict:
         Counted.rig_path = rig_file(root, models)
         Counted.steps_total = Counted.examples = 0
         started, failures = time.monotonic(), []
-        while Counted.steps_total < target and not failures:
+        while Counted.steps_total < target and not failures and time.monotonic() - started < max_s:
             examples = max(1, (target - Counted.steps_total) // STEPS_PER_EXAMPLE)
             try:
                 run_state_machine_as_test(Counted, settings=settings(
-                    max_examples=min(examples, 200), stateful_step_count=STEPS_PER_EXAMPLE, deadline=None,
+                    max_examples=min(examples, 40), stateful_step_count=STEPS_PER_EXAMPLE, deadline=None,
                     suppress_health_check=list(HealthCheck), phases=[Phase.generate], database=None))
-            except Exception as e:  # a broken promise: keep what it said
-                failures.append("".join(traceback.format_exception_only(e))[-4000:])
+            except Exception as e:  # a broken promise: what it said, and the steps that led there
+                inner = e.exceptions[0] if isinstance(e, BaseExceptionGroup) else e  # (Hypothesis' replay: flaky)
+                said = "".join(traceback.format_exception_only(inner)) + "".join(traceback.format_exception_only(e))
+                failures.append(said if len(said) < 6000 else said[:2000] + "\n...\n" + said[-4000:])
         wall = time.monotonic() - started
     return {"steps": Counted.steps_total, "examples": Counted.examples, "seconds": round(wall, 1),
             "steps_per_s": round(Counted.steps_total / wall, 1), "failures": failures}
@@ -59,4 +65,5 @@ def run(smoke: bool, steps: int = 100_000) -> dict:
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(run(False, int(sys.argv[1]) if len(sys.argv) > 1 else 100_000), indent=2))
+    print(json.dumps(run(False, int(sys.argv[1]) if len(sys.argv) > 1 else 100_000,
+                         float(sys.argv[2]) if len(sys.argv) > 2 else float("inf")), indent=2))

@@ -10,7 +10,7 @@ import time
 
 from helpers import model_entry, write_rig
 from llamarig.backend.lifecycle.actor import UnitActor
-from llamarig.backend.lifecycle.commands import Acquire, Condition, Replaced, Reset, Start, Stop
+from llamarig.backend.lifecycle.commands import Acquire, Condition, JobDone, Replaced, Reset, Start, Stop
 from llamarig.backend.lifecycle.jobs import Deps, Events
 from llamarig.backend.lifecycle.states import State
 from llamarig.backend.lifecycle.units import units_from_rig
@@ -100,6 +100,18 @@ async def test_a_planned_start_is_refused_once_an_operator_stopped_the_unit(tmp_
     start = Start("on-demand load", conditions=frozenset({Condition.WAITING, Condition.NOT_HELD}))
     actor.send(start)
     assert start.reply.result() is False and actor.state == State.STOPPED and actor.operator_held
+    actor.close()
+
+
+async def test_a_planners_stop_after_an_operators_keeps_the_hold_and_a_failed_stop_restarts_nothing(tmp_path, models):
+    """Found by the planner harness: an operator's stop, then a GPU switch's stop (not the
+    operator's) cleared the hold, the stop failed (supervisord away) and the unit restarted."""
+    actor = await _ready_actor(tmp_path, models, 300)
+    actor.send(Stop("operator stop", operator=True, drain=False))
+    actor.send(Stop("GPU 0 switched to whisper", drain=True))
+    assert actor.operator_held
+    actor.send(JobDone("stop", actor.epoch, False, "stop failed: supervisord unreachable"))
+    assert actor.state == State.FAILED and actor._timer is None and not actor.claims_memory  # no restart due
     actor.close()
 
 

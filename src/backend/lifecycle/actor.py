@@ -291,7 +291,9 @@ class UnitActor(StateEntry):
         if not c.reply.done():
             c.reply.set_result(True)
         self.pending_start = None
-        self.operator_held = c.operator
+        # Only a start or a reset ends an operator's hold: a planner's stop since (a GPU switched
+        # away) left it off, and a failed stop then restarted the unit (found by the planner harness).
+        self.operator_held = self.operator_held or c.operator
         self._cancel_timer()
         if self.state in SERVING:
             self._to(State.DRAINING if c.drain else State.STOPPING, c.reason)

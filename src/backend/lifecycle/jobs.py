@@ -87,6 +87,13 @@ async def verify(deps: Deps, unit: Unit, epoch: int) -> JobDone:
 
 
 async def start(deps: Deps, unit: Unit, epoch: int, adopt: bool, after: asyncio.Task | None) -> JobDone:
+    try:
+        return await _start(deps, unit, epoch, adopt, after)
+    except SupervisorError as e:  # (unreachable or refusing mid-start: a failed start, not a crashed job)
+        return JobDone("start", epoch, False, f"supervisord: {e.reason}")
+
+
+async def _start(deps: Deps, unit: Unit, epoch: int, adopt: bool, after: asyncio.Task | None) -> JobDone:
     if after:
         await asyncio.wait({after})
     info = await _settled_info(deps, unit)

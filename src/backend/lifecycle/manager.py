@@ -201,7 +201,11 @@ class Manager(Events):
         await operator.ask(self.planner, name)
 
     def stop_unit(self, name: str, drain: bool = True) -> None:
-        self.actor(name).send(Stop("operator stop", drain=drain, operator=True))
+        """Every server of the model: a reload's green one too (it would serve once loaded),
+        every placement of a script service."""
+        self.actor(name)
+        for actor in self.planner.slots[name]:
+            actor.send(Stop("operator stop", drain=drain, operator=True))
 
     async def reset(self, name: str) -> None:
         self.actor(name)
