@@ -115,6 +115,18 @@ async def test_a_planners_stop_after_an_operators_keeps_the_hold_and_a_failed_st
     actor.close()
 
 
+async def test_a_failed_stop_does_not_restart_the_unit_its_stopper_wanted_the_memory_of(tmp_path, models):
+    """Found by the planner harness: a placement stopped to give its GPU back failed to stop,
+    restarted after its backoff and took the memory the planner had given to an LLM."""
+    actor = await _ready_actor(tmp_path, models, 300)
+    actor.send(Stop("GPU 2 goes back to its LLMs", drain=False))
+    actor.send(JobDone("stop", actor.epoch, False, "stop failed: supervisord unreachable"))
+    assert actor.state == State.FAILED and actor._timer is None and not actor.operator_held
+    actor.send(Start("on-demand load"))  # a start afterwards is a start again: its failures restart it
+    assert not actor.stop_wanted
+    actor.close()
+
+
 async def test_an_eviction_is_refused_once_a_request_came(tmp_path, models):
     actor = await _ready_actor(tmp_path, models, 300)
     request = Acquire()

@@ -55,6 +55,7 @@ class UnitActor(StateEntry):
         self.policy = RestartPolicy(deps.rig.lifecycle)
         self.failures = 0
         self.operator_held = False
+        self.stop_wanted = False  # since the last start: a stop that then fails restarts nothing
         self.recovering = False
         self.pending_start: Start | None = None
         self.last_used = 0.0
@@ -271,6 +272,7 @@ class UnitActor(StateEntry):
 
     def _start(self, c: Start) -> None:
         self.operator_held = False
+        self.stop_wanted = False
         if c.operator:
             self.policy.clear()
         self.policy.half_open = c.trial
@@ -294,6 +296,7 @@ class UnitActor(StateEntry):
         # Only a start or a reset ends an operator's hold: a planner's stop since (a GPU switched
         # away) left it off, and a failed stop then restarted the unit (found by the planner harness).
         self.operator_held = self.operator_held or c.operator
+        self.stop_wanted = True
         self._cancel_timer()
         if self.state in SERVING:
             self._to(State.DRAINING if c.drain else State.STOPPING, c.reason)

@@ -70,8 +70,8 @@ class StateEntry:
 
     def _on_failed(self) -> None:
         self._fail_waiters(self.reason, self._retry_after())
-        if self.refused or self.operator_held:
-            return
+        if self.refused or self.operator_held or self.stop_wanted:
+            return  # (a failed stop: whoever stopped it wanted its memory, a restart would take it back)
         delay = self.policy.next_delay()
         if delay is None:
             self.reason = self.policy.open_reason(self.reason, self.unit.name)

@@ -8,6 +8,7 @@ they only free GPUs."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from llamarig.backend.lifecycle import switch
@@ -16,6 +17,7 @@ from llamarig.backend.lifecycle.states import ENDED, State
 from llamarig.backend.lifecycle.waves import shortfall
 from llamarig.shared.errors import LlamarigError
 
+log = logging.getLogger("llamarig.planner")
 REPLY_S = 10.0  # the planner answers before any long wait; past this it is stuck behind one
 
 
@@ -61,6 +63,12 @@ async def _start_in_room(p, c: OperatorStart, actor, command, free: dict[int, in
     c.reply.set_result(True)
     if stopping is not None:
         await p.wait(stopping)
+        short = shortfall(need, await p.settle(besides=actor.unit), p.margin())
+        if short:  # (an eviction's stop failed, say: its memory is still held)
+            p.memory.release(actor.unit)
+            log.warning("operator start not done: the memory is still short after the evictions",
+                        extra={"model": c.name, "short": short})
+            return
     p.start_reserved(actor, need, command)
 
 

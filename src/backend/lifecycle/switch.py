@@ -212,7 +212,11 @@ async def back_to_llm(p, gpu: int, reason: str) -> None:
     and the memory reading shows the LLMs' need free, start them and wait for them."""
     names = p.switched.get(gpu, [])
     p.modes.set(gpu, Mode.TO_LLM, ", ".join(names), reason)
-    await p.wait(asyncio.gather(*(a.wait_until(ENDED, p.modes.time_left(gpu)) for a in _script_on(p, gpu))))
+    for placement in _script_on(p, gpu):  # (a failed one would restart itself onto the LLMs' memory)
+        if placement.state != State.STOPPED:
+            placement.send(Stop(f"GPU {gpu} goes back to its LLMs", drain=True))
+    await p.wait(asyncio.gather(*(a.wait_until(frozenset({State.STOPPED}), p.modes.time_left(gpu))
+                                  for a in _script_on(p, gpu))))
     actors = [p.actors[n] for n in names]
     need: dict[int, int] = {}
     for a in actors:
