@@ -10,8 +10,9 @@ planner promises:
 - a request is routed only to a server that is ready;
 - every waiting request is served or refused within its deadline (queue_timeout_s).
 
-tests/test_planner_model.py runs it in CI with a fixed budget; bench/planner_model.py runs it
-long and reports what it found. Built on a rig file made by `rig_file` (the generated models).
+tests/test_planner_model.py runs it in CI with a fixed budget; bench/planner_long.py (and
+`bench/run.py planner`) runs it long and reports what it found. Built on a rig file made by
+`rig_file` (the generated models).
 """
 from __future__ import annotations
 
