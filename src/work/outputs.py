@@ -47,8 +47,10 @@ def base_url(rig) -> str:
 
 def key_origins(rig) -> list[str]:
     """Where a worker or the compute API may send this rig's operator key for outputs: this rig
-    (as others reach it, and on loopback) and the rigs work.peers names."""
-    return [base_url(rig), f"http://127.0.0.1:{rig.api.port}", f"http://localhost:{rig.api.port}", *rig.work.peers]
+    (as others reach it, and on loopback) and the rigs work.peers names; a rig without a work
+    section, only itself on loopback."""
+    here = [f"http://127.0.0.1:{rig.api.port}", f"http://localhost:{rig.api.port}"]
+    return here + ([base_url(rig), *rig.work.peers] if rig.work else [])
 
 
 async def carry(output: str | None, folder: Path, served_from: str) -> dict:
