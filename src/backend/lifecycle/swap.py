@@ -184,6 +184,10 @@ def hand_over(p, c: Started) -> None:
     it; routing moves in the same step, so no stop can fall between the two."""
     record, new, old = p.swaps[c.name], c.new, c.old
     p.memory.release(new.unit)  # it settled: the reading holds what it took
+    if old.operator_held:  # (an operator's stop reaches both servers: the new one is stopped already)
+        _abandon(p, new, f"{old.unit.program} was stopped during the reload ({old.reason}): the new server "
+                 "is stopped too", "cancelled")
+        return
     if new.state not in SERVING:
         _abandon(p, new, f"{new.unit.program} {new.state.value}: {new.reason}; {old.unit.program} keeps serving",
                  "failed")
