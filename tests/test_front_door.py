@@ -194,6 +194,18 @@ def test_trickling_headers_and_bodies_are_cut_off_and_connections_are_bounded(do
     assert s.recv(100) == b"" and time.monotonic() - started < 3  # closed after header_timeout_s (1 s)
     s.close()
 
+    # A kept-alive connection: its first request answered, the next one's headers get the same time.
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(5)
+    s.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + CLIENT.encode() + b"\r\n\r\n")
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    s.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n")
+    started = time.monotonic()
+    while s.recv(4096):  # (the first answer's tail, if it came in two pieces)
+        pass
+    assert time.monotonic() - started < 3  # closed after header_timeout_s (1 s)
+    s.close()
+
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + CLIENT.encode() +
               b"\r\ncontent-length: 100\r\n\r\n{\"model\"")

@@ -55,7 +55,7 @@ async def _relayed(answer_fn) -> tuple[list[dict], _Lease, list]:
 
     async with Server(answer_fn) as server:
         answer = await Upstream().request("POST", server.port, "/v1/completions", [], b"{}", close=True)
-        relay = Relay(answer, TokenCount(answer.header(b"content-type")), lease, done.append, 0.0)
+        relay = Relay(answer, TokenCount(), lease, done.append, 0.0)
         await asyncio.wait_for(relay({"type": "http"}, receive, send), 5)
     return sent, lease, done
 

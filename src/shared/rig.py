@@ -201,6 +201,10 @@ class ApiConfig(Strict):
     max_connections: int = Field(1024, ge=1, le=1000000, description="Connections (and requests in progress) "
                                  "at once; past it, new requests are answered 503.")
 
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mib * 1024 * 1024)
+
 
 class TimeoutsConfig(Strict):
     model_wait_s: float = Field(30, ge=0, le=86400, description="Seconds the launch gate waits for a model "

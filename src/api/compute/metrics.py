@@ -10,12 +10,14 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from llamarig.api.compute.light_metrics import LightCounter, LightHistogram
 from llamarig.backend.lifecycle.jobs import Events
 from llamarig.backend.lifecycle.gpu_modes import Mode
 from llamarig.backend.lifecycle.states import State
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 LOAD_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+CODES = {code: str(code) for code in range(100, 600)}  # (a status code's label, not made per request)
 SUPERVISOR_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
 
 
@@ -31,15 +33,15 @@ class Metrics(Events):
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("llamarig_requests_total", "Requests by model, route and status code.",
-                                ["model", "route", "code"], registry=r)
-        self.duration = Histogram("llamarig_request_duration_seconds", "Request arrival to last byte.",
-                                  ["model", "route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("llamarig_time_to_first_token_seconds", "Request arrival to first byte of "
-                              "the answer.", ["model", "route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("llamarig_tokens_generated_total", "Tokens generated, counted from the "
-                              "answers as they pass (stream events, or usage.completion_tokens).", ["model"],
-                              registry=r)
+        # Per request: the light kind (light_metrics.py).
+        self.requests = LightCounter("llamarig_requests_total", "Requests by model, route and status code.",
+                                     ["model", "route", "code"], r)
+        self.duration = LightHistogram("llamarig_request_duration_seconds", "Request arrival to last byte.",
+                                       ["model", "route"], LATENCY_BUCKETS, r)
+        self.ttft = LightHistogram("llamarig_time_to_first_token_seconds", "Request arrival to first byte of "
+                                   "the answer.", ["model", "route"], LATENCY_BUCKETS, r)
+        self.tokens = LightCounter("llamarig_tokens_generated_total", "Tokens generated, counted from the "
+                                   "answers as they pass (stream events, or usage.completion_tokens).", ["model"], r)
         self.cold_starts = Counter("llamarig_cold_starts_total", "Requests that waited for a model to load.",
                                    ["model"], registry=r)
         self.cold_start = Histogram("llamarig_cold_start_seconds", "Arrival to first byte when the model was "
@@ -58,7 +60,8 @@ class Metrics(Events):
                                 ["model", "code"], registry=r)
         self.stop_unverified = Counter("llamarig_stop_unverified_total", "Stops after which a process, "
                                        "the port or GPU memory was still held.", ["model"], registry=r)
-        self.transitions = Counter("llamarig_model_transitions_total", "State changes.",
+        self.transitions = Counter("llamarig_model_transitions_total", "State changes, but for "
+                                   "ready <-> busy at every request (llamarig_requests_total counts those).",
                                    ["model", "target"], registry=r)
         self.auth_failures = Counter("llamarig_auth_failures_total", "Requests refused for a missing or wrong "
                                      "key, by route group (client, operator, health, ready, metrics).", ["group"],
@@ -72,7 +75,6 @@ class Metrics(Events):
                                         "start to the new holder ready.", ["direction"], registry=r,
                                         buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300))
         self.verified: dict[str, int] = {}
-        self._request_series: dict[tuple, tuple] = {}
         self._transition_series: dict[tuple, object] = {}
         self.vram: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
         self.circuit: dict[str, int] = {}
@@ -84,28 +86,16 @@ class Metrics(Events):
     # ---- request events -----------------------------------------------------------------------
     def request_done(self, model: str, route: str, code: int, seconds: float, first_byte: float | None,
                      cold: bool, tokens: int = 0) -> None:
-        requests, duration, ttft, generated = self._children(model, route, code)
-        requests.inc()
+        series = (model, route)
+        self.requests.inc((model, route, CODES.get(code) or str(code)))
         if tokens:
-            generated.inc(tokens)
-        duration.observe(seconds)
+            self.tokens.inc((model,), tokens)
+        self.duration.observe(series, seconds)
         if first_byte is not None:
-            ttft.observe(first_byte)
+            self.ttft.observe(series, first_byte)
             if cold:
                 self.cold_starts.labels(model).inc()
                 self.cold_start.labels(model).observe(first_byte)
-
-    def _children(self, model: str, route: str, code: int) -> tuple:
-        """The labelled series of one (model, route, code): looked up once, not per request
-        (labels() validates and locks each time). The keys are bounded: models and routes come
-        from the rig and the router, codes from a small set."""
-        key = (model, route, code)
-        found = self._request_series.get(key)
-        if found is None:
-            found = self._request_series[key] = (
-                self.requests.labels(model, route, str(code)), self.duration.labels(model, route),
-                self.ttft.labels(model, route), self.tokens.labels(model))
-        return found
 
     def auth_failed(self, group: str) -> None:
         self.auth_failures.labels(group).inc()
@@ -115,7 +105,7 @@ class Metrics(Events):
 
     # ---- lifecycle events ---------------------------------------------------------------------
     def on_transition(self, unit, source, target, reason):
-        # Twice per request (ready <-> busy): the series is looked up once, like _children's.
+        # The series is looked up once, like _children's.
         key = (unit.name, target)
         series = self._transition_series.get(key)
         if series is None:

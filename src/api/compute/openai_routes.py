@@ -37,7 +37,7 @@ async def route(state, scope: dict, name: str, path: str, body, stream: bool = F
     and body) through."""
     arrived = time.perf_counter()
     try:
-        lease = await state.manager.acquire(name)
+        lease = state.manager.try_acquire(name) or await state.manager.acquire(name)
     except UnknownModel as e:
         state.metrics.request_done(name, path, 404, time.perf_counter() - arrived, None, False)
         return error_response(404, e.code, e.reason, "model")
@@ -95,10 +95,10 @@ async def routed(state, scope: dict, receive) -> Response:
     """POST to one of ROUTED: the model named in the JSON body gets it, once the body has
     arrived within its limits and passed validation."""
     api = state.rig.api
-    cap = int(api.max_body_mib * limits.MIB)
+    cap = api.max_body_bytes
     try:
         limits.check_declared(scope, cap)
-        body = await limits.read_body(receive, cap, api.body_timeout_s)
+        body = await limits.read_body(receive, cap, api.body_timeout_s, "body", scope.get(limits.BODY_ARRIVED, False))
     except limits.BodyRefused as e:
         return e.response()
     path, rig = scope["path"], state.manager.rig

@@ -171,17 +171,25 @@ class Manager(Events):
     def actor(self, name: str) -> UnitActor:
         return self.planner.actor(name)
 
-    async def acquire(self, name: str) -> Lease:
-        """A lease on a serving unit; waits (bounded) while a cold unit loads. A script service's
-        request goes to the placement scale.route picks."""
+    def try_acquire(self, name: str) -> Lease | None:
+        """A lease at once on a serving unit, else None (then: acquire). Not a coroutine: every
+        request asks, and most are answered here."""
         actor = self.actor(name)
         if actor.unit.script:
             actor = scale.route(self.planner, name)
         if self.closing:
             raise NotAvailable("shutting_down", "the compute API is shutting down", 30)
-        lease = actor.try_lease()
+        return actor.try_lease()
+
+    async def acquire(self, name: str) -> Lease:
+        """A lease on a serving unit; waits (bounded) while a cold unit loads. A script service's
+        request goes to the placement scale.route picks."""
+        lease = self.try_acquire(name)
         if lease is not None:  # the usual case: it serves
             return lease
+        actor = self.actor(name)
+        if actor.unit.script:
+            actor = scale.route(self.planner, name)
         command = Acquire(may_wait=True)
         actor.send(command)
         if command.reply.done():  # handled at once (the usual case for a serving unit)
