@@ -19,12 +19,13 @@ import logging
 import time
 
 from llamarig.backend.lifecycle import jobs
-from llamarig.backend.lifecycle.commands import (Acquire, AdoptWaiters, Condition, Exited, Expire, JobDone,
+from llamarig.backend.lifecycle.commands import (Acquire, AdoptWaiters, Exited, Expire, JobDone,
                                                  MoveWaiters, Probe, Refuse, Release, Replaced, Reset, Start, Stop)
+from llamarig.backend.lifecycle.actor_checks import Checks
 from llamarig.backend.lifecycle.actor_entry import StateEntry
 from llamarig.backend.lifecycle.lease import Lease, NotAvailable, Transition
 from llamarig.backend.lifecycle.policy import RestartPolicy
-from llamarig.backend.lifecycle.states import (LOADING, ON_TIMEOUT, PROCESS_EXPECTED, SERVING, State,
+from llamarig.backend.lifecycle.states import (LOADING, ON_TIMEOUT, SERVING, State,
                                                check_transition, timeout_for)
 from llamarig.backend.lifecycle.units import Unit
 from llamarig.shared.errors import LlamarigError
@@ -40,7 +41,7 @@ HANDLERS = {Start: "_on_start", Stop: "_on_stop", Acquire: "_on_acquire", Releas
             AdoptWaiters: "_on_adopt_waiters"}
 
 
-class UnitActor(StateEntry):
+class UnitActor(StateEntry, Checks):
     def __init__(self, unit: Unit, deps: jobs.Deps):
         self.unit = unit
         self.deps = deps
@@ -173,31 +174,6 @@ class UnitActor(StateEntry):
         if self.state == State.READY:
             reason = f"idle for {self.unit.keep_alive_s:g} s (keep_alive): unloading"
         self._to(target, reason)
-
-    # ---- conditions a planned command carries -------------------------------------------------
-    def _failed_condition(self, conditions: frozenset[Condition]) -> Condition | None:
-        """The first condition the command was planned under that no longer holds, or None."""
-        for condition in conditions:
-            if not self._holds(condition):
-                return condition
-        return None
-
-    def _holds(self, condition: Condition) -> bool:
-        if condition == Condition.WAITING:
-            return bool(self.waiters)
-        if condition == Condition.NOT_HELD:
-            return not self.operator_held
-        if condition == Condition.IDLE:
-            return self.state == State.READY and not self.leases and not self.waiters
-        return self.state in SERVING and not self.operator_held  # Condition.SERVING
-
-    def _refused(self, command, condition: Condition) -> None:
-        log.info("command refused: its condition no longer holds",
-                 extra=self._fields(command=type(command).__name__, condition=condition.value,
-                                    reason=getattr(command, "reason", "")))
-        reply = getattr(command, "reply", None)
-        if reply is not None and not reply.done():
-            reply.set_result(False)
 
     def _fields(self, **more) -> dict:
         return {"model": self.unit.name, "program": self.unit.program, "gpus": self.unit.gpu_label,
@@ -350,38 +326,6 @@ class UnitActor(StateEntry):
             self._flip(State.READY, "no request in flight")
         elif self.state == State.DRAINING:
             self._to(State.STOPPING, "drained: last request finished")
-
-    def _on_probe(self, c: Probe) -> None:
-        # A report taken before this process was started is about an earlier one. (Not
-        # `since`: ready <-> busy changes under traffic would void every report.)
-        if self.state not in SERVING or c.taken_at < self.process_since:
-            return
-        if c.ok:
-            self.failures = 0
-            return
-        if self._progressing():
-            log.info("probe failed while requests progress: not counted", extra=self._fields(detail=c.detail))
-            return
-        self.failures += 1
-        log.warning("probe failed", extra=self._fields(detail=c.detail, failures=self.failures))
-        if self.failures >= self.deps.rig.lifecycle.failure_threshold:
-            self._crash(f"{self.failures} consecutive failed probes, last: {c.detail}", hung=True)
-
-    def _progressing(self) -> bool:
-        window = self.deps.rig.lifecycle.probe_timeout_s * 2
-        return any(time.monotonic() - lease.last_progress < window for lease in self.leases)
-
-    def _on_exited(self, c: Exited) -> None:
-        if self.state in PROCESS_EXPECTED and self.state != State.STARTING and c.taken_at >= self.process_since:
-            self._crash(f"server process exited: {c.detail}", hung=False)
-
-    def _on_replaced(self, c: Replaced) -> None:
-        # A process this unit asked for after the earlier reading explains the change itself.
-        if self.state not in SERVING or self.process_since >= c.last_seen_at:
-            return
-        self.epoch += 1
-        self.following = True
-        self._to(State.STARTING, f"restarted outside llamarig ({c.detail}): waiting for the new process")
 
     def _on_move_waiters(self, c: MoveWaiters) -> None:
         waiting, self.waiters = list(self.waiters), collections.deque()
