@@ -128,3 +128,29 @@ async def test_an_operator_start_fits_its_memory_evicting_an_idle_model_or_is_re
         await m.start_unit("c")  # w is warm: nothing to evict on GPU 0
     assert getattr(refused.value, "code", None) == "no_room" and "does not fit" in refused.value.reason
     assert not fake.running("llama-c") and m.actors["c"].state == State.STOPPED
+
+
+async def test_only_a_jobs_own_task_may_hand_the_planner_back(tmp_path, models, started, monkeypatch):
+    """A task a job spawns inherits the job's context: had it called Planner.wait, it would have
+    handed the planner back while the job itself went on holding it."""
+    from dataclasses import dataclass
+
+    from llamarig.backend.lifecycle import planner as planner_module
+
+    @dataclass
+    class Probe:
+        reply: asyncio.Future
+
+    async def handler(p, c):
+        async def spawned():
+            await p.wait(asyncio.sleep(0))
+        try:
+            await asyncio.ensure_future(spawned())
+        except RuntimeError as e:
+            c.reply.set_result(str(e))
+
+    monkeypatch.setitem(planner_module.HANDLERS, Probe, handler)
+    m, _ = await started(write_rig(tmp_path, {"a": model_entry(models["gguf"], [0], warm=False)}, **FAST))
+    said = asyncio.get_running_loop().create_future()
+    m.planner.post(Probe(said))
+    assert "only the job's own task" in await asyncio.wait_for(said, 5)

@@ -89,7 +89,7 @@ async def take(p, c: TakeGpu) -> None:
                                            "not switchable or is loading, a script service, or another lease", 5))
         return
     gpu = choices[0]
-    need = {gpu: sum(switch.need_of(p, a).get(gpu, 0) for a in switch.llms_on(p, gpu))}
+    need = {gpu: sum(p.memory.need(a.unit).get(gpu, 0) for a in switch.llms_on(p, gpu))}
     if not await switch.clear_gpu(p, gpu, c.holder, f"lent to {c.holder}", need):
         c.reply.set_exception(NotAvailable("gpu_memory_held", f"GPU {gpu} did not free its memory in time", 10))
         return

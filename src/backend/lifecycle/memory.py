@@ -69,8 +69,9 @@ class Memory:
             self.estimates[unit.program] = est
         return est
 
-    def need(self, unit: Unit) -> dict[int, int]:
-        est = self.estimate(unit)
+    def need(self, unit: Unit, rig: Rig | None = None) -> dict[int, int]:
+        """Bytes per GPU the unit needs (estimate's rules); {}: not known."""
+        est = self.estimate(unit, rig)
         return est.per_gpu if est else {}
 
     # ---- reservations -------------------------------------------------------------------------

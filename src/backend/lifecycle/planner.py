@@ -77,6 +77,7 @@ class _Resume:
 class _Job:
     def __init__(self, step: asyncio.Future):
         self.step = step  # done when the job hands the planner back
+        self.task = asyncio.current_task()  # the only task that may hand it back (Planner.wait)
 
 
 _job: contextvars.ContextVar[_Job | None] = contextvars.ContextVar("planner_job", default=None)
@@ -250,6 +251,11 @@ class Planner:
         job = _job.get()
         if job is None:  # boot: nothing else runs on the planner yet
             return await awaitable
+        if job.task is not asyncio.current_task():  # a task the job spawned inherits its context, not its turn
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # (never to be awaited)
+            raise RuntimeError("Planner.wait called from a task the job spawned: only the job's own task may "
+                               "hand the planner back")
         job.step.set_result(None)
         try:
             result = await awaitable

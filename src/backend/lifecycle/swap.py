@@ -95,8 +95,7 @@ def _settings_only(p, current, candidate: Rig, record: dict) -> None:
 def _drain_first(p, current, candidate: Rig, free: dict[int, int], why: str, record: dict) -> None:
     """Stop and start again in one step (nothing comes between), its new need reserved: it must
     fit in what is free besides the memory its own server frees."""
-    est = p.estimate(current.unit, candidate)
-    need = est.per_gpu if est else {}
+    need = p.memory.need(current.unit, candidate)
     held = p.memory.actual(current.unit)
     short = shortfall(need, {g: f + held.get(g, 0) for g, f in free.items()}, p.margin())
     if short:
@@ -113,8 +112,7 @@ def _drain_first(p, current, candidate: Rig, free: dict[int, int], why: str, rec
 def _blue_green(p, current, candidate: Rig, record: dict) -> None:
     new = _other_slot(p, record["model"])
     p.reloading[new.unit.program] = candidate
-    est = p.estimate(new.unit, candidate)
-    p.memory.reserve(new.unit, est.per_gpu if est else {})
+    p.memory.reserve(new.unit, p.memory.need(new.unit, candidate))
     record.update(how="blue-green", why="the new server fits beside the old one", state="starting",
                   to=new.unit.program)
     asyncio.ensure_future(_start_beside(p, record["model"], current, new))

@@ -55,11 +55,6 @@ def _script_on(p, gpu: int) -> list:
     return [a for slots in p.slots.values() for a in slots if a.unit.script and a.unit.gpus == (gpu,)]
 
 
-def need_of(p, actor) -> dict[int, int]:
-    est = p.estimate(actor.unit)
-    return est.per_gpu if est else {}
-
-
 async def place(p, unit) -> None:
     """Requests wait on `unit`, a placement of a script service: put the service on a GPU, or
     beside its live placements (scale.py)."""
@@ -76,7 +71,7 @@ async def place(p, unit) -> None:
     if current.state != State.STOPPED or not current.waiters:
         return  # a skip only: the start carries its conditions
     roomy = [i for i, a in enumerate(slots) if _may_place(p, a.unit.gpus[0])
-             and not shortfall(need_of(p, a), free, p.margin())]
+             and not shortfall(p.memory.need(a.unit), free, p.margin())]
     if roomy:  # a GPU already in script mode first, then the order of preference
         i = min(roomy, key=lambda i: p.modes.mode(slots[i].unit.gpus[0]) != Mode.SCRIPT)
         await _start_placement(p, name, i, f"room on GPU {slots[i].unit.gpus[0]}")
@@ -102,11 +97,11 @@ async def _scale_out(p, name: str, i: int, free: dict[int, int]) -> None:
         return  # a skip only: the start carries Condition.WAITING
     rank, gpu = scale.rank(p, placement), placement.unit.gpus[0]
     if rank is not None:
-        if not shortfall(need_of(p, placement), free, p.margin()):
+        if not shortfall(p.memory.need(placement.unit), free, p.margin()):
             await _start_placement(p, name, i, f"scale-out: room on GPU {gpu}", route=False)
             return
         if rank == scale.IDLE_LLMS:
-            if await clear_gpu(p, gpu, name, f"{name}: scale-out onto idle LLMs", need_of(p, placement)):
+            if await clear_gpu(p, gpu, name, f"{name}: scale-out onto idle LLMs", p.memory.need(placement.unit)):
                 await _start_placement(p, name, i, f"scale-out: GPU {gpu} switched from "
                                        f"{', '.join(p.switched[gpu]) or 'nothing'}", route=False)
                 return
@@ -137,7 +132,8 @@ def _switch_candidate(p, slots) -> int | None:
 async def _switch_to_script(p, name: str, i: int) -> None:
     placement = p.slots[name][i]
     gpu = placement.unit.gpus[0]
-    if not await clear_gpu(p, gpu, name, f"{name}: requests wait and no placement has room", need_of(p, placement)):
+    why = f"{name}: requests wait and no placement has room"
+    if not await clear_gpu(p, gpu, name, why, p.memory.need(placement.unit)):
         placement.send(Refuse(f"{name}: GPU {gpu} did not free its memory", permanent=False))
         return
     await _start_placement(p, name, i, f"GPU {gpu} switched from {', '.join(p.switched[gpu]) or 'nothing'}")
@@ -220,7 +216,7 @@ async def back_to_llm(p, gpu: int, reason: str) -> None:
     actors = [p.actors[n] for n in names]
     need: dict[int, int] = {}
     for a in actors:
-        for g, n in need_of(p, a).items():
+        for g, n in p.memory.need(a.unit).items():
             need[g] = need.get(g, 0) + n
     await _memory_back(p, gpu, {gpu: need.get(gpu, 0)}, p.margin())
     for a in actors:  # (an operator's stop since the switch holds: NOT_HELD)
