@@ -254,6 +254,9 @@ def _work_parsers(sub) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=lambda a: w.prune_plans(_rig(a), a.older_than_days, a.dry_run, a.json))
     _plan_parsers(sub, w)
+    from llamarig import team_cli
+
+    team_cli.add_parsers(sub, _rig)
 
 
 def _days(text: str) -> float:

@@ -3,6 +3,7 @@ from starting open."""
 import pytest
 
 from helpers import model_entry, write_rig
+from llamarig.api.compute.keyring import LEGACY_CLIENT, KeyRing
 from llamarig.shared.errors import RigError
 from llamarig.shared.keys import is_loopback, load_keys
 from llamarig.shared.rig import load_rig
@@ -21,8 +22,9 @@ def test_loopback_without_keys_is_open_and_beyond_loopback_is_refused_naming_the
     assert any(p.startswith("api.keys.client_file: api.host is 0.0.0.0") and "LLAMARIG_CLIENT_KEYS" in p
                for p in e.value.problems)
     keys = load_keys(_rig(tmp_path, models, host="0.0.0.0"), environ={"LLAMARIG_CLIENT_KEYS": f"{CLIENT}, {'d' * 20}"})
-    assert keys.is_client(CLIENT.encode()) and keys.is_client(b"d" * 20) and not keys.is_client(b"x" * 24)
-    assert keys.operator is None and not keys.is_operator(CLIENT.encode())
+    ring = KeyRing(keys, None)
+    assert ring.identify(CLIENT.encode()) is ring.identify(b"d" * 20) is LEGACY_CLIENT
+    assert ring.identify(b"x" * 24) is None and keys.operator is None
 
 
 def test_keys_from_files_with_comments_and_the_operator_key_works_for_clients(tmp_path, models):
@@ -32,7 +34,8 @@ def test_keys_from_files_with_comments_and_the_operator_key_works_for_clients(tm
                                        "operator_file": str(tmp_path / "operator")})
     keys = load_keys(rig, environ={})
     assert keys.client == (CLIENT.encode(),) and keys.operator == OPERATOR.encode()
-    assert keys.is_client(OPERATOR.encode()) and not keys.is_operator(CLIENT.encode())
+    ring = KeyRing(keys, None)
+    assert ring.identify(OPERATOR.encode()).scope == "operator" and ring.identify(CLIENT.encode()).scope == "client"
 
 
 @pytest.mark.parametrize("environ, field, words", [

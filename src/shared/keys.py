@@ -1,9 +1,9 @@
 """The compute API's bearer keys: client keys (inference) and one operator key (the admin
 routes, and everything that changes the rig), read from the files and environment variables
-the rig names. Keys are compared in constant time and never logged."""
+the rig names; never logged. Named keys are keystore.py's; the API looks both up by their
+SHA-256 (api/compute/keyring.py)."""
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -22,16 +22,6 @@ class Keys:
     @property
     def any(self) -> bool:
         return bool(self.client or self.operator)
-
-    def is_operator(self, sent: bytes) -> bool:
-        return self.operator is not None and hmac.compare_digest(sent, self.operator)
-
-    def is_client(self, sent: bytes) -> bool:
-        # Every key is compared, so the time taken does not say which one came close.
-        found = False
-        for key in self.client:
-            found |= hmac.compare_digest(sent, key)
-        return found or self.is_operator(sent)
 
 
 def is_loopback(host: str) -> bool:
@@ -67,6 +57,13 @@ def key_variables(rig: Rig) -> list[str]:
     return [k.client_env, k.client_env + "_FILE", k.operator_env, k.operator_env + "_FILE"]
 
 
+def _named_keys(rig: Rig) -> bool:
+    """Some named key (llamarig keys add) is in force."""
+    from llamarig.shared.keystore import KeyStore
+
+    return any(k.revoked_at is None for k in KeyStore(rig.run_dir).all())
+
+
 def load_keys(rig: Rig, environ=os.environ) -> Keys:
     """The keys the rig names; RigError, naming the field, for a file that cannot be read, a
     key too short, an operator key that is also a client key, or an API beyond loopback
@@ -82,10 +79,10 @@ def load_keys(rig: Rig, environ=os.environ) -> Keys:
         problems.append(f"api.keys.operator_file: more than one operator key (file and ${k.operator_env} differ)")
     if set(operator) & set(client):
         problems.append("api.keys.operator_file: the operator key is also a client key; give clients their own")
-    if not client and not is_loopback(rig.api.host):
+    if not client and not is_loopback(rig.api.host) and not _named_keys(rig):
         problems.append(f"api.keys.client_file: api.host is {rig.api.host}, beyond loopback, and no client key "
                         f"is set: name a file of keys here, or set ${k.client_env} (comma-separated) or "
-                        f"${k.client_env}_FILE (a file of keys, one per line)")
+                        f"${k.client_env}_FILE (a file of keys, one per line), or add one (llamarig keys add NAME --scope client)")
     if problems:
         raise RigError(rig.source, problems)
     return Keys(tuple(key.encode() for key in dict.fromkeys(client)),

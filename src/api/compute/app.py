@@ -9,17 +9,23 @@ from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
-from llamarig.api.compute import admin_routes, errors, openai_routes, openapi, output_routes, plan_routes
+from llamarig.api.compute import (admin_routes, errors, openai_routes, openapi, output_routes, plan_routes,
+                                  team_routes)
 from llamarig.api.compute.model_limits import ModelLimitsCache
 from llamarig.api.compute.metrics import Metrics
 from llamarig.api.compute.metrics_merge import merge
 from llamarig.api.compute.fastpath import FastPath
+from llamarig.api.compute.keyring import KeyRing
+from llamarig.api.compute.ledger import Ledger
 from llamarig.api.compute.proxy import Proxy
 from llamarig.backend.upstream import Upstream
 from llamarig.api.compute.serve import Started, default_manager
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
+from llamarig.shared.audit import AuditLog
 from llamarig.shared.keys import load_keys
+from llamarig.shared.keystore import KeyStore
+from llamarig.shared.usage_store import UsageStore
 from llamarig.shared.rig import Rig
 from llamarig.work.processes import of_rig
 
@@ -47,6 +53,9 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
     state = SimpleNamespace(rig=rig, manager=None, proxy=None, metrics=started.metrics if started else Metrics(),
                             model_limits=ModelLimitsCache())
     keys = load_keys(rig)
+    ring = KeyRing(keys, KeyStore(rig.run_dir))
+    state.ledger = Ledger(UsageStore(rig.run_dir), state.metrics.registry)
+    state.audit = AuditLog(rig.run_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -58,9 +67,13 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
             await state.manager.start()
         state.metrics.attach(state.manager)
         state.proxy = Proxy(upstream)
+        chores = [asyncio.ensure_future(ring.watch()), asyncio.ensure_future(state.ledger.flush_every())]
         yield
         await state.manager.drain_requests()
         await state.manager.close()
+        for chore in chores:
+            chore.cancel()
+        await state.ledger.flush()  # a clean stop loses no usage
         upstream.close()
 
     app = FastAPI(title="llamarig compute API", version=VERSION, lifespan=lifespan, description=DESCRIPTION)
@@ -136,12 +149,13 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
 
     app.include_router(openai_routes.build_router(state))
     app.include_router(admin_routes.build_router(state))
+    app.include_router(team_routes.build_router(state, rig.run_dir))
     link = plan_routes.TemporalLink(rig) if rig.work else None  # one Temporal client for both
     app.include_router(plan_routes.build_router(state, rig, link, keys.operator))
     app.include_router(plan_routes.build_work_router(rig, link))
     if rig.work:
         app.include_router(output_routes.build_router(rig))
     # Outside FastAPI's own middleware stack: the hot path pays for none of it.
-    front = FastPath(app, state, keys, rig.api.keys.open_routes)
+    front = FastPath(app, state, ring, rig.api.keys.open_routes, state.audit)
     openapi.install(app, state, front.open)
     return front

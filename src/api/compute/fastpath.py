@@ -1,11 +1,16 @@
-"""Pure-ASGI front of the compute API: the bearer-key check by route group, and the routed
+"""Pure-ASGI front of the compute API: the bearer-key check by route group (whose key it is:
+keyring.py), the audit line of every admin action, and the routed
 OpenAI paths served without FastAPI's routing and dependency machinery (measured: most of the
 per-request cost of the compute API was there and in a BaseHTTPMiddleware; see bench/RESULTS.md)."""
 from __future__ import annotations
 
+import time
+
 from llamarig.api.compute import openai_routes
+from llamarig.api.compute.keyring import CALLER, NO_KEYS, KeyRing
 from llamarig.shared.api_errors import error_response
-from llamarig.shared.keys import Keys
+from llamarig.shared.audit import AuditLog, target_of
+from llamarig.shared.keystore import NamedKey
 
 # Route groups: open-able (the rig's api.keys.open_routes), client (inference and the docs),
 # operator (everything else: /admin and any route added later, so a new route is closed by default).
@@ -30,40 +35,79 @@ def bearer(scope) -> bytes | None:
     return None
 
 
+READS = ("GET", "HEAD")
+
+
 class FastPath:
-    def __init__(self, app, state, keys: Keys, open_routes: list[str]):
+    def __init__(self, app, state, ring: KeyRing, open_routes: list[str], audit: AuditLog | None = None):
         self.app = app
         self.state = state
-        self.keys = keys
-        self.open = set(open_routes) if keys.any else {"health", "ready", "metrics", "client", "operator"}
+        self.ring = ring
+        self.open_routes = set(open_routes)
+        self.audit = audit
+
+    @property
+    def open(self) -> set[str]:
+        return self.open_routes if self.ring.any else {"health", "ready", "metrics", "client", "operator"}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
         group = route_group(path)
-        if group not in self.open and not self._allowed(scope, group):
-            response = self._refusal(group)
+        caller, refused = self._caller(scope) if self.ring.known else (NO_KEYS, None)
+        scope[CALLER] = caller
+        if self.audit is not None and group == "operator" and scope["method"] not in READS:
+            send = self._audited(scope, send, caller)
+        if caller is None and group not in self.open_routes:
+            response = self._refusal(group, refused)
+        elif group == "operator" and caller is not None and caller.scope != "operator":
+            response = self._refusal(group, None)
         elif scope["method"] == "POST" and path in openai_routes.ROUTED:
-            response = await openai_routes.routed(self.state, scope, receive)
+            response = await openai_routes.routed(self.state, scope, receive, caller or NO_KEYS)
         else:
             return await self.app(scope, receive, send)
         await response(scope, receive, send)
 
-    def _allowed(self, scope, group: str) -> bool:
+    def _caller(self, scope) -> tuple[NamedKey | None, NamedKey | None]:
+        """(the key's owner, or None; a known key refused now: revoked or expired)."""
         sent = bearer(scope)
-        if sent is None:
-            return False
-        return self.keys.is_operator(sent) if group == "operator" else self.keys.is_client(sent)
+        key = self.ring.identify(sent) if sent else None
+        if key is None:
+            return None, None
+        now = time.time()
+        if (key.revoked_at is not None or key.expires_at is not None) and self.ring.refusal(key, now):
+            return None, key
+        self.ring.last_used[key.name] = now
+        return key, None
 
-    def _refusal(self, group: str):
+    def _audited(self, scope, send, caller: NamedKey | None):
+        """`send`, noting the status; the line is written when the answer has gone."""
+        audit, route, status = self.audit, f"{scope['method']} {scope['path']}", []
+
+        async def noting(message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                audit.write(caller.name if caller else "(unknown)", route, target_of(scope["path"]), str(status[0]))
+        return noting
+
+    def _refusal(self, group: str, refused: NamedKey | None):
         self.state.metrics.auth_failed(group)
+        if refused is not None:
+            why = self.ring.refusal(refused, time.time())
+            self.state.metrics.key_refused(refused.name, why)
+            return error_response(401, "invalid_api_key", f"the key {refused.name!r} is {why}; ask the rig's operator "
+                                  "for a new one (llamarig keys add)", headers={"WWW-Authenticate": "Bearer"})
         env = self.state.rig.api.keys.operator_env
         if group != "operator":
             how = "this route needs a client key"
-        elif self.keys.operator:
-            how = f"this route needs the operator key (api.keys.operator_file or ${env})"
+        elif self.ring.legacy.operator or any(k.scope == "operator" for k in self.ring.known.values()):
+            how = f"this route needs an operator key (llamarig keys add NAME --scope operator, api.keys.operator_file " \
+                  f"or ${env})"
         else:
-            how = f"no operator key is set, so operator routes are closed: set api.keys.operator_file or ${env}"
+            how = f"no operator key is set, so operator routes are closed: set api.keys.operator_file or ${env}, " \
+                  "or add one (llamarig keys add NAME --scope operator)"
         return error_response(401, "invalid_api_key", f"{how}, sent as 'Authorization: Bearer KEY'",
                               headers={"WWW-Authenticate": "Bearer"})

@@ -40,6 +40,8 @@ class Metrics(Events):
                                        ["model", "route"], LATENCY_BUCKETS, r)
         self.ttft = LightHistogram("llamarig_time_to_first_token_seconds", "Request arrival to first byte of "
                                    "the answer.", ["model", "route"], LATENCY_BUCKETS, r)
+        self.keys_refused = LightCounter("llamarig_key_refused_total", "Requests with a known key that is revoked "
+                                         "or expired, by key name and why.", ["key", "why"], r)
         self.tokens = LightCounter("llamarig_tokens_generated_total", "Tokens generated, counted from the "
                                    "answers as they pass (stream events, or usage.completion_tokens).", ["model"], r)
         self.cold_starts = Counter("llamarig_cold_starts_total", "Requests that waited for a model to load.",
@@ -96,6 +98,9 @@ class Metrics(Events):
             if cold:
                 self.cold_starts.labels(model).inc()
                 self.cold_start.labels(model).observe(first_byte)
+
+    def key_refused(self, name: str, why: str) -> None:
+        self.keys_refused.inc((name, why))
 
     def auth_failed(self, group: str) -> None:
         self.auth_failures.labels(group).inc()

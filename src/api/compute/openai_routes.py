@@ -13,11 +13,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from llamarig.api.compute import limits, schemas, validate
+from llamarig.api.compute.keyring import CALLER, NO_KEYS
+from llamarig.api.compute.ledger import Limited
+from llamarig.api.compute.proxy import Usage
 from llamarig.api.compute.validate import Invalid, ModelLimits
 from llamarig.backend.lifecycle.actor import NotAvailable
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.backend.supervisor_conf import WHISPER_PROGRAM
 from llamarig.shared.api_errors import error_response
+from llamarig.shared.keystore import NamedKey
 
 ROUTED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 OURS = (502, 503)  # the proxy's own answers: a server gone or broken off, not a refusal of the request
@@ -32,24 +36,34 @@ def validator_gap(state, name: str, path: str, status: int, body: bytes) -> None
     state.metrics.validator_gap(name, path)
 
 
-async def route(state, scope: dict, name: str, path: str, body, stream: bool = False) -> Response:
-    """Lease the model (waiting, bounded, while it loads) and pass the request (its ASGI scope
-    and body) through."""
+async def route(state, scope: dict, name: str, path: str, body, caller: NamedKey, stream: bool = False,
+                inputs: int = 0) -> Response:
+    """Admit the request under its key's limits, lease the model (waiting, bounded, while it
+    loads) and pass the request (its ASGI scope and body) through; its usage is recorded when
+    the answer has ended. `inputs`: an embeddings request's inputs."""
     arrived = time.perf_counter()
     try:
+        state.ledger.admit(caller, name)
+    except Limited as e:
+        state.metrics.request_done(name, path, e.status, time.perf_counter() - arrived, None, False)
+        return e.response()
+    try:
         lease = state.manager.try_acquire(name) or await state.manager.acquire(name)
-    except UnknownModel as e:
-        state.metrics.request_done(name, path, 404, time.perf_counter() - arrived, None, False)
-        return error_response(404, e.code, e.reason, "model")
-    except NotAvailable as e:
-        state.metrics.request_done(name, path, 503, time.perf_counter() - arrived, None, False)
+    except (UnknownModel, NotAvailable) as e:
+        status = 404 if isinstance(e, UnknownModel) else 503
+        state.ledger.end(caller, name, status)
+        state.metrics.request_done(name, path, status, time.perf_counter() - arrived, None, False)
+        if status == 404:
+            return error_response(404, e.code, e.reason, "model")
         return error_response(503, e.code, e.reason, retry_after=e.retry_after)
     unit = lease.actor.unit  # the slot serving now; a blue-green reload switches it
     cold = lease.cold
 
-    def done(status: int, first_byte: float | None, tokens: int) -> None:
+    def done(status: int, first_byte: float | None, usage: Usage) -> None:
+        state.ledger.end(caller, name, status, usage.prompt, usage.completion, usage.audio_s,
+                         inputs if status < 400 else 0)
         ttfb = (time.perf_counter() - arrived) if first_byte is not None else None
-        state.metrics.request_done(name, path, status, time.perf_counter() - arrived, ttfb, cold, tokens)
+        state.metrics.request_done(name, path, status, time.perf_counter() - arrived, ttfb, cold, usage.completion)
         if status >= 500 and status not in OURS and isinstance(body, bytes):
             validator_gap(state, name, path, status, body)
 
@@ -91,7 +105,7 @@ def _kind_refusal(rig, name: str, path: str, limits: ModelLimits) -> Response | 
                           f"do: {', '.join(fit)}", "model")
 
 
-async def routed(state, scope: dict, receive) -> Response:
+async def routed(state, scope: dict, receive, caller: NamedKey) -> Response:
     """POST to one of ROUTED: the model named in the JSON body gets it, once the body has
     arrived within its limits and passed validation."""
     api = state.rig.api
@@ -116,7 +130,16 @@ async def routed(state, scope: dict, receive) -> Response:
     except Invalid as e:
         code = "model_missing" if e.param == "model" else "invalid_request"
         return error_response(400, code, e.message, e.param)
-    return await route(state, scope, name, path, body, data.get("stream") is True)
+    inputs = _inputs(data) if path == "/v1/embeddings" else 0
+    return await route(state, scope, name, path, body, caller, data.get("stream") is True, inputs)
+
+
+def _inputs(data: dict) -> int:
+    """An embeddings request's inputs: a list of texts or of token lists is several; else one."""
+    given = data.get("input")
+    if isinstance(given, list) and given and isinstance(given[0], (str, list)):
+        return len(given)
+    return 1
 
 
 DOCUMENTED = {"/v1/chat/completions": ("ChatCompletionRequest", schemas.ChatCompletion),
@@ -124,10 +147,14 @@ DOCUMENTED = {"/v1/chat/completions": ("ChatCompletionRequest", schemas.ChatComp
               "/v1/embeddings": ("EmbeddingRequest", schemas.EmbeddingList)}
 
 
+def caller_of(scope: dict) -> NamedKey:
+    return scope.get(CALLER) or NO_KEYS  # (set by the fast path; an app called without it has no keys)
+
+
 def _served_by_fast_path(state):
     async def handler(request: Request) -> Response:
         """Served by the fast path before FastAPI; here so the spec and /docs describe it."""
-        return await routed(state, request.scope, request.receive)
+        return await routed(state, request.scope, request.receive, caller_of(request.scope))
     return handler
 
 
@@ -156,11 +183,15 @@ def build_router(state) -> APIRouter:
         except limits.BodyRefused as e:
             return e.response()
         body = limits.stream_body(request.receive, cap, state.rig.api.body_timeout_s)
-        return await route(state, request.scope, WHISPER_PROGRAM, "/v1/audio/transcriptions", body)
+        return await route(state, request.scope, WHISPER_PROGRAM, "/v1/audio/transcriptions", body,
+                           caller_of(request.scope))
 
     @router.get("/v1/models")
-    async def models() -> JSONResponse:
-        rows = [a.snapshot() for n, a in state.manager.actors.items() if n != WHISPER_PROGRAM]
+    async def models(request: Request) -> JSONResponse:
+        """The models this key may use (all, unless its --models list says fewer)."""
+        allowed = caller_of(request.scope).models
+        rows = [a.snapshot() for n, a in state.manager.actors.items()
+                if n != WHISPER_PROGRAM and (allowed is None or n in allowed)]
         return JSONResponse({"object": "list", "data": [
             {"id": r["name"], "object": "model", "owned_by": "llamarig", "state": r["state"],
              "reason": r["reason"], "gpus": r["gpus"]} for r in rows]})

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import re
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from starlette.responses import Response
 
@@ -37,19 +37,47 @@ def _passed(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
 # the engine's tokenizer knows the prompt's length, so its refusal is answered 400 like llama-server's.
 CONTEXT_FULL = re.compile(rb"exceed context window|llama_decode returned 1")
 
-# The count the server reports at the end of an answer: usage.completion_tokens (JSON answers,
-# llama-server's last completion event), or timings.predicted_n (llama-server's last chat event).
-REPORTED = re.compile(rb'"(?:completion_tokens|predicted_n)"\s*:\s*(\d+)')
-TAIL = 4096  # bytes kept from the end of an answer, where that count is
+# What the server reports at the end of an answer. Completion: usage.completion_tokens (JSON
+# answers, llama-server's last completion event) or timings.predicted_n (llama-server's last chat
+# event). Prompt: usage.prompt_tokens, or timings' cache_n + prompt_n (the prompt's tokens taken
+# from the cache and those computed: llama-server's chat stream reports no usage). llama-cpp-python's
+# streams report neither: their completion is counted by events and their prompt is not known (0).
+COUNT = re.compile(rb'"\w+"\s*:\s*(\d+)')
+TAIL = 4096  # bytes kept from the end of an answer, where the counts are
 
 
-def reported_tokens(body: bytes) -> int:
-    """Tokens generated, as the server reports them at the end of a whole answer (0: none said):
-    the last mention found from the end (a regex over the tail cost ten times as much, measured)."""
-    start = max(0, len(body) - TAIL)
-    at = max(body.rfind(b'"completion_tokens"', start), body.rfind(b'"predicted_n"', start))
-    found = REPORTED.match(body, at) if at >= 0 else None
-    return int(found.group(1)) if found else 0
+class Usage(NamedTuple):
+    prompt: int = 0
+    completion: int = 0
+    audio_s: float = 0.0
+
+
+NO_USAGE = Usage()
+
+
+def _last(data: bytes, start: int, *names: bytes) -> int | None:
+    """The number after the last of `names` (quoted JSON keys) in data[start:], or None."""
+    at = max(data.rfind(name, start) for name in names)
+    found = COUNT.match(data, at) if at >= 0 else None
+    return int(found.group(1)) if found else None
+
+
+def reported_usage(data: bytes) -> tuple[int | None, int]:
+    """(completion or None, prompt) as the server reports them in an answer's tail: the last
+    mention, found from the end (a regex over the tail cost ten times as much, measured)."""
+    start = max(0, len(data) - TAIL)
+    completion = _last(data, start, b'"completion_tokens"', b'"predicted_n"')
+    if completion is None:
+        return None, 0
+    prompt = _last(data, start, b'"prompt_tokens"')
+    if prompt is None:
+        prompt = (_last(data, start, b'"prompt_n"') or 0) + (_last(data, start, b'"cache_n"') or 0)
+    return completion, prompt
+
+
+def whole_usage(body: bytes, audio_s: float = 0.0) -> Usage:
+    completion, prompt = reported_usage(body)
+    return Usage(prompt, completion or 0, audio_s)
 
 
 class TokenCount:
@@ -77,11 +105,11 @@ class TokenCount:
             self.held -= len(self.recent.popleft())
 
     @property
-    def tokens(self) -> int:
-        found = REPORTED.findall(b"".join(self.recent)[-TAIL:])
-        if found:
-            return int(found[-1])
-        return max(0, self.events - 1)  # the last event is [DONE]
+    def usage(self) -> Usage:
+        completion, prompt = reported_usage(b"".join(self.recent)[-TAIL:])
+        if completion is None:
+            return Usage(0, max(0, self.events - 1))  # the last event is [DONE]
+        return Usage(prompt, completion)
 
 
 class Proxy:
@@ -89,9 +117,9 @@ class Proxy:
         self.upstream = upstream
 
     async def forward(self, scope: dict, port: int, path: str, body, lease: Lease,
-                      on_done: Callable[[int, float | None, int], None], stream: bool = False):
+                      on_done: Callable[[int, float | None, Usage], None], stream: bool = False):
         """Send `body` (bytes or an async byte iterator) to the server on `port`; `stream`: the
-        request asks for a stream. on_done(status, first_byte_seconds, tokens) is called once
+        request asks for a stream. on_done(status, first_byte_seconds, usage) is called once
         when the answer has ended."""
         started = time.perf_counter()
         query = scope["query_string"]
@@ -103,18 +131,18 @@ class Proxy:
                                                  body, close=stream)
         except BodyRefused as e:  # the client's upload passed its cap or stalled: not the server's fault
             lease.release()
-            on_done(e.status, None, 0)
+            on_done(e.status, None, NO_USAGE)
             return e.response()
         except OSError as e:  # refused, timed out, closed before answering
             lease.unreachable()
             lease.release()
-            on_done(503, None, 0)
+            on_done(503, None, NO_USAGE)
             return error_response(503, "upstream_unreachable", f"the model server on port {port} did not "
                                   f"answer ({type(e).__name__}: {e}); it is being checked", retry_after=5)
         if not answer.header(b"content-type").startswith("text/event-stream"):
             return await self._whole(answer, started, lease, on_done)
         count = TokenCount()
-        return Relay(answer, count, lease, lambda first: on_done(answer.status, first, count.tokens), started)
+        return Relay(answer, count, lease, lambda first: on_done(answer.status, first, count.usage), started)
 
     @staticmethod
     async def _whole(answer: Answer, started: float, lease: Lease, on_done):
@@ -124,19 +152,27 @@ class Proxy:
             body = await answer.read()
         except OSError as e:
             lease.unreachable()
-            on_done(502, None, 0)
+            on_done(502, None, NO_USAGE)
             return error_response(502, "upstream_broken", f"the model server broke off its answer "
                                   f"({type(e).__name__})")
         finally:
             answer.close()
             lease.release()
         if answer.status == 500 and CONTEXT_FULL.search(body):
-            on_done(400, time.perf_counter() - started, 0)
+            on_done(400, time.perf_counter() - started, NO_USAGE)
             return error_response(400, "context_length_exceeded", "the prompt and max_tokens do not fit the model's "
                                   "context: shorten the prompt or lower max_tokens (the engine said: "
                                   f"{body[:200].decode(errors='replace')})", "messages")
-        on_done(answer.status, time.perf_counter() - started, reported_tokens(body))
+        on_done(answer.status, time.perf_counter() - started, whole_usage(body, _audio_seconds(answer)))
         return Whole(answer.status, _passed(answer.headers) + [(b"content-length", b"%d" % len(body))], body)
+
+
+def _audio_seconds(answer: Answer) -> float:
+    """Whisper's x-audio-seconds: the length of what it transcribed (0: not a transcription)."""
+    try:
+        return float(answer.header(b"x-audio-seconds") or 0)
+    except ValueError:
+        return 0.0
 
 
 class Whole(Response):

@@ -46,8 +46,10 @@ def create_app(transcriber: Transcriber, model_name: str, max_audio_mib: int) ->
             except AudioError as e:
                 return error_response(400, e.code, e.reason, "file")
         body, media = render(transcript, response_format)
+        # The audio's length for the API's usage by key, whatever the format says of it.
+        seconds = {"x-audio-seconds": f"{transcript.duration:.3f}"}
         if media == "application/json":
-            return JSONResponse(body)
-        return PlainTextResponse(body, media_type=media)
+            return JSONResponse(body, headers=seconds)
+        return PlainTextResponse(body, media_type=media, headers=seconds)
 
     return app
