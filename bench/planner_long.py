@@ -56,7 +56,10 @@ def run(smoke: bool, steps: int = 100_000, max_s: float = float("inf")) -> dict:
             except Exception as e:  # a broken promise: what it said, and the steps that led there
                 inner = e.exceptions[0] if isinstance(e, BaseExceptionGroup) else e  # (Hypothesis' replay: flaky)
                 said = "".join(traceback.format_exception_only(inner)) + "".join(traceback.format_exception_only(e))
-                failures.append(said if len(said) < 6000 else said[:2000] + "\n...\n" + said[-4000:])
+                whole = Path(tempfile.gettempdir()) / f"planner-long-failure-{int(time.time())}.txt"
+                whole.write_text(said)  # every step: the report below keeps the two ends
+                failures.append((said if len(said) < 6000 else said[:2000] + "\n...\n" + said[-4000:]) +
+                                f"\n(whole: {whole})")
         wall = time.monotonic() - started
     return {"steps": Counted.steps_total, "examples": Counted.examples, "seconds": round(wall, 1),
             "steps_per_s": round(Counted.steps_total / wall, 1), "failures": failures}

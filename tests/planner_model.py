@@ -184,7 +184,8 @@ class PlannerMachine(RuleBasedStateMachine):
     @invariant()
     def no_gpu_over_its_memory(self):
         over = {g: (self.fake.used(g), total) for g, total in self.fake.total.items() if self.fake.used(g) > total}
-        assert not over, f"GPU memory over capacity (used, total): {over}; running: {self._running()}"
+        assert not over, (f"GPU memory over capacity (used, total): {over}; running: {self._running()}; "
+                          f"{self._story(over)}")
 
     @invariant()
     def an_operator_stop_holds(self):
@@ -218,6 +219,16 @@ class PlannerMachine(RuleBasedStateMachine):
         for r in self.requests:
             took = (r["t1"] or now) - r["t0"]
             assert took <= QUEUE_S + SLACK_S, f"a request for {r['name']} waited {took:.2f} s ({r['outcome']})"
+
+    def _story(self, gpus) -> str:
+        """How the units on `gpus` and those GPUs' modes got where they are (a long run's report)."""
+        lines = [f"GPU {g}: " + " | ".join(f"{c.source}->{c.target} ({c.reason})"
+                                           for c in list(self.m.modes.gpus[g].history)[-5:]) for g in gpus]
+        for a in self.m.all_actors():
+            if set(a.unit.gpus) & set(gpus):
+                lines.append(f"{a.unit.program}: " + " | ".join(f"{t.source}->{t.target} ({t.reason})"
+                                                                for t in list(a.history)[-5:]))
+        return "\n".join(lines)
 
     def _running(self) -> list[str]:
         return sorted(p for p in self.fake.programs if self.fake.running(p))

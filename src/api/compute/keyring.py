@@ -45,7 +45,18 @@ class KeyRing:
                                      "revoked": sum(1 for k in known.values() if k.revoked_at)})
 
     def identify(self, sent: bytes) -> NamedKey | None:
-        return self.known.get(digest(sent))
+        found = digest(sent)
+        key = self.known.get(found)
+        if key is None and self.store is not None and self._changed():  # a key made a moment ago works at once
+            self.reload()
+            key = self.known.get(found)
+        return key
+
+    def _changed(self) -> bool:
+        try:
+            return self.store.version() != self.version
+        except Exception:  # (watch() says it)
+            return False
 
     @staticmethod
     def refusal(key: NamedKey, now: float) -> str | None:
