@@ -2,47 +2,105 @@
 several interleaved passes of many requests each (a pass of 300 reads to one clock tick in 8 %):
 the ratio of each pass and their median.
 
-    python bench/cpu_pairs.py [PASSES [REQUESTS]]
+--before REF: a second compute API runs the code of git REF (its src/ through PYTHONPATH) with
+the same keys from the environment, beside this tree's, whose requests then carry a named key
+with every limit set (rpm, tpm, concurrent, a quota): what keys, usage and limits add, before
+and after in one run.
+
+    python bench/cpu_pairs.py [PASSES [REQUESTS]] [--before REF]
 """
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
+import subprocess
 import tempfile
 from pathlib import Path
 
-from common import stop
+import proxy
+from common import ROOT, start_bundle, stop
 from models import model
 from proxy import cpu_per_request_us, model_entry, overhead, start_bare, start_keyed, summary_ms
 from llamarig.backend.models_make import GgufSize
 from llamarig.backend.supervisor_conf import API_PROGRAM
+from llamarig.shared.keystore import KeyStore, NamedKey
+from llamarig.shared.rig import load_rig
+
+LIMITS = NamedKey("bench", "client", rpm=10**9, tpm=10**12, concurrent=10**6, quota=("month", 10**15))
 
 
-def main(passes: int, requests: int) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="llamarig-cpu-pairs-"))
+def _code_of(ref: str, folder: Path) -> Path:
+    """A folder whose `llamarig` is src/ as of git REF."""
+    tree = folder / "tree"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    (folder / "pkg").mkdir()
+    (folder / "pkg" / "llamarig").symlink_to(tree / "src")
+    return folder / "pkg"
+
+
+def _bundles(folder: Path, before: str | None) -> dict:
+    """name -> (bundle, url) of each compute API."""
     entry = model_entry(model("tiny", GgufSize()), [0], parallel=64, context_size=64 * 64)
-    b = start_keyed(folder, entry)
-    bare = {}
+    (folder / "now").mkdir()
+    b = start_keyed(folder / "now", entry)
+    out = {"compute_api": (b, f"{b.api}/v1/completions")}
+    if before:
+        proxy.KEY_OF["compute_api"] = KeyStore(load_rig(b.rig_path).run_dir).add(LIMITS)
+        proxy.KEY_OF["compute_api_before"] = proxy.CLIENT_KEY
+        old = folder / "before"
+        old.mkdir()
+        other = model_entry(model("tiny", GgufSize()), [1], parallel=64, context_size=64 * 64)
+        rig = proxy.write_rig(old, {"m": other})
+        env = {"LLAMARIG_CLIENT_KEYS": proxy.CLIENT_KEY, "LLAMARIG_OPERATOR_KEY": proxy.OPERATOR_KEY,
+               "PYTHONPATH": str(_code_of(before, old))}
+        a = start_bundle(old, rig, env=env, key=proxy.OPERATOR_KEY)
+        out["compute_api_before"] = (a, f"{a.api}/v1/completions")
+    return out
+
+
+def main(passes: int, requests: int, before: str | None) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="llamarig-cpu-pairs-"))
+    apis, bare = {}, {}
     try:
-        b.wait_ready(120)
-        bare = start_bare(folder, entry["port"])
-        urls = {"direct": f"http://127.0.0.1:{entry['port']}/v1/completions", "compute_api": f"{b.api}/v1/completions",
-                "bare_uvicorn_upstream": bare["bare_uvicorn_upstream"][1]}
-        pids = {"compute_api": b.pid(API_PROGRAM), "bare_uvicorn_upstream": bare["bare_uvicorn_upstream"][0].pid}
+        apis = _bundles(folder, before)
+        for b, _ in apis.values():
+            b.wait_ready(120)
+        bare = start_bare(folder, apis["compute_api"][0].rig.models["m"].port)
+        urls = {"direct": f"http://127.0.0.1:{apis['compute_api'][0].rig.models['m'].port}/v1/completions",
+                **{n: u for n, (_, u) in apis.items()}, "bare_uvicorn_upstream": bare["bare_uvicorn_upstream"][1]}
+        pids = {**{n: b.pid(API_PROGRAM) for n, (b, _) in apis.items()},
+                "bare_uvicorn_upstream": bare["bare_uvicorn_upstream"][0].pid}
         cpu_per_request_us(pids, urls, 300)  # warm-up
-        ratios, added = [], []
+        rows = []
         for _ in range(passes):
             lat, cpu = cpu_per_request_us(pids, urls, requests)
             over = overhead({n: summary_ms(v) for n, v in lat.items()})
-            ratios.append(cpu["compute_api"] / cpu["bare_uvicorn_upstream"])
-            added.append(over["compute_api"]["p50_ms"] - over["bare_uvicorn_upstream"]["p50_ms"])
-            print(f"CPU µs {cpu}, ratio {ratios[-1]:.2f}; p50 over the bare proxy {added[-1]:+.3f} ms", flush=True)
-        print(f"median of {passes}: ratio {statistics.median(ratios):.2f}, p50 {statistics.median(added):+.3f} ms")
+            row = {n: (cpu[n], over[n]["p50_ms"]) for n in pids}
+            rows.append(row)
+            print({n: f"{c} µs, p50 +{p:.3f} ms" for n, (c, p) in row.items()}, flush=True)
+        floor = "bare_uvicorn_upstream"
+        for n in apis:
+            ratio = statistics.median(r[n][0] / r[floor][0] for r in rows)
+            added = statistics.median(r[n][1] - r[floor][1] for r in rows)
+            print(f"{n}: CPU {ratio:.2f} x the bare proxy's, p50 {added:+.3f} ms over it (median of {passes})")
+        if before:
+            print(f"keys, usage and limits (this tree with a limited named key, against {before} with the env key): "
+                  f"p50 {statistics.median(r['compute_api'][1] - r['compute_api_before'][1] for r in rows):+.3f} ms, "
+                  f"CPU {statistics.median(r['compute_api'][0] - r['compute_api_before'][0] for r in rows):+.0f} µs "
+                  "per request (medians)")
     finally:
         for proc, _ in bare.values():
             proc.terminate()
-        stop(b)
+        for b, _ in apis.values():
+            stop(b)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, int(sys.argv[2]) if len(sys.argv) > 2 else 1500)
+    p = argparse.ArgumentParser()
+    p.add_argument("passes", nargs="?", type=int, default=5)
+    p.add_argument("requests", nargs="?", type=int, default=1500)
+    p.add_argument("--before", metavar="REF")
+    a = p.parse_args()
+    main(a.passes, a.requests, a.before)

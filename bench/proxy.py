@@ -89,8 +89,11 @@ async def latencies(urls: dict[str, str], rounds: int, fn) -> dict[str, list[flo
     return out
 
 
+KEY_OF = {"litellm": LITELLM_KEY, "compute_api": CLIENT_KEY}  # target -> the bearer key its requests carry
+
+
 def headers_for(target: str) -> dict:
-    key = {"litellm": LITELLM_KEY, "compute_api": CLIENT_KEY}.get(target)
+    key = KEY_OF.get(target)
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
