@@ -55,7 +55,10 @@ RUN sed -i -e 's/^  host: 127.0.0.1$/  host: 0.0.0.0/' -e 's/^  temporal: embedd
 VOLUME ["/app/models", "/app/run"]
 USER llamarig
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD curl -fs http://127.0.0.1:8000/health || exit 1
+# HTTPS when the rig has a certificate (api.tls, or the LLAMARIG_TLS_* secrets): the check asks
+# loopback for liveness only, so it does not check the name the certificate gives.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD curl -fs http://127.0.0.1:8000/health \
+  || curl -fsk https://127.0.0.1:8000/health || exit 1
 STOPSIGNAL SIGTERM
 # Checks what a start needs (exit 2 and one line if not), renders the rig into run/, then exec:
 # supervisord replaces it as PID 1 (nodaemon=true).

@@ -84,9 +84,11 @@ def cmd_api(args) -> int:
     from llamarig.shared.gpus import start_nvml_early
 
     from llamarig.shared.keys import load_keys
+    from llamarig.shared.tls import tls_files
 
     rig = _rig(args)
     load_keys(rig)  # nothing starts where the API would listen beyond loopback without a key
+    tls_files(rig)  # nor with half a certificate, or without one where the rig requires it
     start_nvml_early(rig.gpus)  # meanwhile, the lifecycle manager's modules import
     from llamarig.api.compute.serve import serve
     from llamarig.shared.logs import setup_logging

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -18,6 +19,7 @@ from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.errors import LlamarigError, SupervisorError
 from llamarig.shared.keys import load_keys
 from llamarig.shared.rig import Rig
+from llamarig.shared.tls import api_url, loopback_trust
 
 console = Console()
 
@@ -29,18 +31,22 @@ class Api:
 
     def __init__(self, rig: Rig):
         host = "127.0.0.1" if rig.api.host in ("0.0.0.0", "::") else rig.api.host
-        self.base_url = f"http://{host}:{rig.api.port}"
+        self.base_url = api_url(rig, host)
+        self.trust = loopback_trust(rig)
         self.headers = {}
         operator = load_keys(rig).operator  # never printed: an error names the field, not the key
         if operator:
             self.headers["Authorization"] = "Bearer " + operator.decode()
+
+    def _context(self):
+        return self.trust if isinstance(self.trust, ssl.SSLContext) else None  # (None: plain HTTP)
 
     def _call(self, method: str, path: str, timeout: float, body: dict | None = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
         headers = self.headers | ({"Content-Type": "application/json"} if data else {})
         request = urllib.request.Request(self.base_url + path, method=method, headers=headers, data=data)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as r:
+            with urllib.request.urlopen(request, timeout=timeout, context=self._context()) as r:
                 return r.status, json.load(r)
         except urllib.error.HTTPError as e:  # an answer, with an error body
             with e:

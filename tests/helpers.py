@@ -21,6 +21,7 @@ from llamarig.backend.supervisor_conf import render
 from llamarig.backend.supervisor import wait_running, with_our_bin
 from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.rig import load_rig
+from llamarig.shared.tls import api_url, loopback_trust
 
 PATH = with_our_bin(os.environ.get("PATH", ""))
 # One client for every call: httpx.get makes a client (and its SSL context) per call, 28 ms of
@@ -147,7 +148,15 @@ class Bundle:
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.rig.api.port}"
+        return api_url(self.rig)  # https where the rig has a certificate (api.tls)
+
+    @property
+    def http(self) -> httpx.Client:
+        """The shared client, or one trusting the rig's CA where it serves HTTPS."""
+        trust = loopback_trust(self.rig)
+        if trust is True:
+            return HTTP
+        return httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), verify=trust)
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["supervisorctl", "-c", str(self.conf), *args], capture_output=True, text=True,
@@ -161,13 +170,13 @@ class Bundle:
         return {**auth, **kw.pop("headers", {})}
 
     def get(self, path: str, **kw) -> httpx.Response:
-        return HTTP.get(self.api + path, timeout=kw.pop("timeout", 30), headers=self._headers(kw), **kw)
+        return self.http.get(self.api + path, timeout=kw.pop("timeout", 30), headers=self._headers(kw), **kw)
 
     def post(self, path: str, **kw) -> httpx.Response:
-        return HTTP.post(self.api + path, timeout=kw.pop("timeout", 60), headers=self._headers(kw), **kw)
+        return self.http.post(self.api + path, timeout=kw.pop("timeout", 60), headers=self._headers(kw), **kw)
 
     def delete(self, path: str, **kw) -> httpx.Response:
-        return HTTP.delete(self.api + path, timeout=kw.pop("timeout", 30), headers=self._headers(kw), **kw)
+        return self.http.delete(self.api + path, timeout=kw.pop("timeout", 30), headers=self._headers(kw), **kw)
 
     def unit(self, name: str) -> dict:
         return self.get(f"/admin/units/{name}").json()

@@ -259,3 +259,19 @@ def test_docker_compose_takes_the_compose_file_and_asks_for_the_keys():
                                   "grafana/provisioning/dashboards/llamarig.yml", "docker-compose.yml"])
 def test_yaml_files_parse(path):
     assert isinstance(yaml.safe_load((ROOT / path).read_text()), dict)
+
+
+def test_the_tls_compose_override_and_its_prometheus_file_stay_in_step():
+    from llamarig.shared.tls import ENV
+
+    plain = (ROOT / "alerts" / "prometheus.yml").read_text()
+    tls = (ROOT / "alerts" / "prometheus-tls.yml").read_text()
+    added = "    scheme: https\n    tls_config: {ca_file: /run/secrets/tls_ca}\n"
+    body = lambda text: "\n".join(line for line in text.splitlines() if not line.startswith("#"))  # noqa: E731
+    assert body(tls.replace(added, "")) == body(plain)
+    assert tls.count(added) == plain.count("  - job_name: llamarig")
+    assert run("promtool", "check", "config", str(ROOT / "alerts" / "prometheus-tls.yml")).returncode == 0
+    override = yaml.safe_load((ROOT / "docker-compose.tls.yml").read_text())
+    env = override["services"]["llamarig"]["environment"]
+    assert set(env) == set(ENV.values()) and all(v.startswith("/run/secrets/") for v in env.values())
+    assert set(override["secrets"]) == {v.removeprefix("/run/secrets/") for v in env.values()}

@@ -17,6 +17,7 @@ from llamarig.backend.launch import checks_for, verify_unit
 from llamarig.backend.supervisor_conf import WHISPER_PROGRAM
 from llamarig.shared.errors import RigError
 from llamarig.shared.keys import load_keys
+from llamarig.shared.tls import tls_files
 from llamarig.shared.rig import Rig
 
 
@@ -34,6 +35,7 @@ def startable(rig: Rig) -> None:
     from llamarig.work.cli_cmds import check_embedded
 
     load_keys(rig)
+    tls_files(rig)
     check_embedded(rig)
     _not_running(rig)
     ports.check(rig)

@@ -184,12 +184,28 @@ class KeysConfig(Strict):
         "(metrics includes /metrics/engines/*). []: every route needs a key.")
 
 
+class TlsConfig(Strict):
+    cert_file: str | None = Field(None, description="PEM certificate (chain) the compute API serves HTTPS with. "
+                                  "null: $LLAMARIG_TLS_CERT_FILE when set (Docker secrets), else plain HTTP. Given "
+                                  "with key_file or not at all.")
+    key_file: str | None = Field(None, description="PEM private key of cert_file. null: $LLAMARIG_TLS_KEY_FILE "
+                                 "when set.")
+    ca_file: str | None = Field(None, description="PEM of the CA that signed cert_file, which the CLI and the "
+                                "workers trust when they call this API (on loopback they check the chain, not the "
+                                "host name: the certificate names the rig as others reach it). null: "
+                                "$LLAMARIG_TLS_CA_FILE when set, else the system's CAs.")
+    required: bool = Field(False, description="true: with api.host beyond loopback, refuse to start without "
+                           "cert_file and key_file (a rig that must never serve keys over plain HTTP).")
+
+
 class ApiConfig(Strict):
     host: str = Field("127.0.0.1", description="Address the compute API binds; 0.0.0.0 to expose it. Beyond "
                       "loopback, at least one client key is required or nothing starts.")
     port: Port = Field(8000, description="TCP port of the compute API.")
     keys: KeysConfig = Field(default_factory=KeysConfig, description="Bearer keys. No key at all: every route "
                              "is open (loopback use only).")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="HTTPS for the compute API (tls.py): its "
+                           "certificate and key, the CA its own clients trust, and whether it is required.")
     max_body_mib: float = Field(16, gt=0, le=1024, description="Largest JSON body of chat, completions and "
                                 "embeddings, in MiB, enforced while it arrives: over it, 413 and the "
                                 "connection closed. Audio uploads have whisper.max_audio_mib instead.")

@@ -96,8 +96,8 @@ class WorkConfig(Strict):
                                     "of this rig's compute API as other rigs reach it: they download its "
                                     "task outputs from there (GET /admin/work/outputs/..., with "
                                     "their operator key, so rigs sharing plans share one operator key). "
-                                    "null: http://<host name>:<api.port>, or http://127.0.0.1:<api.port> while "
-                                    "the API listens on loopback only.")
+                                    "null: http://<host name>:<api.port> (https with api.tls), or 127.0.0.1 "
+                                    "for the host name while the API listens on loopback only.")
     peers: list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(:\d{1,5})?/?$")]] = Field(
         [], max_length=64, description="Base URLs of the other rigs whose task outputs this rig's workers "
         "download (each as that rig's work.outputs_url says). The workers send their operator key only to "

@@ -40,11 +40,14 @@ def origin(url: str) -> tuple[str, str, int]:
 
 class ComputeApi:
     def __init__(self, base: str, key: str | None, timeout_s: float, operator_key: str | None = None,
-                 key_origins: Iterable[str] = ()):
+                 key_origins: Iterable[str] = (), verify=True, peer_verify=True):
         """key_origins: the rigs besides `base` that may get the operator key with an output
-        request (outputs.key_origins: this rig and work.peers); any other is refused unasked."""
+        request (outputs.key_origins: this rig and work.peers); any other is refused unasked.
+        verify: what `base` is trusted by (tls.loopback_trust); peer_verify: other rigs' (tls.peer_trust)."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout_s)
+        self.http = httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout_s, verify=verify)
+        self.peers = httpx.AsyncClient(timeout=timeout_s, verify=peer_verify)  # (no key of its own)
+        self.base_origin = origin(base)
         self.operator = {"Authorization": f"Bearer {operator_key}"} if operator_key else {}
         self.trusted = {origin(base), *(origin(u) for u in key_origins)}
 
@@ -62,6 +65,14 @@ class ComputeApi:
 
     async def close(self) -> None:
         await self.http.aclose()
+        await self.peers.aclose()
+
+    def _client_for(self, url: str) -> httpx.AsyncClient:
+        """This rig's client for its own URLs; the peers' (host names checked) for another rig's."""
+        try:
+            return self.http if origin(url) == self.base_origin else self.peers
+        except (httpx.InvalidURL, TypeError):
+            return self.peers
 
     async def _post(self, path: str, **kw) -> httpx.Response:
         try:
@@ -78,7 +89,7 @@ class ComputeApi:
         against its sha256; an unreachable rig or a damaged copy is retryable, a 4xx is not."""
         digest = hashlib.sha256()
         try:
-            async with self.http.stream("GET", url, headers=self._operator_for(url)) as r:
+            async with self._client_for(url).stream("GET", url, headers=self._operator_for(url)) as r:
                 if r.status_code >= 400:
                     await r.aread()
                     raise _refused(url, r)
@@ -100,7 +111,7 @@ class ComputeApi:
         except ApiRefused as e:
             return e
         try:
-            r = await self.http.head(url, headers=headers, timeout=OUTPUT_CHECK_S)
+            r = await self._client_for(url).head(url, headers=headers, timeout=OUTPUT_CHECK_S)
         except httpx.TransportError as e:
             return ApiRefused("output_unreachable", f"{url}: {type(e).__name__}: the rig that made it does not answer")
         if r.status_code < 400:

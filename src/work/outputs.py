@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 
 from llamarig.shared.keys import is_loopback
+from llamarig.shared.tls import api_url
 from llamarig.shared.verify import hash_file
 from llamarig.work.commands import DefinitionError
 
@@ -41,15 +42,14 @@ def base_url(rig) -> str:
     loopback while the API listens on loopback only) at api.port."""
     if rig.work.outputs_url:
         return rig.work.outputs_url.rstrip("/")
-    host = "127.0.0.1" if is_loopback(rig.api.host) else socket.gethostname()
-    return f"http://{host}:{rig.api.port}"
+    return api_url(rig, "127.0.0.1" if is_loopback(rig.api.host) else socket.gethostname())
 
 
 def key_origins(rig) -> list[str]:
     """Where a worker or the compute API may send this rig's operator key for outputs: this rig
     (as others reach it, and on loopback) and the rigs work.peers names; a rig without a work
     section, only itself on loopback."""
-    here = [f"http://127.0.0.1:{rig.api.port}", f"http://localhost:{rig.api.port}"]
+    here = [api_url(rig, "127.0.0.1"), api_url(rig, "localhost")]
     return here + ([base_url(rig), *rig.work.peers] if rig.work else [])
 
 

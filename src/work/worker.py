@@ -11,6 +11,7 @@ import signal
 from datetime import timedelta
 
 from llamarig.shared.keys import load_keys
+from llamarig.shared.tls import api_url, loopback_trust, peer_trust
 from llamarig.work import commands, engine, escapes, outputs, watchdog
 from llamarig.work.activities import Activities, task_owner
 from llamarig.work.api_client import ComputeApi
@@ -53,10 +54,10 @@ async def _connect(rig, identity: str, runtime):
 def _api(rig) -> ComputeApi:
     keys = load_keys(rig)
     key = (keys.client[0] if keys.client else keys.operator)
-    return ComputeApi(f"http://127.0.0.1:{rig.api.port}", key.decode() if key else None,
+    return ComputeApi(api_url(rig), key.decode() if key else None,
                       timeout_s=rig.work.task_timeout_s,
                       operator_key=keys.operator.decode() if keys.operator else None,
-                      key_origins=outputs.key_origins(rig))
+                      key_origins=outputs.key_origins(rig), verify=loopback_trust(rig), peer_verify=peer_trust(rig))
 
 
 async def serve(rig, proc: WorkerProcess) -> int:

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from llamarig.api.compute import limits
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.errors import LlamarigError
+from llamarig.shared.tls import api_url, loopback_trust, peer_trust
 
 
 STATUS = {"plan_not_found": 404, "plan_invalid": 400, "plan_refused": 400, "glob_empty": 400, "not_mapped": 404,
@@ -111,8 +112,8 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
         from llamarig.work.api_client import ComputeApi
         from llamarig.work.outputs import key_origins
 
-        api = ComputeApi("http://127.0.0.1", None, 10, operator_key.decode() if operator_key else None,
-                         key_origins=key_origins(rig))
+        api = ComputeApi(api_url(rig), None, 10, operator_key.decode() if operator_key else None,
+                         key_origins=key_origins(rig), verify=loopback_trust(rig), peer_verify=peer_trust(rig))
         try:
             return await call(op, *args, api.output_gone, status=201)
         finally:
@@ -156,8 +157,8 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
         from llamarig.work.api_client import ComputeApi
         from llamarig.work.outputs import key_origins
 
-        api = ComputeApi("http://127.0.0.1", None, 60, operator_key.decode() if operator_key else None,
-                         key_origins=key_origins(rig))
+        api = ComputeApi(api_url(rig), None, 60, operator_key.decode() if operator_key else None,
+                         key_origins=key_origins(rig), verify=loopback_trust(rig), peer_verify=peer_trust(rig))
         try:
             return await call("items", rig, plan_id, task, api.fetch_output)
         finally:

@@ -18,6 +18,7 @@ from llamarig.backend.llama_http import ServerHttp
 from llamarig.backend.supervisor import SupervisorClient
 from llamarig.backend.supervisor_conf import socket_path
 from llamarig.shared.rig import Rig
+from llamarig.shared.tls import tls_files
 
 if TYPE_CHECKING:
     from llamarig.api.compute.metrics import Metrics
@@ -57,5 +58,11 @@ async def _serve(rig: Rig) -> None:
                             # No websocket routes: "auto" imported a websockets implementation,
                             # 0.15 s at start on the 2-core VM (measured).
                             ws="none", interface="asgi3",
-                            timeout_graceful_shutdown=int(rig.timeouts.drain_s) or None)
+                            timeout_graceful_shutdown=int(rig.timeouts.drain_s) or None,
+                            **_tls_settings(rig))
     await uvicorn.Server(config).serve()
+
+
+def _tls_settings(rig: Rig) -> dict:
+    files = tls_files(rig)
+    return {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)} if files else {}
