@@ -13,7 +13,8 @@ import httpx
 import openai
 import pytest
 
-from helpers import HTTP, free_port, llamarig, model_entry, running_bundle, wait_for, write_rig
+from helpers import (HTTP, free_port, llamarig, model_entry, plan_ended, running_bundle, wait_for, work_section,
+                     write_rig)
 
 pytestmark = pytest.mark.slow
 CLIENT, OPERATOR = "legacy-client-key-0123456789", "operator-key-0123456789"
@@ -24,7 +25,8 @@ def team(tmp_path_factory, models):
     folder = tmp_path_factory.mktemp("team")
     rig = write_rig(folder, {"native": model_entry(models["gguf"], [0]),
                              "python": model_entry(models["gguf_b"], [1], engine="llama-cpp-python")},
-                    whisper={"model_dir": str(models["whisper"]), "gpu": 2, "port": free_port(), "max_new_tokens": 8})
+                    whisper={"model_dir": str(models["whisper"]), "gpu": 2, "port": free_port(), "max_new_tokens": 8},
+                    work=work_section())
     env = {"LLAMARIG_CLIENT_KEYS": CLIENT, "LLAMARIG_OPERATOR_KEY": OPERATOR}
     with running_bundle(folder, rig, env=env, key=OPERATOR) as b:
         b.wait_ready(120)
@@ -209,6 +211,29 @@ def test_limits_as_the_openai_client_meets_them(team):
     assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
     listed = HTTP.get(team.api + "/v1/models", headers=_as(only), timeout=10).json()["data"]
     assert [m["id"] for m in listed] == ["native"]
+
+
+def test_a_plan_counts_its_tasks_and_its_llm_requests_against_its_submitter(team):
+    planner = add_key(team, "planner", "--scope", "operator", "--tpm", "100000")
+    tasks = [{"name": "a", "class": "cpu", "command": "true"},
+             {"name": "b", "class": "llm", "depends_on": ["a"],
+              "generate": {"prompt": "Say hi.", "model": "native", "max_tokens": 3}}]
+    r = HTTP.post(team.api + "/admin/plans", json={"plan": {"name": "mine", "tasks": tasks}}, headers=_as(planner),
+                  timeout=30)
+    assert r.status_code == 201, r.text
+    view = plan_ended(team, r.json()["plan_id"])
+    assert view["outcome"] == "succeeded", view
+    rows = {r["model"]: r for r in team.get("/admin/usage", params={"by": "key,model"}).json()["rows"]
+            if r["key"] == "planner"}
+    assert rows["tasks:cpu"]["requests"] == 1 and rows["tasks:llm"]["requests"] == 1, rows
+    assert rows["tasks:llm"]["task_seconds"] > 0 and rows["tasks:llm"]["errors"] == 0
+    assert rows["native"]["requests"] == 1 and rows["native"]["completion_tokens"] == 3, rows  # the worker's request
+
+    llamarig(team.rig_path, "keys", "revoke", "planner")  # a revoked submitter's llm tasks are refused (within 1 s)
+    r = wait_for(lambda: (r := HTTP.post(team.api + "/v1/chat/completions", timeout=30, json={
+        "model": "native", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+        headers={**_as(CLIENT), "x-llamarig-on-behalf-of": "planner"})).status_code == 401 and r, 2, "refused")
+    assert "planner" in r.json()["error"]["message"]
 
 
 def test_every_admin_route_writes_an_audit_line(team):

@@ -1,6 +1,9 @@
 """Usage by key, kept across restarts: a SQLite file in the run folder, usage.sqlite, one row
 per UTC day, key name and model, added to by the compute API every FLUSH_S seconds (a kill -9
-loses at most that much; a clean stop flushes). Read by `llamarig usage` and /admin/usage."""
+loses at most that much; a clean stop flushes). A plan's tasks are rows too, their model
+`tasks:CLASS` (requests: tasks ended, errors: those that failed, task_seconds), added by the
+worker that records the plan's end, under the key that submitted it. Read by `llamarig usage`
+and /admin/usage."""
 from __future__ import annotations
 
 import csv
@@ -13,13 +16,15 @@ from llamarig.shared.errors import LlamarigError
 
 FILE = "usage.sqlite"
 FLUSH_S = 2.0
-COUNTS = ("requests", "errors", "prompt_tokens", "completion_tokens", "audio_seconds", "embedding_inputs")
+COUNTS = ("requests", "errors", "prompt_tokens", "completion_tokens", "audio_seconds", "embedding_inputs",
+          "task_seconds")
 GROUPS = ("key", "model", "day")
 SCHEMA = """CREATE TABLE IF NOT EXISTS usage (
   day TEXT NOT NULL, key TEXT NOT NULL, model TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
   errors INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
   completion_tokens INTEGER NOT NULL DEFAULT 0, audio_seconds REAL NOT NULL DEFAULT 0,
-  embedding_inputs INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (day, key, model))"""
+  embedding_inputs INTEGER NOT NULL DEFAULT 0, task_seconds REAL NOT NULL DEFAULT 0,
+  PRIMARY KEY (day, key, model))"""
 
 
 class UsageStore:
@@ -42,10 +47,10 @@ class UsageStore:
             with db:
                 db.execute("BEGIN")
                 db.executemany(
-                    f"INSERT INTO usage (day, key, model, {', '.join(COUNTS)}) VALUES (?,?,?,?,?,?,?,?,?) "
+                    f"INSERT INTO usage (day, key, model, {', '.join(COUNTS)}) VALUES (?,?,?,{','.join('?' * len(COUNTS))}) "
                     "ON CONFLICT (day, key, model) DO UPDATE SET " +
                     ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTS),
-                    [(*where, *counts) for where, counts in deltas.items()])
+                    [(*where, *counts, *[0] * (len(COUNTS) - len(counts))) for where, counts in deltas.items()])
         finally:
             db.close()
 

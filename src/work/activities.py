@@ -15,7 +15,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from llamarig.work import commands, durations, outputs, prompts
+from llamarig.work import commands, durations, outputs, plan_usage, prompts
 from llamarig.work.api_client import ApiRefused, ComputeApi
 from llamarig.work.processes import WorkerProcess
 from llamarig.work.store import Store
@@ -66,6 +66,7 @@ class Activities:
     async def record_plan(self, summary: dict) -> str:
         path = self.store.write_record(summary["plan_id"], summary)
         await asyncio.to_thread(durations.learn, self.rig.run_dir, summary)
+        await asyncio.to_thread(plan_usage.record_usage, self.rig.run_dir, summary)
         log.info("plan ended", extra={"event_type": "plan_ended", "plan_id": summary["plan_id"],
                                       "outcome": summary["outcome"]})
         return str(path)
@@ -217,7 +218,8 @@ class Activities:
         model = spec.get("model") or await self._executor(spec["executor"])
         sent = prompts.messages(spec["prompt"], inputs, task.get("untrusted", []))
         (folder / "messages.json").write_text(json.dumps(sent, indent=1))
-        answer = await self._beating(self.api.chat(model, sent, spec["max_tokens"], spec["temperature"]))
+        answer = await self._beating(self.api.chat(model, sent, spec["max_tokens"], spec["temperature"],
+                                                   ctx.get("submitter")))
         output = folder / "output.txt"
         output.write_text(answer["text"])
         gpus = self.rig.models[model].gpus

@@ -38,6 +38,9 @@ def origin(url: str) -> tuple[str, str, int]:
     return u.scheme, u.host.lower(), u.port or (443 if u.scheme == "https" else 80)
 
 
+ON_BEHALF_OF = "x-llamarig-on-behalf-of"
+
+
 class ComputeApi:
     def __init__(self, base: str, key: str | None, timeout_s: float, operator_key: str | None = None,
                  key_origins: Iterable[str] = (), verify=True, peer_verify=True):
@@ -128,9 +131,14 @@ class ComputeApi:
         r = await self._post("/v1/embeddings", json={"model": model, "input": lines})
         return [d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])]
 
-    async def chat(self, model: str, messages: list[dict], max_tokens: int, temperature: float) -> dict:
-        r = await self._post("/v1/chat/completions", json={"model": model, "messages": messages,
-                                                            "max_tokens": max_tokens, "temperature": temperature})
+    async def chat(self, model: str, messages: list[dict], max_tokens: int, temperature: float,
+                   on_behalf_of: str | None = None) -> dict:
+        """on_behalf_of: the key name that submitted the plan; the API counts the request against
+        that key (its usage and limits) when it comes with a key the workers hold."""
+        headers = {ON_BEHALF_OF: on_behalf_of} if on_behalf_of else None
+        r = await self._post("/v1/chat/completions", headers=headers,
+                             json={"model": model, "messages": messages, "max_tokens": max_tokens,
+                                   "temperature": temperature})
         body = r.json()
         return {"text": body["choices"][0]["message"]["content"] or "",
                 "tokens": (body.get("usage") or {}).get("completion_tokens")}

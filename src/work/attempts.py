@@ -139,7 +139,8 @@ class Attempts:
     async def _execute(self, t: dict, attempt: int, priority_key: int, starve: bool) -> dict:
         spec, d = self.spec, self.spec["defaults"]
         self._set(t["name"], attempt=attempt)
-        ctx = {"plan_id": spec["plan_id"], "attempt": attempt, **self._context(t), "cancel_grace_s": d["cancel_grace_s"]}
+        ctx = {"plan_id": spec["plan_id"], "attempt": attempt, **self._context(t), "cancel_grace_s": d["cancel_grace_s"],
+               "submitter": spec.get("submitter")}  # (its llm tasks count against the key that submitted the plan)
         return await workflow.execute_activity(
             ACTIVITY[t["cls"]], args=[t, ctx], task_queue=spec["queues"][t["cls"]], activity_id=f"{t['name']}#{attempt}",
             start_to_close_timeout=timedelta(seconds=t["timeout_s"] or d["timeout_s"]),

@@ -44,6 +44,7 @@ class MapParent:
         self._set(name, state="running", map=info)
         template = {k: v for k, v in t.items() if k != "for_each"}  # (literal items: not in every slice's input)
         job = {"plan_id": self.spec["plan_id"], "queues": self.spec["queues"], "defaults": self.spec["defaults"],
+               "submitter": self.spec.get("submitter"),
                "task": template, "items": listed["items"], "results": results, "key": list(self.keys[name][:2]),
                "reused": self.spec.get("reused_items", {}).get(name),
                "zipped": {dep: results[dep] for dep in mapping.indexed_deps(t)}}
@@ -140,7 +141,8 @@ class MapSliceWorkflow(Attempts):
 
     @workflow.run
     async def run(self, job: dict) -> dict:
-        self.job, self.spec = job, {k: job[k] for k in ("plan_id", "queues", "defaults")}
+        self.job, self.spec = job, {k: job[k] for k in ("plan_id", "queues", "defaults")} | {
+            "submitter": job.get("submitter")}
         self.grants_deferred = True
         got = await workflow.execute_activity("read_items", {
             "plan_id": job["plan_id"], "task": job["task"]["name"], "items": job["items"], "start": job["start"],

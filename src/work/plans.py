@@ -28,22 +28,24 @@ def spec_of(rig, plan: Plan, plan_id: str) -> dict:
                          "map_slice": w.map_slice}}
 
 
-async def submit(client, rig, plan: Plan, reusing: str | None, output_gone) -> dict:
+async def submit(client, rig, plan: Plan, reusing: str | None, output_gone, submitter: str = "none") -> dict:
     """reusing: an ended plan whose succeeded tasks this one takes as done (work/reuse.py);
-    output_gone(url), with reusing: why a served output cannot be fetched (ComputeApi.output_gone)."""
-    return await _submit(client, rig, plan, await _ended(client, rig, reusing) if reusing else None, output_gone)
+    output_gone(url), with reusing: why a served output cannot be fetched (ComputeApi.output_gone);
+    submitter: the name of the key that submitted it (its usage, and its llm tasks' limits)."""
+    return await _submit(client, rig, plan, await _ended(client, rig, reusing) if reusing else None, output_gone,
+                         submitter)
 
 
-async def retry(client, rig, plan_id: str, output_gone) -> dict:
+async def retry(client, rig, plan_id: str, output_gone, submitter: str = "none") -> dict:
     """The same plan again, its succeeded tasks reused: what failed or was cancelled runs, and
     what succeeded but whose output is gone."""
     old = await _ended(client, rig, plan_id)
-    return await _submit(client, rig, Plan.model_validate(old["spec"]["plan"]), old, output_gone)
+    return await _submit(client, rig, Plan.model_validate(old["spec"]["plan"]), old, output_gone, submitter)
 
 
-async def _submit(client, rig, plan: Plan, old: dict | None, output_gone) -> dict:
+async def _submit(client, rig, plan: Plan, old: dict | None, output_gone, submitter: str) -> dict:
     plan_id = f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-    spec, rerun = spec_of(rig, plan, plan_id), []
+    spec, rerun = spec_of(rig, plan, plan_id) | {"submitter": submitter}, []
     if old is not None:
         Store(rig.run_dir).touch(old["plan_id"])  # before its outputs are looked at: a prune now keeps them
         spec["reused"], rerun = await _reused(rig, plan, old, output_gone, spec)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from llamarig.api.compute import openai_routes
-from llamarig.api.compute.keyring import CALLER, NO_KEYS, KeyRing
+from llamarig.api.compute.keyring import CALLER, NO_KEYS, WORKERS, KeyRing
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.audit import AuditLog, target_of
 from llamarig.shared.keystore import NamedKey
@@ -36,6 +36,7 @@ def bearer(scope) -> bytes | None:
 
 
 READS = ("GET", "HEAD")
+ON_BEHALF_OF = b"x-llamarig-on-behalf-of"  # (work/api_client.py sends it)
 
 
 class FastPath:
@@ -64,7 +65,9 @@ class FastPath:
         elif group == "operator" and caller is not None and caller.scope != "operator":
             response = self._refusal(group, None)
         elif scope["method"] == "POST" and path in openai_routes.ROUTED:
-            response = await openai_routes.routed(self.state, scope, receive, caller or NO_KEYS)
+            caller, refused = self._on_behalf(scope, caller or NO_KEYS)
+            response = self._refusal("client", refused) if refused else \
+                await openai_routes.routed(self.state, scope, receive, caller)
         else:
             return await self.app(scope, receive, send)
         await response(scope, receive, send)
@@ -80,6 +83,20 @@ class FastPath:
             return None, key
         self.ring.last_used[key.name] = now
         return key, None
+
+    def _on_behalf(self, scope, caller: NamedKey) -> tuple[NamedKey, NamedKey | None]:
+        """A plan's llm task, sent by a worker with its own key, counts against the key that
+        submitted the plan (x-llamarig-on-behalf-of), if that key exists: its usage and its limits;
+        refused if it is revoked or expired. (caller, refused key or None)."""
+        if caller.name not in WORKERS:
+            return caller, None
+        for name, value in scope["headers"]:
+            if name == ON_BEHALF_OF:
+                key = self.ring.by_name.get(value.decode("latin-1"))
+                if key is None:
+                    return caller, None
+                return (caller, key) if self.ring.refusal(key, time.time()) else (key, None)
+        return caller, None
 
     def _audited(self, scope, send, caller: NamedKey | None):
         """`send`, noting the status; the line is written when the answer has gone."""

@@ -17,6 +17,7 @@ TOUCH_S = 10.0  # last-use times are written this often
 LEGACY_CLIENT = NamedKey("legacy-client", "client")
 OPERATOR = NamedKey("operator", "operator")
 NO_KEYS = NamedKey("none", "operator")  # a rig without keys: every route open, usage under "none"
+WORKERS = frozenset({"legacy-client", "operator", "none"})  # the keys the workers hold: they may say for whom
 CALLER = "llamarig.caller"  # scope key: the NamedKey a request's key belongs to (None: no valid key sent)
 
 
@@ -24,6 +25,7 @@ class KeyRing:
     def __init__(self, legacy: Keys, store: KeyStore | None):
         self.legacy, self.store = legacy, store
         self.known: dict[bytes, NamedKey] = {}
+        self.by_name: dict[str, NamedKey] = {}
         self.version: tuple | None = None
         self.last_used: dict[str, float] = {}
         self.reload()
@@ -41,6 +43,7 @@ class KeyRing:
             self.version = self.store.version()
             known.update((d, key) for key, d in self.store.with_digests())
         self.known = known
+        self.by_name = {k.name: k for k in known.values()}
         log.info("keys read", extra={"named": sum(1 for k in known.values() if k not in (LEGACY_CLIENT, OPERATOR)),
                                      "revoked": sum(1 for k in known.values() if k.revoked_at)})
 

@@ -108,14 +108,14 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
 
         return await _answer(link, getattr(plans, op), op.replace("_", " "), *args, status=status)
 
-    async def reusing(op, *args) -> Response:
+    async def reusing(op, *args, submitter: str = "none") -> Response:
         from llamarig.work.api_client import ComputeApi
         from llamarig.work.outputs import key_origins
 
         api = ComputeApi(api_url(rig), None, 10, operator_key.decode() if operator_key else None,
                          key_origins=key_origins(rig), verify=loopback_trust(rig), peer_verify=peer_trust(rig))
         try:
-            return await call(op, *args, api.output_gone, status=201)
+            return await call(op, *args, api.output_gone, submitter, status=201)
         finally:
             await api.close()
 
@@ -125,6 +125,7 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
 
     @router.post("")
     async def submit(request: Request, infer_class: bool = False) -> Response:
+        from llamarig.api.compute.openai_routes import caller_of
         from llamarig.work.plan import PlanError, parse_plan
         from llamarig.work.plans import PLAN_ID
 
@@ -142,9 +143,10 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
             plan = parse_plan(body["plan"], "plan", infer_class, set(rig.models))
         except PlanError as e:
             return error_response(400, e.code, e.reason, "plan")
+        submitter = caller_of(request.scope).name  # (its usage, and its llm tasks' limits)
         if reused_plan is None:
-            return await call("submit", rig, plan, None, None, status=201)
-        return await reusing("submit", rig, plan, reused_plan)
+            return await call("submit", rig, plan, None, None, submitter, status=201)
+        return await reusing("submit", rig, plan, reused_plan, submitter=submitter)
 
     @router.get("/{plan_id}")
     async def show(plan_id: str) -> Response:
@@ -165,8 +167,10 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
             await api.close()
 
     @router.post("/{plan_id}/retry")
-    async def retry(plan_id: str) -> Response:
-        return await reusing("retry", rig, plan_id)
+    async def retry(plan_id: str, request: Request) -> Response:
+        from llamarig.api.compute.openai_routes import caller_of
+
+        return await reusing("retry", rig, plan_id, submitter=caller_of(request.scope).name)
 
     @router.post("/{plan_id}/cancel")
     async def cancel(plan_id: str) -> Response:
