@@ -9,7 +9,7 @@ run: setup
 	.venv/bin/llamarig run
 
 test:
-	runtime/setup.sh --with-prometheus --with-docker
+	runtime/setup.sh --with-prometheus --with-docker --with-browser
 	.venv/bin/python -m pytest -q -ra
 
 render:

@@ -2,16 +2,17 @@
 # Set up a fresh machine: Debian's Prometheus tools and Docker daemon (tests only), a virtual
 # environment with llamarig and its engines, the native llama-server, and the generated tiny models.
 # Idempotent: a second run reuses pip's wheel cache and the cached llama-server binary.
-# Usage: runtime/setup.sh [--with-prometheus] [--with-docker]
+# Usage: runtime/setup.sh [--with-prometheus] [--with-docker] [--with-browser]
 set -Eeuo pipefail
 . "$(dirname "$0")/fail-line.sh"
 cd "$(dirname "$0")/.."
-with_prometheus=false; with_docker=false
+with_prometheus=false; with_docker=false; with_browser=false
 for arg in "$@"; do
   case "$arg" in
     --with-prometheus) with_prometheus=true ;;
     --with-docker) with_docker=true ;;
-    *) echo "usage: runtime/setup.sh [--with-prometheus] [--with-docker]" >&2; exit 2 ;;
+    --with-browser) with_browser=true ;;
+    *) echo "usage: runtime/setup.sh [--with-prometheus] [--with-docker] [--with-browser]" >&2; exit 2 ;;
   esac
 done
 need=()
@@ -22,6 +23,9 @@ if $with_docker; then  # the image tests: a daemon they start themselves, and a 
   command -v dockerd >/dev/null || need+=(docker.io)
   command -v debootstrap >/dev/null || need+=(debootstrap)
   command -v docker-compose >/dev/null || need+=(docker-compose)  # checks docker-compose.yml (config)
+fi
+if $with_browser; then  # the console's test: headless Chromium
+  command -v chromium >/dev/null || need+=(chromium)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"

@@ -17,6 +17,8 @@ tests/test_planner_model.py runs it in CI with a fixed budget; bench/planner_lon
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 import time
 from pathlib import Path
 
@@ -33,6 +35,19 @@ LLMS = ("brain", "worker", "spare1", "spare2")
 MODELS = LLMS + ("whisper",)
 QUEUE_S = 3.0   # queue_timeout_s: a waiting request's deadline
 SLACK_S = 0.5   # a loop turn on a loaded 2-core machine
+RECENT = collections.deque(maxlen=80)  # the planner's and the actors' last log lines, for a failure's story
+
+
+class _Recent(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = {k: v for k, v in record.__dict__.items() if k in ("model", "program", "state", "source", "target",
+                                                                   "reason", "gpu", "need", "short", "command")}
+        RECENT.append(f"{record.name}: {record.getMessage()} {fields}")
+
+
+for _name in ("llamarig.planner", "llamarig.lifecycle"):
+    logging.getLogger(_name).addHandler(_Recent())
+    logging.getLogger(_name).setLevel(logging.INFO)
 LIMIT_S = 5.0   # each transitional GPU mode's limit here
 
 
@@ -58,6 +73,7 @@ class PlannerMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
+        RECENT.clear()
         self.loop = asyncio.new_event_loop()
 
         def capacity(needs):  # one LLM fits with half another's room: two on GPU 1 need an eviction,
@@ -227,8 +243,8 @@ class PlannerMachine(RuleBasedStateMachine):
         for a in self.m.all_actors():
             if set(a.unit.gpus) & set(gpus):
                 lines.append(f"{a.unit.program}: " + " | ".join(f"{t.source}->{t.target} ({t.reason})"
-                                                                for t in list(a.history)[-5:]))
-        return "\n".join(lines)
+                                                                for t in list(a.history)[-10:]))
+        return "\n".join(lines + ["recent log lines:"] + list(RECENT)[-50:])
 
     def _running(self) -> list[str]:
         return sorted(p for p in self.fake.programs if self.fake.running(p))

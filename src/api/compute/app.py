@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from llamarig.api.compute import (admin_routes, errors, openai_routes, openapi, output_routes, plan_routes,
-                                  team_routes)
+                                  console_routes, team_routes)
 from llamarig.api.compute.model_limits import ModelLimitsCache
 from llamarig.api.compute.metrics import Metrics
 from llamarig.api.compute.metrics_merge import merge
@@ -25,6 +25,7 @@ from llamarig.shared.api_errors import error_response
 from llamarig.shared.audit import AuditLog
 from llamarig.shared.keys import load_keys
 from llamarig.shared.keystore import KeyStore
+from llamarig.shared.tls import tls_files
 from llamarig.shared.usage_store import UsageStore
 from llamarig.shared.rig import Rig
 from llamarig.work.processes import of_rig
@@ -150,6 +151,7 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
     app.include_router(openai_routes.build_router(state))
     app.include_router(admin_routes.build_router(state))
     app.include_router(team_routes.build_router(state, rig.run_dir))
+    app.include_router(console_routes.build_router(state, ring, secure=tls_files(rig) is not None))
     link = plan_routes.TemporalLink(rig) if rig.work else None  # one Temporal client for both
     app.include_router(plan_routes.build_router(state, rig, link, keys.operator))
     app.include_router(plan_routes.build_work_router(rig, link))

@@ -15,6 +15,7 @@ from llamarig.shared.keystore import NamedKey
 # Route groups: open-able (the rig's api.keys.open_routes), client (inference and the docs),
 # operator (everything else: /admin and any route added later, so a new route is closed by default).
 OPENABLE = {"/health": "health", "/ready": "ready", "/metrics": "metrics"}
+CONSOLE = ("/console", "/console/login", "/console/logout")  # the page and its sign-in hold no data: always open
 CLIENT_PREFIXES = ("/v1/", "/docs", "/openapi.json")
 
 
@@ -22,9 +23,21 @@ def route_group(path: str) -> str:
     """health, ready, metrics, client or operator."""
     if path in OPENABLE:
         return OPENABLE[path]
+    if path in CONSOLE:
+        return "console"
     if path.startswith("/metrics/"):
         return "metrics"
     return "client" if path.startswith(CLIENT_PREFIXES) else "operator"
+
+
+def console_key(scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            for part in value.split(b";"):
+                key, _, found = part.strip().partition(b"=")
+                if key == b"llamarig_console":
+                    return found or None
+    return None
 
 
 def bearer(scope) -> bytes | None:
@@ -60,7 +73,7 @@ class FastPath:
         scope[CALLER] = caller
         if self.audit is not None and group == "operator" and scope["method"] not in READS:
             send = self._audited(scope, send, caller)
-        if caller is None and group not in self.open_routes:
+        if caller is None and group not in self.open_routes and group != "console":
             response = self._refusal(group, refused)
         elif group == "operator" and caller is not None and caller.scope != "operator":
             response = self._refusal(group, None)
@@ -73,8 +86,11 @@ class FastPath:
         await response(scope, receive, send)
 
     def _caller(self, scope) -> tuple[NamedKey | None, NamedKey | None]:
-        """(the key's owner, or None; a known key refused now: revoked or expired)."""
+        """(the key's owner, or None; a known key refused now: revoked or expired). The console's
+        cookie stands for the key on the admin routes' reads only."""
         sent = bearer(scope)
+        if sent is None and scope["method"] in READS and scope["path"].startswith("/admin/"):
+            sent = console_key(scope)
         key = self.ring.identify(sent) if sent else None
         if key is None:
             return None, None
