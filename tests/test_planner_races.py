@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import free_port, model_entry, write_rig
+from helpers import free_port, free_ports_in_a_row, model_entry, write_rig
 from llamarig.backend.lifecycle import swap
 from llamarig.backend.lifecycle.states import LOADING, SERVING, State
 from planner_fakes import fake_manager
@@ -154,3 +154,35 @@ async def test_only_a_jobs_own_task_may_hand_the_planner_back(tmp_path, models, 
     said = asyncio.get_running_loop().create_future()
     m.planner.post(Probe(said))
     assert "only the job's own task" in await asyncio.wait_for(said, 5)
+
+
+async def test_a_start_asked_for_while_its_gpu_held_script_work_comes_back_only_if_it_fits(tmp_path, models, started):
+    """Harness run of 2026-12-07: an operator's start of a model whose GPU held Whisper added it
+    to the LLMs the give-back starts, which then waited for both to fit (never) for the whole
+    switch limit with nothing running, and started both anyway: over the GPU's memory."""
+    rig = write_rig(tmp_path, {"a": model_entry(models["gguf"], [0]), "s": model_entry(models["gguf"], [0], warm=False)},
+                    {"model_dir": str(models["whisper"]), "gpus": [0], "port": free_ports_in_a_row(1)}, **FAST)
+    m, fake = await started(rig, capacity=lambda needs: max(needs.values()) * 3 // 2)  # one LLM, or Whisper
+    (await asyncio.wait_for(m.acquire("whisper"), 10)).release()
+    assert m.planner.switched == {0: ["a"]}
+    await m.start_unit("s")
+    await _until(lambda: m.actors["a"].state in SERVING, 5, "a given back")
+    await asyncio.sleep(0.5)
+    assert fake.used(0) <= fake.total[0] and not fake.running("llama-s")
+
+
+async def test_a_load_is_not_planned_into_the_memory_of_a_crash_not_yet_reported(tmp_path, models, started):
+    """Harness run of 2026-12-07 (29,434 steps): a server crashed during a load's memory reading;
+    the reading showed its memory free before the health loop told its actor, the load took it,
+    and the crashed server's restart came back on top: over the GPU's memory."""
+    slow_health = {**FAST, "lifecycle": {**FAST["lifecycle"], "health_interval_s": 3}}
+    rig = write_rig(tmp_path, {"a": model_entry(models["gguf"], [0]), "s": model_entry(models["gguf"], [0], warm=False)},
+                    **slow_health)
+    m, fake = await started(rig, capacity=lambda needs: needs["llama-a"] * 3 // 2)  # one of the two
+    fake.crash("llama-a")  # the actor still says ready: the health loop looks in up to 3 s
+    assert m.actors["a"].state in SERVING
+    with pytest.raises(Exception) as refused:
+        (await asyncio.wait_for(m.acquire("s"), 5)).release()
+    assert "cannot load" in str(refused.value), refused.value
+    await _until(lambda: m.actors["a"].state in SERVING and fake.running("llama-a"), 10, "a restarted")
+    assert fake.used(0) <= fake.total[0] and not fake.running("llama-s")

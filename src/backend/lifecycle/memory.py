@@ -19,6 +19,7 @@ from typing import Callable
 import psutil
 
 from llamarig.backend.lifecycle.jobs import Events, tree_pids
+from llamarig.backend.lifecycle.states import SERVING
 from llamarig.backend.lifecycle.units import Unit
 from llamarig.backend.supervisor import SupervisorClient
 from llamarig.shared.gguf_header import GgufError, read_header
@@ -89,7 +90,7 @@ class Memory:
     def planned_free(self, free: dict[int, int], besides: Unit | None = None) -> dict[int, int]:
         """`free` less what units claiming memory and reservations (other than `besides`'s own)
         have not taken yet."""
-        claims = {a.unit.program: (a.unit, None) for a in self.actors() if a.claims_memory}
+        claims = {a.unit.program: (a.unit, None) for a in self.actors() if a.claims_memory or self._exited_unseen(a)}
         claims.update(self.reservations)  # (its need as reserved: a reload's may differ from the rig's)
         out = dict(free)
         for program, (unit, need) in claims.items():
@@ -99,6 +100,15 @@ class Memory:
             for g, n in (self.need(unit) if need is None else need).items():
                 out[g] = out.get(g, 0) - max(0, n - taken.get(g, 0))
         return out
+
+    def _exited_unseen(self, actor) -> bool:
+        """Serving by its actor's account, but its process is gone by supervisord's latest reading:
+        a crash the health loop has not reported yet, whose restart will take the memory back
+        (the harness found a load planned into that memory in the moment between)."""
+        if actor.state not in SERVING:
+            return False
+        seen = self.program_states.get(actor.unit.program)
+        return seen is not None and seen not in ("RUNNING", "STOPPING")
 
     # ---- readings -----------------------------------------------------------------------------
     def free_bytes(self) -> dict[int, int]:

@@ -41,9 +41,13 @@ async def start(p, c: OperatorStart) -> None:
     if actor.unit.is_llm and any(g in p.switched for g in actor.unit.gpus):
         c.reply.set_result(True)
         async with p.switching():  # (its script work ends first, then the GPU comes back with its memory)
-            if await switch.reclaim(p, actor.unit):
-                actor.send(command)
-        return  # (lent meanwhile: the operator starts it once the lease ends)
+            if not await switch.reclaim(p, actor.unit):
+                return  # (lent meanwhile: the operator starts it once the lease ends)
+        if actor.state in ENDED and not actor.claims_memory:  # (the give-back started only what fit)
+            await _start_in_room(p, c, actor, command, await p.settle(besides=actor.unit))
+        else:
+            actor.send(command)
+        return
     if actor.state not in ENDED or actor.claims_memory or (c.reset and actor.state != State.FAILED):
         c.reply.set_result(True)
         actor.send(command)  # (running or starting already, or a reset that starts nothing: no memory to plan)
@@ -57,10 +61,15 @@ async def _start_in_room(p, c: OperatorStart, actor, command, free: dict[int, in
     need = p.memory.need(actor.unit)
     stopping = p.evict_for(actor.unit, need, free) if shortfall(need, free, p.margin()) else None
     if stopping is None and shortfall(need, free, p.margin()):
-        c.reply.set_exception(LlamarigError("no_room", f"{c.name} does not fit: {shortfall(need, free, p.margin())}; "
-                                            "every other model there is busy, loading or warm: stop one first"))
+        refused = LlamarigError("no_room", f"{c.name} does not fit: {shortfall(need, free, p.margin())}; "
+                                "every other model there is busy, loading or warm: stop one first")
+        if c.reply.done():  # (accepted already, before a give-back: said in the log instead)
+            log.warning("operator start not done", extra={"model": c.name, "reason": refused.reason})
+        else:
+            c.reply.set_exception(refused)
         return
-    c.reply.set_result(True)
+    if not c.reply.done():
+        c.reply.set_result(True)
     if stopping is not None:
         await p.wait(stopping)
         short = shortfall(need, await p.settle(besides=actor.unit), p.margin())

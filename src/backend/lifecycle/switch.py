@@ -13,6 +13,7 @@ the reason. Every mode change is in gpu_modes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from llamarig.backend.lifecycle.commands import Condition, MoveWaiters, Refuse, 
 from llamarig.backend.lifecycle.gpu_modes import TRANSITIONAL, Mode
 from llamarig.backend.lifecycle.states import ENDED, LOADING, SERVING, SETTLED, State
 from llamarig.backend.lifecycle.waves import shortfall
+
+log = logging.getLogger("llamarig.planner")
 
 
 
@@ -149,19 +152,21 @@ async def clear_gpu(p, gpu: int, holder: str, why: str, need: dict[int, int]) ->
     for a in llms:
         a.send(Stop(f"GPU {gpu} switched to {holder}", drain=True))
     await p.wait(asyncio.gather(*(a.wait_until(ENDED, p.modes.time_left(gpu)) for a in llms)))
-    if await _memory_back(p, gpu, need, p.margin()):
+    if (await _memory_back(p, gpu, need, p.margin()))[0]:
         return True
     await back_to_llm(p, gpu, f"the memory of GPU {gpu} did not come back within the switch's time")
     return False
 
 
-async def _memory_back(p, gpu: int, need: dict[int, int], margin: int) -> bool:
+async def _memory_back(p, gpu: int, need: dict[int, int], margin: int) -> tuple[bool, dict[int, int]]:
+    """(whether `need` is free within the switch's time, the planned free memory then)."""
     deadline = time.monotonic() + p.modes.time_left(gpu)
     while True:
-        if not shortfall(need, await p.settle(), margin):
-            return True
+        free = await p.settle()
+        if not shortfall(need, free, margin):
+            return True, free
         if time.monotonic() >= deadline:
-            return False
+            return False, free
 
 
 async def _start_placement(p, name: str, i: int, why: str, route: bool = True) -> None:
@@ -204,8 +209,9 @@ async def adopted(p, c: Adopted) -> None:
 
 
 async def back_to_llm(p, gpu: int, reason: str) -> None:
-    """Give the GPU back to the LLMs the switch stopped: once its script services have exited
-    and the memory reading shows the LLMs' need free, start them and wait for them."""
+    """Give the GPU back to the LLMs the switch stopped (and those asked for meanwhile): once its
+    script services have exited and the memory reading shows the first one's need free, start
+    each that fits, and wait for them."""
     names = p.switched.get(gpu, [])
     p.modes.set(gpu, Mode.TO_LLM, ", ".join(names), reason)
     for placement in _script_on(p, gpu):  # (a failed one would restart itself onto the LLMs' memory)
@@ -214,17 +220,35 @@ async def back_to_llm(p, gpu: int, reason: str) -> None:
     await p.wait(asyncio.gather(*(a.wait_until(frozenset({State.STOPPED}), p.modes.time_left(gpu))
                                   for a in _script_on(p, gpu))))
     actors = [p.actors[n] for n in names]
-    need: dict[int, int] = {}
-    for a in actors:
-        for g, n in p.memory.need(a.unit).items():
-            need[g] = need.get(g, 0) + n
-    await _memory_back(p, gpu, {gpu: need.get(gpu, 0)}, p.margin())
-    for a in actors:  # (an operator's stop since the switch holds: NOT_HELD)
-        a.send(Start(f"GPU {gpu} given back: {reason}", conditions=frozenset({Condition.NOT_HELD})))
-    await p.wait(asyncio.gather(*(a.wait_until(SETTLED, p.modes.time_left(gpu)) for a in actors)))
+    # The first LLM's memory is waited for (freed VRAM shows late); the others come back if they
+    # fit beside it (one asked for while the GPU was switched may not).
+    first = p.memory.need(actors[0].unit).get(gpu, 0) if actors else 0
+    _, free = await _memory_back(p, gpu, {gpu: first}, p.margin())
+    started = _start_those_that_fit(p, gpu, actors, free, reason)
+    await p.wait(asyncio.gather(*(a.wait_until(SETTLED, p.modes.time_left(gpu)) for a in started)))
     p.switched.pop(gpu, None)
     p.given_back_at[gpu] = time.monotonic()  # (scale.py: held by its LLMs for lifecycle.switch_hold_s)
     p.modes.set(gpu, Mode.LLM if names else Mode.IDLE, ", ".join(names), f"back from script work: {reason}")
+
+
+def _start_those_that_fit(p, gpu: int, actors: list, free: dict[int, int], reason: str) -> list:
+    """Start the LLMs coming back, in order, each only where it fits in what is free now (a
+    script service whose stop failed still holds its memory, say); the others stay stopped and
+    their waiters are told why."""
+    started = []
+    for a in actors:
+        need = p.memory.need(a.unit)
+        short = shortfall(need, free, p.margin())
+        if short:
+            log.warning("not given back: no room", extra={"model": a.unit.name, "gpu": gpu, "short": short})
+            a.send(Refuse(f"GPU {gpu} given back without room for {a.unit.name}: {short}", permanent=False))
+            continue
+        # (an operator's stop since the switch holds: NOT_HELD)
+        a.send(Start(f"GPU {gpu} given back: {reason}", conditions=frozenset({Condition.NOT_HELD})))
+        started.append(a)
+        for g, n in need.items():
+            free[g] = free.get(g, 0) - n
+    return started
 
 
 async def restore(p, c: Restore) -> None:
