@@ -4,8 +4,8 @@ the ratio of each pass and their median.
 
 --before REF: a second compute API runs the code of git REF (its src/ through PYTHONPATH) with
 the same keys from the environment, beside this tree's, whose requests then carry a named key
-with every limit set (rpm, tpm, concurrent, a quota): what keys, usage and limits add, before
-and after in one run.
+with every limit set (rpm, tpm, concurrent, a quota; --env-key: the environment's key): what
+keys, usage and limits add, before and after in one run.
 
     python bench/cpu_pairs.py [PASSES [REQUESTS]] [--before REF]
 """
@@ -40,14 +40,15 @@ def _code_of(ref: str, folder: Path) -> Path:
     return folder / "pkg"
 
 
-def _bundles(folder: Path, before: str | None) -> dict:
+def _bundles(folder: Path, before: str | None, named: bool = True) -> dict:
     """name -> (bundle, url) of each compute API."""
     entry = model_entry(model("tiny", GgufSize()), [0], parallel=64, context_size=64 * 64)
     (folder / "now").mkdir()
     b = start_keyed(folder / "now", entry)
     out = {"compute_api": (b, f"{b.api}/v1/completions")}
     if before:
-        proxy.KEY_OF["compute_api"] = KeyStore(load_rig(b.rig_path).run_dir).add(LIMITS)
+        if named:
+            proxy.KEY_OF["compute_api"] = KeyStore(load_rig(b.rig_path).run_dir).add(LIMITS)
         proxy.KEY_OF["compute_api_before"] = proxy.CLIENT_KEY
         old = folder / "before"
         old.mkdir()
@@ -60,11 +61,11 @@ def _bundles(folder: Path, before: str | None) -> dict:
     return out
 
 
-def main(passes: int, requests: int, before: str | None) -> None:
+def main(passes: int, requests: int, before: str | None, named: bool = True) -> None:
     folder = Path(tempfile.mkdtemp(prefix="llamarig-cpu-pairs-"))
     apis, bare = {}, {}
     try:
-        apis = _bundles(folder, before)
+        apis = _bundles(folder, before, named)
         for b, _ in apis.values():
             b.wait_ready(120)
         bare = start_bare(folder, apis["compute_api"][0].rig.models["m"].port)
@@ -102,5 +103,7 @@ if __name__ == "__main__":
     p.add_argument("passes", nargs="?", type=int, default=5)
     p.add_argument("requests", nargs="?", type=int, default=1500)
     p.add_argument("--before", metavar="REF")
+    p.add_argument("--env-key", action="store_true", help="with --before: this tree's requests carry the "
+                   "environment's key too (no named key, no limits)")
     a = p.parse_args()
-    main(a.passes, a.requests, a.before)
+    main(a.passes, a.requests, a.before, not a.env_key)

@@ -10,7 +10,6 @@ OpenAI's and LiteLLM's are."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as dt
 import logging
 import math
@@ -58,14 +57,51 @@ class _QuotaGauge:
         yield GaugeMetricFamily("llamarig_key_quota_used_ratio", "", labels=["key"])
 
 
-class _Account:
-    """One key's running numbers."""
-    __slots__ = ("starts", "spent", "spent_sum", "inflight", "period", "period_tokens")
+class _Minute:
+    """The last minute in whole seconds: 60 counts, nothing made per request (a deque of every
+    request's time held thousands of objects for the collector to walk, measured)."""
+    __slots__ = ("counts", "second", "total")
 
     def __init__(self):
-        self.starts: collections.deque[float] = collections.deque()  # admission times in the last minute
-        self.spent: collections.deque[tuple[float, int]] = collections.deque()  # (end time, tokens) in the last minute
-        self.spent_sum = 0
+        self.counts, self.second, self.total = [0] * 60, 0, 0
+
+    def _move_to(self, second: int) -> None:
+        if second - self.second >= 60:
+            self.counts, self.total = [0] * 60, 0
+        else:
+            for s in range(self.second + 1, second + 1):
+                self.total -= self.counts[s % 60]
+                self.counts[s % 60] = 0
+        self.second = second
+
+    def add(self, now: float, n: int) -> None:
+        second = int(now)
+        if second != self.second:
+            self._move_to(second)
+        self.counts[second % 60] += n
+        self.total += n
+
+    def used(self, now: float) -> int:
+        if int(now) != self.second:
+            self._move_to(int(now))
+        return self.total
+
+    def wait(self, now: float, limit: int) -> float:
+        """Seconds until the minute's count falls below `limit`, as its oldest seconds leave."""
+        left, second = self.total, int(now)
+        for s in range(second - 59, second + 1):
+            left -= self.counts[s % 60]
+            if left < limit:
+                return s + WINDOW_S - now
+        return WINDOW_S
+
+
+class _Account:
+    """One key's running numbers."""
+    __slots__ = ("requests", "tokens", "inflight", "period", "period_tokens")
+
+    def __init__(self):
+        self.requests, self.tokens = _Minute(), _Minute()
         self.inflight = 0
         self.period: str | None = None  # the quota period the count is of: 2026-12-07 or 2026-12
         self.period_tokens = 0
@@ -120,23 +156,18 @@ class Ledger:
             raise
         account.inflight += 1
         if key.rpm is not None:
-            account.starts.append(now)
+            account.requests.add(now, 1)
 
     def _rpm(self, key: NamedKey, account: _Account, now: float) -> None:
-        starts = account.starts
-        while starts and starts[0] <= now - WINDOW_S:
-            starts.popleft()
-        if len(starts) >= key.rpm:
+        if account.requests.used(now) >= key.rpm:
             raise Limited(429, "rate_limit_exceeded", f"the key {key.name!r} is at its limit of {key.rpm} requests "
-                          "per minute (--rpm)", "rpm", starts[0] + WINDOW_S - now)
+                          "per minute (--rpm)", "rpm", account.requests.wait(now, key.rpm))
 
     def _tpm(self, key: NamedKey, account: _Account, now: float) -> None:
-        spent = account.spent
-        while spent and spent[0][0] <= now - WINDOW_S:
-            account.spent_sum -= spent.popleft()[1]
-        if account.spent_sum >= key.tpm:
-            raise Limited(429, "rate_limit_exceeded", f"the key {key.name!r} used {account.spent_sum} tokens in the "
-                          f"last minute, its limit (--tpm {key.tpm})", "tpm", spent[0][0] + WINDOW_S - now)
+        used = account.tokens.used(now)
+        if used >= key.tpm:
+            raise Limited(429, "rate_limit_exceeded", f"the key {key.name!r} used {used} tokens in the last minute, "
+                          f"its limit (--tpm {key.tpm})", "tpm", account.tokens.wait(now, key.tpm))
 
     def _quota(self, key: NamedKey, account: _Account) -> None:
         period, tokens = key.quota
@@ -173,8 +204,7 @@ class Ledger:
         account.inflight -= 1
         tokens = prompt + completion
         if key.tpm is not None and tokens:
-            account.spent.append((self.clock(), tokens))
-            account.spent_sum += tokens
+            account.tokens.add(self.clock(), tokens)
         if account.period is not None:
             account.period_tokens += tokens
         self.requests.inc((key.name, model))

@@ -6,6 +6,7 @@ far are held for the metrics (jobs.HeldEvents)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -60,6 +61,7 @@ async def _serve(rig: Rig) -> None:
                             ws="none", interface="asgi3",
                             timeout_graceful_shutdown=int(rig.timeouts.drain_s) or None,
                             **_tls_settings(rig))
+    gc.freeze()  # what the start made lives as long as the process: the collector's full passes skip it
     await uvicorn.Server(config).serve()
 
 
