@@ -275,3 +275,20 @@ def test_the_tls_compose_override_and_its_prometheus_file_stay_in_step():
     env = override["services"]["llamarig"]["environment"]
     assert set(env) == set(ENV.values()) and all(v.startswith("/run/secrets/") for v in env.values())
     assert set(override["secrets"]) == {v.removeprefix("/run/secrets/") for v in env.values()}
+
+
+def test_docker_compose_takes_the_tls_override_as_secrets():
+    """Debian's docker-compose merges docker-compose.tls.yml over the compose file: the bundle
+    and Prometheus get the certificate files as secrets, and Prometheus's config is the TLS one."""
+    keys = {"LLAMARIG_CLIENT_KEYS": "client-key-0123456789", "LLAMARIG_OPERATOR_KEY": "operator-key-0123456789"}
+    merged = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "-f",
+                             str(ROOT / "docker-compose.tls.yml"), "config"], env={**os.environ, **keys},
+                            capture_output=True, text=True, cwd=ROOT)
+    assert merged.returncode == 0, merged.stderr
+    config = yaml.safe_load(merged.stdout)
+    assert set(config["secrets"]) == {"tls_cert", "tls_key", "tls_ca"}
+    bundle, prometheus = config["services"]["llamarig"], config["services"]["prometheus"]
+    assert {s["source"] for s in bundle["secrets"]} == {"tls_cert", "tls_key", "tls_ca"}
+    assert bundle["environment"]["LLAMARIG_TLS_CERT_FILE"] == "/run/secrets/tls_cert"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
+    assert mounts["/etc/prometheus/prometheus.yml"].endswith("alerts/prometheus-tls.yml")

@@ -3,6 +3,7 @@
 official openai client meets them, and an audit line for every admin route."""
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import socket
@@ -66,6 +67,20 @@ def test_named_keys_are_listed_without_their_secret_and_the_old_keys_keep_workin
     assert HTTP.get(team.api + "/admin/units", headers=_as(key), timeout=10).status_code == 401  # a client key
     refused = llamarig(team.rig_path, "keys", "add", "alice", "--scope", "client")
     assert refused.returncode == 2 and "key_exists" in refused.stderr
+
+
+def test_a_key_stops_working_when_it_expires_and_its_last_use_is_listed(team):
+    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3)
+    key = add_key(team, "brief", "--scope", "client", "--expires", when.isoformat(timespec="seconds"))
+    body = {"model": "native", "prompt": "hi", "max_tokens": 1}
+    assert HTTP.post(team.api + "/v1/completions", json=body, headers=_as(key), timeout=30).status_code == 200
+    wait_for(lambda: "brief" in (row := next((line for line in llamarig(team.rig_path, "keys", "list").stdout
+                                              .splitlines() if line.startswith("brief")), "")) and
+             not row.rstrip().endswith("never"), 20, "its last use listed (written every 10 s)")
+    r = wait_for(lambda: (r := HTTP.post(team.api + "/v1/completions", json=body, headers=_as(key), timeout=30))
+                 .status_code == 401 and r, 10, "the key refused once it expired")
+    assert "expired" in r.json()["error"]["message"]
+    assert _metric(team, "llamarig_key_refused_total", key="brief", why="expired") >= 1
 
 
 def _engine_usage(r: httpx.Response | None, events: list[dict]) -> tuple[int, int]:
