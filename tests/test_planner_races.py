@@ -143,7 +143,9 @@ async def test_only_a_jobs_own_task_may_hand_the_planner_back(tmp_path, models, 
 
     async def handler(p, c):
         async def spawned():
-            await p.wait(asyncio.sleep(0))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            await p.wait(done)
         try:
             await asyncio.ensure_future(spawned())
         except RuntimeError as e:

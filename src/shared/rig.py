@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from llamarig.shared.errors import RigError
 
+from llamarig.shared.tls_config import TlsConfig
 from llamarig.shared.rig_types import NAME_PATTERN, EnvName, Port, Strict
 from llamarig.shared.work_config import WorkConfig
 
@@ -182,20 +183,6 @@ class KeysConfig(Strict):
     open_routes: list[Literal["health", "ready", "metrics"]] = Field(
         ["health", "ready", "metrics"], description="Routes answered without a key even when keys are set "
         "(metrics includes /metrics/engines/*). []: every route needs a key.")
-
-
-class TlsConfig(Strict):
-    cert_file: str | None = Field(None, description="PEM certificate (chain) the compute API serves HTTPS with. "
-                                  "null: $LLAMARIG_TLS_CERT_FILE when set (Docker secrets), else plain HTTP. Given "
-                                  "with key_file or not at all.")
-    key_file: str | None = Field(None, description="PEM private key of cert_file. null: $LLAMARIG_TLS_KEY_FILE "
-                                 "when set.")
-    ca_file: str | None = Field(None, description="PEM of the CA that signed cert_file, which the CLI and the "
-                                "workers trust when they call this API (on loopback they check the chain, not the "
-                                "host name: the certificate names the rig as others reach it). null: "
-                                "$LLAMARIG_TLS_CA_FILE when set, else the system's CAs.")
-    required: bool = Field(False, description="true: with api.host beyond loopback, refuse to start without "
-                           "cert_file and key_file (a rig that must never serve keys over plain HTTP).")
 
 
 class ApiConfig(Strict):
