@@ -169,7 +169,7 @@ async def test_a_start_asked_for_while_its_gpu_held_script_work_comes_back_only_
     assert m.planner.switched == {0: ["a"]}
     await m.start_unit("s")
     await _until(lambda: m.actors["a"].state in SERVING, 5, "a given back")
-    await asyncio.sleep(0.5)
+    await _until(lambda: not m.planner._jobs, 5, "the operator's start planned to its end")
     assert fake.used(0) <= fake.total[0] and not fake.running("llama-s")
 
 
