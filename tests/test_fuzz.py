@@ -38,6 +38,19 @@ def _acceptable(response) -> bool:
     return response.status_code < 500
 
 
+@pytest.mark.parametrize("model", ["native", "python"])
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/completions", {"prompt": "hi"}),
+])
+def test_a_null_penalty_is_a_400_on_both_engines(fuzzed, model, path, body):
+    # llama-cpp-python hands a null penalty to a C call that fails; the fuzzer found it as a 500.
+    payload = {**body, "model": model, "max_tokens": 2, "frequency_penalty": None, "presence_penalty": None}
+    response = fuzzed.post(path, json=payload)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] in ("frequency_penalty", "presence_penalty")
+
+
 def test_no_route_answers_5xx_to_generated_requests(fuzzed):
     spec = fuzzed.get("/openapi.json").json()
     schema = schemathesis.openapi.from_dict(spec)

@@ -37,6 +37,8 @@ def refused(path: str, body: dict | str, limits=SERVER) -> str:
     ({"model": "m", "messages": HI, "temperature": 9}, "temperature"),
     ({"model": "m", "messages": HI, "stream": "yes"}, "stream"),
     ({"model": "m", "messages": HI, "stream": None}, "stream"),
+    ({"model": "m", "messages": HI, "presence_penalty": None}, "presence_penalty"),
+    ({"model": "m", "messages": HI, "frequency_penalty": None}, "frequency_penalty"),
     ({"model": "m", "messages": HI, "n": 3}, "n"),
     ({"model": "m", "messages": HI, "stop": [1, 2]}, "stop"),
     ({"model": "m", "messages": HI, "logit_bias": {"999999": 1}}, "logit_bias.999999"),

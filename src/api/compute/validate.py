@@ -29,8 +29,9 @@ class ModelLimits:
 Check = Callable[[object, str, ModelLimits], None]
 # The roles both engines take (llama-cpp-python has no "developer"; its "function" needs a name).
 ROLES = ("system", "user", "assistant", "tool")
-# null is refused where an engine takes none (llama-cpp-python's defaults are not Optional).
-NOT_NULL = {"stream", "temperature", "top_p", "echo", "encoding_format"}
+# null is refused where an engine takes none: llama-cpp-python's defaults are not Optional, and
+# its server hands a null penalty on to a C call that fails with a 500 (test_fuzz found it).
+NOT_NULL = {"stream", "temperature", "top_p", "echo", "encoding_format", "presence_penalty", "frequency_penalty"}
 UINT32 = 2**32 - 1
 
 
