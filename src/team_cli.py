@@ -3,10 +3,12 @@ machine, or `docker exec`), reading and writing its files directly, so they work
 down too. Keys made or revoked here are in force in the API within a second."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import json
 import socket
+import sys
 import time
 
 from llamarig.shared.audit import AuditLog
@@ -79,6 +81,25 @@ def _when(t: float | None) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "never"
 
 
+def samples_export(rig, since: str, dest: str) -> int:
+    from llamarig.work import samples
+    try:
+        start = samples.parse_since(since)
+    except ValueError as e:
+        print(f"llamarig: bad_since: {e}", file=sys.stderr)
+        return 2
+    folder = samples.folder_of(rig)
+    if not samples.files(folder):
+        why = "" if rig.work.samples.enabled else " (work.samples.enabled is false in this rig)"
+        print(f"llamarig: no_samples: no sample files in {folder}{why}", file=sys.stderr)
+        return 1
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout if dest == "-" else stack.enter_context(open(dest, "w", encoding="utf-8"))
+        count = samples.export(folder, start, out)
+    print(f"{count} samples since {since} written to {dest}", file=sys.stderr)
+    return 0
+
+
 def add_parsers(sub, rig_of) -> None:
     keys = sub.add_parser("keys", help="named keys: add (prints the key once), list, revoke").add_subparsers(
         dest="keys_command", required=True)
@@ -109,3 +130,10 @@ def add_parsers(sub, rig_of) -> None:
     s.add_argument("--since", metavar="DATE", help="an ISO date or time, UTC")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=lambda a: audit(rig_of(a), a.since, a.json))
+    exports = sub.add_parser("samples", help="the training-sample log of llm tasks (work.samples)").add_subparsers(
+        dest="samples_command", required=True)
+    s = exports.add_parser("export", help="the samples kept since a date as JSON lines, secrets already redacted")
+    s.add_argument("--since", metavar="DATE", required=True, help="YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC unless it "
+                   "says)")
+    s.add_argument("file", help="where to write them; - for standard output")
+    s.set_defaults(fn=lambda a: samples_export(rig_of(a), a.since, a.file))

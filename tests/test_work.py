@@ -30,7 +30,7 @@ def wb(tmp_path_factory, models):
     entries = {"m": model_entry(models["gguf"], [0], context_size=1024),
                "embed": model_entry(models["gguf_b"], [1], context_size=512, embeddings=True)}
     whisper = {"model_dir": str(models["whisper"]), "gpu": 2, "port": free_port()}
-    work = work_section(metrics_port_gpu=free_port(), metrics_port_cpu=free_port())
+    work = work_section(metrics_port_gpu=free_port(), metrics_port_cpu=free_port(), samples={"enabled": True})
     work["embedded"]["metrics_port"] = free_port()
     rig = write_rig(folder, entries, whisper, work=work)
     with running_bundle(folder, rig) as b:
@@ -416,6 +416,27 @@ def test_an_llm_task_sends_untrusted_inputs_in_a_marked_data_block(wb):
     marker = system["content"].split("'<<")[1].split("'")[0]
     block = user["content"][user["content"].index(f"<<{marker} doc"):]
     assert attack in block and block.endswith(f"{marker}>>") and user["content"].count(marker) == 2
+
+
+def test_llm_tasks_are_kept_as_redacted_samples_but_sensitive_ones_and_export_reads_them(wb, tmp_path):
+    secret = "password=hunter22 and sk-proj-AbCdEfGhIjKlMnOpQrStUvWx"
+    gen = {"prompt": "Summarise.", "model": "m", "max_tokens": 4}
+    plan_id = submit_plan(wb, [{"name": "kept", "class": "llm", "inputs": {"doc": secret}, "generate": gen},
+                               {"name": "private", "class": "llm", "sensitive": True, "inputs": {"doc": "x"},
+                                "generate": gen}])
+    assert {t["state"] for t in plan_ended(wb, plan_id)["tasks"].values()} == {"succeeded"}
+    out = tmp_path / "samples.jsonl"
+    done = llamarig(wb.rig_path, "samples", "export", "--since", time.strftime("%Y-%m-%d", time.gmtime()), str(out))
+    assert done.returncode == 0, done.stderr
+    mine = [json.loads(line) for line in out.read_text().splitlines() if line.startswith("{")
+            and json.loads(line)["task_id"].startswith(plan_id)]
+    assert [s["task_id"] for s in mine] == [f"{plan_id}/kept"], mine
+    sample = mine[0]
+    text = json.dumps(sample)
+    assert "hunter22" not in text and "AbCdEfGh" not in text and "[REDACTED:openai-key]" in text
+    assert (sample["model"], sample["outcome"], sample["attempt"]) == ("m", "succeeded", 1)
+    assert sample["tokens"]["completion"] >= 1 and sample["tokens"]["prompt"] > 5 and sample["duration_ms"] > 0
+    assert isinstance(sample["response"], str) and sample["messages"][-1]["role"] == "user"
 
 
 def test_plans_and_plan_views_from_the_cli(wb):

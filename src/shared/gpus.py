@@ -126,6 +126,15 @@ def _nvml_or_reason():
         return None, f"NVML unavailable ({e})"
 
 
+def nvml_only(config: GpusConfig) -> NvmlInventory | None:
+    """NVML's inventory where the rig may use it and it finds a device; None else (no warning:
+    for readings that only NVML can give, such as a task's VRAM peak)."""
+    if config.source == GpuSource.simulated:
+        return None
+    nvml, _ = _nvml_or_reason()
+    return NvmlInventory(nvml) if nvml else None
+
+
 def open_inventory(config: GpusConfig, used_bytes: Callable[[int], int] = lambda i: 0) -> GpuInventory:
     """The inventory the rig asks for; simulated (with its reason logged) where NVML has none."""
     if config.source != GpuSource.simulated:

@@ -46,6 +46,17 @@ class Concurrency(Strict):
                      "by the request slots (parallel) of the models ready now; 0: none here (as for script).")
 
 
+class Samples(Strict):
+    enabled: bool = Field(False, description="true: each llm task attempt's messages, response, model, tokens, "
+                          "duration and outcome are kept as a JSON line, secrets redacted first (work/samples.py); "
+                          "a task with sensitive: true never is. false (default): nothing is kept.")
+    dir: str | None = Field(None, description="Folder of the sample files (relative: from paths.root); null: "
+                            "RUN_DIR/work/samples.")
+    max_mib: float = Field(256, ge=1, le=1_048_576, description="MiB the sample files may take in all: the "
+                           "current file is rotated at a quarter of it and the oldest rotated files removed past "
+                           "it. A single sample over a quarter of it is not kept (logged as sample_too_large).")
+
+
 class WorkConfig(Strict):
     temporal: Literal["embedded", "cluster"] = Field("embedded", description="embedded: the bundle runs "
                                                      "Temporal's dev server (one rig; install extra "
@@ -55,6 +66,7 @@ class WorkConfig(Strict):
     queue: str = Field("compute", pattern=QUEUE_PATTERN, description="Task queue base name: GPU tasks go to "
                        "QUEUE@gpu, cpu tasks and the plans themselves to QUEUE@cpu.")
     concurrency: Concurrency = Field(default_factory=Concurrency, description="Tasks at once, per class.")
+    samples: Samples = Field(default_factory=Samples, description="The training-sample log of llm tasks.")
     heartbeat_timeout_s: float = Field(30, ge=2, le=3600, description="Seconds without a heartbeat after "
                                        "which a running task's worker counts as dead or hung and the task "
                                        "runs again elsewhere; tasks heartbeat every third of it.")

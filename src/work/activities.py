@@ -15,7 +15,9 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from llamarig.work import commands, durations, outputs, plan_usage, prompts
+from llamarig.shared import gpus
+from llamarig.shared.keys import load_keys
+from llamarig.work import commands, durations, outputs, plan_usage, prompts, samples
 from llamarig.work.api_client import ApiRefused, ComputeApi
 from llamarig.work.processes import WorkerProcess
 from llamarig.work.store import Store
@@ -38,6 +40,8 @@ class Activities:
                        "llm": asyncio.Semaphore(max(1, w.concurrency.llm))}
         self.beat_every = w.heartbeat_timeout_s / 3
         self.served_from = outputs.base_url(rig)
+        self.samples = samples.SampleLog.of(rig, rig_secrets(rig))
+        self.nvml = gpus.nvml_only(rig.gpus) if proc.role == "gpu" else None  # (a leased command's VRAM peak)
         self.counted = meter and (
             meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class, outcome and GPU"),
             meter.create_histogram_float("llamarig_task_seconds", "Seconds a task attempt ran", "s"))
@@ -60,7 +64,26 @@ class Activities:
     async def run_llm(self, task: dict, ctx: dict) -> dict:
         self._takes("llm")
         async with self._limited("llm"):
-            return await self._run(task, ctx, self._generate)
+            if self.samples is None or task.get("sensitive"):
+                return await self._run(task, ctx, self._generate)
+            return await self._sampled(task, ctx)
+
+    async def _sampled(self, task: dict, ctx: dict) -> dict:
+        """An llm attempt whose messages and answer go to the training-sample log, however it ends."""
+        seen, began, outcome, error = {}, time.monotonic(), "failed", None
+        try:
+            result = await self._run(task, ctx, lambda t, c, f: self._generate(t, c, f, seen))
+            outcome = "succeeded"
+            return result
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except ApplicationError as e:
+            outcome, error = ("cancelled" if e.type == PLAN_CANCELLED else "failed"), e.message
+            raise
+        finally:
+            if "messages" in seen:
+                self.samples.write(samples.record(task, ctx, seen, outcome, error, _ms(began)))
 
     @activity.defn(name="record_plan")
     async def record_plan(self, summary: dict) -> str:
@@ -154,13 +177,15 @@ class Activities:
         returned when the command ends however it ends."""
         holder = f"{ctx['plan_id']}/{task['name']}#{ctx['attempt']}"
         lease = await self._lease(holder)
-        renewal = LeaseRenewal(self.api, lease)
+        renewal, peak = LeaseRenewal(self.api, lease), VramPeak(self.nvml, lease["gpu"])
 
         def beat_and_renew():
             self._beat()
             renewal.renew()
+            peak.sample()
         try:
-            return await self._command(task, ctx, folder, str(lease["gpu"]), beat_and_renew) | {"gpu": lease["gpu"]}
+            done = await self._command(task, ctx, folder, str(lease["gpu"]), beat_and_renew)
+            return done | {"gpu": lease["gpu"]} | ({"vram_peak_mib": peak.mib} if peak.mib is not None else {})
         finally:
             renewal.stop()
             await asyncio.shield(self.api.return_gpu(lease["lease_id"], "ended"))
@@ -212,14 +237,17 @@ class Activities:
         output.write_text(json.dumps({"model": model, "lines": lines, "vectors": vectors}))
         return {"output": str(output), "count": len(vectors)}
 
-    async def _generate(self, task: dict, ctx: dict, folder: Path) -> dict:
-        spec = task["generate"]
+    async def _generate(self, task: dict, ctx: dict, folder: Path, seen: dict | None = None) -> dict:
+        """seen: filled with the model, the messages sent and the answer, for the sample log."""
+        spec, seen = task["generate"], {} if seen is None else seen
         inputs = {k: _read_input(task["inputs"][k], v) for k, v in ctx["inputs"].items()}
         model = spec.get("model") or await self._executor(spec["executor"])
         sent = prompts.messages(spec["prompt"], inputs, task.get("untrusted", []))
         (folder / "messages.json").write_text(json.dumps(sent, indent=1))
+        seen |= {"model": model, "messages": sent}
         answer = await self._beating(self.api.chat(model, sent, spec["max_tokens"], spec["temperature"],
                                                    ctx.get("submitter")))
+        seen["answer"] = answer
         output = folder / "output.txt"
         output.write_text(answer["text"])
         gpus = self.rig.models[model].gpus
@@ -271,6 +299,24 @@ class Activities:
         self.counted[1].record(time.monotonic() - began, attrs)
 
 
+class VramPeak:
+    """The most memory a leased GPU held at the command's heartbeats (NVML only: the simulated
+    inventory cannot see a command's own memory). Kept with the learned durations."""
+
+    def __init__(self, nvml, gpu: int):
+        self.nvml, self.gpu, self.mib = nvml, gpu, None
+        self.sample()
+
+    def sample(self) -> None:
+        if self.nvml is None:
+            return
+        try:
+            used = next(r.used_bytes for r in self.nvml.read() if r.index == self.gpu) // gpus.MIB
+        except (StopIteration, self.nvml.nvml.NVMLError):
+            return
+        self.mib = max(self.mib or 0, used)
+
+
 class LeaseRenewal:
     """Renews a GPU lease at each heartbeat, one request at a time. Once the API said the lease
     is unknown (it expired, or an operator took it back: the planner gave the GPU back to its
@@ -313,6 +359,12 @@ def pick_model(names: list[str], load: dict) -> str:
     if stopped:
         return min(stopped)
     return least or min(names, key=lambda n: (outstanding(n), n))
+
+
+def rig_secrets(rig) -> list[str]:
+    """The keys this process holds: taken out of anything it keeps (the sample log)."""
+    keys = load_keys(rig)
+    return [k.decode() for k in (*keys.client, keys.operator) if k]
 
 
 def task_owner(rig, key: str) -> str:

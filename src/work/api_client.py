@@ -140,8 +140,9 @@ class ComputeApi:
                              json={"model": model, "messages": messages, "max_tokens": max_tokens,
                                    "temperature": temperature})
         body = r.json()
-        return {"text": body["choices"][0]["message"]["content"] or "",
-                "tokens": (body.get("usage") or {}).get("completion_tokens")}
+        usage = body.get("usage") or {}
+        return {"text": body["choices"][0]["message"]["content"] or "", "tokens": usage.get("completion_tokens"),
+                "prompt_tokens": usage.get("prompt_tokens")}
 
     async def ready_body(self) -> dict:
         """/ready's body, 200 or 503 alike: each unit's state and load, the GPU modes."""

@@ -112,6 +112,8 @@ class Task(Strict):
                                    "dependency's output file).")
     untrusted: list[str] = Field(default_factory=list, description="Names of inputs that are data from "
                                  "outside: they go to an llm task only inside a marked data block.")
+    sensitive: bool = Field(False, description="true: an llm task's messages and answer are never kept in the "
+                            "training-sample log (work.samples), whatever the rig says.")
     for_each: ForEach | None = Field(None, description="Run the task once per item, {item} and {index} "
                                      "substituted (work/mapping.py); its dependents get a manifest.")
     max_failed: int | str | None = Field(None, description="With for_each: items that may fail (a count, or "

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from llamarig.work import mapping, outputs, priority
 
-HOW_NOT_WHAT = ("priority", "expected_s", "retries", "timeout_s", "class_inferred", "max_failed")
+HOW_NOT_WHAT = ("priority", "expected_s", "retries", "timeout_s", "class_inferred", "max_failed", "sensitive")
 
 
 def reusable(tasks: list[dict], old_tasks: list[dict], old_states: dict[str, dict], present) -> list[str]:
