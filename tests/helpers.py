@@ -109,6 +109,38 @@ def llama_server_bin() -> str:
     return found
 
 
+def fake_server(folder: Path) -> str:
+    """tests/fake_server.py as an executable a rig can name as engines.llama_server."""
+    script = folder / "fake-llama-server"
+    script.write_text(f"#!{sys.executable}\n" + (Path(__file__).parent / "fake_server.py").read_text())
+    script.chmod(0o755)
+    return str(script)
+
+
+@contextlib.contextmanager
+def llama_server(model: Path, folder: Path, *args: str, context: int = 512):
+    """A bare llama-server of the tiny model on a free loopback port (args: more flags); yields its URL."""
+    port = free_port()
+    with open(folder / f"llama-server-{port}.log", "wb") as log:
+        proc = subprocess.Popen([llama_server_bin(), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+                                 "-c", str(context), "-t", "1", *args], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: proc.poll() is not None or _answers(url + "/health"), 60, "llama-server to load")
+        assert proc.poll() is None, (folder / f"llama-server-{port}.log").read_text()[-2000:]
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def write_rig(folder: Path, models: dict, whisper: dict | None = None, **sections) -> Path:
     """A rig file for tests: simulated GPUs, free ports, short timeouts (overridable)."""
     data = {

@@ -1,22 +1,12 @@
 """The health loop's judgement: a server that answers /health but cannot generate is caught by
 the deep probe; a busy server whose probes fail while its stream progresses is not called dead."""
-import sys
-from pathlib import Path
-
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import model_entry, wait_for, write_rig
+from helpers import fake_server, model_entry, wait_for, write_rig
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-def fake_server(folder: Path) -> str:
-    script = folder / "fake-llama-server"
-    script.write_text(f"#!{sys.executable}\n" + (Path(__file__).parent / "fake_server.py").read_text())
-    script.chmod(0o755)
-    return str(script)
 
 
 def sample(b, name: str, **labels) -> float:

@@ -187,3 +187,23 @@ def test_an_items_output_is_read_only_by_a_for_each_task_of_a_for_each_dependenc
     assert any(said in p for p in _problems(base + [of_a])) and "tasks.m.for_each.items_of: @a has no items" in str(_problems(base + [of_a]))
     parse_plan({"name": "p", "tasks": base + [of_a | {"depends_on": ["b"], "for_each": {"items_of": "@b"},
                                                        "inputs": {"i": "@b[{index}]"}}]}, "plan.yaml")
+
+
+def test_escalation_is_checked_against_the_task_and_the_rig():
+    gen = {"prompt": "x", "model": "brain"}
+    found = _problems([
+        {"name": "cmd", "class": "cpu", "command": "true", "external": True},
+        {"name": "both", "class": "llm", "generate": gen, "external": True, "escalate": {"after_failures": 1}},
+        {"name": "never", "class": "llm", "generate": gen, "retries": 1, "escalate": {"after_failures": 2}},
+        {"name": "by-default", "class": "llm", "generate": gen, "escalate": {"after_failures": 4}},
+    ], external=True, default_retries=3)
+    assert found == ["tasks.cmd.external: only an llm task (generate) can ask the escalation tier",
+                     "tasks.both.escalate: external: true never runs locally; set one of them",
+                     "tasks.never.escalate.after_failures: 2 local failures leave no attempt for the tier with "
+                     "retries 1 (set retries to after_failures or more)",
+                     "tasks.by-default.escalate.after_failures: 4 local failures leave no attempt for the tier with "
+                     "retries 3 (set retries to after_failures or more)"]
+    assert _problems([{"name": "a", "class": "llm", "generate": gen, "external": True}], external=False) == [
+        "tasks.a.external: this rig has no escalation tier (work.external)"]
+    ok = [{"name": "a", "class": "llm", "generate": gen, "escalate": {"after_failures": 2}, "sensitive": True}]
+    assert parse_plan({"name": "p", "tasks": ok}, "p", models={"brain"}, external=True, default_retries=3)

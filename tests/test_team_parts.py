@@ -137,9 +137,11 @@ async def test_usage_is_flushed_to_sqlite_and_a_quota_survives_a_restart(tmp_pat
     await ledger.flush()
     rows = UsageStore(tmp_path).query(None, ("key", "model"))
     assert rows == [{"key": "q", "model": "m", "requests": 1, "errors": 0, "prompt_tokens": 40,
-                     "completion_tokens": 30, "audio_seconds": 0.0, "embedding_inputs": 2, "task_seconds": 0.0},
+                     "completion_tokens": 30, "audio_seconds": 0.0, "embedding_inputs": 2, "task_seconds": 0.0,
+                     "external_cost": 0.0},
                     {"key": "q", "model": "whisper", "requests": 1, "errors": 1, "prompt_tokens": 0,
-                     "completion_tokens": 0, "audio_seconds": 1.5, "embedding_inputs": 0, "task_seconds": 0.0}]
+                     "completion_tokens": 0, "audio_seconds": 1.5, "embedding_inputs": 0, "task_seconds": 0.0,
+                     "external_cost": 0.0}]
     assert "q,m,1,0,40,30" in render(rows, "csv") and json.loads(render(rows, "json")) == rows
     again = _ledger(tmp_path, clock)  # a restart: the month's use is read back
     again.admit(key, "m")

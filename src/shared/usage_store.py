@@ -17,14 +17,16 @@ from llamarig.shared.errors import LlamarigError
 FILE = "usage.sqlite"
 FLUSH_S = 2.0
 COUNTS = ("requests", "errors", "prompt_tokens", "completion_tokens", "audio_seconds", "embedding_inputs",
-          "task_seconds")
+          "task_seconds", "external_cost")
+EXTERNAL = "external:"  # the model of the escalation tier's rows (external:MODEL): calls, tokens, cost
 GROUPS = ("key", "model", "day")
 SCHEMA = """CREATE TABLE IF NOT EXISTS usage (
   day TEXT NOT NULL, key TEXT NOT NULL, model TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
   errors INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
   completion_tokens INTEGER NOT NULL DEFAULT 0, audio_seconds REAL NOT NULL DEFAULT 0,
   embedding_inputs INTEGER NOT NULL DEFAULT 0, task_seconds REAL NOT NULL DEFAULT 0,
-  PRIMARY KEY (day, key, model))"""
+  external_cost REAL NOT NULL DEFAULT 0, PRIMARY KEY (day, key, model))"""
+ADDED = {"external_cost": "REAL NOT NULL DEFAULT 0"}  # columns a file of an older release lacks
 
 
 class UsageStore:
@@ -36,6 +38,10 @@ class UsageStore:
         db = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")  # readers (the CLI) never wait for the API's writes
         db.execute(SCHEMA)
+        have = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+        for column, kind in ADDED.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE usage ADD COLUMN {column} {kind}")
         return db
 
     def add(self, deltas: dict[tuple[str, str, str], list[float]]) -> None:
@@ -60,8 +66,8 @@ class UsageStore:
             return 0
         db = self._connect()
         try:
-            row = db.execute("SELECT SUM(prompt_tokens + completion_tokens) FROM usage WHERE key = ? AND day >= ?",
-                             (key, first_day)).fetchone()
+            row = db.execute("SELECT SUM(prompt_tokens + completion_tokens) FROM usage WHERE key = ? AND day >= ? "
+                             "AND model NOT LIKE ?", (key, first_day, EXTERNAL + "%")).fetchone()
             return int(row[0] or 0)
         finally:
             db.close()
@@ -96,12 +102,14 @@ def render(rows: list[dict], fmt: str) -> str:
         writer.writerows(rows)
         return out.getvalue()
     cols = list(rows[0])
-    cells = [[_cell(r[c]) for c in cols] for r in rows]
+    cells = [[_cell(r[c], c) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
 
 
-def _cell(value) -> str:
+def _cell(value, column: str) -> str:
+    if column == "external_cost":
+        return f"{value:.4f}"
     return f"{value:.1f}" if isinstance(value, float) else str(value)

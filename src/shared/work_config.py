@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from llamarig.shared.external_config import ExternalTier
 from llamarig.shared.rig_types import EnvName, Port, Strict
 
 QUEUE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,59}$"
@@ -67,6 +68,9 @@ class WorkConfig(Strict):
                        "QUEUE@gpu, cpu tasks and the plans themselves to QUEUE@cpu.")
     concurrency: Concurrency = Field(default_factory=Concurrency, description="Tasks at once, per class.")
     samples: Samples = Field(default_factory=Samples, description="The training-sample log of llm tasks.")
+    external: ExternalTier | None = Field(None, description="The escalation tier: an outside OpenAI-compatible "
+                                          "endpoint llm tasks with escalate or external hand their work to; "
+                                          "null (default): none, and such tasks are refused.")
     heartbeat_timeout_s: float = Field(30, ge=2, le=3600, description="Seconds without a heartbeat after "
                                        "which a running task's worker counts as dead or hung and the task "
                                        "runs again elsewhere; tasks heartbeat every third of it.")

@@ -19,6 +19,8 @@ from llamarig.shared import gpus
 from llamarig.shared.keys import load_keys
 from llamarig.work import commands, durations, outputs, plan_usage, prompts, samples
 from llamarig.work.api_client import ApiRefused, ComputeApi
+from llamarig.work.escalation import Escalation, asks_tier
+from llamarig.work.external import Tier
 from llamarig.work.processes import WorkerProcess
 from llamarig.work.store import Store
 from llamarig.work.workflow import PLAN_CANCELLED
@@ -42,6 +44,8 @@ class Activities:
         self.served_from = outputs.base_url(rig)
         self.samples = samples.SampleLog.of(rig, rig_secrets(rig))
         self.nvml = gpus.nvml_only(rig.gpus) if proc.role == "gpu" else None  # (a leased command's VRAM peak)
+        tier = Tier.of(rig, rig_secrets(rig)) if proc.role == "gpu" else None
+        self.escalation = tier and Escalation(rig, tier, meter)
         self.counted = meter and (
             meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class, outcome and GPU"),
             meter.create_histogram_float("llamarig_task_seconds", "Seconds a task attempt ran", "s"))
@@ -241,6 +245,10 @@ class Activities:
         """seen: filled with the model, the messages sent and the answer, for the sample log."""
         spec, seen = task["generate"], {} if seen is None else seen
         inputs = {k: _read_input(task["inputs"][k], v) for k, v in ctx["inputs"].items()}
+        if asks_tier(task, ctx["attempt"]):
+            if self.escalation is None:
+                raise definition_error("this rig has no escalation tier (work.external), which the task asks for")
+            return await self.escalation.run(task, ctx, inputs, folder, seen, self._beating)
         model = spec.get("model") or await self._executor(spec["executor"])
         sent = prompts.messages(spec["prompt"], inputs, task.get("untrusted", []))
         (folder / "messages.json").write_text(json.dumps(sent, indent=1))

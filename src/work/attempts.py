@@ -65,10 +65,10 @@ class Attempts:
         times), waiting retry_initial_s, then twice as long each time, up to retry_max_s."""
         d, name = self.spec["defaults"], t["name"]
         retries = d["retries"] if t["retries"] is None else t["retries"]
-        key, attempt = self.keys[name][0], 1
+        key, attempt, failures = self.keys[name][0], 1, []
         while True:
             try:
-                return await self._activity(t, attempt, key, starve=key != priority.STARVED)
+                return await self._activity(t, attempt, key, key != priority.STARVED, failures)
             except ActivityError as e:
                 if starved(e):
                     self._set(name, starved=True)
@@ -81,15 +81,17 @@ class Attempts:
                 if final(e) or attempt > retries or isinstance(e.cause, CancelledError):
                     raise
                 self._set(name, attempt=attempt, last_error=reason(e))
+                if t.get("escalate"):  # (what the escalation tier is told: escalation.py)
+                    failures.append({"attempt": attempt, "error": reason(e)[-2000:]})
                 await workflow.sleep(min(d["retry_initial_s"] * 2 ** (attempt - 1), d["retry_max_s"]))
                 attempt += 1
 
-    async def _activity(self, t: dict, attempt: int, priority_key: int, starve: bool) -> dict:
+    async def _activity(self, t: dict, attempt: int, priority_key: int, starve: bool, failures=()) -> dict:
         await self._window(t)
         try:
             if (why := self._skip(t)) is not None:
                 raise NotRun(why)
-            return await self._execute(t, attempt, priority_key, starve)
+            return await self._execute(t, attempt, priority_key, starve, failures)
         finally:
             self.window.leave()
             self._grant_soon()
@@ -136,11 +138,13 @@ class Attempts:
     def _grant(self) -> None:
         self.window.let_in(self.spec["defaults"]["window"])
 
-    async def _execute(self, t: dict, attempt: int, priority_key: int, starve: bool) -> dict:
+    async def _execute(self, t: dict, attempt: int, priority_key: int, starve: bool, failures=()) -> dict:
         spec, d = self.spec, self.spec["defaults"]
         self._set(t["name"], attempt=attempt)
         ctx = {"plan_id": spec["plan_id"], "attempt": attempt, **self._context(t), "cancel_grace_s": d["cancel_grace_s"],
                "submitter": spec.get("submitter")}  # (its llm tasks count against the key that submitted the plan)
+        if failures:
+            ctx["failures"] = list(failures[-10:])
         return await workflow.execute_activity(
             ACTIVITY[t["cls"]], args=[t, ctx], task_queue=spec["queues"][t["cls"]], activity_id=f"{t['name']}#{attempt}",
             start_to_close_timeout=timedelta(seconds=t["timeout_s"] or d["timeout_s"]),

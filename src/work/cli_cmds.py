@@ -74,7 +74,8 @@ def submit(rig, path: str, infer_class: bool, reusing: str | None = None, wait: 
     from llamarig.work.plan import load_plan
 
     need_work(rig)
-    plan = load_plan(path, infer_class, set(rig.models))  # refused here before anything is sent
+    plan = load_plan(path, infer_class, set(rig.models), rig.work.external is not None,
+                     rig.work.retries)  # refused here before anything is sent
     sent = {"plan": plan.model_dump(by_alias=True)} | ({"reuse": reusing} if reusing else {})
     return _submitted(rig, Api(rig).post_json("/admin/plans", sent), reusing, wait)
 
@@ -154,6 +155,10 @@ def _print_view(body: dict) -> None:
     print(f"{body['plan_id']}  {body.get('outcome')}")
     if body.get("ended_by_engine"):  # (terminated, timed out: the workflow never ended it)
         print(f"  ended by the engine, {body['ended_by_engine']['status']}: {body['ended_by_engine']['reason']}")
+    if body.get("external"):
+        x = body["external"]
+        print(f"  escalation tier: {x['calls']} calls, {x['tokens_in']} tokens in, {x['tokens_out']} out, "
+              f"{x['cost']:.4f} {x['currency']}")
     print(f"  {'task':18} {'state':10} {'try':>3} {'rig':21} {'worker':8} {'gpu':3} {'time':>7}")
     for name, t in body["tasks"].items():
         r = t.get("result") or {}

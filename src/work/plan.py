@@ -68,6 +68,11 @@ class Generate(Strict):
         return self
 
 
+class Escalate(Strict):
+    after_failures: int = Field(ge=1, le=100, description="Local attempts that failed before the next attempt goes "
+                                "to the escalation tier (work.external) with the task and their errors.")
+
+
 class ForEach(Strict):
     items: list[str | int | float] | None = Field(None, max_length=MAX_LITERAL_ITEMS, description="The items "
                                                  "themselves (up to 10,000; more: glob or lines).")
@@ -112,6 +117,10 @@ class Task(Strict):
                                    "dependency's output file).")
     untrusted: list[str] = Field(default_factory=list, description="Names of inputs that are data from "
                                  "outside: they go to an llm task only inside a marked data block.")
+    escalate: Escalate | None = Field(None, description="An llm task: after this many failed local attempts, "
+                                      "the next ones ask the escalation tier (work.external); its answer is the output.")
+    external: bool | None = Field(None, description="An llm task: true: asked of the escalation tier only, never "
+                                  "a local model.")
     sensitive: bool = Field(False, description="true: an llm task's messages and answer are never kept in the "
                             "training-sample log (work.samples), whatever the rig says.")
     for_each: ForEach | None = Field(None, description="Run the task once per item, {item} and {index} "
@@ -142,7 +151,8 @@ def suggest_class(task: dict) -> str:
     return next((cls for cls, words in HINTS if any(w in text for w in words)), "cpu")
 
 
-def load_plan(path: str, infer_class: bool = False, models: set[str] | None = None) -> Plan:
+def load_plan(path: str, infer_class: bool = False, models: set[str] | None = None,
+              external: bool | None = None, default_retries: int | None = None) -> Plan:
     """A plan file: JSON where its name ends in .json, else YAML. A syntax error is one line: the
     file, the line and column, what the parser found and expected."""
     try:
@@ -156,7 +166,7 @@ def load_plan(path: str, infer_class: bool = False, models: set[str] | None = No
         raise PlanError(path, [f"(json) line {e.lineno}, column {e.colno}: {e.msg}"]) from None
     except yaml.YAMLError as e:
         raise PlanError(path, [_yaml_syntax(e)]) from None
-    return parse_plan(data, path, infer_class, models)
+    return parse_plan(data, path, infer_class, models, external, default_retries)
 
 
 def _yaml_syntax(e: yaml.YAMLError) -> str:
@@ -171,8 +181,10 @@ def _yaml_syntax(e: yaml.YAMLError) -> str:
     return f"(yaml) line {mark.line + 1}, column {mark.column + 1}: {what}" + (f" ({within})" if within else "")
 
 
-def parse_plan(data: object, source: str, infer_class: bool = False, models: set[str] | None = None) -> Plan:
-    """Validate a plan; `models`: the rig's model names (None: not checked)."""
+def parse_plan(data: object, source: str, infer_class: bool = False, models: set[str] | None = None,
+               external: bool | None = None, default_retries: int | None = None) -> Plan:
+    """Validate a plan; `models`: the rig's model names, `external`: whether it has an escalation
+    tier, `default_retries`: its work.retries (None: not checked)."""
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
         raise PlanError(source, ["(top): a plan is a mapping with name and a list of tasks"])
     problems = _classes(data["tasks"], infer_class)
@@ -180,7 +192,7 @@ def parse_plan(data: object, source: str, infer_class: bool = False, models: set
         plan = Plan.model_validate(data)
     except ValidationError as e:
         raise PlanError(source, problems + [_where(data, err) for err in e.errors()]) from None
-    problems += _cross_check(plan, models)
+    problems += _cross_check(plan, models) + _escalation_problems(plan, external, default_retries)
     if problems:
         raise PlanError(source, problems)
     return plan
@@ -246,6 +258,29 @@ def _task_problems(t: Task, names: set[str], models: set[str] | None, mapped: se
     if models is not None and target and target not in models:
         problems.append(f"{where}.{what}.model: unknown model '{target}' (the rig has {', '.join(sorted(models))})")
     return problems + _literal_problems(t, where) + mapping.problems(t, where)
+
+
+def _escalation_problems(plan: Plan, external: bool | None, default_retries: int | None) -> list[str]:
+    problems = []
+    for t in plan.tasks:
+        where, asks = f"tasks.{t.name}", "external" if t.external else "escalate" if t.escalate else None
+        if asks is None:
+            continue
+        if t.what() != "generate":
+            problems.append(f"{where}.{asks}: only an llm task (generate) can ask the escalation tier")
+        elif t.external and t.escalate:
+            problems.append(f"{where}.escalate: external: true never runs locally; set one of them")
+        elif t.escalate and (retries := _or(t.retries, default_retries)) is not None \
+                and t.escalate.after_failures > retries:
+            problems.append(f"{where}.escalate.after_failures: {t.escalate.after_failures} local failures leave no "
+                            f"attempt for the tier with retries {retries} (set retries to after_failures or more)")
+        elif external is False:
+            problems.append(f"{where}.{asks}: this rig has no escalation tier (work.external)")
+    return problems
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def _literal_problems(t: Task, where: str) -> list[str]:

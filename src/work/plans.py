@@ -192,7 +192,18 @@ def _shaped(plan_id: str) -> None:
 async def show(client, rig, plan_id: str) -> dict:
     """From the engine while it runs; once it ended, from its record here (the same final state,
     without replaying thousands of tasks), else from the engine; past retention, the record."""
-    return _without_spec(await _view(client, rig, plan_id))
+    return with_external(_without_spec(await _view(client, rig, plan_id)))
+
+
+def with_external(view: dict) -> dict:
+    """The view with what its tasks' calls to the escalation tier cost, summed (where any did)."""
+    calls = [(t.get("result") or {}).get("external") for t in view.get("tasks", {}).values()]
+    calls = [c for c in calls if c]
+    if not calls:
+        return view
+    total = {k: sum(c[k] for c in calls) for k in ("calls", "tokens_in", "tokens_out")}
+    return view | {"external": total | {"cost": round(sum(c["cost"] for c in calls), 6),
+                                        "currency": calls[0]["currency"]}}
 
 
 async def _view(client, rig, plan_id: str) -> dict:

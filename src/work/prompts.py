@@ -28,3 +28,18 @@ def messages(prompt: str, inputs: dict[str, str], untrusted: list[str], m: str |
     parts += [data_block(k, inputs[k], m) for k in untrusted]
     system = SYSTEM.format(m=m) if untrusted else "You are a careful assistant working on a task."
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+HANDOFF = ("The rig's local models were given this task and failed it; what they failed with is in the data "
+           "block 'local_attempts'. Do the task yourself and answer with its output only.")
+
+
+def handoff(prompt: str, inputs: dict[str, str], untrusted: list[str], failures: list[dict]) -> list[dict]:
+    """The escalation tier's messages: the task as a local model gets it (untrusted inputs still in
+    their blocks), and the local attempts with their errors, as data."""
+    if not failures:
+        return messages(prompt, inputs, untrusted)
+    attempts = "\n".join(f"attempt {f['attempt']}: {f['error']}" for f in failures)
+    sent = messages(prompt, {**inputs, "local_attempts": attempts}, [*untrusted, "local_attempts"])
+    sent[0]["content"] += " " + HANDOFF
+    return sent

@@ -140,7 +140,8 @@ def build_router(state, rig, link: TemporalLink | None, operator_key: bytes | No
             return error_response(400, "plan_invalid", "reuse: the id of an ended plan (NAME-YYYYMMDD-HHMMSS-xxxxxx)",
                                   "reuse")
         try:
-            plan = parse_plan(body["plan"], "plan", infer_class, set(rig.models))
+            plan = parse_plan(body["plan"], "plan", infer_class, set(rig.models), rig.work.external is not None,
+                              rig.work.retries)
         except PlanError as e:
             return error_response(400, e.code, e.reason, "plan")
         submitter = caller_of(request.scope).name  # (its usage, and its llm tasks' limits)
