@@ -26,6 +26,7 @@ class FakeRig:
         self.total: dict[int, int] = {}       # GPU -> capacity
         self.starts: list[tuple[float, str]] = []
         self.slow: set[str] = set()  # programs still loading: no answer yet, and their memory not in the reading
+        self.celsius: dict[int, float] = {}  # GPU -> its temperature (the thermal policy's input)
 
     def add(self, program: str, port: int) -> None:
         self.programs[program] = {"name": program, "statename": "STOPPED", "pid": 0, "stop": 0, "exitstatus": 0}
@@ -104,7 +105,8 @@ class FakeInventory:
         self.rig = rig
 
     def read(self) -> list[GpuReading]:
-        return [GpuReading(g, "Fake GPU", total, min(total, self.rig.used(g))) for g, total in self.rig.total.items()]
+        return [GpuReading(g, "Fake GPU", total, min(total, self.rig.used(g)), temperature_c=self.rig.celsius.get(g))
+                for g, total in self.rig.total.items()]
 
     def pids_on(self, index: int) -> set[int]:
         return {i["pid"] for p, i in self.rig.programs.items() if self.rig.running(p) and index in self.rig.bytes[p]}

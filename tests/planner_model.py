@@ -65,7 +65,8 @@ def rig_file(folder: Path, models: dict) -> Path:
                      lifecycle={"health_interval_s": 0.05, "probe_timeout_s": 0.5, "failure_threshold": 2,
                                 "backoff_initial_s": 0.1, "backoff_max_s": 0.5, "vram_settle_s": 0.1,
                                 "vram_margin_mib": 0, "queue_timeout_s": QUEUE_S, "script_idle_s": 0.5,
-                                "llm_wait_max_s": 0.5, "switch_hold_s": 0.3, "deep_probe_interval_s": 0})
+                                "llm_wait_max_s": 0.5, "switch_hold_s": 0.3, "deep_probe_interval_s": 0},
+                     thermal={"interval_s": 0.1})
 
 
 class PlannerMachine(RuleBasedStateMachine):
@@ -192,6 +193,11 @@ class PlannerMachine(RuleBasedStateMachine):
         self.m.supervisor.down_until = time.monotonic() + seconds
         self._step()
 
+    @rule(gpu=st.integers(1, 4), celsius=st.sampled_from([40, 80, 90, 100]))
+    def heat(self, gpu, celsius):
+        self.fake.celsius[gpu] = celsius  # read by the thermal loop within interval_s
+        self._step()
+
     @rule(seconds=st.sampled_from([0.05, 0.2, 0.6]))
     def clock(self, seconds):
         self._step(seconds)
@@ -224,6 +230,31 @@ class PlannerMachine(RuleBasedStateMachine):
                 if actor.unit.is_llm and gpu in actor.unit.gpus:
                     assert actor.state in ENDED and not self.fake.running(actor.unit.program), (
                         f"GPU {gpu} is lent to {lease.holder} and {actor.unit.program} is {actor.state.value}")
+
+    @invariant()
+    def a_hot_gpu_gets_no_new_script_work(self):
+        t = self.m.planner.thermal
+        for gpu, lease in self.m.planner.leases.items():
+            assert not t.hot(gpu) or t.since[gpu] >= lease.granted_at - SLACK_S, (
+                f"GPU {gpu} was lent to {lease.holder} while {t.level(gpu).value}")
+        for a in self._script_work():
+            gpu = a.unit.gpus[0]
+            began = max((x.at for x in a.history if x.source == "stopped"), default=0.0)
+            assert not t.hot(gpu) or t.since[gpu] >= began - SLACK_S, (
+                f"{a.unit.program} started on GPU {gpu} while {t.level(gpu).value}: {self._story([gpu])}")
+
+    @invariant()
+    def a_gpu_at_slowdown_sheds_its_script_work(self):
+        t, now = self.m.planner.thermal, time.time()
+        for gpu, level in t.levels.items():
+            if level.value != "slowdown" or now - t.since[gpu] <= LIMIT_S + SLACK_S:
+                continue
+            assert gpu not in self.m.planner.leases, f"GPU {gpu} at slowdown is still lent"
+            assert not [a for a in self._script_work() if a.unit.gpus[0] == gpu], (
+                f"GPU {gpu} at slowdown still runs script work: {self._story([gpu])}")
+
+    def _script_work(self) -> list:
+        return [a for a in self.m.all_actors() if a.unit.script and a.state in LOADING | SERVING]
 
     @invariant()
     def requests_go_to_ready_servers(self):

@@ -6,9 +6,11 @@ import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from llamarig.backend.lifecycle import scale
+from llamarig.backend.lifecycle import scale, thermal
 from llamarig.backend.lifecycle.gpu_modes import Mode
 from llamarig.backend.lifecycle.states import State
+from llamarig.backend.lifecycle.thermal import Thermal
+from llamarig.shared.thermal_config import ThermalConfig
 from llamarig.work.activities import pick_model
 
 
@@ -38,7 +40,7 @@ def _m(placements, llms=(), modes=None, given_back=None, hold_s=30):
                            all_actors=lambda: list(placements) + list(llms), leases={},
                            modes=SimpleNamespace(mode=lambda g: modes.get(g, Mode.IDLE)),
                            given_back_at=given_back or {}, rig=_rig(hold_s),
-                           memory=SimpleNamespace(reserved_gpus=set))
+                           memory=SimpleNamespace(reserved_gpus=set), thermal=Thermal(ThermalConfig()))
 
 
 def test_a_request_goes_to_an_idle_placement_then_to_a_spare_then_to_the_least_busy():
@@ -93,3 +95,17 @@ def test_llm_tasks_spread_over_worker_models_as_script_services_do():
     assert pick_model(["a", "b", "c"], load | {"c": {"state": "stopped", "held": True}}) == "a"  # not one held
     load["c"] = {"state": "loading"}
     assert pick_model(["a", "b", "c"], load) == "a"  # none stopped: the least outstanding
+
+
+def test_a_scale_out_never_takes_a_hot_gpu_and_prefers_the_cooler():
+    warm, cool, hot = FakeActor(4), FakeActor(5), FakeActor(6)
+    m = _m([warm, cool, hot])
+    thermal.on_reading(SimpleNamespace(thermal=m.thermal, leases={}, slots={}, post=None),
+                       thermal.Reading({4: 70, 5: 50, 6: 90}))
+    assert scale.rank(m, hot) is None and scale.spare(m, [warm, hot, cool]) is cool
+    thermal.on_reading(SimpleNamespace(thermal=m.thermal, leases={}, slots={}, post=None),
+                       thermal.Reading({6: 80}))  # under the target, not under target minus hysteresis
+    assert scale.rank(m, hot) is None
+    thermal.on_reading(SimpleNamespace(thermal=m.thermal, leases={}, slots={}, post=None),
+                       thermal.Reading({6: 77}))
+    assert scale.rank(m, hot) == scale.NOTHING_TO_STOP

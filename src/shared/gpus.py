@@ -7,9 +7,11 @@ for real on the CPU.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 from llamarig.shared.errors import LlamarigError
@@ -28,10 +30,36 @@ class GpuReading:
     utilization_pct: float | None = None
     temperature_c: float | None = None
     power_w: float | None = None
+    power_limit_w: float | None = None
+    throttle: tuple[str, ...] = ()  # NVML's reasons the clocks are held down now (THROTTLE's names)
 
     @property
     def free_bytes(self) -> int:
         return max(0, self.total_bytes - self.used_bytes)
+
+
+# NVML's clock throttle (event) reason bits, by the names the metrics use.
+THROTTLE = {0x1: "gpu_idle", 0x2: "applications_clocks", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+            0x10: "sync_boost", 0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "hw_power_brake",
+            0x100: "display_clocks"}
+TEMPERATURES = "gpu-temperatures.json"  # the simulated inventory's temperature per GPU, in the run folder
+
+
+def throttle_names(mask: int) -> tuple[str, ...]:
+    return tuple(name for bit, name in THROTTLE.items() if mask & bit)
+
+
+def simulated_temperatures(run_dir: Path) -> dict[int, float]:
+    """The simulated GPUs' temperatures: what PUT /admin/gpus/N/temperature (or a person) wrote
+    in RUN_DIR/gpu-temperatures.json, {"0": 71.5, ...}; none where it is missing or unreadable."""
+    try:
+        data = json.loads((run_dir / TEMPERATURES).read_text())
+        return {int(k): float(v) for k, v in data.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        log.warning("simulated GPU temperatures unreadable", extra={"reason": str(e)[:200]})
+        return {}
 
 
 class GpuInventory(Protocol):
@@ -39,6 +67,8 @@ class GpuInventory(Protocol):
     reason: str
 
     def read(self) -> list[GpuReading]: ...
+
+    def set_power_limit(self, index: int, watts: float) -> str: ...
 
 
 class NvmlInventory:
@@ -60,7 +90,27 @@ class NvmlInventory:
             index, name.decode() if isinstance(name, bytes) else name, mem.total, mem.used,
             self._optional(lambda: n.nvmlDeviceGetUtilizationRates(handle).gpu),
             self._optional(lambda: n.nvmlDeviceGetTemperature(handle, n.NVML_TEMPERATURE_GPU)),
-            self._optional(lambda: n.nvmlDeviceGetPowerUsage(handle) / 1000.0))
+            self._optional(lambda: n.nvmlDeviceGetPowerUsage(handle) / 1000.0),
+            self._optional(lambda: n.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0),
+            throttle_names(int(self._optional(lambda: self._throttle_mask(handle)) or 0)))
+
+    def _throttle_mask(self, handle) -> int:
+        n = self.nvml  # (renamed "clocks event reasons" in newer NVML; the bits are the same)
+        read = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or n.nvmlDeviceGetCurrentClocksThrottleReasons
+        return read(handle)
+
+    def set_power_limit(self, index: int, watts: float) -> str:
+        """Set one GPU's power limit; returns what happened, in words (never raises)."""
+        n = self.nvml
+        try:
+            handle = n.nvmlDeviceGetHandleByIndex(index)
+            low, high = n.nvmlDeviceGetPowerManagementLimitConstraints(handle)
+            if not low <= watts * 1000 <= high:
+                return f"skipped: {watts:g} W is outside this board's range {low / 1000:g}-{high / 1000:g} W"
+            n.nvmlDeviceSetPowerManagementLimit(handle, int(watts * 1000))
+            return f"set to {watts:g} W"
+        except n.NVMLError as e:
+            return f"refused by NVML ({e}): setting it needs root; set it on the host with nvidia-smi -pl"
 
     def _processes(self, index: int) -> dict[int, int]:
         handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
@@ -86,13 +136,20 @@ class NvmlInventory:
 class SimulatedInventory:
     simulated = True
 
-    def __init__(self, config: GpusConfig, used_bytes: Callable[[int], int], reason: str):
+    def __init__(self, config: GpusConfig, used_bytes: Callable[[int], int], reason: str,
+                 temperatures: Callable[[], dict[int, float]] = dict):
         self.gpus = config.simulated
         self.used_bytes = used_bytes
+        self.temperatures = temperatures
         self.reason = reason
 
     def read(self) -> list[GpuReading]:
-        return [GpuReading(g.index, g.name, g.memory_mib * MIB, self.used_bytes(g.index)) for g in self.gpus]
+        celsius = self.temperatures()
+        return [GpuReading(g.index, g.name, g.memory_mib * MIB, self.used_bytes(g.index),
+                           temperature_c=celsius.get(g.index)) for g in self.gpus]
+
+    def set_power_limit(self, index: int, watts: float) -> str:
+        return "not applied: the simulated inventory has no power control"
 
 
 def start_nvml_early(config: GpusConfig) -> None:
@@ -135,7 +192,8 @@ def nvml_only(config: GpusConfig) -> NvmlInventory | None:
     return NvmlInventory(nvml) if nvml else None
 
 
-def open_inventory(config: GpusConfig, used_bytes: Callable[[int], int] = lambda i: 0) -> GpuInventory:
+def open_inventory(config: GpusConfig, used_bytes: Callable[[int], int] = lambda i: 0,
+                   temperatures: Callable[[], dict[int, float]] = dict) -> GpuInventory:
     """The inventory the rig asks for; simulated (with its reason logged) where NVML has none."""
     if config.source != GpuSource.simulated:
         nvml, why = _nvml_or_reason()
@@ -147,5 +205,5 @@ def open_inventory(config: GpusConfig, used_bytes: Callable[[int], int] = lambda
         why = "gpus.source is 'simulated'"
     reason = f"{why}: simulated inventory of {len(config.simulated)} GPU(s), servers run on the CPU"
     log.warning("gpu inventory simulated", extra={"reason": reason})
-    return SimulatedInventory(config, used_bytes, reason)
+    return SimulatedInventory(config, used_bytes, reason, temperatures)
 

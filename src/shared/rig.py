@@ -19,6 +19,7 @@ from llamarig.shared.errors import RigError
 
 from llamarig.shared.tls_config import TlsConfig
 from llamarig.shared.rig_types import NAME_PATTERN, EnvName, Port, Strict
+from llamarig.shared.thermal_config import ThermalConfig
 from llamarig.shared.work_config import WorkConfig
 
 
@@ -298,6 +299,7 @@ class Rig(Strict):
                                        "VRAM planning and the queue of requests for a loading model.")
     engines: EnginesConfig = Field(default_factory=EnginesConfig, description="How the servers are run.")
     paths: PathsConfig = Field(default_factory=PathsConfig, description="Where files are.")
+    thermal: ThermalConfig = Field(default_factory=ThermalConfig, description="When a GPU is too hot for more work.")
     work: WorkConfig | None = Field(None, description="The work layer: Temporal and the GPU and CPU workers that "
                                     "run plans (llamarig submit); null: none (no Temporal, no workers).")
     source: str = Field("", exclude=True, description="Path of the file this rig was loaded from.")

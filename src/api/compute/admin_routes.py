@@ -1,6 +1,8 @@
 """Operator routes: status, start, stop (drained), reset of an open circuit, reload, down."""
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
@@ -9,6 +11,7 @@ from llamarig.backend.lifecycle.actor import NotAvailable
 from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.errors import LlamarigError
+from llamarig.shared.gpus import TEMPERATURES, simulated_temperatures
 
 ACTIONS = ("start", "stop", "reset", "reload")
 LEASE_BODY_BYTES = 4096  # {"holder": up to 200 characters, "ttl_s": n}, read whole only below this
@@ -90,12 +93,45 @@ def build_router(state) -> APIRouter:
             return error_response(503, e.code, e.reason, retry_after=e.retry_after)
         return JSONResponse({"lease_id": lease_id, "returned": True})
 
+    @router.put("/gpus/{gpu}/temperature")
+    async def temperature(gpu: int, request: Request) -> Response:
+        """The simulated inventory's temperature of one GPU, {"celsius": n}: the thermal policy's
+        input on a rig without NVML (tests, a drill). Refused where NVML reads the real one."""
+        m = state.manager
+        if not m.inventory.simulated:
+            return error_response(409, "not_simulated", "NVML reads this rig's temperatures; only the simulated "
+                                  "inventory's can be set")
+        if gpu not in m.modes.gpus:
+            return error_response(404, "unknown_gpu", f"no GPU {gpu} in this rig's inventory", "gpu")
+        try:
+            body = await limits.read_json(request, LEASE_BODY_BYTES, state.rig.api.body_timeout_s, "temperature body")
+            celsius = body["celsius"]
+        except limits.BodyRefused as e:
+            return e.response()
+        except (KeyError, TypeError):
+            celsius = None
+        if isinstance(celsius, bool) or not isinstance(celsius, (int, float)) or not -50 <= celsius <= 200:
+            return error_response(400, "invalid_temperature", 'the body must be {"celsius": a number from -50 to 200}',
+                                  "celsius")
+        set_simulated_temperature(state.rig.run_dir, gpu, float(celsius))
+        return JSONResponse({"gpu": gpu, "celsius": float(celsius)})
+
     @router.post("/down")
     async def down() -> JSONResponse:
         await state.manager.stop_all(drain=True)
         return JSONResponse({"units": [a.snapshot() for a in state.manager.actors.values()]})
 
     return router
+
+
+def set_simulated_temperature(run_dir, gpu: int, celsius: float) -> None:
+    """Write one GPU's temperature into the simulated inventory's file (atomically: the thermal
+    loop reads it meanwhile)."""
+    path = run_dir / TEMPERATURES
+    now = simulated_temperatures(run_dir) | {gpu: celsius}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({str(g): c for g, c in now.items()}))
+    tmp.replace(path)
 
 
 def _unknown_lease(lease_id: str) -> Response:

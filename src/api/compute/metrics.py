@@ -13,6 +13,8 @@ from prometheus_client.core import GaugeMetricFamily
 from llamarig.api.compute.light_metrics import LightCounter, LightHistogram
 from llamarig.backend.lifecycle.jobs import Events
 from llamarig.backend.lifecycle.gpu_modes import Mode
+from llamarig.backend.lifecycle.thermal import Level
+from llamarig.shared.gpus import THROTTLE
 from llamarig.backend.lifecycle.states import State
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -201,6 +203,9 @@ class _StateCollector:
         util = GaugeMetricFamily("llamarig_gpu_utilization_ratio", "GPU busy share, 0-1.", labels=["gpu"])
         temp = GaugeMetricFamily("llamarig_gpu_temperature_celsius", "GPU temperature.", labels=["gpu"])
         power = GaugeMetricFamily("llamarig_gpu_power_watts", "GPU power draw.", labels=["gpu"])
+        limit = GaugeMetricFamily("llamarig_gpu_power_limit_watts", "GPU power limit in force.", labels=["gpu"])
+        throttle = GaugeMetricFamily("llamarig_gpu_throttle", "1 for each reason NVML gives for holding the GPU's "
+                                     "clocks down now.", labels=["gpu", "reason"])
         simulated = GaugeMetricFamily("llamarig_gpu_simulated", "1: the simulated inventory stands in (no "
                                       "NVML device); memory is the resident memory of pinned processes.")
         last = GaugeMetricFamily("llamarig_gpu_last_reading_timestamp_seconds", "Unix time of the last "
@@ -216,11 +221,25 @@ class _StateCollector:
             labels = [str(g.index), g.name]
             used.add_metric(labels, g.used_bytes)
             total.add_metric(labels, g.total_bytes)
-            for family, value in ((util, g.utilization_pct), (temp, g.temperature_c), (power, g.power_w)):
+            for family, value in ((util, g.utilization_pct), (temp, g.temperature_c), (power, g.power_w),
+                                  (limit, g.power_limit_w)):
                 if value is not None:
                     family.add_metric([str(g.index)], value / 100 if family is util else value)
+            if not inv.simulated:
+                for reason in THROTTLE.values():
+                    throttle.add_metric([str(g.index), reason], 1.0 if reason in g.throttle else 0.0)
         last.add_metric([], getattr(self.metrics, "last_gpu_reading", 0.0))
-        yield from (used, total, util, temp, power, simulated, last, self._modes())
+        yield from (used, total, util, temp, power, limit, throttle, simulated, last, self._modes(), self._thermal())
+
+    def _thermal(self):
+        family = GaugeMetricFamily("llamarig_gpu_thermal_level", "1 for each GPU's thermal level: ok, hot (at or "
+                                   "past thermal.target_c: no new script work), slowdown (at or past "
+                                   "thermal.slowdown_c: script work moved off).", labels=["gpu", "level"])
+        t = self.manager.planner.thermal
+        for gpu in self.manager.modes.gpus:
+            for level in Level:
+                family.add_metric([str(gpu), level.value], 1.0 if t.level(gpu) is level else 0.0)
+        return family
 
     def _modes(self):
         family = GaugeMetricFamily("llamarig_gpu_mode", "1 for the mode each GPU is in: idle, llm, to_script, "

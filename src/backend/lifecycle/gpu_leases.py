@@ -32,6 +32,7 @@ class GpuLease:
     gpu: int
     ttl_s: float
     expires_at: float
+    granted_at: float = field(default_factory=time.time)  # Unix time (the thermal model test reads it)
 
     def as_dict(self) -> dict:
         return {"lease_id": self.id, "holder": self.holder, "gpu": self.gpu, "ttl_s": self.ttl_s,
@@ -63,17 +64,17 @@ class LeaseExpired:
 
 def _candidates(p) -> list[int]:
     """GPUs that may be lent: present in the inventory, every LLM on them switchable and none
-    loading, no script service on them, not lent already; GPUs without an LLM first, then those
-    whose LLMs are idle."""
+    loading, no script service on them, not lent already, not hot (thermal.py); GPUs without an
+    LLM first, then those whose LLMs are idle, the cooler first."""
     scored, pinned, present = [], _pinned(p), set(p.free_bytes())
     for gpu in sorted(p.modes.gpus):
         llms = switch.llms_on(p, gpu)
         if gpu not in present or gpu in p.leases or gpu in pinned or p.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE) \
-                or gpu in p.memory.reserved_gpus():
+                or gpu in p.memory.reserved_gpus() or p.thermal.hot(gpu):
             continue
         if not all(a.unit.switchable for a in llms) or any(a.state in LOADING for a in llms):
             continue
-        scored.append((bool(llms), any(a.inflight or a.waiters for a in llms), gpu))
+        scored.append((bool(llms), any(a.inflight or a.waiters for a in llms), p.thermal.warmth(gpu), gpu))
     return [gpu for *_, gpu in sorted(scored)]
 
 
@@ -85,17 +86,24 @@ def _pinned(p) -> set[int]:
 async def take(p, c: TakeGpu) -> None:
     choices = _candidates(p)
     if not choices:
+        hot = sorted(g for g in p.modes.gpus if p.thermal.hot(g))
+        warm = f", or is at or past thermal.target_c (GPUs {', '.join(map(str, hot))})" if hot else ""
         c.reply.set_exception(NotAvailable("no_gpu_to_lend", "no GPU can be lent now: each holds an LLM that is "
-                                           "not switchable or is loading, a script service, or another lease", 5))
+                                           f"not switchable or is loading, a script service, or another lease{warm}", 5))
         return
     gpu = choices[0]
     need = {gpu: sum(p.memory.need(a.unit).get(gpu, 0) for a in switch.llms_on(p, gpu))}
     if not await switch.clear_gpu(p, gpu, c.holder, f"lent to {c.holder}", need):
         c.reply.set_exception(NotAvailable("gpu_memory_held", f"GPU {gpu} did not free its memory in time", 10))
         return
+    if p.thermal.hot(gpu):  # (it got hot while its LLMs stopped: planned under "not hot", refused)
+        await switch.back_to_llm(p, gpu, f"GPU {gpu} got hot before it could be lent to {c.holder}")
+        c.reply.set_exception(NotAvailable("gpu_hot", f"GPU {gpu} passed thermal.target_c while it was cleared "
+                                           "for the lease", 10))
+        return
     lease = GpuLease(secrets.token_hex(8), c.holder, gpu, c.ttl_s, time.monotonic() + c.ttl_s)
     p.leases[gpu] = lease
-    _save(p)
+    save(p)
     p.modes.set(gpu, Mode.SCRIPT, c.holder, f"lent to {c.holder} (lease {lease.id})")
     _expire_later(p, lease)
     c.reply.set_result(lease.as_dict())
@@ -115,7 +123,7 @@ async def give_back(p, c: ReturnGpu) -> None:
         c.reply.set_result(False)
         return
     del p.leases[lease.gpu]
-    _save(p)
+    save(p)
     await switch.back_to_llm(p, lease.gpu, f"{lease.holder} {c.reason}")
     c.reply.set_result(True)
 
@@ -128,7 +136,7 @@ async def expired(p, c: LeaseExpired) -> None:
         _expire_later(p, lease)
         return
     del p.leases[lease.gpu]
-    _save(p)
+    save(p)
     await switch.back_to_llm(p, lease.gpu, f"{lease.holder} stopped renewing its lease for {lease.ttl_s:g} s")
 
 
@@ -146,7 +154,7 @@ def _path(p):
     return p.rig.run_dir / "gpu-leases.json"
 
 
-def _save(p) -> None:
+def save(p) -> None:
     rows = [{"id": l.id, "holder": l.holder, "gpu": l.gpu, "ttl_s": l.ttl_s, "llms": p.switched.get(l.gpu, [])}
             for l in p.leases.values()]
     tmp = _path(p).with_suffix(".tmp")

@@ -13,7 +13,7 @@ import logging
 import time
 
 from llamarig.backend.launch import checks_for, plan_for, verify_unit
-from llamarig.backend.lifecycle import gpu_leases, operator, scale, swap, switch
+from llamarig.backend.lifecycle import gpu_leases, operator, scale, swap, switch, thermal
 from llamarig.backend.lifecycle.actor import Lease, NotAvailable, UnitActor
 from llamarig.backend.lifecycle.commands import Acquire, Stop
 from llamarig.backend.lifecycle.health import Health, supervisor_refused
@@ -112,8 +112,11 @@ class Manager(Events):
     # ---- running ------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        thermal.apply_power_limit(self.inventory, self.rig.thermal)
         self._tasks = [loop.create_task(self.health.loop(), name="health"),
-                       loop.create_task(self.planner.run(), name="planner")]
+                       loop.create_task(self.planner.run(), name="planner"),
+                       loop.create_task(thermal.read_every(self.inventory, self.planner.post, self.rig.thermal),
+                                        name="thermal")]
 
     async def close(self) -> None:
         for a in self.all_actors():
@@ -269,7 +272,9 @@ class Manager(Events):
         """Each GPU's memory reading and the units pinned to it (the active slot of each model)."""
         units = [a.unit for a in self.actors.values()]
         return [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "used_bytes": g.used_bytes,
-                 "units": [u.name for u in units if g.index in u.gpus], **self.modes.report(g.index)}
+                 "units": [u.name for u in units if g.index in u.gpus], **self.modes.report(g.index),
+                 **self.planner.thermal.report(g.index), "power_w": g.power_w, "power_limit_w": g.power_limit_w,
+                 "throttle": list(g.throttle)}
                 for g in self.inventory.read()]
 
     def ready_report(self) -> tuple[bool, list[dict]]:

@@ -23,7 +23,7 @@ from llamarig.backend.lifecycle.states import SERVING
 from llamarig.backend.lifecycle.units import Unit
 from llamarig.backend.supervisor import SupervisorClient
 from llamarig.shared.gguf_header import GgufError, read_header
-from llamarig.shared.gpus import GpuInventory, open_inventory
+from llamarig.shared.gpus import GpuInventory, open_inventory, simulated_temperatures
 from llamarig.shared.rig import Rig
 from llamarig.shared.vram import Estimate, estimate, estimate_folder
 
@@ -48,7 +48,8 @@ class Memory:
         self.estimates: dict[str, Estimate] = {}  # by program
         self.actuals: dict[str, dict[int, int]] = {}  # by model, measured after its load
         self.reservations: dict[str, tuple[Unit, dict[int, int]]] = {}  # by program
-        self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used)
+        self.inventory = inventory or open_inventory(rig.gpus, self._simulated_used,
+                                                     lambda: simulated_temperatures(rig.run_dir))
 
     # ---- estimates ----------------------------------------------------------------------------
     def estimate(self, unit: Unit, rig: Rig | None = None) -> Estimate | None:

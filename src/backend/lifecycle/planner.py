@@ -10,6 +10,7 @@ Ownership (writer: who changes it; readers: who may look):
 | `switched`, `given_back_at`   | Planner: switch, gpu_leases, boot        | scale, reports                   |
 | `leases` (GPUs lent)          | Planner: gpu_leases (renew: deadline)    | reports, operator, scale         |
 | `swaps`, `reloading`, `kept`  | Planner: swap                            | /admin/units, launch plans       |
+| `thermal` (levels, readings)  | Planner: thermal.on_reading              | switch, scale, gpu_leases, metrics|
 | `rig` (after reloads)         | Planner: commit_reload                   | everything                       |
 | memory reservations           | Planner via Memory.reserve/release       | Memory.planned_free              |
 | memory readings, pids         | Memory.refresh_pids                      | Planner, Health, metrics         |
@@ -36,7 +37,7 @@ import inspect
 import logging
 from dataclasses import dataclass
 
-from llamarig.backend.lifecycle import boot, gpu_leases, operator, swap, switch
+from llamarig.backend.lifecycle import boot, gpu_leases, operator, swap, switch, thermal
 from llamarig.backend.lifecycle.actor import UnitActor
 from llamarig.backend.lifecycle.commands import Condition, Refuse, Start, Stop
 from llamarig.backend.lifecycle.gpu_modes import TRANSITIONAL, GpuModes, Mode
@@ -100,8 +101,11 @@ HANDLERS = {  # command type -> its handler (planner, command); sync or async
     swap.PlanReload: swap.plan_reload,
     swap.Started: swap.hand_over,
     swap.Restarted: swap.finish_restart,
+    thermal.Reading: thermal.on_reading,
+    thermal.CoolOff: thermal.cool_off,
 }
-SWITCHING = (switch.Restore, switch.Adopted, switch.Stuck, gpu_leases.TakeGpu, gpu_leases.ReturnGpu, gpu_leases.LeaseExpired)
+SWITCHING = (switch.Restore, switch.Adopted, switch.Stuck, gpu_leases.TakeGpu, gpu_leases.ReturnGpu, gpu_leases.LeaseExpired,
+             thermal.CoolOff)
 
 
 class Planner:
@@ -114,6 +118,7 @@ class Planner:
         self.switched: dict[int, list[str]] = {}  # GPU -> the LLMs a switch stopped for script work
         self.given_back_at: dict[int, float] = {}  # GPU -> monotonic time it went back to its LLMs (scale.py)
         self.leases: dict[int, gpu_leases.GpuLease] = {}  # GPU -> the script command it is lent to
+        self.thermal = thermal.Thermal(rig.thermal)  # each GPU's thermal level (thermal.Reading)
         self.swaps: dict[str, dict] = {}
         self.reloading: dict[str, Rig] = {}  # program -> the rig with its model's new settings, until committed
         self.kept: set[str] = set()  # models whose reload failed: their plans keep the settings that worked

@@ -9,7 +9,8 @@ min(N, placements) GPUs serve. Each placement stops after lifecycle.script_idle_
 request, and its GPU goes back to its LLMs.
 
 Which GPU a scale-out takes, in order: one in script mode or idle (nothing to stop), then one
-whose switchable LLMs are all idle. Never one whose LLMs serve, load or are not switchable,
+whose switchable LLMs are all idle; of those, the cooler first, and never one at or past
+thermal.target_c (thermal.py). Never one whose LLMs serve, load or are not switchable,
 nor one given back to its LLMs less than lifecycle.switch_hold_s ago (the anti-ping-pong rule:
 steady traffic on both sides keeps each side's GPUs). The first placement of a service, when
 none is live, still follows switch.place's order, which may drain serving LLMs.
@@ -46,8 +47,8 @@ def route(p, name: str):
 
 def spare(p, slots: list):
     """The stopped placement a scale-out would start now, in the order of the module's rule."""
-    ranked = [(r, i) for i, a in enumerate(slots) if (r := rank(p, a)) is not None]
-    return slots[min(ranked)[1]] if ranked else None
+    ranked = [(r, p.thermal.warmth(a.unit.gpus[0]), i) for i, a in enumerate(slots) if (r := rank(p, a)) is not None]
+    return slots[min(ranked)[2]] if ranked else None
 
 
 NOTHING_TO_STOP, IDLE_LLMS = 0, 1
@@ -59,7 +60,8 @@ def rank(p, placement) -> int | None:
         return None
     gpu = placement.unit.gpus[0]
     mode = p.modes.mode(gpu)
-    if gpu in p.leases or mode in (Mode.TO_LLM, Mode.TO_SCRIPT) or gpu in p.memory.reserved_gpus():
+    if gpu in p.leases or mode in (Mode.TO_LLM, Mode.TO_SCRIPT) or gpu in p.memory.reserved_gpus() \
+            or p.thermal.hot(gpu):
         return None
     if mode in (Mode.SCRIPT, Mode.IDLE):
         return NOTHING_TO_STOP

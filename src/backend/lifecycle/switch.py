@@ -53,7 +53,7 @@ def llms_on(p, gpu: int) -> list:
     return [a for a in p.actors.values() if a.unit.is_llm and gpu in a.unit.gpus]
 
 
-def _script_on(p, gpu: int) -> list:
+def script_on(p, gpu: int) -> list:
     """The placements of every script service on `gpu`."""
     return [a for slots in p.slots.values() for a in slots if a.unit.script and a.unit.gpus == (gpu,)]
 
@@ -75,21 +75,25 @@ async def place(p, unit) -> None:
         return  # a skip only: the start carries its conditions
     roomy = [i for i, a in enumerate(slots) if _may_place(p, a.unit.gpus[0])
              and not shortfall(p.memory.need(a.unit), free, p.margin())]
-    if roomy:  # a GPU already in script mode first, then the order of preference
-        i = min(roomy, key=lambda i: p.modes.mode(slots[i].unit.gpus[0]) != Mode.SCRIPT)
+    if roomy:  # a GPU already in script mode first, then the order of preference, the cooler first
+        i = min(roomy, key=lambda i: (p.modes.mode(slots[i].unit.gpus[0]) != Mode.SCRIPT,
+                                      p.thermal.warmth(slots[i].unit.gpus[0])))
         await _start_placement(p, name, i, f"room on GPU {slots[i].unit.gpus[0]}")
         return
     choice = _switch_candidate(p, slots)
     if choice is None:
+        hot = [a.unit.gpus[0] for a in slots if p.thermal.hot(a.unit.gpus[0])]
+        warm = f"; GPUs {', '.join(map(str, hot))} are at or past thermal.target_c" if hot else ""
         current.send(Refuse(f"{name}: no placement has room and no GPU can be switched to it (its LLMs are "
-                            "loading, or not switchable)", permanent=False))
+                            f"loading, or not switchable){warm}", permanent=False))
         return
     await _switch_to_script(p, name, choice)
 
 
 def _may_place(p, gpu: int) -> bool:
-    """Not mid-switch (another job's), not lent, no load's memory reserved there."""
-    return p.modes.mode(gpu) not in TRANSITIONAL and gpu not in p.leases and gpu not in p.memory.reserved_gpus()
+    """Not mid-switch (another job's), not lent, no load's memory reserved there, not hot."""
+    return p.modes.mode(gpu) not in TRANSITIONAL and gpu not in p.leases and gpu not in p.memory.reserved_gpus() \
+        and not p.thermal.hot(gpu)
 
 
 async def _scale_out(p, name: str, i: int, free: dict[int, int]) -> None:
@@ -116,13 +120,14 @@ async def _scale_out(p, name: str, i: int, free: dict[int, int]) -> None:
 
 
 def _switch_candidate(p, slots) -> int | None:
-    """The placement to switch to: idle LLMs first, then serving ones; None when none may go."""
+    """The placement to switch to: idle LLMs first, then serving ones, the cooler GPU first; None
+    when none may go."""
     serving = None
-    for i, placement in enumerate(slots):
-        gpu = placement.unit.gpus[0]
+    for i in sorted(range(len(slots)), key=lambda i: p.thermal.warmth(slots[i].unit.gpus[0])):
+        gpu = slots[i].unit.gpus[0]
         llms = llms_on(p, gpu)
         if p.modes.mode(gpu) not in (Mode.LLM, Mode.IDLE) or not all(a.unit.switchable for a in llms) \
-                or gpu in p.leases or gpu in p.memory.reserved_gpus():
+                or gpu in p.leases or gpu in p.memory.reserved_gpus() or p.thermal.hot(gpu):
             continue
         if any(a.state in LOADING for a in llms):
             continue
@@ -174,6 +179,12 @@ async def _start_placement(p, name: str, i: int, why: str, route: bool = True) -
     keep theirs: scale.route spreads them)."""
     slots, gpu = p.slots[name], p.slots[name][i].unit.gpus[0]
     current = p.actors[name]
+    if p.thermal.hot(gpu):  # (planned while it was cool; it got hot during the switch's waits)
+        slots[i].send(Refuse(f"{name}: GPU {gpu} passed thermal.target_c before the placement started",
+                             permanent=False))
+        if gpu in p.switched:
+            await back_to_llm(p, gpu, f"GPU {gpu} got hot before {name} could start on it")
+        return
     if route and current is not slots[i]:
         current.send(MoveWaiters(slots[i]))  # handled whole: the requests wait there from now on
         p.active[name] = i
@@ -214,11 +225,11 @@ async def back_to_llm(p, gpu: int, reason: str) -> None:
     each that fits, and wait for them."""
     names = p.switched.get(gpu, [])
     p.modes.set(gpu, Mode.TO_LLM, ", ".join(names), reason)
-    for placement in _script_on(p, gpu):  # (a failed one would restart itself onto the LLMs' memory)
+    for placement in script_on(p, gpu):  # (a failed one would restart itself onto the LLMs' memory)
         if placement.state != State.STOPPED:
             placement.send(Stop(f"GPU {gpu} goes back to its LLMs", drain=True))
     await p.wait(asyncio.gather(*(a.wait_until(frozenset({State.STOPPED}), p.modes.time_left(gpu))
-                                  for a in _script_on(p, gpu))))
+                                  for a in script_on(p, gpu))))
     actors = [p.actors[n] for n in names]
     # The first LLM's memory is waited for (freed VRAM shows late); the others come back if they
     # fit beside it (one asked for while the GPU was switched may not).
@@ -252,7 +263,7 @@ def _start_those_that_fit(p, gpu: int, actors: list, free: dict[int, int], reaso
 
 
 async def restore(p, c: Restore) -> None:
-    busy = [a for a in _script_on(p, c.gpu) if a.state in SERVING or a.state in LOADING]
+    busy = [a for a in script_on(p, c.gpu) if a.state in SERVING or a.state in LOADING]
     if c.gpu in p.switched and p.modes.mode(c.gpu) == Mode.SCRIPT and not busy:
         await back_to_llm(p, c.gpu, "its script work ended")
 
@@ -261,7 +272,7 @@ async def unstick(p, c: Stuck) -> None:
     p._unsticking.discard(c.gpu)
     if p.modes.mode(c.gpu) not in TRANSITIONAL:
         return  # (its switch went on after all: boot's adoption, say)
-    for placement in _script_on(p, c.gpu):
+    for placement in script_on(p, c.gpu):
         placement.send(Stop(f"GPU {c.gpu}: its switch ended part-way", drain=True))
     if c.gpu in p.leases:  # (lent: the lease ends as if returned)
         del p.leases[c.gpu]
@@ -283,7 +294,7 @@ async def reclaim(p, unit) -> bool:
     if unit.name not in p.switched[gpu]:  # (unloaded when the GPU switched: wanted now)
         p.switched[gpu].append(unit.name)
     deadline = time.monotonic() + p.rig.lifecycle.llm_wait_max_s
-    for placement in _script_on(p, gpu):
+    for placement in script_on(p, gpu):
         await _end_script_work(p, placement, unit, deadline)
     if gpu in p.switched:
         await back_to_llm(p, gpu, f"requests wait for {unit.name}")
