@@ -114,19 +114,23 @@ def test_llm_tasks_escalate_to_a_real_tier_and_each_call_is_costed_everywhere(tm
         entry = model_entry(models["gguf"], [0], extra_args=["--fake-mode", "cannot-generate"])
         work = work_section(metrics_port_gpu=free_port(), external={
             "base_url": tier_url + "/v1", "model": "tier-model", "key_file": str(tmp_path / "tier.key"),
-            "price_in_per_1k": 0.5, "price_out_per_1k": 2, "daily_budget": 100, "retries": 1})
+            "price_in_per_1k": 0.5, "price_out_per_1k": 2, "daily_budget": 50, "retries": 1})
         rig = write_rig(tmp_path, {"m": entry}, engines={"llama_server": fake_server(tmp_path)}, work=work)
         env = {"LLAMARIG_OPERATOR_KEY": OPERATOR, "LLAMARIG_CLIENT_KEYS": CLIENT}
         with running_bundle(tmp_path, rig, env=env, key=OPERATOR) as b:
             gen = {"prompt": "Say hi.", "model": "m", "max_tokens": 6}
             r = b.post("/admin/plans", json={"plan": {"name": "esc", "tasks": [
                 {"name": "outside", "class": "llm", "external": True, "generate": gen},
-                {"name": "late", "class": "llm", "escalate": {"after_failures": 1}, "retries": 2, "generate": gen}]}})
+                {"name": "late", "class": "llm", "escalate": {"after_failures": 1}, "retries": 2, "generate": gen},
+                # May cost 60 (30,000 tokens out at 2 per 1,000): past the day's 50, so never called.
+                {"name": "dear", "class": "llm", "external": True, "depends_on": ["outside", "late"],
+                 "generate": gen | {"max_tokens": 30000}}]}})
             assert r.status_code == 201, r.text
             view = plan_ended(b, r.json()["plan_id"], timeout=120)
             metrics = b.get("/metrics/work/gpu").text
             usage = llamarig(rig, "usage", "--by", "model", "--json")
-    outside, late = view["tasks"]["outside"], view["tasks"]["late"]
+    outside, late, dear = view["tasks"]["outside"], view["tasks"]["late"], view["tasks"]["dear"]
+    assert dear["state"] == "failed" and "budget_exhausted" in dear["error"] and dear["attempt"] == 1, dear
     assert (outside["state"], late["state"]) == ("succeeded", "succeeded"), (outside, late)
     assert outside["result"]["attempt"] == 1 and late["result"]["attempt"] == 2
     for t in (outside, late):
@@ -140,6 +144,7 @@ def test_llm_tasks_escalate_to_a_real_tier_and_each_call_is_costed_everywhere(tm
     assert total["calls"] == 2 and total["cost"] == pytest.approx(outside["result"]["external"]["cost"] +
                                                                  late["result"]["external"]["cost"])
     assert 'llamarig_external_calls_total{outcome="succeeded"' in metrics and "llamarig_external_spent_today" in metrics
+    assert 'llamarig_external_calls_total{outcome="budget_exhausted"' in metrics
     rows = {r["model"]: r for r in __import__("json").loads(usage.stdout)}
     assert rows["external:tier-model"]["requests"] == 2
     assert rows["external:tier-model"]["external_cost"] == pytest.approx(total["cost"])

@@ -4,6 +4,7 @@ body are kept for the test to read."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +24,10 @@ class StandIn:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()  # (headers and body go out as two writes: without this, Nagle meets delayed ACKs)
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
