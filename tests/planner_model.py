@@ -290,3 +290,6 @@ class PlannerMachine(RuleBasedStateMachine):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for task in self.tasks:  # (a spawned call that failed and ended unawaited would be logged "never
+            if task.done() and not task.cancelled():  # retrieved" whenever the GC meets it: in a later test)
+                task.exception()

@@ -188,3 +188,20 @@ async def test_a_load_is_not_planned_into_the_memory_of_a_crash_not_yet_reported
     assert "cannot load" in str(refused.value), refused.value
     await _until(lambda: m.actors["a"].state in SERVING and fake.running("llama-a"), 10, "a restarted")
     assert fake.used(0) <= fake.total[0] and not fake.running("llama-s")
+
+
+async def test_an_operator_stop_asked_after_a_start_wins_though_the_start_is_planned_later(tmp_path, models, started):
+    """The planner took the start after its first wait, by when the operator had stopped the
+    model: the start ran anyway, the model served while held stopped (found by the harness once
+    it also heated GPUs). The start now carries the operator stops it saw; the actor refuses it."""
+    rig = write_rig(tmp_path, {"a": model_entry(models["gguf"], [0], warm=False)}, **FAST)
+    m, fake = await started(rig)
+    start = asyncio.ensure_future(m.start_unit("a"))
+    await asyncio.sleep(0)  # (one turn: the start is asked for and posted, not planned yet)
+    m.stop_unit("a")
+    await asyncio.wait_for(start, 5)
+    await _until(lambda: not m.planner._jobs, 5, "the operator's start planned to its end")
+    actor = m.actors["a"]
+    assert actor.state == State.STOPPED and actor.operator_held and not fake.running("llama-a"), list(actor.history)
+    await m.start_unit("a")  # a start asked after the stop starts it
+    await _until(lambda: actor.state in SERVING, 5, "a started")

@@ -56,6 +56,7 @@ class UnitActor(StateEntry, Checks):
         self.policy = RestartPolicy(deps.rig.lifecycle)
         self.failures = 0
         self.operator_held = False
+        self.operator_stops = 0  # operator stops so far: a start asked before the last one is refused
         self.stop_wanted = False  # since the last start: a stop that then fails restarts nothing
         self.recovering = False
         self.pending_start: Start | None = None
@@ -249,6 +250,8 @@ class UnitActor(StateEntry, Checks):
         if failed:
             self._refused(c, failed)
             return
+        if self._stopped_since(c.after_stops, c):
+            return
         began = self.state in (State.STOPPED, State.FAILED)
         self._start(c)
         if not c.reply.done():
@@ -280,6 +283,7 @@ class UnitActor(StateEntry, Checks):
         # Only a start or a reset ends an operator's hold: a planner's stop since (a GPU switched
         # away) left it off, and a failed stop then restarted the unit (found by the planner harness).
         self.operator_held = self.operator_held or c.operator
+        self.operator_stops += c.operator
         self.stop_wanted = True
         self._cancel_timer()
         if self.state in SERVING:
@@ -367,8 +371,10 @@ class UnitActor(StateEntry, Checks):
                 self._fail_waiters(c.reason, 30)
 
     def _on_reset(self, c: Reset) -> None:
+        if self._stopped_since(c.after_stops, c):
+            return
         self.policy.clear()
         self.refused = False
         self.operator_held = False
         if self.state == State.FAILED:
-            self.send(Start("operator reset", operator=True))
+            self.send(Start("operator reset", operator=True, after_stops=c.after_stops))

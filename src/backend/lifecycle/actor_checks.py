@@ -31,6 +31,19 @@ class Checks:
             return self.state == State.READY and not self.leases and not self.waiters
         return self.state in SERVING and not self.operator_held  # Condition.SERVING
 
+    def _stopped_since(self, seen: int | None, command) -> bool:
+        """An operator's start or reset asked before an operator's stop that came first here:
+        the later word wins (found by the planner harness: a start queued behind the planner's
+        work ran after the stop)."""
+        if seen is None or seen == self.operator_stops:
+            return False
+        log.info("operator start refused: an operator stop was asked after it",
+                 extra=self._fields(command=type(command).__name__, seen=seen, stops=self.operator_stops))
+        reply = getattr(command, "reply", None)
+        if reply is not None and not reply.done():
+            reply.set_result(False)
+        return True
+
     def _refused(self, command, condition: Condition) -> None:
         log.info("command refused: its condition no longer holds",
                  extra=self._fields(command=type(command).__name__, condition=condition.value,

@@ -31,6 +31,7 @@ class Start:
     operator: bool = False     # asked for by a person: clears the restart history
     trial: bool = False        # the open circuit's one try after its cooldown
     conditions: frozenset[Condition] = NONE
+    after_stops: int | None = None  # an operator's start: the operator stops it saw when asked; one since wins
     reply: asyncio.Future = field(default_factory=_future)  # True once a start began, False if ignored
 
 
@@ -91,7 +92,7 @@ class JobDone:
 
 @dataclass
 class Reset:
-    pass
+    after_stops: int | None = None  # as Start's: an operator stop asked after the reset wins
 
 
 @dataclass

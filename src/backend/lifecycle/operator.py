@@ -25,13 +25,15 @@ REPLY_S = 10.0  # the planner answers before any long wait; past this it is stuc
 class OperatorStart:
     name: str
     reset: bool = False
+    seen: tuple[object, int] | None = None  # (the actor, its operator stops) when asked: a later stop wins
     reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 async def start(p, c: OperatorStart) -> None:
     free = await p.settle(besides=p.actor(c.name).unit)  # first: what follows reads the state after it
     actor = p.actor(c.name)
-    command = Reset() if c.reset else Start("operator start", operator=True)
+    after = c.seen[1] if c.seen and c.seen[0] is actor else None  # (a reload swapped the active slot since)
+    command = Reset(after) if c.reset else Start("operator start", operator=True, after_stops=after)
     lent = [g for g in actor.unit.gpus if g in p.leases]
     if lent:
         c.reply.set_exception(LlamarigError("gpu_lent", f"GPU {lent[0]} is lent to {p.leases[lent[0]].holder} "
@@ -83,7 +85,8 @@ async def _start_in_room(p, c: OperatorStart, actor, command, free: dict[int, in
 
 async def ask(p, name: str, reset: bool = False) -> None:
     """Post the command and wait for the planner's answer (LlamarigError when refused)."""
-    command = OperatorStart(name, reset)
+    actor = p.actor(name)
+    command = OperatorStart(name, reset, (actor, actor.operator_stops))
     p.post(command)
     try:
         await asyncio.wait_for(asyncio.shield(command.reply), REPLY_S)
