@@ -76,6 +76,13 @@ def test_a_sample_over_a_quarter_of_max_is_not_kept_and_logged(tmp_path, caplog)
     assert [r.event_type for r in caplog.records] == ["sample_too_large"] and not samples.files(tmp_path)
 
 
+def test_a_folder_that_cannot_be_written_loses_the_sample_not_the_task(tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    log = samples.SampleLog(tmp_path / "file" / "samples", 2**20, REDACT)  # (a folder under a file)
+    assert not log.write(_record(1))
+    assert [r.event_type for r in caplog.records] == ["sample_unwritten"]
+
+
 def test_export_since_a_date_leaves_out_older_samples(tmp_path):
     log = samples.SampleLog(tmp_path, 2**20, REDACT)
     log.write(_record(1))

@@ -28,6 +28,7 @@ def folder_of(rig) -> Path:
 class SampleLog:
     def __init__(self, folder: Path, max_bytes: int, redactor: Redactor):
         self.folder, self.max_bytes, self.redactor = folder, max_bytes, redactor
+        self.lock = None
 
     @classmethod
     def of(cls, rig, secrets) -> SampleLog | None:
@@ -36,7 +37,19 @@ class SampleLog:
         return cls(folder_of(rig), int(s.max_mib * 2**20), Redactor(secrets)) if s.enabled else None
 
     def write(self, record: dict) -> bool:
-        """Redact and append one sample; False where it was too large to keep (logged)."""
+        """Redact and append one sample; False where it was not kept (too large, or the folder
+        unwritable: logged; a task never fails for its sample)."""
+        try:
+            return self._write(record)
+        except OSError as e:
+            log.warning("a training sample was not kept: its folder is not writable", extra={
+                "event_type": "sample_unwritten", "task_id": record.get("task_id"), "reason": str(e)})
+            if self.lock is not None:
+                self.lock.close()
+                self.lock = None  # (opened again at the next sample: the folder may be back)
+            return False
+
+    def _write(self, record: dict) -> bool:
         now = time.time()
         kept = {"at": now, "ts": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat()} | record
         line = (json.dumps(self.redactor.tree(kept), ensure_ascii=False) + "\n").encode()
@@ -44,15 +57,19 @@ class SampleLog:
             log.warning("a training sample was not kept: larger than a quarter of work.samples.max_mib", extra={
                 "event_type": "sample_too_large", "task_id": record.get("task_id"), "bytes": len(line)})
             return False
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        if self.lock is None:  # (kept open: opening it for each sample was a third of the cost)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.lock = open(self.folder / ".lock", "a")
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        try:
             current = self.folder / CURRENT
             size = current.stat().st_size if current.exists() else 0
             if size and size + len(line) > self.max_bytes // PARTS:
                 self._rotate(current)
             with open(current, "ab") as f:
                 f.write(line)
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
         return True
 
     def _rotate(self, current: Path) -> None:
