@@ -25,6 +25,8 @@ def _gpu_line(g: dict, wide: bool) -> str:
     memory = f"{g['used_bytes'] / GIB:.1f}/{g['total_bytes'] / GIB:.1f} GiB used"
     line = GPU_COLUMNS.format(index=g["index"], mode=g.get("mode", "-"), memory=memory, units="")
     units = ", ".join(g["units"]) or "-"
+    if g.get("thermal", "ok") != "ok":  # (hot: no new script work there; slowdown: script work moved off)
+        units = f"[{g['thermal']} {g.get('temperature_c', 0):g} C] {units}"
     return line + (units if wide else _cut(units, WIDTH - len(line)))
 
 

@@ -112,7 +112,7 @@ def test_llm_tasks_escalate_to_a_real_tier_and_each_call_is_costed_everywhere(tm
     with llama_server(models["gguf_b"], tmp_path, "--api-key", TIER_KEY, context=4096) as tier_url:
         # The local model answers /health but fails every completion: its attempts fail, retryable.
         entry = model_entry(models["gguf"], [0], extra_args=["--fake-mode", "cannot-generate"])
-        work = work_section(metrics_port_gpu=free_port(), external={
+        work = work_section(metrics_port_cpu=free_port(), external={
             "base_url": tier_url + "/v1", "model": "tier-model", "key_file": str(tmp_path / "tier.key"),
             "price_in_per_1k": 0.5, "price_out_per_1k": 2, "daily_budget": 50, "retries": 1})
         rig = write_rig(tmp_path, {"m": entry}, engines={"llama_server": fake_server(tmp_path)}, work=work)
@@ -127,7 +127,7 @@ def test_llm_tasks_escalate_to_a_real_tier_and_each_call_is_costed_everywhere(tm
                  "generate": gen | {"max_tokens": 30000}}]}})
             assert r.status_code == 201, r.text
             view = plan_ended(b, r.json()["plan_id"], timeout=120)
-            metrics = b.get("/metrics/work/gpu").text
+            metrics = b.get("/metrics/work/cpu").text  # (an attempt that asks the tier runs on work-cpu)
             usage = llamarig(rig, "usage", "--by", "model", "--json")
     outside, late, dear = view["tasks"]["outside"], view["tasks"]["late"], view["tasks"]["dear"]
     assert dear["state"] == "failed" and "budget_exhausted" in dear["error"] and dear["attempt"] == 1, dear

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from helpers import free_ports_in_a_row, model_entry, wait_for, write_rig
+from helpers import free_ports_in_a_row, llamarig, model_entry, wait_for, write_rig
 from llamarig.backend.lifecycle.thermal import Level, next_level
 from llamarig.shared.gpus import SimulatedInventory, throttle_names
 from llamarig.shared.rig import GpusConfig
@@ -67,6 +67,7 @@ def test_a_hot_gpu_is_lent_to_nobody_the_coolest_is_and_slowdown_takes_a_lease_b
     b.wait_ready()
     _heat(b, g0=85, g1=90, g2=60, g3=40, g4=50)  # (GPU 0 holds the switchable LLM: lendable too when cool)
     assert _gpu(b, 1)["thermal"] == "hot" and _gpu(b, 3)["thermal"] == "ok"
+    assert "[hot 90 C]" in llamarig(b.rig_path, "status").stdout
     first = _lease(b)
     assert (first["status"], first["gpu"]) == (201, 3), first  # the coolest without an LLM; never the hot one
     _heat(b, g3=100)  # past slowdown_c: the lease ends, its command would stop at its next renew

@@ -24,7 +24,8 @@ class ExternalTier(Strict):
                                 "`currency`. A call is made only if its worst case (its prompt at 2 characters a "
                                 "token, and max_tokens out) fits what is left; else its task fails with "
                                 "budget_exhausted, uncalled. 0: no call is ever made.")
-    rpm: int = Field(30, ge=1, le=100_000, description="Calls per minute this rig makes at most; more wait.")
+    rpm: int = Field(30, ge=1, le=100_000, description="Calls per minute this rig makes at most; more wait "
+                     "(work-cpu runs them: each of work.cpu_processes paces to its share).")
     timeout_s: float = Field(60, gt=0, le=600, description="Seconds one call may take before it is dropped (and "
                              "retried as a failure).")
     retries: int = Field(3, ge=0, le=10, description="Calls again after a 429, a 5xx, a timeout or a lost "

@@ -19,7 +19,7 @@ from llamarig.shared import gpus
 from llamarig.shared.keys import load_keys
 from llamarig.work import commands, durations, outputs, plan_usage, prompts, samples
 from llamarig.work.api_client import ApiRefused, ComputeApi
-from llamarig.work.escalation import Escalation, asks_tier
+from llamarig.work.escalation import Escalation
 from llamarig.work.external import Tier
 from llamarig.work.processes import WorkerProcess
 from llamarig.work.store import Store
@@ -44,8 +44,8 @@ class Activities:
         self.served_from = outputs.base_url(rig)
         self.samples = samples.SampleLog.of(rig, rig_secrets(rig))
         self.nvml = gpus.nvml_only(rig.gpus) if proc.role == "gpu" else None  # (a leased command's VRAM peak)
-        tier = Tier.of(rig, rig_secrets(rig)) if proc.role == "gpu" else None
-        self.escalation = tier and Escalation(rig, tier, meter)
+        tier = Tier.of(rig, rig_secrets(rig), w.cpu_processes) if proc.role == "cpu" else None
+        self.escalation = tier and Escalation(rig, tier, meter)  # (an attempt that asks it needs no GPU: work-cpu)
         self.counted = meter and (
             meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class, outcome and GPU"),
             meter.create_histogram_float("llamarig_task_seconds", "Seconds a task attempt ran", "s"))
@@ -68,15 +68,22 @@ class Activities:
     async def run_llm(self, task: dict, ctx: dict) -> dict:
         self._takes("llm")
         async with self._limited("llm"):
-            if self.samples is None or task.get("sensitive"):
-                return await self._run(task, ctx, self._generate)
-            return await self._sampled(task, ctx)
+            return await self._sampled(task, ctx, self._generate)
 
-    async def _sampled(self, task: dict, ctx: dict) -> dict:
-        """An llm attempt whose messages and answer go to the training-sample log, however it ends."""
+    @activity.defn(name="run_external")
+    async def run_external(self, task: dict, ctx: dict) -> dict:
+        """An llm attempt that asks the escalation tier (escalation.asks_tier): on work-cpu, since
+        it needs no GPU and no local model serving."""
+        return await self._sampled(task, ctx, self._escalate)
+
+    async def _sampled(self, task: dict, ctx: dict, work) -> dict:
+        """An llm attempt whose messages and answer go to the training-sample log (where the rig
+        keeps one and the task is not sensitive), however it ends."""
+        if self.samples is None or task.get("sensitive"):
+            return await self._run(task, ctx, work)
         seen, began, outcome, error = {}, time.monotonic(), "failed", None
         try:
-            result = await self._run(task, ctx, lambda t, c, f: self._generate(t, c, f, seen))
+            result = await self._run(task, ctx, lambda t, c, f: work(t, c, f, seen))
             outcome = "succeeded"
             return result
         except asyncio.CancelledError:
@@ -245,10 +252,6 @@ class Activities:
         """seen: filled with the model, the messages sent and the answer, for the sample log."""
         spec, seen = task["generate"], {} if seen is None else seen
         inputs = {k: _read_input(task["inputs"][k], v) for k, v in ctx["inputs"].items()}
-        if asks_tier(task, ctx["attempt"]):
-            if self.escalation is None:
-                raise definition_error("this rig has no escalation tier (work.external), which the task asks for")
-            return await self.escalation.run(task, ctx, inputs, folder, seen, self._beating)
         model = spec.get("model") or await self._executor(spec["executor"])
         sent = prompts.messages(spec["prompt"], inputs, task.get("untrusted", []))
         (folder / "messages.json").write_text(json.dumps(sent, indent=1))
@@ -260,6 +263,12 @@ class Activities:
         output.write_text(answer["text"])
         gpus = self.rig.models[model].gpus
         return {"output": str(output), "model": model, "tokens": answer["tokens"], "gpu": ",".join(map(str, gpus))}
+
+    async def _escalate(self, task: dict, ctx: dict, folder: Path, seen: dict | None = None) -> dict:
+        if self.escalation is None:
+            raise definition_error("this rig has no escalation tier (work.external), which the task asks for")
+        inputs = {k: _read_input(task["inputs"][k], v) for k, v in ctx["inputs"].items()}
+        return await self.escalation.run(task, ctx, inputs, folder, {} if seen is None else seen, self._beating)
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _embeddings_model(self) -> str:

@@ -145,8 +145,10 @@ class Attempts:
                "submitter": spec.get("submitter")}  # (its llm tasks count against the key that submitted the plan)
         if failures:
             ctx["failures"] = list(failures[-10:])
+        external = asks_tier(t, attempt)  # (no GPU and no local model needed: work-cpu runs it)
         return await workflow.execute_activity(
-            ACTIVITY[t["cls"]], args=[t, ctx], task_queue=spec["queues"][t["cls"]], activity_id=f"{t['name']}#{attempt}",
+            "run_external" if external else ACTIVITY[t["cls"]], args=[t, ctx],
+            task_queue=spec["queues"]["cpu" if external else t["cls"]], activity_id=f"{t['name']}#{attempt}",
             start_to_close_timeout=timedelta(seconds=t["timeout_s"] or d["timeout_s"]),
             heartbeat_timeout=timedelta(seconds=d["heartbeat_s"]),
             schedule_to_start_timeout=timedelta(seconds=d["starvation_s"]) if starve else None,
@@ -174,6 +176,12 @@ def dependency_context(t: dict, results: dict[str, dict], carried: dict[str, str
     return {"inputs": inputs, "outputs": outputs, "carried": {d: carried[d] for d in results if d in carried},
             "served": {dep: {"url": r["output_url"], "sha256": r["output_sha256"]} for dep, r in results.items()
                        if "output_url" in r}}
+
+
+def asks_tier(t: dict, attempt: int) -> bool:
+    """Whether this attempt of an llm task goes to the escalation tier (work/escalation.py)."""
+    escalate = t.get("escalate")
+    return bool(t.get("external")) or (escalate is not None and attempt > escalate["after_failures"])
 
 
 def final(e: ActivityError) -> bool:

@@ -1,6 +1,7 @@
 """An llm task's escalation path, the only caller of the escalation tier (external.py): a task
 with external: true, or one whose local attempts failed escalate.after_failures times, hands
 the tier its task, inputs and the local attempts' errors; the answer is the task's output.
+Such an attempt runs on work-cpu (attempts.asks_tier routes it): it needs no GPU.
 Each call is costed in the task's result (so in its plan's view), in llamarig_external_* and in
 the usage by key (model external:MODEL)."""
 from __future__ import annotations
@@ -17,11 +18,6 @@ from llamarig.work import prompts
 from llamarig.work.external import Advice, Tier, TierError
 
 log = logging.getLogger("llamarig.work")
-
-
-def asks_tier(task: dict, attempt: int) -> bool:
-    escalate = task.get("escalate")
-    return bool(task.get("external")) or (escalate is not None and attempt > escalate["after_failures"])
 
 
 class Escalation:

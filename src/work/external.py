@@ -52,10 +52,13 @@ class Tier:
         self.sent: deque[float] = deque()  # times of the last minute's calls
 
     @classmethod
-    def of(cls, rig, rig_keys: list[str]) -> Tier | None:
+    def of(cls, rig, rig_keys: list[str], processes: int = 1) -> Tier | None:
+        """processes: the work-cpu processes that share the tier's rpm (each paces to its part)."""
         c = rig.work.external
         if c is None:
             return None
+        if processes > 1:
+            c = c.model_copy(update={"rpm": max(1, c.rpm // processes)})
         lapse = c.timeout_s * (c.retries + 1) + c.retry_initial_s * 2 ** c.retries + 60
         return cls(c, lambda: tier_key(rig, c), Budget(external_budget.path(rig.run_dir), c.daily_budget, lapse),
                    rig_keys)

@@ -46,17 +46,18 @@ class Budget:
 
     def left(self) -> tuple[float, float]:
         """(spent today, left today once the calls in flight are paid)."""
-        state = self._changed(lambda s: dict(s))
+        state = self._changed(lambda s: dict(s), write=False)
         spent = state["spent"]
         return spent, max(0.0, self.daily - spent - sum(a for a, _ in state["held"].values()))
 
-    def _changed(self, change):
+    def _changed(self, change, write: bool = True):
         self.file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.file.with_suffix(".lock"), "w") as lock:
+        with open(self.file.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = self._read()
             out = change(state)
-            replace_json(self.file, state, indent=None)
+            if write:
+                replace_json(self.file, state, indent=None)
             return out
 
     def _read(self) -> dict:

@@ -107,8 +107,8 @@ def _cpu_worker(client, queue: str, acts: Activities, identity: str, slots: int)
 
     files = MapFiles(acts.store, acts.api.fetch_output, acts.served_from)
     return Worker(client, task_queue=queue, workflows=[PlanWorkflow, MapSliceWorkflow],
-                  activities=[acts.run_cpu, acts.record_plan, files.map_items, files.read_items, files.write_slice,
-                              files.join_manifest],
+                  activities=[acts.run_cpu, acts.run_external, acts.record_plan, files.map_items, files.read_items,
+                              files.write_slice, files.join_manifest],
                   max_concurrent_activities=slots, identity=identity,
                   sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_S),
                   graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_S))
