@@ -257,7 +257,7 @@ def test_every_admin_route_writes_an_audit_line(team):
     calls = [(method.upper(), path) for path, methods in spec["paths"].items() if path.startswith("/admin")
              for method in methods if method in ("post", "delete", "put", "patch")]
     assert ("POST", "/admin/plans") in calls or not team.rig.work
-    fill = {"name": "native", "action": "reset", "lease_id": "no-such-lease", "plan_id": "no-such-plan"}
+    fill = {"name": "native", "action": "reset", "lease_id": "no-such-lease", "plan_id": "no-such-plan", "gpu": "1"}
     calls.sort(key=lambda c: c[1] == "/admin/down")  # the bundle's end, last
     for method, template in calls:
         path = re.sub(r"\{(\w+)\}", lambda m: fill[m.group(1)], template)
