@@ -103,3 +103,23 @@ def test_learned_durations_keep_the_gpu_and_vram_peak(tmp_path):
     assert durations.learn(tmp_path, record) == 1
     entry = json.loads(durations.path(tmp_path).read_text())[durations.key(task)]
     assert (entry["s"], entry["gpu"], entry["vram_peak_mib"]) == (1.5, 2, 812) and entry["at"] <= time.time()
+
+
+def test_a_leased_gpus_vram_peak_is_the_most_nvml_read_at_the_heartbeats():
+    from types import SimpleNamespace
+
+    from llamarig.shared.gpus import GpuReading
+    from llamarig.work.activities import VramPeak
+
+    class Nvml:  # NvmlInventory's shape: read(), and the module's error class under .nvml
+        nvml = SimpleNamespace(NVMLError=OSError)
+        used = iter([300, 900, 500])
+
+        def read(self):
+            return [GpuReading(0, "g", 10 * 2**30, 0), GpuReading(2, "g", 10 * 2**30, next(self.used) * 2**20)]
+
+    peak = VramPeak(Nvml(), 2)
+    peak.sample()
+    peak.sample()
+    assert peak.mib == 900
+    assert VramPeak(None, 2).mib is None  # the simulated inventory: not measured, not made up
