@@ -42,9 +42,10 @@ class Activities:
                        "llm": asyncio.Semaphore(max(1, w.concurrency.llm))}
         self.beat_every = w.heartbeat_timeout_s / 3
         self.served_from = outputs.base_url(rig)
-        self.samples = samples.SampleLog.of(rig, rig_secrets(rig))
+        secrets = rig_secrets(rig)  # (read once: the sample log and the tier both keep them out)
+        self.samples = samples.SampleLog.of(rig, secrets)
         self.nvml = gpus.nvml_only(rig.gpus) if proc.role == "gpu" else None  # (a leased command's VRAM peak)
-        tier = Tier.of(rig, rig_secrets(rig), w.cpu_processes) if proc.role == "cpu" else None
+        tier = Tier.of(rig, secrets, w.cpu_processes) if proc.role == "cpu" else None
         self.escalation = tier and Escalation(rig, tier, meter)  # (an attempt that asks it needs no GPU: work-cpu)
         self.counted = meter and (
             meter.create_counter("llamarig_tasks_total", "Task attempts ended, by class, outcome and GPU"),

@@ -6,7 +6,6 @@ Each call is costed in the task's result (so in its plan's view), in llamarig_ex
 the usage by key (model external:MODEL)."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 from temporalio.exceptions import ApplicationError
 
 from llamarig.shared.usage_store import EXTERNAL, UsageStore
-from llamarig.work import prompts
+from llamarig.work import external_budget, prompts
 from llamarig.work.external import Advice, Tier, TierError
 
 log = logging.getLogger("llamarig.work")
@@ -65,7 +64,7 @@ class Escalation:
                 self.metrics["tokens"].add(advice.tokens_out, {"direction": "out"})
         if advice is None and outcome == "budget_exhausted":
             return  # (no call was made)
-        day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        day = external_budget.today()
         row = [advice.calls, 0, advice.tokens_in, advice.tokens_out, 0, 0, 0, advice.cost] if advice else \
             [1, 1, 0, 0, 0, 0, 0, 0.0]
         try:
