@@ -108,6 +108,9 @@ class FakeInventory:
         return [GpuReading(g, "Fake GPU", total, min(total, self.rig.used(g)), temperature_c=self.rig.celsius.get(g))
                 for g, total in self.rig.total.items()]
 
+    def temperatures(self) -> dict[int, float]:
+        return {g: c for g, c in self.rig.celsius.items() if g in self.rig.total}
+
     def pids_on(self, index: int) -> set[int]:
         return {i["pid"] for p, i in self.rig.programs.items() if self.rig.running(p) and index in self.rig.bytes[p]}
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from helpers import free_ports_in_a_row, llamarig, model_entry, wait_for, write_rig
 from llamarig.backend.lifecycle.thermal import Level, next_level
-from llamarig.shared.gpus import SimulatedInventory, throttle_names
+from llamarig.shared.gpus import NvmlInventory, SimulatedInventory, throttle_names
 from llamarig.shared.rig import GpusConfig
 from llamarig.shared.thermal_config import ThermalConfig
 from test_health import sample
@@ -37,6 +37,34 @@ def test_the_simulated_inventory_reads_its_temperatures_and_sets_no_power_limit(
     assert [g.temperature_c for g in inv.read()] == [None, 71.5]
     assert "not applied" in inv.set_power_limit(0, 300)
     assert throttle_names(0x20 | 0x4) == ("sw_power_cap", "sw_thermal")
+
+
+def test_the_thermal_loops_reading_is_the_temperatures_alone():
+    """Not the memory: on the simulated inventory that walks every process's tree, in the loop's
+    thread, every interval_s (it cost a tenth of the API's CPU under load)."""
+    gpus = GpusConfig(source="simulated", simulated=[{"index": 0, "name": "s", "memory_mib": 10}])
+
+    def no_memory(index):
+        raise AssertionError("the thermal reading read the memory")
+    assert SimulatedInventory(gpus, no_memory, "test", lambda: {0: 70.0, 7: 99.0}).temperatures() == {0: 70.0}
+
+    class Nvml:  # pynvml's shape; GPU 1 reports no temperature
+        NVMLError, NVML_TEMPERATURE_GPU = OSError, 0
+
+        def nvmlDeviceGetCount(self):
+            return 2
+
+        def nvmlDeviceGetHandleByIndex(self, i):
+            return i
+
+        def nvmlDeviceGetTemperature(self, handle, sensor):
+            if handle == 1:
+                raise OSError("not supported")
+            return 64
+
+        def nvmlDeviceGetMemoryInfo(self, handle):
+            raise AssertionError("the thermal reading read the memory")
+    assert NvmlInventory(Nvml()).temperatures() == {0: 64.0}
 
 
 # ---- on real bundles --------------------------------------------------------------------------------

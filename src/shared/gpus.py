@@ -68,6 +68,8 @@ class GpuInventory(Protocol):
 
     def read(self) -> list[GpuReading]: ...
 
+    def temperatures(self) -> dict[int, float]: ...
+
     def set_power_limit(self, index: int, watts: float) -> str: ...
 
 
@@ -81,6 +83,16 @@ class NvmlInventory:
     def read(self) -> list[GpuReading]:
         n = self.nvml
         return [self._reading(i, n.nvmlDeviceGetHandleByIndex(i)) for i in range(n.nvmlDeviceGetCount())]
+
+    def temperatures(self) -> dict[int, float]:
+        """Each GPU's temperature alone: the thermal loop's reading, one NVML call a GPU."""
+        n, out = self.nvml, {}
+        for i in range(n.nvmlDeviceGetCount()):
+            handle = n.nvmlDeviceGetHandleByIndex(i)
+            celsius = self._optional(lambda: n.nvmlDeviceGetTemperature(handle, n.NVML_TEMPERATURE_GPU))
+            if celsius is not None:
+                out[i] = celsius
+        return out
 
     def _reading(self, index: int, handle) -> GpuReading:
         n = self.nvml
@@ -140,13 +152,18 @@ class SimulatedInventory:
                  temperatures: Callable[[], dict[int, float]] = dict):
         self.gpus = config.simulated
         self.used_bytes = used_bytes
-        self.temperatures = temperatures
+        self._celsius = temperatures
         self.reason = reason
 
     def read(self) -> list[GpuReading]:
-        celsius = self.temperatures()
+        celsius = self._celsius()
         return [GpuReading(g.index, g.name, g.memory_mib * MIB, self.used_bytes(g.index),
                            temperature_c=celsius.get(g.index)) for g in self.gpus]
+
+    def temperatures(self) -> dict[int, float]:
+        """Without the memory: a simulated GPU's 'used' memory walks every process's tree."""
+        known = {g.index for g in self.gpus}
+        return {g: c for g, c in self._celsius().items() if g in known}
 
     def set_power_limit(self, index: int, watts: float) -> str:
         return "not applied: the simulated inventory has no power control"
