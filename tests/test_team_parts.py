@@ -4,7 +4,9 @@ and the audit log's rotation."""
 from __future__ import annotations
 
 import json
+import os
 import stat
+import time
 
 import pytest
 
@@ -37,6 +39,23 @@ def test_the_store_keeps_digests_only_and_the_ring_reads_a_revocation(tmp_path):
         store.revoke("alice")
     with pytest.raises(LlamarigError, match="exists"):
         store.add(NamedKey("alice", "client"))
+
+
+def test_the_watch_reads_every_change_however_close_and_a_still_file_by_its_stat_alone(tmp_path):
+    """The watch asks SQLite only when the file's stat changed or it changed in the last STILL_S
+    (a second commit within the file system clock's tick leaves the stat as it was)."""
+    watcher, writer = KeyStore(tmp_path), KeyStore(tmp_path)
+    writer.add(NamedKey("a", "client"))
+    seen = {watcher.version()}
+    for name in ("b", "c", "d"):  # each right after the last, the watch asking between them
+        writer.add(NamedKey(name, "client"))
+        seen.add(watcher.version())
+    assert len(seen) == 4
+    path = tmp_path / "keys.sqlite"
+    os.utime(path, (time.time() - 5, time.time() - 5))  # still for longer than STILL_S
+    watcher.version()
+    watcher._watch.close()  # a query now would fail: the stat alone must answer
+    assert watcher.version() in seen
 
 
 @pytest.mark.parametrize("key, code", [
@@ -149,6 +168,22 @@ async def test_usage_is_flushed_to_sqlite_and_a_quota_survives_a_restart(tmp_pat
     assert _refused(again, key).why == "quota"
     with pytest.raises(LlamarigError):
         UsageStore(tmp_path).query(None, ("user",))
+
+
+def test_the_apis_kept_writer_is_read_at_once_by_others_and_reopens_a_removed_file(tmp_path):
+    """The compute API keeps one writer open (a connection made, checkpointed and closed every
+    flush cost more than the write): the CLI reads each add as soon as it is made, a
+    process killed now loses nothing committed (another process reads it back without a
+    close), and a file removed under it is made again, not written to its unlinked inode."""
+    kept = UsageStore(tmp_path, keep_open=True)
+    kept.add({("2026-12-07", "k", "m"): [1, 0, 5, 6]})
+    kept.add({("2026-12-07", "k", "m"): [1, 1, 1, 1]})
+    assert UsageStore(tmp_path).query(None, ("key",))[0]["requests"] == 2  # no close in between
+    for leftover in tmp_path.glob("usage.sqlite*"):
+        leftover.unlink()
+    kept.add({("2026-12-08", "k", "m"): [3]})
+    assert [r["requests"] for r in UsageStore(tmp_path).query(None, ("day",))] == [3]
+    kept.close()
 
 
 def test_the_audit_log_rotates_and_reads_back_in_order(tmp_path):

@@ -74,10 +74,14 @@ def parse_expiry(text: str) -> float:
     return when.timestamp()
 
 
+STILL_S = 1.0
+
+
 class KeyStore:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / FILE
         self._watch: sqlite3.Connection | None = None
+        self._seen: tuple[tuple, tuple] | None = None  # (the file's stat, the version read with it)
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,12 +156,22 @@ class KeyStore:
                                 [(t, n) for n, t in last_used.items()])
 
     def version(self) -> tuple:
-        """Changes whenever another process changed the file (SQLite's data_version), or it appeared."""
-        if not self.path.exists():
+        """Changes whenever another process changed the file (SQLite's data_version), or it appeared.
+        A file untouched for STILL_S since it was last asked is not asked again: a stat says so
+        (every commit rewrites the file in rollback-journal mode; the wait covers two commits
+        within one tick of the file system's clock)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
             return ()
+        stat = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._seen is not None and self._seen[0] == stat and time.time() - st.st_mtime > STILL_S:
+            return self._seen[1]
         if self._watch is None:
             self._watch = self._connect()
-        return (self._watch.execute("PRAGMA data_version").fetchone()[0], self.path.stat().st_ino)
+        version = (self._watch.execute("PRAGMA data_version").fetchone()[0], st.st_ino)
+        self._seen = (stat, version)
+        return version
 
 
 def _key(row) -> NamedKey:

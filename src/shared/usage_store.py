@@ -1,6 +1,8 @@
 """Usage by key, kept across restarts: a SQLite file in the run folder, usage.sqlite, one row
 per UTC day, key name and model, added to by the compute API every FLUSH_S seconds (a kill -9
-loses at most that much; a clean stop flushes). A plan's tasks are rows too, their model
+loses at most that much; a clean stop flushes). The API keeps its writer open, in WAL mode with
+synchronous=NORMAL: a commit outlives the process at once, and the operating system's crash or a
+power cut can lose the commits since the last checkpoint (the rest of the file stays whole). A plan's tasks are rows too, their model
 `tasks:CLASS` (requests: tasks ended, errors: those that failed, task_seconds), added by the
 worker that records the plan's end, under the key that submitted it. Read by `llamarig usage`
 and /admin/usage."""
@@ -10,6 +12,7 @@ import csv
 import io
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 from llamarig.shared.errors import LlamarigError
@@ -30,8 +33,13 @@ ADDED = {"external_cost": "REAL NOT NULL DEFAULT 0"}  # columns a file of an old
 
 
 class UsageStore:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, keep_open: bool = False):
+        """keep_open: one writer connection kept for every add (the API's flush every FLUSH_S;
+        opening, checkpointing and closing one each time cost more than the write, measured)."""
         self.path = Path(run_dir) / FILE
+        self.keep_open = keep_open
+        self._writer: tuple[sqlite3.Connection, int] | None = None  # (connection, the file's inode)
+        self._lock = threading.Lock()  # adds come from worker threads: one at a time
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,17 +56,52 @@ class UsageStore:
         """deltas: (day, key, model) -> the COUNTS in order, added in one transaction."""
         if not deltas:
             return
+        with self._lock:
+            db = self._writer_now()
+            try:
+                self._add(db, deltas)
+            except Exception:
+                self._drop_writer()
+                raise
+            finally:
+                if not self.keep_open:
+                    db.close()
+
+    def _writer_now(self) -> sqlite3.Connection:
+        """The kept writer, opened again where the file was replaced or removed since."""
+        if not self.keep_open:
+            return self._connect()
+        if self._writer is not None:
+            db, inode = self._writer
+            try:
+                if self.path.stat().st_ino == inode:
+                    return db
+            except FileNotFoundError:
+                pass
+            self._drop_writer()
         db = self._connect()
-        try:
-            with db:
-                db.execute("BEGIN")
-                db.executemany(
-                    f"INSERT INTO usage (day, key, model, {', '.join(COUNTS)}) VALUES (?,?,?,{','.join('?' * len(COUNTS))}) "
-                    "ON CONFLICT (day, key, model) DO UPDATE SET " +
-                    ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTS),
-                    [(*where, *counts, *[0] * (len(COUNTS) - len(counts))) for where, counts in deltas.items()])
-        finally:
-            db.close()
+        db.execute("PRAGMA synchronous=NORMAL")  # (WAL: durable across a kill -9, not a power cut)
+        self._writer = (db, self.path.stat().st_ino)
+        return db
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer[0].close()
+            self._writer = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_writer()
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, deltas: dict) -> None:
+        with db:
+            db.execute("BEGIN")
+            db.executemany(
+                f"INSERT INTO usage (day, key, model, {', '.join(COUNTS)}) VALUES (?,?,?,{','.join('?' * len(COUNTS))}) "
+                "ON CONFLICT (day, key, model) DO UPDATE SET " +
+                ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTS),
+                [(*where, *counts, *[0] * (len(COUNTS) - len(counts))) for where, counts in deltas.items()])
 
     def tokens_since(self, key: str, first_day: str) -> int:
         """Prompt and completion tokens of `key` from `first_day` (YYYY-MM-DD) on: a quota's use."""

@@ -55,7 +55,7 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
                             model_limits=ModelLimitsCache())
     keys = load_keys(rig)
     ring = KeyRing(keys, KeyStore(rig.run_dir))
-    state.ledger = Ledger(UsageStore(rig.run_dir), state.metrics.registry)
+    state.ledger = Ledger(UsageStore(rig.run_dir, keep_open=True), state.metrics.registry)
     state.audit = AuditLog(rig.run_dir)
 
     @asynccontextmanager
@@ -75,6 +75,7 @@ def create_app(rig: Rig, manager_factory=None, started: Started | None = None) -
         for chore in chores:
             chore.cancel()
         await state.ledger.flush()  # a clean stop loses no usage
+        state.ledger.store.close()
         upstream.close()
 
     app = FastAPI(title="llamarig compute API", version=VERSION, lifespan=lifespan, description=DESCRIPTION)
