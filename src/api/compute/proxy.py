@@ -55,9 +55,11 @@ class Usage(NamedTuple):
 NO_USAGE = Usage()
 
 
-def _last(data: bytes, start: int, *names: bytes) -> int | None:
-    """The number after the last of `names` (quoted JSON keys) in data[start:], or None."""
-    at = max(data.rfind(name, start) for name in names)
+def _last(data: bytes, start: int, name: bytes, other: bytes = b"") -> int | None:
+    """The number after the last of `name` or `other` (quoted JSON keys) in data[start:], or None."""
+    at = data.rfind(name, start)
+    if other:
+        at = max(at, data.rfind(other, start))
     found = COUNT.match(data, at) if at >= 0 else None
     return int(found.group(1)) if found else None
 

@@ -104,6 +104,23 @@ class UnitActor(StateEntry, Checks):
         self._arm_deadline()
         return lease
 
+    def release(self, lease: Lease) -> None:
+        """A lease's end, handled as a Release command would be, without making one (every
+        request ends here) unless a handler is running: then it waits in the inbox, in order."""
+        if self._handling or self._inbox:
+            return self.send(Release(lease))
+        self._handling = True
+        try:
+            try:
+                self._end_lease(lease)
+            except Exception:  # (as _handle_safely: a bug here must not reach the request's answer)
+                log.exception("command failed", extra=self._fields(command="Release"))
+            while self._inbox:
+                self._handle_safely(self._inbox.popleft())
+        finally:
+            self._handling = False
+        self._arm_deadline()
+
     async def ask(self, command):
         """Send a command that carries a reply future and await the reply."""
         self.send(command)
@@ -322,7 +339,10 @@ class UnitActor(StateEntry, Checks):
         return lease
 
     def _on_release(self, c: Release) -> None:
-        self.leases.discard(c.lease)
+        self._end_lease(c.lease)
+
+    def _end_lease(self, lease: Lease) -> None:
+        self.leases.discard(lease)
         self.last_used = time.time()
         if self.leases:
             return

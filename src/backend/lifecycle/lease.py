@@ -3,10 +3,9 @@ refusal when it cannot have one, and the life events the actor keeps."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from llamarig.backend.lifecycle.commands import Release
 from llamarig.shared.errors import LlamarigError
 
 if TYPE_CHECKING:
@@ -22,14 +21,17 @@ class NotAvailable(LlamarigError):
 
 
 
-@dataclass(eq=False)  # identity: each lease is one request
 class Lease:
     """One request's hold on a unit. The proxy marks progress as bytes flow, so that a busy
-    server that answers probes slowly is not called dead."""
-    actor: "UnitActor"
-    last_progress: float = field(default_factory=time.monotonic)
-    released: bool = False
-    cold: bool = False  # the request waited for the unit to load
+    server that answers probes slowly is not called dead. (A plain class: every request makes
+    one, and a dataclass's field factory cost a call more.) Identity: each lease is one request."""
+    __slots__ = ("actor", "last_progress", "released", "cold")
+
+    def __init__(self, actor: "UnitActor", cold: bool = False):
+        self.actor = actor
+        self.last_progress = time.monotonic()
+        self.released = False
+        self.cold = cold  # the request waited for the unit to load
 
     def progress(self) -> None:
         self.last_progress = time.monotonic()
@@ -42,7 +44,7 @@ class Lease:
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.actor.send(Release(self))
+            self.actor.release(self)
 
 
 @dataclass(frozen=True)
