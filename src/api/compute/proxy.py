@@ -165,8 +165,11 @@ class Proxy:
             return error_response(400, "context_length_exceeded", "the prompt and max_tokens do not fit the model's "
                                   "context: shorten the prompt or lower max_tokens (the engine said: "
                                   f"{body[:200].decode(errors='replace')})", "messages")
-        on_done(answer.status, time.perf_counter() - started, whole_usage(body, _audio_seconds(answer)))
-        return Whole(answer.status, _passed(answer.headers) + [(b"content-length", b"%d" % len(body))], body)
+        first = time.perf_counter() - started
+        audio_s = _audio_seconds(answer)
+        # Counted once the answer has gone: the client does not wait for the bookkeeping.
+        return Whole(answer.status, _passed(answer.headers) + [(b"content-length", b"%d" % len(body))], body,
+                     lambda: on_done(answer.status, first, whole_usage(body, audio_s)))
 
 
 def _audio_seconds(answer: Answer) -> float:
@@ -179,10 +182,20 @@ def _audio_seconds(answer: Answer) -> float:
 
 class Whole(Response):
     """A complete answer, its headers passed as they came: a Response (FastAPI's routes return
-    it too) without Response's header building."""
+    it too) without Response's header building; `after` runs once the body is sent."""
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes):
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                 after: Callable[[], None] | None = None):
         self.status_code, self.raw_headers, self.body, self.background = status, headers, body, None
+        self.after = after
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.body})
+        finally:
+            if self.after is not None:
+                self.after()
 
 
 class Relay(Response):
