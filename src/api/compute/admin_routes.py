@@ -1,8 +1,6 @@
 """Operator routes: status, start, stop (drained), reset of an open circuit, reload, down."""
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
@@ -12,6 +10,7 @@ from llamarig.backend.lifecycle.manager import UnknownModel
 from llamarig.shared.api_errors import error_response
 from llamarig.shared.errors import LlamarigError
 from llamarig.shared.gpus import TEMPERATURES, simulated_temperatures
+from llamarig.work.store import replace_json
 
 ACTIONS = ("start", "stop", "reset", "reload")
 LEASE_BODY_BYTES = 4096  # {"holder": up to 200 characters, "ttl_s": n}, read whole only below this
@@ -127,11 +126,8 @@ def build_router(state) -> APIRouter:
 def set_simulated_temperature(run_dir, gpu: int, celsius: float) -> None:
     """Write one GPU's temperature into the simulated inventory's file (atomically: the thermal
     loop reads it meanwhile)."""
-    path = run_dir / TEMPERATURES
     now = simulated_temperatures(run_dir) | {gpu: celsius}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({str(g): c for g, c in now.items()}))
-    tmp.replace(path)
+    replace_json(run_dir / TEMPERATURES, {str(g): c for g, c in now.items()}, indent=None)
 
 
 def _unknown_lease(lease_id: str) -> Response:
