@@ -55,20 +55,27 @@ def _local_copy(image_tag: str, monitoring: str) -> tuple[dict, dict[str, int]]:
 
 
 class Stack:
-    def __init__(self, docker, path, project: str, published: dict[str, int]):
-        self.docker, self.path, self.project, self.published = docker, path, project, published
+    def __init__(self, docker, paths: list, project: str, published: dict[str, int], scheme: str = "http",
+                 verify=True):
+        """paths: the compose files, merged by docker-compose in order (-f each)."""
+        self.docker, self.paths, self.project, self.published = docker, paths, project, published
+        self.scheme, self.verify = scheme, verify
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         env = {**self.docker.env, "LLAMARIG_CLIENT_KEYS": CLIENT, "LLAMARIG_OPERATOR_KEY": OPERATOR}
-        cmd = ["docker-compose", "-f", str(self.path), "--project-directory", str(REPO), "-p", self.project, *args]
+        files = [arg for path in self.paths for arg in ("-f", str(path))]
+        cmd = ["docker-compose", *files, "--project-directory", str(REPO), "-p", self.project, *args]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         assert result.returncode == 0 or not check, f"{' '.join(args)}: {result.stdout}{result.stderr}"
         return result
 
     def url(self, service: str, path: str) -> str:
-        return f"http://127.0.0.1:{self.published[service]}{path}"
+        scheme = self.scheme if service == "llamarig" else "http"
+        return f"{scheme}://127.0.0.1:{self.published[service]}{path}"
 
     def get(self, service: str, path: str, **kw) -> httpx.Response:
+        if service == "llamarig" and self.verify is not True:
+            return httpx.get(self.url(service, path), timeout=10, verify=self.verify, **kw)
         return HTTP.get(self.url(service, path), timeout=10, **kw)
 
 
@@ -77,7 +84,7 @@ def stack(docker, image, tmp_path_factory):
     compose, published = _local_copy(image.tag, build_monitoring_image(docker))
     path = tmp_path_factory.mktemp("compose") / "docker-compose.yml"
     path.write_text(yaml.safe_dump(compose))
-    s = Stack(docker, path, f"llamarig-test-{os.getpid()}", published)
+    s = Stack(docker, [path], f"llamarig-test-{os.getpid()}", published)
     s.compose("up", "-d")
     yield s
     s.compose("down", "-v", "-t", "120", timeout=600)

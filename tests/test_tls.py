@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 CLIENT, OPERATOR = "tls-client-key-0123456789", "tls-operator-key-0123456789"
 
 
-def make_ca(folder: Path) -> dict[str, Path]:
-    """A CA, and a certificate it signed for 127.0.0.1 and localhost (openssl)."""
+def make_ca(folder: Path, names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, Path]:
+    """A CA, and a certificate it signed for `names` (IP addresses and host names; openssl)."""
     f = {n: folder / f"{n}.pem" for n in ("ca", "ca-key", "cert", "key")}
     run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=llamarig test CA",
@@ -29,7 +29,8 @@ def make_ca(folder: Path) -> dict[str, Path]:
     csr = folder / "cert.csr"
     run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(f["key"]), "-out", str(csr))
     ext = folder / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    alt = ",".join(f"IP:{n}" if n.replace(".", "").isdigit() else f"DNS:{n}" for n in names)
+    ext.write_text(f"subjectAltName={alt}\n")
     run("x509", "-req", "-in", str(csr), "-CA", str(f["ca"]), "-CAkey", str(f["ca-key"]), "-CAcreateserial",
         "-days", "2", "-extfile", str(ext), "-out", str(f["cert"]))
     return f
