@@ -53,7 +53,7 @@ def _bundles(folder: Path, before: str | None, named: bool = True) -> dict:
         old = folder / "before"
         old.mkdir()
         other = model_entry(model("tiny", GgufSize()), [1], parallel=64, context_size=64 * 64)
-        rig = proxy.write_rig(old, {"m": other})
+        rig = proxy.write_rig(old, {"m": other}, lifecycle=proxy.SHIPPED_HEALTH)
         env = {"LLAMARIG_CLIENT_KEYS": proxy.CLIENT_KEY, "LLAMARIG_OPERATOR_KEY": proxy.OPERATOR_KEY,
                "PYTHONPATH": str(_code_of(before, old))}
         a = start_bundle(old, rig, env=env, key=proxy.OPERATOR_KEY)
