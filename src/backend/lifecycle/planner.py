@@ -261,6 +261,10 @@ class Planner:
                 awaitable.close()  # (never to be awaited)
             raise RuntimeError("Planner.wait called from a task the job spawned: only the job's own task may "
                                "hand the planner back")
+        if job.step.done():  # (the planner's loop was cancelled: it is closing, and no turn comes again)
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise asyncio.CancelledError("the planner is closing")
         job.step.set_result(None)
         try:
             result = await awaitable
