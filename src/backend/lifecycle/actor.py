@@ -94,32 +94,27 @@ class UnitActor(StateEntry, Checks):
         command's reply future (every request takes this path); None: send an Acquire."""
         if self._handling or self._inbox or self.state not in SERVING:
             return None
-        self._handling = True
-        try:
-            lease = self._lease()
-            while self._inbox:  # (sent by what the lease set off: handled right after, in order)
-                self._handle_safely(self._inbox.popleft())
-        finally:
-            self._handling = False
-        self._arm_deadline()
-        return lease
+        return self._now(self._lease)
 
     def release(self, lease: Lease) -> None:
         """A lease's end, handled as a Release command would be, without making one (every
         request ends here) unless a handler is running: then it waits in the inbox, in order."""
         if self._handling or self._inbox:
             return self.send(Release(lease))
+        self._now(self._end_lease_safely, lease)
+
+    def _now(self, step, *args):
+        """Run `step` as a handler at once (the inbox is empty and nothing handles), then what it
+        sent, in order; returns what `step` returned."""
         self._handling = True
         try:
-            try:
-                self._end_lease(lease)
-            except Exception:  # (as _handle_safely: a bug here must not reach the request's answer)
-                log.exception("command failed", extra=self._fields(command="Release"))
+            result = step(*args)
             while self._inbox:
                 self._handle_safely(self._inbox.popleft())
         finally:
             self._handling = False
         self._arm_deadline()
+        return result
 
     async def ask(self, command):
         """Send a command that carries a reply future and await the reply."""
@@ -340,6 +335,12 @@ class UnitActor(StateEntry, Checks):
 
     def _on_release(self, c: Release) -> None:
         self._end_lease(c.lease)
+
+    def _end_lease_safely(self, lease: Lease) -> None:
+        try:
+            self._end_lease(lease)
+        except Exception:  # (as _handle_safely: a bug here must not reach the request's answer)
+            log.exception("command failed", extra=self._fields(command="Release"))
 
     def _end_lease(self, lease: Lease) -> None:
         self.leases.discard(lease)
