@@ -257,13 +257,11 @@ class Planner:
         if job is None:  # boot: nothing else runs on the planner yet
             return await awaitable
         if job.task is not asyncio.current_task():  # a task the job spawned inherits its context, not its turn
-            if inspect.iscoroutine(awaitable):
-                awaitable.close()  # (never to be awaited)
+            _drop(awaitable)
             raise RuntimeError("Planner.wait called from a task the job spawned: only the job's own task may "
                                "hand the planner back")
         if job.step.done():  # (the planner's loop was cancelled: it is closing, and no turn comes again)
-            if inspect.iscoroutine(awaitable):
-                awaitable.close()
+            _drop(awaitable)
             raise asyncio.CancelledError("the planner is closing")
         job.step.set_result(None)
         try:
@@ -392,3 +390,9 @@ class Planner:
         self.memory.reserve(unit, need)
         budget = self.rig.timeouts.stop_budget_s
         return asyncio.gather(*(self.actors[n].wait_until(ENDED, budget) for n in stopped))
+
+
+def _drop(awaitable) -> None:
+    """A coroutine that will never be awaited, closed (else Python warns when it is collected)."""
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
