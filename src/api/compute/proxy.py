@@ -166,10 +166,9 @@ class Proxy:
                                   "context: shorten the prompt or lower max_tokens (the engine said: "
                                   f"{body[:200].decode(errors='replace')})", "messages")
         first = time.perf_counter() - started
-        audio_s = _audio_seconds(answer)
         # Counted once the answer has gone: the client does not wait for the bookkeeping.
         return Whole(answer.status, _passed(answer.headers) + [(b"content-length", b"%d" % len(body))], body,
-                     lambda: on_done(answer.status, first, whole_usage(body, audio_s)))
+                     lambda: on_done(answer.status, first, whole_usage(body, _audio_seconds(answer))))
 
 
 def _audio_seconds(answer: Answer) -> float:
