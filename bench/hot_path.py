@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the planner's in-process fakes
 
+import bare_proxy  # noqa: E402
 from helpers import model_entry, write_rig  # noqa: E402
 from planner_fakes import fake_manager  # noqa: E402
 from llamarig.api.compute.app import create_app  # noqa: E402
@@ -84,20 +85,7 @@ async def _receive():
     return {"type": "http.request", "body": BODY, "more_body": False}
 
 
-async def _bare_app(scope, receive, send, upstream=CannedUpstream()):
-    """bench/bare_proxy.py's app over the same stand-in."""
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    answer = await upstream.request("POST", 1, scope["path"], [(b"content-type", b"application/json")],
-                                    b"".join(chunks))
-    data = await answer.read()
-    await send({"type": "http.response.start", "status": answer.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]})
-    await send({"type": "http.response.body", "body": data})
+BARE_APP = bare_proxy.app_of(bare_proxy.upstream_client(1, CannedUpstream()))  # the floor's own app
 
 
 async def _time(app, key: str, n: int) -> float:
@@ -135,7 +123,7 @@ async def _main(n: int, named: bool) -> None:
     await _time(front, key, 300)  # warm-up
     rows = []
     for _ in range(7):
-        ours, bare = await _time(front, key, n), await _time(_bare_app, key, n)
+        ours, bare = await _time(front, key, n), await _time(BARE_APP, key, n)
         rows.append((ours, bare))
         print(f"compute API {ours:.1f} µs, bare app {bare:.1f} µs, llamarig's own {ours - bare:.1f} µs", flush=True)
     print(f"median: llamarig's own logic {statistics.median(o - b for o, b in rows):.1f} µs per request "
