@@ -101,6 +101,11 @@ def test_the_readme_s_plan_runs_on_the_compose_files_temporal(stack):
     """`docker compose exec llamarig llamarig submit runtime/plans/demo.yaml --wait`, as the README
     says (the operator key is in the container's environment)."""
     wait_for(lambda: _ready(stack), 120, "llamarig: /ready 200", interval=0.5)
+    run_the_demo_plan(stack)
+
+
+def run_the_demo_plan(stack) -> None:
+    """The README's plan submitted with the CLI in the container, waited for; every task succeeded."""
     done = stack.compose("exec", "-T", "llamarig", "llamarig", "submit", "runtime/plans/demo.yaml", "--wait",
                          check=False)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -17,7 +17,7 @@ import yaml
 
 from dockerd import REPO, build_monitoring_image
 from helpers import wait_for
-from test_compose import CLIENT, OPERATOR, Stack, _local_copy, _targets
+from test_compose import CLIENT, Stack, _local_copy, _ready, _targets, run_the_demo_plan
 from test_tls import make_ca
 
 pytestmark = pytest.mark.slow
@@ -70,13 +70,6 @@ def tls_stack(docker, image, tmp_path_factory):
         s.compose("down", "-v", "-t", "120", timeout=600)
 
 
-def _ready(stack) -> bool:
-    try:
-        return stack.get("llamarig", "/ready").status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def test_the_openai_client_trusting_the_teams_ca_and_plain_http_refused(tls_stack):
     stack, files, context = tls_stack
     client = openai.OpenAI(base_url=stack.url("llamarig", "/v1"), api_key=CLIENT, max_retries=0,
@@ -97,13 +90,7 @@ def test_the_openai_client_trusting_the_teams_ca_and_plain_http_refused(tls_stac
 def test_the_cli_and_the_workers_inside_the_image_use_tls(tls_stack):
     """The README's plan, submitted with the CLI in the container: the CLI, and the workers
     that report to the compute API, reach it over HTTPS trusting ca.pem from the secret."""
-    stack, _, _ = tls_stack
-    done = stack.compose("exec", "-T", "llamarig", "llamarig", "submit", "runtime/plans/demo.yaml", "--wait",
-                         check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    view = stack.get("llamarig", f"/admin/plans/{done.stdout.split()[1]}",
-                     headers={"Authorization": f"Bearer {OPERATOR}"}).json()
-    assert {t["state"] for t in view["tasks"].values()} == {"succeeded"}, view
+    run_the_demo_plan(tls_stack[0])
 
 
 def test_prometheus_scrapes_the_bundle_over_https_with_the_ca(tls_stack):
