@@ -60,11 +60,10 @@ async def start(p, c: OperatorStart) -> None:
 async def _start_in_room(p, c: OperatorStart, actor, command, free: dict[int, int]) -> None:
     """A stopped unit starts only where it fits, idle models evicted for it as for a load;
     else 409 no_room, saying what is short."""
-    need = p.memory.need(actor.unit)
-    stopping = p.evict_for(actor.unit, need, free) if shortfall(need, free, p.margin()) else None
-    if stopping is None and shortfall(need, free, p.margin()):
-        refused = LlamarigError("no_room", f"{c.name} does not fit: {shortfall(need, free, p.margin())}; "
-                                "every other model there is busy, loading or warm: stop one first")
+    room = p.make_room(actor.unit, free)
+    if room.short:
+        refused = LlamarigError("no_room", f"{c.name} does not fit: {room.short}; every other model there is "
+                                "busy, loading or warm: stop one first")
         if c.reply.done():  # (accepted already, before a give-back: said in the log instead)
             log.warning("operator start not done", extra={"model": c.name, "reason": refused.reason})
         else:
@@ -72,15 +71,15 @@ async def _start_in_room(p, c: OperatorStart, actor, command, free: dict[int, in
         return
     if not c.reply.done():
         c.reply.set_result(True)
-    if stopping is not None:
-        await p.wait(stopping)
-        short = shortfall(need, await p.settle(besides=actor.unit), p.margin())
+    if room.stopping is not None:
+        await p.wait(room.stopping)
+        short = shortfall(room.need, await p.settle(besides=actor.unit), p.margin())
         if short:  # (an eviction's stop failed, say: its memory is still held)
             p.memory.release(actor.unit)
             log.warning("operator start not done: the memory is still short after the evictions",
                         extra={"model": c.name, "short": short})
             return
-    p.start_reserved(actor, need, command)
+    p.start_reserved(actor, room.need, command)
 
 
 async def ask(p, name: str, reset: bool = False) -> None:

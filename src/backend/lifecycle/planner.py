@@ -36,6 +36,7 @@ import contextvars
 import inspect
 import logging
 from dataclasses import dataclass
+from typing import Awaitable, NamedTuple
 
 from llamarig.backend.lifecycle import boot, gpu_leases, operator, swap, switch, thermal
 from llamarig.backend.lifecycle.actor import UnitActor
@@ -56,6 +57,13 @@ MIB = 1024 * 1024
 
 class UnknownModel(LlamarigError):
     pass
+
+
+class Room(NamedTuple):
+    """make_room's answer: fits now (neither set), after the evictions in `stopping`, or not (`short`)."""
+    need: dict[int, int]
+    stopping: Awaitable | None
+    short: str | None
 
 
 @dataclass
@@ -339,17 +347,15 @@ class Planner:
                                                         "reason": "nobody waits for it any more" if not actor.waiters
                                                         else f"it is {actor.state.value}"})
                     return
-                need = self.memory.need(unit)
-                if not shortfall(need, free, self.margin()):
-                    self._start_reserved(actor, need)
+                room = self.make_room(unit, free, may_evict=not evicted)
+                if room.short:
+                    actor.send(Refuse(f"cannot load: {room.short}; every other model there is busy, loading or "
+                                      "warm", permanent=False))
                     return
-                stopping = None if evicted else self.evict_for(unit, need, free)
-                if stopping is None:
-                    short = shortfall(need, free, self.margin())
-                    actor.send(Refuse(f"cannot load: {short}; every other model there is busy, loading or warm",
-                                      permanent=False))
+                if room.stopping is None:
+                    self._start_reserved(actor, room.need)
                     return
-                await self.wait(stopping)
+                await self.wait(room.stopping)
                 evicted = True
         finally:
             if actor.state == State.STOPPED:  # (not started: nothing to hold memory for)
@@ -369,6 +375,15 @@ class Planner:
             self.after(actor.wait_until(SETTLED, self.rig.timeouts.load_budget_s), lambda: self.memory.release(unit))
         else:
             self.memory.release(unit)
+
+    def make_room(self, unit: Unit, free: dict[int, int], may_evict: bool = True) -> Room:
+        """Whether `unit` fits in `free` as it is, once idle models are evicted for it (their
+        stops to wait for), or not at all (what is short): the decision of a load and of an
+        operator's start."""
+        need = self.memory.need(unit)
+        short = shortfall(need, free, self.margin())
+        stopping = self.evict_for(unit, need, free) if short and may_evict else None
+        return Room(need, stopping, short if stopping is None else None)
 
     def evict_for(self, unit: Unit, need: dict[int, int], free: dict[int, int]):
         """Stop the least recently used idle models until `unit` fits, its memory reserved
