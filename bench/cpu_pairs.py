@@ -40,8 +40,9 @@ def _code_of(ref: str, folder: Path) -> Path:
     return folder / "pkg"
 
 
-def _bundles(folder: Path, before: str | None, named: bool = True) -> dict:
-    """name -> (bundle, url) of each compute API."""
+def _bundles(folder: Path, before: str | None, named: bool = True, code: Path | None = None) -> dict:
+    """name -> (bundle, url) of each compute API; the second runs `code` (a folder holding a
+    `llamarig`) if given, else git REF `before`'s src/."""
     entry = model_entry(model("tiny", GgufSize()), [0], parallel=64, context_size=64 * 64)
     (folder / "now").mkdir()
     b = start_keyed(folder / "now", entry)
@@ -55,17 +56,18 @@ def _bundles(folder: Path, before: str | None, named: bool = True) -> dict:
         other = model_entry(model("tiny", GgufSize()), [1], parallel=64, context_size=64 * 64)
         rig = proxy.write_rig(old, {"m": other}, lifecycle=proxy.SHIPPED_HEALTH)
         env = {"LLAMARIG_CLIENT_KEYS": proxy.CLIENT_KEY, "LLAMARIG_OPERATOR_KEY": proxy.OPERATOR_KEY,
-               "PYTHONPATH": str(_code_of(before, old))}
+               "PYTHONPATH": str(code or _code_of(before, old))}
         a = start_bundle(old, rig, env=env, key=proxy.OPERATOR_KEY)
         out["compute_api_before"] = (a, f"{a.api}/v1/completions")
     return out
 
 
-def main(passes: int, requests: int, before: str | None, named: bool = True) -> None:
+def main(passes: int, requests: int, before: str | None, named: bool = True, code: Path | None = None) -> dict:
+    """Each compute API's medians: name -> (CPU x the bare proxy's, p50 ms over it)."""
     folder = Path(tempfile.mkdtemp(prefix="llamarig-cpu-pairs-"))
     apis, bare = {}, {}
     try:
-        apis = _bundles(folder, before, named)
+        apis = _bundles(folder, before, named, code)
         for b, _ in apis.values():
             b.wait_ready(120)
         bare = start_bare(folder, apis["compute_api"][0].rig.models["m"].port)
@@ -81,16 +83,19 @@ def main(passes: int, requests: int, before: str | None, named: bool = True) -> 
             row = {n: (cpu[n], over[n]["p50_ms"]) for n in pids}
             rows.append(row)
             print({n: f"{c} µs, p50 +{p:.3f} ms" for n, (c, p) in row.items()}, flush=True)
-        floor = "bare_uvicorn_upstream"
+        floor, medians = "bare_uvicorn_upstream", {}
         for n in apis:
             ratio = statistics.median(r[n][0] / r[floor][0] for r in rows)
             added = statistics.median(r[n][1] - r[floor][1] for r in rows)
+            medians[n] = (ratio, added)
             print(f"{n}: CPU {ratio:.2f} x the bare proxy's, p50 {added:+.3f} ms over it (median of {passes})")
         if before:
-            print(f"keys, usage and limits (this tree with a limited named key, against {before} with the env key): "
-                  f"p50 {statistics.median(r['compute_api'][1] - r['compute_api_before'][1] for r in rows):+.3f} ms, "
-                  f"CPU {statistics.median(r['compute_api'][0] - r['compute_api_before'][0] for r in rows):+.0f} µs "
+            what = "a limited named key" if named else "the env key"
+            p50 = statistics.median(r["compute_api"][1] - r["compute_api_before"][1] for r in rows)
+            cpu = statistics.median(r["compute_api"][0] - r["compute_api_before"][0] for r in rows)
+            print(f"this tree with {what}, against {before} with the env key: p50 {p50:+.3f} ms, CPU {cpu:+.0f} µs "
                   "per request (medians)")
+        return medians
     finally:
         for proc, _ in bare.values():
             proc.terminate()
