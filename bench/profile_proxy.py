@@ -61,6 +61,9 @@ def _record(pid: int, fmt: str, out: Path, seconds: float, pids: dict, urls: dic
 
 
 def main(seconds: float, svg: Path) -> None:
+    if not PY_SPY.exists():
+        raise SystemExit(f"py-spy is not installed in this venv ({PY_SPY}): {Path(sys.executable).parent}/pip "
+                         "install py-spy")
     folder = Path(tempfile.mkdtemp(prefix="llamarig-profile-"))
     entry = model_entry(model("tiny", GgufSize()), [0], parallel=64, context_size=64 * 64)
     b = start_keyed(folder, entry)
