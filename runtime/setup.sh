@@ -39,4 +39,4 @@ fi
 server=$(runtime/build-llama-server.sh | tail -n 1)
 ln -sf "$server" .venv/bin/llama-server
 .venv/bin/llamarig models make
-echo "set-up done: .venv/bin/llamarig, $(.venv/bin/llama-server --version 2>&1 | head -n 1)"
+echo "set-up done: .venv/bin/llamarig; the engine, .venv/bin/llama-server: $(.venv/bin/llama-server --version 2>&1 | head -n 1)"
