@@ -27,24 +27,32 @@ from pathlib import Path
 import cpu_pairs
 from common import ROOT
 
-# Appended to openai_routes.py: the bare proxy's call (bench/bare_proxy.py), on the API's own
-# upstream client; "m" is cpu_pairs' model.
+# Appended to openai_routes.py: the bare proxy's own post and app (bench/bare_proxy.py), on the
+# API's upstream client; "m" is cpu_pairs' model. _Bare sends the answer as bare_proxy's app does.
 BARE_CALL = '''
 
-async def _bare_call(state, name, path, body):
+import sys as _sys
+_sys.path.insert(0, BENCH)
+import bare_proxy as _bare_proxy  # noqa: E402
+
+_MADE = {}  # made once, as the bare proxy makes them: port -> post, and "app"
+
+
+def _post(state, name):
     port = state.manager.rig.models[name].port
-    answer = await state.proxy.upstream.request("POST", port, path, [(b"content-type", b"application/json")], body)
-    return _Bare(answer.status, await answer.read())
+    if port not in _MADE:
+        _MADE[port] = _bare_proxy.upstream_client(port, state.proxy.upstream)
+    return _MADE[port]
 
 
-async def _bare_app(state, scope, receive, send):
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    await (await _bare_call(state, "m", scope["path"], b"".join(chunks)))(scope, receive, send)
+def _bare_app(state):
+    if "app" not in _MADE:
+        _MADE["app"] = _bare_proxy.app_of(_post(state, "m"))
+    return _MADE["app"]
+
+
+async def _bare_call(state, name, path, body):
+    return _Bare(*await _post(state, name)(path, body))
 
 
 class _Bare:
@@ -55,16 +63,16 @@ class _Bare:
         await send({"type": "http.response.start", "status": self.status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(self.data))]})
         await send({"type": "http.response.body", "body": self.data})
-'''
+'''.replace("BENCH", repr(str(ROOT / "bench")))
 ROUTED_TAIL = '''    inputs = _inputs(data) if path == "/v1/embeddings" else 0
     return await route(state, scope, name, path, body, caller, data.get("stream") is True, inputs)'''
-FRONT_TAIL = '''        path = scope["path"]
+FASTPATH_HEAD = '''        path = scope["path"]
         group = route_group(path)'''
 
 CUTS: dict[str, dict[str, list[tuple[str, str]]]] = {
-    "bare": {"api/compute/fastpath.py": [(FRONT_TAIL, '''        path = scope["path"]
+    "bare": {"api/compute/fastpath.py": [(FASTPATH_HEAD, '''        path = scope["path"]
         if scope["method"] == "POST" and path in openai_routes.ROUTED:
-            return await openai_routes._bare_app(self.state, scope, receive, send)
+            return await openai_routes._bare_app(self.state)(scope, receive, send)
         group = route_group(path)''')]},
     "front": {"api/compute/openai_routes.py": [(ROUTED_TAIL, "    return await _bare_call(state, name, path, body)")]},
     "lease": {"api/compute/openai_routes.py": [(ROUTED_TAIL, '''    state.ledger.admit(caller, name)
