@@ -7,11 +7,16 @@ the same keys from the environment, beside this tree's, whose requests then carr
 with every limit set (rpm, tpm, concurrent, a quota; --env-key: the environment's key): what
 keys, usage and limits add, before and after in one run.
 
-    python bench/cpu_pairs.py [PASSES [REQUESTS]] [--before REF]
+--pin: the proxies (the compute APIs and the bare proxy, every thread) run on CPU 0 only, the
+client and the llama-servers on CPU 1 only: each proxy's caches are no longer shared with the
+client's and the server's work (a 2-core stand-in for a machine with cores to spare).
+
+    python bench/cpu_pairs.py [PASSES [REQUESTS]] [--before REF] [--pin]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import tempfile
@@ -62,7 +67,33 @@ def _bundles(folder: Path, before: str | None, named: bool = True, code: Path | 
     return out
 
 
-def main(passes: int, requests: int, before: str | None, named: bool = True, code: Path | None = None) -> dict:
+def _pin(pid: int, cpus: set[int]) -> None:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+
+
+def _llama_servers() -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/exe").resolve().name == "llama-server":
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def pin_apart(proxies: list[int]) -> None:
+    """The proxies on CPU 0; this process (the client) and the llama-servers on CPU 1."""
+    for pid in proxies:
+        _pin(pid, {0})
+    for pid in [os.getpid(), *_llama_servers()]:
+        _pin(pid, {1})
+    print(f"pinned: proxies {proxies} on CPU 0; the client and llama-servers {_llama_servers()} on CPU 1")
+
+
+def main(passes: int, requests: int, before: str | None, named: bool = True, code: Path | None = None,
+         pin: bool = False) -> dict:
     """Each compute API's medians: name -> (CPU x the bare proxy's, p50 ms over it)."""
     folder = Path(tempfile.mkdtemp(prefix="llamarig-cpu-pairs-"))
     apis, bare = {}, {}
@@ -75,6 +106,8 @@ def main(passes: int, requests: int, before: str | None, named: bool = True, cod
                 **{n: u for n, (_, u) in apis.items()}, "bare_uvicorn_upstream": bare["bare_uvicorn_upstream"][1]}
         pids = {**{n: b.pid(API_PROGRAM) for n, (b, _) in apis.items()},
                 "bare_uvicorn_upstream": bare["bare_uvicorn_upstream"][0].pid}
+        if pin:
+            pin_apart(list(pids.values()))
         cpu_per_request_us(pids, urls, 300)  # warm-up
         rows = []
         for _ in range(passes):
@@ -110,5 +143,7 @@ if __name__ == "__main__":
     p.add_argument("--before", metavar="REF")
     p.add_argument("--env-key", action="store_true", help="with --before: this tree's requests carry the "
                    "environment's key too (no named key, no limits)")
+    p.add_argument("--pin", action="store_true", help="the proxies on CPU 0, the client and the llama-servers "
+                   "on CPU 1")
     a = p.parse_args()
-    main(a.passes, a.requests, a.before, not a.env_key)
+    main(a.passes, a.requests, a.before, not a.env_key, pin=a.pin)
