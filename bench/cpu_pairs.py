@@ -27,7 +27,7 @@ from common import ROOT, start_bundle, stop
 from models import model
 from proxy import cpu_per_request_us, model_entry, overhead, start_bare, start_keyed, summary_ms
 from llamarig.backend.models_make import GgufSize
-from llamarig.backend.supervisor_conf import API_PROGRAM
+from llamarig.backend.supervisor_conf import API_PROGRAM, model_program
 from llamarig.shared.keystore import KeyStore, NamedKey
 from llamarig.shared.rig import load_rig
 
@@ -72,24 +72,13 @@ def _pin(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(int(tid), cpus)
 
 
-def _llama_servers() -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if Path(f"/proc/{pid}/exe").resolve().name == "llama-server":
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
-def pin_apart(proxies: list[int]) -> None:
+def pin_apart(proxies: list[int], servers: list[int]) -> None:
     """The proxies on CPU 0; this process (the client) and the llama-servers on CPU 1."""
     for pid in proxies:
         _pin(pid, {0})
-    for pid in [os.getpid(), *_llama_servers()]:
+    for pid in [os.getpid(), *servers]:
         _pin(pid, {1})
-    print(f"pinned: proxies {proxies} on CPU 0; the client and llama-servers {_llama_servers()} on CPU 1")
+    print(f"pinned: proxies {proxies} on CPU 0; the client and llama-servers {servers} on CPU 1")
 
 
 def main(passes: int, requests: int, before: str | None, named: bool = True, code: Path | None = None,
@@ -107,7 +96,8 @@ def main(passes: int, requests: int, before: str | None, named: bool = True, cod
         pids = {**{n: b.pid(API_PROGRAM) for n, (b, _) in apis.items()},
                 "bare_uvicorn_upstream": bare["bare_uvicorn_upstream"][0].pid}
         if pin:
-            pin_apart(list(pids.values()))
+            # (the launch gate execs llama-server: the model program's pid is the server's)
+            pin_apart(list(pids.values()), [b.pid(model_program("m")) for b, _ in apis.values()])
         cpu_per_request_us(pids, urls, 300)  # warm-up
         rows = []
         for _ in range(passes):
